@@ -1,0 +1,59 @@
+# cs336-basics: `make demo` runs the main job on the bundled corpus, `make test` runs every test.
+# Each target installs what it needs into .venv (pip only: uv/poetry would fetch a CUDA build of torch).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+SUBMISSION ?=
+HANDOUT_DIR ?= build/handout
+
+.PHONY: install test test-reference test-oracle test-own test-fast snapshots demo bench grade handout clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+## The grading suite against our reference (tests/adapters.py), then against the oracle's own adapters
+## (proves that any correct implementation passes), then the reference's own tests.
+test: install
+	$(PYTEST) tests
+	CS336_ADAPTERS=oracle $(PYTEST) tests
+	$(PYTEST) reference_tests
+
+test-reference: install
+	$(PYTEST) tests
+
+test-oracle: install
+	CS336_ADAPTERS=oracle $(PYTEST) tests
+
+test-own: install
+	$(PYTEST) reference_tests
+
+test-fast: install
+	$(PYTEST) -m "not slow" tests reference_tests
+
+## Regenerate every fixture and snapshot from the oracle (deterministic: same bytes every time).
+snapshots: install
+	$(BIN)/python -m tests.oracle.make_snapshots
+
+## The main job: synthetic corpus -> BPE tokenizer -> token arrays -> small LM -> samples (CPU, < 5 min).
+demo: install
+	$(BIN)/cs336 demo
+
+bench: install
+	$(BIN)/python -m bench
+
+grade: install
+	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip"; exit 2; }
+	$(BIN)/cs336 grade "$(SUBMISSION)"
+
+handout: install
+	$(BIN)/cs336 handout "$(HANDOUT_DIR)"
+
+clean:
+	rm -rf $(VENV) build runs .pytest_cache .hypothesis
