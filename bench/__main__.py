@@ -1,0 +1,105 @@
+"""Run the benchmark suite and write the results: `python -m bench [--quick] [--only NAME ...]`.
+
+Every figure is printed beside a named peer doing the same work on the same machine in the same run, as a
+ratio with its goal, then written as JSON and Markdown with the machine, versions, date and git commit to
+`bench/results/` (a time-stamped copy and `latest.*`). A full run of every benchmark also refreshes the
+committed copy `docs/bench/latest.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO_ROOT, ROW_KEYS, format_table, machine_info, write_results
+
+logger = logging.getLogger("bench")
+
+# Short name -> module exposing `run(quick: bool = False) -> list[dict]`.
+BENCHMARKS: dict[str, str] = {
+    "tokenizer": "bench.bench_tokenizer",
+    "model": "bench.bench_model",
+}
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+DOCS_DIR = REPO_ROOT / "docs" / "bench"
+
+
+def _check_rows(module_name: str, rows: Any) -> list[dict[str, Any]]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"{module_name}.run() must return a list of dicts, got {type(rows).__name__}")
+    for r in rows:
+        missing = [k for k in ROW_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"{module_name}.run() returned a row without {missing}: {r}")
+    return rows
+
+
+def run_benchmarks(names: list[str], *, quick: bool) -> dict[str, Any]:
+    """Run the named benchmarks (short names or dotted module paths); a failing one is recorded, not fatal."""
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    for name in names:
+        module_name = BENCHMARKS.get(name, name)
+        logger.info("running %s%s ...", module_name, " (quick)" if quick else "")
+        start = time.perf_counter()
+        try:
+            module = importlib.import_module(module_name)
+            new_rows = _check_rows(module_name, module.run(quick=quick))
+        except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others
+            logger.error("%s failed:\n%s", module_name, traceback.format_exc())
+            errors[name] = f"{type(err).__name__}: {err}"
+            continue
+        finally:
+            timings[name] = round(time.perf_counter() - start, 2)
+        for r in new_rows:
+            r.setdefault("benchmark", name)
+        rows.extend(new_rows)
+        logger.info("%s done in %.1f s", module_name, timings[name])
+    return {"machine": machine_info(), "quick": quick, "benchmarks": names, "seconds": timings,
+            "rows": rows, "errors": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes, few repeats)")
+    parser.add_argument(
+        "--only", action="append", metavar="NAME",
+        help=f"run only this benchmark (one of {', '.join(BENCHMARKS)}, or a module path); repeatable",
+    )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"results directory ({RESULTS_DIR})")
+    parser.add_argument(
+        "--docs-dir", type=Path, default=None,
+        help=f"also write latest.{{md,json}} here (default: {DOCS_DIR} for a full run of all benchmarks)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+    names = args.only or list(BENCHMARKS)
+    results = run_benchmarks(names, quick=args.quick)
+    print(format_table(results["rows"]))
+    for name, err in results["errors"].items():
+        print(f"FAILED {name}: {err}")
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    write_results(results, args.out_dir, stem=stamp)
+    json_path, md_path = write_results(results, args.out_dir)
+    print(f"results: {md_path} and {json_path}")
+    docs_dir = args.docs_dir
+    if docs_dir is None and not args.quick and not args.only and not results["errors"]:
+        docs_dir = DOCS_DIR
+    if docs_dir is not None:
+        json_path, md_path = write_results(results, docs_dir)
+        print(f"committed copy: {md_path} and {json_path}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""LM benchmarks: a training step beside the torch-native oracle, and generation with vs without a KV cache.
+
+Training step (forward, cross entropy, backward, AdamW step), our `TransformerLM` + `AdamW` against
+`tests.oracle.model.OracleTransformerLM` (nn.Linear, F.rms_norm, F.scaled_dot_product_attention, ...) +
+`torch.optim.AdamW`: identical shapes, identical initial weights (the oracle loads our state dict), identical
+batch; the two alternate (A B B A ...) and we compare median step times. Each row also carries the
+achieved FLOP/s from `cs336_basics.accounting` (3x the forward matmul FLOPs per token) and, on a known GPU,
+the MFU.
+
+Generation: 256 new tokens from a short prompt with the KV cache against the same model recomputing the
+whole prefix at every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import make_row, median, time_interleaved
+from cs336_basics.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
+from cs336_basics.loss import cross_entropy
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.optimizer import AdamW
+
+SMALL = ModelConfig(vocab_size=2048, context_length=128, d_model=128, num_layers=2, num_heads=4, d_ff=384)
+TINYSTORIES = ModelConfig(
+    vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344, rope_theta=10000.0
+)
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """One training-step comparison: a model shape, a batch shape and how many timed repeats."""
+
+    name: str
+    config: ModelConfig
+    batch_size: int
+    seq_len: int
+    repeats: int
+
+
+def _cases(quick: bool, device: torch.device) -> list[StepCase]:
+    if device.type == "cuda":  # a GPU has room for real batches
+        return [
+            StepCase("small", SMALL, 64, SMALL.context_length, 5 if quick else 20),
+            StepCase("TinyStories", TINYSTORIES, 32 if quick else 128, TINYSTORIES.context_length, 5 if quick else 20),
+        ]
+    if quick:
+        return [StepCase("small", SMALL, 2, 64, 2), StepCase("TinyStories", TINYSTORIES, 1, 64, 2)]
+    return [StepCase("small", SMALL, 8, SMALL.context_length, 7), StepCase("TinyStories", TINYSTORIES, 4, 256, 5)]
+
+
+def _oracle_model(config: ModelConfig, device: torch.device) -> torch.nn.Module:
+    from tests.oracle.model import OracleTransformerLM
+
+    return OracleTransformerLM(
+        vocab_size=config.vocab_size,
+        context_length=config.context_length,
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        d_ff=resolved_d_ff(config),
+        rope_theta=config.rope_theta,
+    ).to(device)
+
+
+def _step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, x: torch.Tensor,
+             y: torch.Tensor, device: torch.device) -> Any:
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def _oracle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+def bench_training_step(case: StepCase, device: torch.device) -> dict[str, Any]:
+    """Median seconds per step of ours and of the oracle on the same batch and initial weights."""
+    torch.manual_seed(0)
+    ours = TransformerLM(case.config, device=device)
+    oracle = _oracle_model(case.config, device)
+    oracle.load_state_dict(ours.state_dict())
+    hyper = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours_opt = AdamW(ours.parameters(), **hyper)
+    oracle_opt = torch.optim.AdamW(oracle.parameters(), **hyper)
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, case.config.vocab_size, (case.batch_size, case.seq_len + 1), generator=gen).to(device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    times = time_interleaved(
+        {
+            "ours": _step_fn(ours, ours_opt, cross_entropy, x, y, device),
+            "oracle": _step_fn(oracle, oracle_opt, _oracle_loss, x, y, device),
+        },
+        repeats=case.repeats,
+        warmup=2 if device.type == "cuda" else 1,
+    )
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def _training_rows(quick: bool, device: torch.device) -> list[dict[str, Any]]:
+    rows = []
+    peak = peak_flops_for_device(device, torch.float32)
+    for case in _cases(quick, device):
+        seconds = bench_training_step(case, device)
+        tokens = case.batch_size * case.seq_len
+        ours_tps, oracle_tps = tokens / seconds["ours"], tokens / seconds["oracle"]
+        flops_per_token = training_flops_per_token(case.config, case.seq_len)
+        notes = (
+            f"B={case.batch_size} T={case.seq_len}, median of {case.repeats}; "
+            f"{flops_per_token / 1e6:.1f} MFLOP/token (3x fwd matmuls): "
+            f"ours {ours_tps * flops_per_token / 1e9:.1f} GFLOP/s, oracle {oracle_tps * flops_per_token / 1e9:.1f} GFLOP/s"
+        )
+        if peak is not None:
+            notes += f"; fp32 MFU ours {mfu(ours_tps, flops_per_token, peak):.1%}, oracle {mfu(oracle_tps, flops_per_token, peak):.1%}"
+        rows.append(
+            make_row(
+                f"LM training step (fwd+bwd+AdamW), {case.name}, {device.type}",
+                "torch-native oracle + torch.optim.AdamW",
+                ours_tps, oracle_tps, "tokens/s", goal=">= 1", notes=notes,
+            )
+        )
+    return rows
+
+
+def _generate_fn(model: TransformerLM, prompt: torch.Tensor, max_new_tokens: int, use_kv_cache: bool) -> Any:
+    """Greedy decoding through `cs336_basics.generate.generate` when present, else a direct loop."""
+    try:
+        from cs336_basics.generate import generate
+    except ImportError:
+        generate = None
+
+    def run() -> None:
+        if generate is not None:
+            generate(model, prompt, max_new_tokens=max_new_tokens, temperature=0.0, use_kv_cache=use_kv_cache)
+            return
+        with torch.no_grad():  # fallback: greedy decoding on the model's own cache API
+            ids = prompt.unsqueeze(0)
+            cache = model.new_kv_cache(1) if use_kv_cache else None
+            logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
+            for _ in range(max_new_tokens):
+                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+                logits = model(nxt, kv_cache=cache) if cache is not None else model(ids)
+
+    return run
+
+
+def _generation_rows(quick: bool, device: torch.device) -> list[dict[str, Any]]:
+    new_tokens = 32 if quick else 256
+    prompt_len = 16
+    # NOTE: context 512 so that prompt + 256 new tokens fit without cropping; the shapes are otherwise the
+    # TinyStories model's (full run) or the small one's (quick).
+    base = SMALL if quick else TINYSTORIES
+    config = replace(base, context_length=512)
+    torch.manual_seed(0)
+    model = TransformerLM(config, device=device).eval()
+    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(2)).to(device)
+    times = time_interleaved(
+        {
+            "cache": _generate_fn(model, prompt, new_tokens, use_kv_cache=True),
+            "no_cache": _generate_fn(model, prompt, new_tokens, use_kv_cache=False),
+        },
+        repeats=1 if quick else 2,
+        warmup=0 if quick or device.type == "cpu" else 1,
+    )
+    cache_tps, no_cache_tps = new_tokens / median(times["cache"]), new_tokens / median(times["no_cache"])
+    name = "small" if quick else "TinyStories shapes"
+    return [
+        make_row(
+            f"generation, {new_tokens} new tokens, {name}, {device.type}",
+            "same model without KV cache",
+            cache_tps, no_cache_tps, "tokens/s",
+            notes=f"prompt {prompt_len} tokens, context 512, batch 1; ratio = KV-cache speed-up",
+        )
+    ]
+
+
+def run(quick: bool = False, device: str | None = None) -> list[dict[str, Any]]:
+    """All LM rows: training step for each case, then generation."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    rows = _training_rows(quick, dev)
+    rows += _generation_rows(quick, dev)
+    rows[-1]["notes"] += f" (model benchmarks took {time.perf_counter() - start:.0f} s)"
+    return rows
+
+
+if __name__ == "__main__":
+    from bench.common import format_table
+
+    print(format_table(run()))

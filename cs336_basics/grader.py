@@ -1,0 +1,398 @@
+"""Grade a student submission against the pristine harness: `cs336 grade SUBMISSION`.
+
+    result = grade("alice.zip", jobs=2)       # a GradeResult; the library never prints
+    result.write_json("results.json")         # Gradescope's format
+    print(result.format_table())              # what the CLI shows
+
+How a run goes:
+1. The submission (directory or zip) is unpacked into a temporary directory: its `cs336_basics/` and
+   `tests/adapters.py` (see `grader_sandbox.unpack_submission` for the layouts tolerated).
+2. The test ids are collected once from the pristine harness (with its own adapters), so a submission
+   that does not even import cannot hide tests. Tests whose function name starts with no problem's prefix
+   (`test_snapshot_drift`, `test_fixture_drift`: integrity checks of the harness itself) are not run.
+3. Each test file runs in its own pytest process, in a fresh throw-away workspace, under a memory limit
+   (RLIMIT_AS) and a per-test watchdog. When a test hangs, crashes the process or exhausts the memory,
+   that test alone is charged, and the file's remaining tests resume in a new process. When a process
+   changed a harness file, its tests are re-run one process each, and the test that did it gets an error.
+   This costs one interpreter start-up (~3 s with torch) per file instead of per test, and still gives
+   every test the isolation the grade needs.
+4. A problem scores `points * passed / (tests - skipped)`.
+
+Memory: the limit is on address space, not resident memory; importing torch alone maps ~1 GiB and each
+thread reserves stack, so the default (6 GiB) leaves ample margin for every graded test while stopping
+a runaway allocation long before the machine swaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cs336_basics import grader_sandbox as sandbox
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MEMORY_MB = 6144
+DEFAULT_TOTAL_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    points: float
+    prefixes: tuple[str, ...]
+
+
+PROBLEMS: tuple[Problem, ...] = (
+    Problem("linear", 1, ("test_linear",)),
+    Problem("embedding", 1, ("test_embedding",)),
+    Problem("rmsnorm", 1, ("test_rmsnorm",)),
+    Problem("positionwise_feedforward", 2, ("test_swiglu", "test_silu")),
+    Problem("rope", 2, ("test_rope",)),
+    Problem("softmax", 1, ("test_softmax",)),
+    Problem("scaled_dot_product_attention", 5, ("test_scaled_dot_product_attention",)),
+    Problem("multihead_self_attention", 5, ("test_multihead_self_attention",)),
+    Problem("transformer_block", 3, ("test_transformer_block",)),
+    Problem("transformer_lm", 3, ("test_transformer_lm",)),
+    Problem("cross_entropy", 2, ("test_cross_entropy",)),
+    Problem("adamw", 2, ("test_adamw",)),
+    Problem("learning_rate_schedule", 1, ("test_get_lr_cosine_schedule",)),
+    Problem("gradient_clipping", 1, ("test_gradient_clipping",)),
+    Problem("data_loading", 2, ("test_get_batch",)),
+    Problem("checkpointing", 1, ("test_checkpointing",)),
+    Problem("train_bpe", 15, ("test_train_bpe",)),
+    Problem("tokenizer", 15, ("test_tokenizer",)),
+)
+PROBLEMS_BY_NAME = {p.name: p for p in PROBLEMS}
+
+# Outcome of one test, and how the table shows it.
+STATUS_LABELS = {
+    "passed": "passed",
+    "failed": "FAILED",
+    "not_implemented": "NOT IMPLEMENTED",
+    "error": "ERROR",
+    "timeout": "TIMED OUT",
+    "memory": "MEMORY LIMIT",
+    "skipped": "skipped",
+}
+# The field set of results.json (Gradescope's specification, the subset we write).
+RESULT_FIELDS = ("score", "execution_time", "output", "visibility", "tests")
+TEST_FIELDS = ("name", "score", "max_score", "status", "output", "visibility")
+
+
+class GraderError(RuntimeError):
+    """The grader itself could not run (broken harness, missing pytest, ...): no grade was produced."""
+
+
+def problem_of(nodeid: str) -> str | None:
+    """The problem a test belongs to, from its function name; None for ungraded tests.
+
+    >>> problem_of("tests/test_model.py::test_swiglu[batch]")
+    'positionwise_feedforward'
+    >>> problem_of("tests/test_snapshots.py::test_snapshot_drift[linear]") is None
+    True
+    """
+    function = nodeid.split("::")[-1].split("[")[0]
+    return next((p.name for p in PROBLEMS if function.startswith(p.prefixes)), None)
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    nodeid: str
+    problem: str
+    status: str  # a key of STATUS_LABELS
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProblemScore:
+    problem: Problem
+    outcomes: tuple[TestOutcome, ...]
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(o.status for o in self.outcomes)
+
+    @property
+    def counted(self) -> int:
+        """Tests that count towards the score (skipped ones do not)."""
+        return len(self.outcomes) - self.counts["skipped"]
+
+    @property
+    def score(self) -> float:
+        return self.problem.points * self.counts["passed"] / self.counted if self.counted else 0.0
+
+    def summary(self) -> str:
+        if not self.outcomes:
+            return "NO TESTS COLLECTED: the harness is broken"
+        return ", ".join(f"{n} {STATUS_LABELS[s]}" for s, n in sorted(self.counts.items(), key=lambda kv: kv[0] != "passed"))
+
+    def details(self) -> list[str]:
+        """One line per test that did not pass (not-implemented ones are summarised, not listed)."""
+        return [
+            f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
+            for o in self.outcomes
+            if o.status not in ("passed", "not_implemented", "skipped")
+        ]
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    problems: tuple[ProblemScore, ...]
+    execution_time: float
+    ungraded: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def score(self) -> float:
+        return sum(p.score for p in self.problems)
+
+    @property
+    def max_score(self) -> float:
+        return sum(p.problem.points for p in self.problems)
+
+    @property
+    def outcomes(self) -> dict[str, TestOutcome]:
+        return {o.nodeid: o for p in self.problems for o in p.outcomes}
+
+    def to_gradescope(self) -> dict[str, object]:
+        """The `results.json` payload: one Gradescope test per problem, detailed outcomes in its output."""
+        tests = [
+            {
+                "name": p.problem.name,
+                "score": round(p.score, 4),
+                "max_score": p.problem.points,
+                "status": "passed" if p.outcomes and p.counts["passed"] == p.counted else "failed",
+                "output": "\n".join([p.summary(), *p.details()]),
+                "visibility": "visible",
+            }
+            for p in self.problems
+        ]
+        output = f"Total: {self.score:.2f} / {self.max_score:g}"
+        return {
+            "score": round(self.score, 4),
+            "execution_time": round(self.execution_time, 1),
+            "output": "\n".join([output, *self.warnings]),
+            "visibility": "visible",
+            "tests": tests,
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write `results.json` atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_gradescope(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def format_table(self) -> str:
+        width = max(len(p.problem.name) for p in self.problems) if self.problems else 10
+        lines = [f"{'problem':<{width}}  {'score':>11}  tests"]
+        for p in self.problems:
+            lines.append(f"{p.problem.name:<{width}}  {p.score:5.2f}/{p.problem.points:<5g}  {p.summary()}")
+            lines.extend(f"{'':<{width}}    {line}" for line in p.details())
+        lines.append(f"{'total':<{width}}  {self.score:5.2f}/{self.max_score:<5g}  ({self.execution_time:.0f} s)")
+        return "\n".join([*lines, *self.warnings])
+
+
+def default_harness() -> Path:
+    """The `tests/` directory of the project checkout this package was installed from."""
+    return Path(__file__).resolve().parent.parent / "tests"
+
+
+def grade(
+    submission: str | os.PathLike[str],
+    *,
+    harness: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int | None = DEFAULT_MEMORY_MB,
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT_S,
+    jobs: int | None = None,
+    problems: Iterable[str] | None = None,
+) -> GradeResult:
+    """Grade `submission` (a directory or a `.zip`); see the module docstring.
+
+    Raises:
+        FileNotFoundError / SubmissionError: the submission is missing or has no `adapters.py`.
+        GraderError: the harness is missing, does not collect, or has a problem without tests.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + total_timeout
+    selected = _select_problems(problems)
+    try:
+        pristine = sandbox.Harness.load(harness if harness is not None else default_harness())
+    except FileNotFoundError as e:
+        raise GraderError(f"{e}; pass the pristine tests with --harness") from e
+    if importlib.util.find_spec("pytest") is None:
+        raise GraderError("pytest is not installed in the grader's environment")
+    jobs = jobs or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    use_pytest_timeout = importlib.util.find_spec("pytest_timeout") is not None
+
+    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
+        tmp_dir = Path(tmp)
+        student = sandbox.unpack_submission(submission, tmp_dir / "submission")
+        nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0))
+        graded = [n for n in nodeids if problem_of(n) in selected]
+        ungraded = tuple(n for n in nodeids if problem_of(n) is None)
+        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
+        if missing:
+            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
+
+        by_file: dict[str, list[str]] = {}
+        for nodeid in graded:
+            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
+        units = deque(sorted(by_file.values(), key=len, reverse=True))
+        results: dict[str, tuple[str, str]] = {}
+        counter = iter(range(1, 1 << 30))
+
+        def run_unit(ids: list[str]) -> list[list[str]]:
+            """Run `ids` in one process; record outcomes; return the units still to run."""
+            if time.monotonic() > deadline:
+                results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
+                return []
+            run_dir = tmp_dir / f"run-{next(counter):04d}"
+            sandbox.build_workspace(run_dir, pristine, student.package, student.adapters)
+            report = sandbox.run_guarded(
+                run_dir, ids, timeout=timeout, memory_mb=memory_mb, deadline=deadline, threads=threads,
+                pytest_timeout=use_pytest_timeout,
+            )  # fmt: skip
+            tampered = sandbox.tampered_files(run_dir, pristine)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if tampered:
+                if len(ids) > 1:
+                    return [[n] for n in ids]  # find out which test did it
+                results[ids[0]] = ("error", f"the test modified the grading harness ({', '.join(tampered[:3])})")
+                return []
+            return _settle(ids, report, results, timeout)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            running: set[Future[list[list[str]]]] = set()
+            while units or running:
+                while units and len(running) < jobs:
+                    running.add(pool.submit(run_unit, units.popleft()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    units.extend(future.result())
+
+    scores = tuple(
+        ProblemScore(
+            PROBLEMS_BY_NAME[name],
+            tuple(TestOutcome(n, name, *results[n]) for n in graded if problem_of(n) == name),
+        )
+        for name in selected
+    )
+    warnings = [] if use_pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed after the timeout"]
+    return GradeResult(scores, time.monotonic() - t0, ungraded, tuple(warnings))
+
+
+def _select_problems(problems: Iterable[str] | None) -> list[str]:
+    if problems is None:
+        return [p.name for p in PROBLEMS]
+    selected = list(problems)
+    unknown = [name for name in selected if name not in PROBLEMS_BY_NAME]
+    if unknown or not selected:
+        raise ValueError(f"expected problem names among {', '.join(PROBLEMS_BY_NAME)}, got {selected}")
+    return [p.name for p in PROBLEMS if p.name in selected]
+
+
+def _collect(pristine: sandbox.Harness, run_dir: Path, *, timeout: float) -> list[str]:
+    """Collect the test ids with the harness's own adapters (and whatever `cs336_basics` is installed)."""
+    adapters = pristine.tests_dir / "adapters.py"
+    sandbox.build_workspace(run_dir, pristine, None, adapters)
+    try:
+        return sandbox.collect_nodeids(run_dir, timeout=timeout)
+    except (RuntimeError, OSError) as e:
+        raise GraderError(str(e)) from e
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _settle(
+    ids: Sequence[str], report: sandbox.ProcessReport, results: dict[str, tuple[str, str]], timeout: float
+) -> list[list[str]]:
+    """Record the outcomes of one process; the tests it never reached go back in the queue."""
+    results.update((n, report.results[n]) for n in ids if n in report.results)
+    if report.in_flight in ids and report.in_flight not in report.results:
+        if report.ending == "timeout":
+            results[report.in_flight] = ("timeout", f"no result after {timeout:g} s: the test process was killed")
+        elif report.ending == "deadline":
+            results[report.in_flight] = ("timeout", "the grading run's total time limit was reached")
+        elif report.detail.startswith("memory: "):
+            results[report.in_flight] = ("memory", report.detail.removeprefix("memory: "))
+        else:
+            results[report.in_flight] = ("error", report.detail or "the test process ended during the test")
+    left = [n for n in ids if n not in results]
+    if not left:
+        return []
+    if report.collect_errors:
+        message = f"could not import the tests: {report.collect_errors[0]}"
+    elif report.ending == "deadline":
+        message = "not run: the grading run's total time limit was reached"
+    elif report.in_flight in ids:
+        return [left]  # the process died with a test; the others get a fresh one
+    else:
+        message = report.detail.removeprefix("memory: ") or "the test process ended before running this test"
+        if report.ending == "timeout":
+            message = f"the test process made no progress for {timeout:g} s (hung while importing?)"
+    status = "timeout" if report.ending in ("timeout", "deadline") else "error"
+    results.update((n, (status, message)) for n in left)
+    return []
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "grade",
+        help="grade a student submission (directory or .zip) against the pristine tests",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("submission", help="directory or .zip with cs336_basics/ and tests/adapters.py")
+    parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
+    parser.add_argument("--harness", default=None, help="pristine tests/ directory (default: this checkout's)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="address-space limit per test process")
+    parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S, help="seconds for the whole run")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
+    parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    import logging
+
+    log = logging.getLogger("cs336_basics.grader")
+    problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
+    for name, value in (("--timeout", args.timeout), ("--total-timeout", args.total_timeout), ("--memory-mb", args.memory_mb)):
+        if value <= 0:
+            log.error("%s must be positive, got %s", name, value)
+            return 2
+    try:
+        result = grade(
+            args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb,
+            total_timeout=args.total_timeout, jobs=args.jobs, problems=problems,
+        )  # fmt: skip
+    except sandbox.SubmissionError as e:
+        # The student's fault, not the grader's: a zero grade that says why.
+        payload = {"score": 0.0, "execution_time": 0.0, "output": f"ungradable submission: {e}", "visibility": "visible", "tests": []}
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        print(payload["output"])
+        return 0
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except GraderError as e:
+        log.error("the grader could not run: %s", e)
+        return 1
+    print(result.format_table())
+    print(f"wrote {result.write_json(args.out)}")
+    return 0

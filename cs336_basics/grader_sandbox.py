@@ -1,0 +1,301 @@
+"""Where and how the grader runs a submission: unpacking, throw-away workspaces, guarded pytest processes.
+
+A grading run never touches the pristine harness: every pytest process gets a fresh workspace,
+
+    run-0007/
+        pyproject.toml            # the harness's pytest settings (markers, warning filters)
+        _cs336_grader_plugin.py   # reports each test's outcome as JSON lines (see grader_plugin.py)
+        cs336_basics/             # the student's package (shadows the installed reference)
+        tests/                    # a fresh copy of the pristine tests, fixtures and snapshots
+        tests/adapters.py         # the student's adapters
+
+which is checked against the harness's checksums when the process ends and then deleted, so anything a
+submission writes is discarded and a submission that edits a snapshot or fixture is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PLUGIN_MODULE = "_cs336_grader_plugin"
+REPORT_ENV = "CS336_GRADER_REPORT"
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
+# What a crashed process prints when an allocation outside Python failed (RLIMIT_AS in C++ code).
+_MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory")
+
+
+class SubmissionError(ValueError):
+    """The submission is not a gradable layout (e.g. it has no `adapters.py`)."""
+
+
+@dataclass(frozen=True)
+class Harness:
+    """The pristine grading tests: `root/tests/` plus the `root/pyproject.toml` that configures pytest."""
+
+    root: Path
+    manifest: dict[str, str]  # path relative to root -> sha256, every harness file but tests/adapters.py
+
+    @property
+    def tests_dir(self) -> Path:
+        return self.root / "tests"
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Harness:
+        """`directory` is a project root holding `tests/`, or the `tests/` directory itself."""
+        path = Path(directory).resolve()
+        root = path if (path / "tests" / "conftest.py").exists() else path.parent
+        if not (root / "tests" / "conftest.py").exists():
+            raise FileNotFoundError(f"expected a grading harness with tests/conftest.py under {path}, found none")
+        manifest = {
+            str(p.relative_to(root)): _sha256(p)
+            for p in sorted((root / "tests").rglob("*"))
+            if p.is_file() and not _is_ignored(p) and p != root / "tests" / "adapters.py"
+        }
+        return cls(root=root, manifest=manifest)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _is_ignored(path: Path) -> bool:
+    return any(part in {"__pycache__", ".pytest_cache", ".hypothesis"} for part in path.parts) or path.suffix == ".pyc"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A normalised copy of a student's code: `package/` (`cs336_basics`) and `adapters.py`."""
+
+    package: Path
+    adapters: Path
+
+
+def unpack_submission(source: str | os.PathLike[str], dest: Path) -> Submission:
+    """Copy a submission (directory or `.zip`) into `dest/` as `cs336_basics/` + `adapters.py`.
+
+    Tolerates a top folder (`hw1/cs336_basics/...`), an `adapters.py` outside `tests/` and missing
+    `__init__.py` files; a submission without a `cs336_basics/` gets an empty package.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"submission {source} does not exist")
+    raw = dest / "raw"
+    if source.is_dir():
+        shutil.copytree(source, raw, ignore=_IGNORED, symlinks=False)
+    elif zipfile.is_zipfile(source):
+        _safe_extract(source, raw)
+    else:
+        raise SubmissionError(f"expected a directory or a .zip file as submission, got {source}")
+
+    def depth(p: Path) -> tuple[int, str]:
+        return (len(p.relative_to(raw).parts), str(p))
+
+    files = [p for p in raw.rglob("*") if not any(part.startswith((".", "__MACOSX")) for part in p.relative_to(raw).parts)]
+    packages = sorted((p for p in files if p.is_dir() and p.name == "cs336_basics"), key=depth)
+    adapters = sorted((p for p in files if p.is_file() and p.name == "adapters.py"), key=lambda p: (p.parent.name != "tests", *depth(p)))
+    adapters = [p for p in adapters if not packages or packages[0] not in p.parents]
+    if not adapters:
+        raise SubmissionError(f"the submission {source} has no tests/adapters.py")
+    package = dest / "cs336_basics"
+    if packages:
+        shutil.copytree(packages[0], package, ignore=_IGNORED)
+    else:
+        package.mkdir()
+    # Without __init__.py the directory is a namespace package, and the installed reference would win.
+    for directory in [package, *(p for p in package.rglob("*") if p.is_dir())]:
+        if any(directory.glob("*.py")) or directory == package:
+            (directory / "__init__.py").touch(exist_ok=True)
+    shutil.copyfile(adapters[0], dest / "adapters.py")
+    shutil.rmtree(raw)
+    return Submission(package=package, adapters=dest / "adapters.py")
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            target = (dest / member.filename).resolve()
+            if dest.resolve() not in target.parents and target != dest.resolve():
+                raise SubmissionError(f"zip member {member.filename!r} would be extracted outside the workspace")
+        zf.extractall(dest)
+
+
+def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapters: Path) -> None:
+    """Lay out one throw-away workspace (see the module docstring)."""
+    run_dir.mkdir(parents=True)
+    shutil.copytree(harness.tests_dir, run_dir / "tests", ignore=_IGNORED)
+    shutil.copyfile(adapters, run_dir / "tests" / "adapters.py")
+    if package is not None:
+        shutil.copytree(package, run_dir / "cs336_basics", ignore=_IGNORED)
+    pyproject = harness.root / "pyproject.toml"
+    if pyproject.exists():
+        shutil.copyfile(pyproject, run_dir / "pyproject.toml")
+    else:
+        (run_dir / "pytest.ini").write_text("[pytest]\n")
+    shutil.copyfile(Path(__file__).with_name("grader_plugin.py"), run_dir / f"{PLUGIN_MODULE}.py")
+    (run_dir / ".tmp").mkdir()
+
+
+def tampered_files(run_dir: Path, harness: Harness) -> list[str]:
+    """Harness files of the workspace that were modified or deleted."""
+    return [rel for rel, digest in harness.manifest.items() if not (run_dir / rel).is_file() or _sha256(run_dir / rel) != digest]
+
+
+def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q", "--no-header",
+        "-o", "addopts=", "--rootdir", str(run_dir), "--basetemp", str(run_dir / ".tmp" / "pytest"), *args,
+    ]  # fmt: skip
+
+
+def subprocess_env(run_dir: Path, report: Path, threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CS336_ADAPTERS", None)  # NOTE: would make conftest swap in the oracle instead of the student
+    env["PYTHONPATH"] = os.pathsep.join([str(run_dir), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["TMPDIR"] = str(run_dir / ".tmp")
+    env[REPORT_ENV] = str(report)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, str(threads))
+    return env
+
+
+@dataclass
+class ProcessReport:
+    """What one guarded pytest process left behind."""
+
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (status, message)
+    in_flight: str | None = None  # the test that was running when the process ended
+    collect_errors: list[str] = field(default_factory=list)
+    ending: str = "exited"  # "exited" | "timeout" | "deadline" | "crashed"
+    detail: str = ""  # signal / exit code and the tail of the output, for crashes
+    seconds: float = 0.0
+
+
+def run_guarded(
+    run_dir: Path,
+    nodeids: Sequence[str],
+    *,
+    timeout: float,
+    memory_mb: int | None,
+    deadline: float,
+    threads: int,
+    pytest_timeout: bool,
+) -> ProcessReport:
+    """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
+
+    The watchdog kills the process group when a test has run for `timeout` plus a grace period
+    (pytest-timeout, when installed, stops most hung tests at `timeout` and the process carries on), when
+    no test has started `timeout` + 60 s after launch (imports hang), or when the monotonic `deadline` of
+    the whole grading run passes.
+    """
+    grace = min(10.0, 1.0 + timeout / 2)
+    report_path = run_dir / ".tmp" / "report.jsonl"
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    args = [f"--timeout={timeout:g}", "--timeout-method=signal"] if pytest_timeout else []
+    limit = None if memory_mb is None else memory_mb * 1024 * 1024
+
+    def limit_resources() -> None:  # runs in the child between fork and exec
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    report = ProcessReport()
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            pytest_command(run_dir, [*args, *nodeids]),
+            cwd=run_dir,
+            env=subprocess_env(run_dir, report_path, threads),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit_resources,
+            start_new_session=True,  # its own process group: killing it also kills worker processes
+        )
+        offset, last_event = 0, time.monotonic()
+        while True:
+            code = proc.poll()
+            offset, changed = _read_events(report_path, offset, report)
+            now = time.monotonic()
+            if changed:
+                last_event = now
+            if code is not None:
+                break
+            allowance = timeout + (grace if report.results or report.in_flight else 60.0)
+            if now > deadline or now - last_event > allowance:
+                report.ending = "deadline" if now > deadline else "timeout"
+                _kill_group(proc)
+                proc.wait()
+                _read_events(report_path, offset, report)
+                break
+            time.sleep(0.05)
+    report.seconds = time.monotonic() - started
+    output = log_path.read_text(errors="replace")
+    log_path.unlink()
+    if report.ending == "exited" and proc.returncode < 0 or report.in_flight is not None and report.ending == "exited":
+        report.ending = "crashed"
+        tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])[-300:]
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        memory = any(marker in output for marker in _MEMORY_MARKERS)
+        report.detail = ("memory: " if memory else "") + f"the test process died ({how}): {tail}"
+    elif report.ending == "exited" and len(report.results) < len(nodeids) and not report.collect_errors:
+        report.detail = next((line.strip() for line in reversed(output.splitlines()) if "ERROR" in line), output[-300:])
+    return report
+
+
+def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, bool]:
+    """Apply the complete JSON lines appended to `path` since `offset`; returns (new offset, any new)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset, False
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    for line in complete.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a submission scribbling into the report cannot crash the grader
+        if event.get("event") == "start":
+            report.in_flight = event.get("nodeid")
+        elif event.get("event") == "result":
+            report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
+            report.in_flight = None
+        elif event.get("event") == "collect_error":
+            report.collect_errors.append(event.get("message", ""))
+    return offset + len(complete), bool(complete)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def collect_nodeids(run_dir: Path, *, timeout: float) -> list[str]:
+    """Node ids of every test of the workspace (`pytest --collect-only -q`)."""
+    env = subprocess_env(run_dir, run_dir / ".tmp" / "collect.jsonl", threads=1)
+    proc = subprocess.run(
+        pytest_command(run_dir, ["--collect-only", "tests"]),
+        cwd=run_dir, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    nodeids = [line.strip() for line in proc.stdout.splitlines() if line.startswith("tests/") and "::" in line]
+    if proc.returncode != 0 or not nodeids:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"collecting the harness tests failed (exit code {proc.returncode}):\n{tail}")
+    return nodeids

@@ -1,0 +1,58 @@
+"""The language-modelling loss: cross-entropy over the vocabulary, and perplexity.
+
+Both are written with the log-sum-exp trick: subtracting the row maximum before exponentiating keeps
+`exp` in range for any finite logits (even ±1e4), and working with log-probabilities avoids the `log(0)`
+that a softmax followed by a log would hit for very unlikely tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def _check_shapes(logits: Tensor, targets: Tensor) -> None:
+    if logits.ndim < 1:
+        raise ValueError(f"logits must have a vocabulary dimension, got a {logits.ndim}-d tensor")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"targets must have the leading shape of the logits {tuple(logits.shape[:-1])}, "
+            f"got {tuple(targets.shape)}"
+        )
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise TypeError(f"targets must be integer class indices, got dtype {targets.dtype}")
+
+
+def cross_entropy(
+    logits: Float[Tensor, "... vocab_size"], targets: Int[Tensor, "..."]
+) -> Float[Tensor, ""]:
+    """Mean negative log-likelihood of `targets` under the unnormalised `logits`.
+
+    `ℓ = mean over positions of  logsumexp(o) - o[target]`, averaged over every leading position.
+    Half-precision logits are upcast: the loss is computed and returned in float32.
+
+    >>> cross_entropy(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))  # uniform over 2 classes: ln 2
+    tensor(0.6931)
+    """
+    _check_shapes(logits, targets)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # NOTE: a half-precision log-sum-exp loses most of the loss's digits
+    # NOTE: subtract the max first: exp(1e4) overflows float32, exp(o - max) never exceeds 1.
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    log_normaliser = torch.log(torch.exp(shifted).sum(dim=-1))  # (...)
+    target_logit = torch.gather(shifted, -1, targets.long().unsqueeze(-1)).squeeze(-1)  # (...)
+    return (log_normaliser - target_logit).mean()
+
+
+def perplexity(logits: Float[Tensor, "... vocab_size"], targets: Int[Tensor, "..."]) -> float:
+    """Perplexity `exp(mean cross-entropy)` of `targets` under `logits`.
+
+    >>> perplexity(torch.zeros(3, 4), torch.tensor([0, 1, 2]))  # uniform over 4 classes
+    4.0
+    """
+    with torch.no_grad():
+        loss = cross_entropy(logits.float(), targets).item()
+    return math.exp(loss)

@@ -1,0 +1,149 @@
+"""Optimisation: the AdamW optimizer, the cosine learning-rate schedule and global gradient clipping.
+
+AdamW follows Loshchilov & Hutter (2019), Algorithm 2 as written in the CS336 handout:
+
+    m ← β1 m + (1 - β1) g                     first moment
+    v ← β2 v + (1 - β2) g²                    second moment
+    α_t ← α · sqrt(1 - β2^t) / (1 - β1^t)     bias-corrected step size
+    θ ← θ - α_t · m / (sqrt(v) + ε)           Adam step
+    θ ← θ - α · λ · θ                         decoupled weight decay (not scaled by α_t, not in g)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay.
+
+    Every parameter keeps its own step count `t` (parameters added later, or frozen for a while, get their
+    own bias correction), and the hyper-parameters are read from `param_groups` at every step, so a
+    schedule can assign `group["lr"]` between steps and groups may differ.
+
+    Args:
+        params: parameters, or dicts of parameters with per-group hyper-parameters.
+        lr: learning rate α.
+        betas: (β1, β2), decay rates of the first and second moment estimates.
+        eps: ε, added to sqrt(v) for numerical stability.
+        weight_decay: λ; each step shrinks θ by α·λ·θ.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Take one optimisation step; `closure`, if given, re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            eps, weight_decay = group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue  # frozen or unused: no moments, no step count, no decay
+                grad = p.grad
+                if grad.is_sparse:
+                    raise TypeError("AdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+                if weight_decay != 0:
+                    p.mul_(1 - lr * weight_decay)
+        return loss
+
+
+def _check_hyperparameters(*, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    if not lr >= 0:
+        raise ValueError(f"lr must be a non-negative number, got {lr!r}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+
+
+def get_lr_cosine_schedule(
+    it: int,
+    max_learning_rate: float,
+    min_learning_rate: float,
+    warmup_iters: int,
+    cosine_cycle_iters: int,
+) -> float:
+    """Learning rate at iteration `it`: linear warm-up, cosine decay, then a constant floor.
+
+    - `it < T_w`:           `it / T_w · α_max`
+    - `T_w <= it <= T_c`:   `α_min + ½ (1 + cos(π (it - T_w) / (T_c - T_w))) (α_max - α_min)`
+    - `it > T_c`:           `α_min`
+
+    >>> get_lr_cosine_schedule(5, 1.0, 0.1, warmup_iters=10, cosine_cycle_iters=20)
+    0.5
+    >>> get_lr_cosine_schedule(15, 1.0, 0.1, warmup_iters=10, cosine_cycle_iters=20)
+    0.55
+    """
+    if warmup_iters < 0 or cosine_cycle_iters < warmup_iters:
+        raise ValueError(
+            "expected 0 <= warmup_iters <= cosine_cycle_iters, "
+            f"got warmup_iters={warmup_iters}, cosine_cycle_iters={cosine_cycle_iters}"
+        )
+    if it < warmup_iters:
+        return it / warmup_iters * max_learning_rate
+    if it > cosine_cycle_iters:
+        return min_learning_rate
+    if cosine_cycle_iters == warmup_iters:  # an empty cosine phase: the peak, then the floor
+        return max_learning_rate
+    progress = (it - warmup_iters) / (cosine_cycle_iters - warmup_iters)
+    return min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (max_learning_rate - min_learning_rate)
+
+
+@torch.no_grad()
+def clip_gradients(parameters: Iterable[Tensor], max_l2_norm: float, eps: float = 1e-6) -> float:
+    """Scale all gradients in place so that their global L2 norm is at most `max_l2_norm`.
+
+    The norm is taken over the gradients of all `parameters` together (parameters without a gradient are
+    skipped). When it exceeds the limit every gradient is multiplied by `max_l2_norm / (norm + eps)`;
+    otherwise nothing changes. Returns the global norm before clipping (inf or nan flags a bad step).
+    """
+    if not max_l2_norm >= 0:
+        raise ValueError(f"max_l2_norm must be non-negative, got {max_l2_norm!r}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    # Per-tensor norms in float32, then the norm of those norms: the global norm without concatenating.
+    norms = torch.stack([torch.linalg.vector_norm(g.float()).to(grads[0].device) for g in grads])
+    total_norm = torch.linalg.vector_norm(norms).item()
+    if total_norm > max_l2_norm:
+        scale = max_l2_norm / (total_norm + eps)
+        for g in grads:
+            g.mul_(scale)
+    return total_norm

@@ -1,0 +1,167 @@
+"""Pre-tokenisation: the GPT-2 regex, special-token splitting and safe chunk boundaries.
+
+BPE never merges across pre-token boundaries, so both the trainer and the tokenizer first cut text into
+pre-tokens with GPT-2's regular expression, after splitting out the special tokens (which are never cut
+and never merged). This module holds those shared pieces, plus the one subtle fact that lets us work on
+large files in parallel pieces: where a text may be cut without changing its pre-tokens.
+
+Example:
+    >>> list(pretokenize("Hello, world!  It's 2024."))
+    ['Hello', ',', ' world', '!', ' ', ' It', "'s", ' 2024', '.']
+    >>> split_on_special_tokens("a<|endoftext|>b", ["<|endoftext|>"])
+    ['a', '<|endoftext|>', 'b']
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
+
+import regex
+
+#: GPT-2's pre-tokenisation pattern (INTERFACE.md): contractions, optional space + letters, optional
+#: space + digits, optional space + other symbols, whitespace not followed by a non-space, whitespace.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_REGEX = regex.compile(GPT2_PATTERN)
+
+# A cut between a non-space and a space is safe: no pre-token contains both (the only pattern that starts
+# with a space is ` ?X+`, which starts *at* the space), and the one lookahead, `(?!\S)`, never looks past a
+# non-space. `(?r)` searches backwards, so the latest cut is found first.
+_LAST_SAFE_CUT = regex.compile(r"(?r)\S\s")
+# The same rule on raw bytes, restricted to ASCII so that a match is always a whole UTF-8 character.
+_SAFE_CUT_BYTES = regex.compile(rb"[!-~][ \t\n\r]")
+
+
+def pretokenize(text: str) -> Iterator[str]:
+    """Yield the GPT-2 pre-tokens of `text` (which must not contain special tokens).
+
+    >>> list(pretokenize("  x = 1\\n"))
+    [' ', ' x', ' =', ' 1', '\\n']
+    """
+    for match in GPT2_REGEX.finditer(text):
+        yield match.group()
+
+
+def special_tokens_regex(special_tokens: Iterable[str]) -> regex.Pattern[str] | None:
+    """A regex with one capturing group that matches any special token, the longest first.
+
+    Longest first makes overlapping tokens resolve to the longest match: with `<|a|>` and `<|a|><|a|>`,
+    the text `<|a|><|a|>` is one token. Returns None when there are no special tokens.
+    """
+    tokens = sorted(set(special_tokens), key=lambda t: (-len(t), t))
+    if not tokens:
+        return None
+    if any(not isinstance(t, str) or not t for t in tokens):
+        raise ValueError(f"special tokens must be non-empty strings, got {tokens!r}")
+    return regex.compile("(" + "|".join(regex.escape(t) for t in tokens) + ")")
+
+
+def split_on_special_tokens(text: str, special_tokens: Iterable[str]) -> list[str]:
+    """Split `text` into pieces; special tokens become pieces of their own, at odd indices.
+
+    >>> split_on_special_tokens("a<s>b<s><s>", ["<s>"])
+    ['a', '<s>', 'b', '<s>', '', '<s>', '']
+    """
+    pattern = special_tokens_regex(special_tokens)
+    return [text] if pattern is None else pattern.split(text)
+
+
+def count_pretokens(text: str, special_tokens: Iterable[str] = ()) -> Counter[str]:
+    """Count the pre-tokens of `text`, special tokens excluded (they never take part in merges).
+
+    >>> count_pretokens("ab ab<|endoftext|>ab", ["<|endoftext|>"])
+    Counter({'ab': 2, ' ab': 1})
+    """
+    counts: Counter[str] = Counter()
+    pattern = special_tokens_regex(special_tokens)
+    pieces = [text] if pattern is None else pattern.split(text)[::2]
+    for piece in pieces:
+        counts.update(GPT2_REGEX.findall(piece))
+    return counts
+
+
+def last_safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
+    """The largest `p` in `(start, end]` with `text[p-1]` a non-space and `text[p]` a space, or -1.
+
+    Pre-tokenising `text[:p]` and `text[p:]` separately gives the same pre-tokens as the whole text.
+
+    >>> last_safe_cut("ab cd  ef")
+    5
+    >>> last_safe_cut("   ")
+    -1
+    """
+    match = _LAST_SAFE_CUT.search(text, start, len(text) if end is None else end)
+    return -1 if match is None else match.start() + 1
+
+
+def find_chunk_boundaries(
+    file: BinaryIO,
+    desired_num_chunks: int,
+    special_tokens: Sequence[str] = (),
+    *,
+    window: int = 1 << 16,
+) -> list[int]:
+    """Byte offsets `[0, ..., file_size]` that cut `file` into chunks safe to pre-tokenise separately.
+
+    Each interior boundary is the first special token at or after an evenly spaced guess; when no special
+    token follows within reach (or there are none), it is the first non-space/space pair instead (never
+    inside a special token). Boundaries fall on ASCII characters, so every chunk is whole UTF-8. Fewer
+    chunks than asked are returned when boundaries coincide (e.g. a file with no safe place to cut).
+    """
+    if desired_num_chunks < 1:
+        raise ValueError(f"desired_num_chunks must be >= 1, got {desired_num_chunks}")
+    file.seek(0, os.SEEK_END)
+    file_size = file.tell()
+    specials = [t.encode("utf-8") for t in special_tokens]
+    longest = max((len(t) for t in specials), default=0)
+    boundaries = [0]
+    for i in range(1, desired_num_chunks):
+        guess = max(file_size * i // desired_num_chunks, boundaries[-1])
+        boundaries.append(_next_boundary(file, guess, file_size, specials, longest, window))
+    boundaries.append(file_size)
+    return sorted(set(boundaries))
+
+
+def _next_boundary(
+    file: BinaryIO, position: int, file_size: int, specials: list[bytes], longest: int, window: int
+) -> int:
+    """The first safe cut at or after `position` (see `find_chunk_boundaries`), or `file_size`."""
+    # Read a little before `position` so that a special token straddling it is seen whole.
+    overlap = max(longest - 1, 1)
+    start = max(position - overlap, 0)
+    fallback = -1
+    while start < file_size:
+        file.seek(start)
+        data = file.read(window + overlap)
+        hits = [data.find(t, max(position - start, 0)) for t in specials]
+        hits = [h for h in hits if h >= 0]
+        if hits:
+            return start + min(hits)
+        if fallback < 0:
+            for match in _SAFE_CUT_BYTES.finditer(data, max(position - start - 1, 0)):
+                cut = match.start() + 1
+                if not _inside_special(data, cut, specials):
+                    fallback = start + cut
+                    break
+        # A special token found within one window beats a whitespace cut: the chunks stay aligned to
+        # documents. Past that, settle for the whitespace cut.
+        if fallback >= 0 and start + len(data) - position >= window:
+            return fallback
+        if len(data) < window + overlap:
+            break
+        start += window
+    return fallback if fallback >= 0 else file_size
+
+
+def _inside_special(data: bytes, cut: int, specials: list[bytes]) -> bool:
+    """Whether some occurrence of a special token in `data` covers both `data[cut-1]` and `data[cut]`."""
+    for token in specials:
+        lo = max(cut - len(token) + 1, 0)
+        hit = data.find(token, lo, cut + len(token) - 1)
+        while 0 <= hit < cut:
+            if hit + len(token) > cut:
+                return True
+            hit = data.find(token, hit + 1, cut + len(token) - 1)
+    return False

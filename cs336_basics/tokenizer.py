@@ -1,0 +1,346 @@
+"""Byte-level BPE encoding and decoding, and the human-readable files a trained tokenizer is saved in.
+
+Encoding a text: split out the special tokens (longest match first), cut the rest into GPT-2 pre-tokens,
+and turn each pre-token into ids by BPE: start from its UTF-8 bytes and repeatedly merge the adjacent pair
+that was learned earliest. Applying the lowest-ranked pair first gives exactly the result of replaying the
+merges in the order they were learned, and a pre-token always gives the same ids, so they are cached.
+
+Saved format (one directory, written by `save_bpe` / `Tokenizer.save`, read by `load_bpe`,
+`Tokenizer.from_directory` and `Tokenizer.from_files`):
+
+- `vocab.json`: `{"format": "cs336-bpe", "version": 1, "special_tokens": [...], "vocab": {"<id>": "<token>"}}`.
+  Token bytes are shown with GPT-2's byte-to-unicode table: every byte is one printable character (the
+  printable ASCII and Latin-1 bytes stand for themselves, the others are shifted to U+0100 and up, so a
+  space is `Ġ` and a newline `Ċ`). The file is unambiguous and still readable: b" the" is `Ġthe`.
+- `merges.txt`: the line `#version: cs336-bpe 1`, then one merge a line, in learned order: the two tokens
+  in the same notation separated by one space (the notation has no spaces of its own).
+
+`Tokenizer.from_files` also reads GPT-2's own `vocab.json` (token -> id) and `merges.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
+from itertools import chain
+from pathlib import Path
+
+from .pretokenize import GPT2_REGEX, last_safe_cut, special_tokens_regex
+
+__all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
+
+FORMAT_NAME = "cs336-bpe"
+FORMAT_VERSION = 1
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+
+# encode_iterable encodes its input in pieces of about this many characters.
+_ITERABLE_BUFFER_CHARS = 1 << 14
+# The pre-token cache is cleared when it grows past this many entries (bounded memory on huge inputs).
+_CACHE_MAX_ENTRIES = 1 << 20
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from each byte to one printable unicode character.
+
+    >>> table = bytes_to_unicode()
+    >>> table[ord("a")], table[ord(" ")], table[ord("\\n")]
+    ('a', 'Ġ', 'Ċ')
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+def _to_text(token: bytes) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def _from_text(text: str) -> bytes:
+    inverse = {c: b for b, c in bytes_to_unicode().items()}
+    try:
+        return bytes(inverse[c] for c in text)
+    except KeyError as e:
+        raise ValueError(f"token {text!r} contains {e.args[0]!r}, which is not in the byte-to-unicode table") from None
+
+
+class _BPECache(dict):
+    """Pre-token -> ids; a missing pre-token is encoded by `compute` and remembered."""
+
+    def __init__(self, compute: Callable[[str], list[int]]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, word: str) -> list[int]:
+        ids = self[word] = self.compute(word)
+        return ids
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: `encode`, `decode`, `encode_iterable`.
+
+    Args:
+        vocab: token id -> token bytes.
+        merges: the merges in the order they were learned; each pair and its concatenation must be in `vocab`.
+        special_tokens: strings never split by encoding; those missing from `vocab` get new ids after the
+            largest id. Without special tokens, text such as `<|endoftext|>` is ordinary text.
+
+    >>> vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    >>> tok = Tokenizer(vocab, [(b"a", b"b")], ["<|endoftext|>"])
+    >>> tok.encode("abc<|endoftext|>")
+    [256, 99, 257]
+    >>> tok.decode([256, 99, 257])
+    'abc<|endoftext|>'
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ) -> None:
+        self.vocab: dict[int, bytes] = dict(vocab)
+        self.merges: list[tuple[bytes, bytes]] = list(merges)
+        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or ()))
+        self._ids: dict[bytes, int] = {}
+        for token_id in sorted(self.vocab):  # with repeated bytes, the smallest id wins
+            self._ids.setdefault(self.vocab[token_id], token_id)
+
+        self._special_ids: dict[str, int] = {}
+        for token in self.special_tokens:
+            raw = token.encode("utf-8")
+            if raw not in self._ids:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = raw
+                self._ids[raw] = new_id
+            self._special_ids[token] = self._ids[raw]
+        self._special_regex = special_tokens_regex(self.special_tokens)
+        self._longest_special = max((len(t) for t in self.special_tokens), default=0)
+
+        missing = [bytes([b]) for b in range(256) if bytes([b]) not in self._ids]
+        if missing:
+            raise ValueError(f"a byte-level vocabulary must contain all 256 single bytes; missing {missing[:8]!r}")
+        self._byte_ids: list[int] = [self._ids[bytes([b])] for b in range(256)]
+        # (left id, right id) -> (rank, merged id): the lower the rank, the earlier the merge was learned.
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (left, right) in enumerate(self.merges):
+            try:
+                pair = (self._ids[left], self._ids[right])
+                merged = self._ids[left + right]
+            except KeyError:
+                raise ValueError(f"merge {rank} {(left, right)!r}: the pair and its result must be in the vocabulary") from None
+            self._ranks.setdefault(pair, (rank, merged))
+        self._cache: _BPECache = _BPECache(self._bpe)
+
+    def __getstate__(self) -> dict:
+        # The cache can be large and is cheap to rebuild: leave it out when sent to worker processes.
+        return {key: value for key, value in self.__dict__.items() if key != "_cache"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = _BPECache(self._bpe)
+
+    # ---------------------------------------------------------------- construction from files
+    @classmethod
+    def from_files(
+        cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike, special_tokens: list[str] | None = None
+    ) -> Tokenizer:
+        """Load a vocabulary and merges saved by `save_bpe` (or in GPT-2's own format)."""
+        vocab, saved_special = _read_vocab(Path(vocab_filepath))
+        merges = _read_merges(Path(merges_filepath))
+        return cls(vocab, merges, saved_special if special_tokens is None else special_tokens)
+
+    @classmethod
+    def from_directory(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Load a tokenizer saved by `save` (or `save_bpe`) into `directory`."""
+        return cls(*load_bpe(directory))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `vocab.json` and `merges.txt` (see the module docstring) into `directory`."""
+        save_bpe(self.vocab, self.merges, directory, self.special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids (special tokens included)."""
+        return len(self.vocab)
+
+    def token_to_id(self, token: str | bytes) -> int:
+        """The id of a token given as bytes or as text (e.g. a special token); KeyError if absent."""
+        raw = token.encode("utf-8") if isinstance(token, str) else token
+        return self._ids[raw]
+
+    # ---------------------------------------------------------------- encoding
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        ids: list[int] = []
+        if self._special_regex is None:
+            self._encode_ordinary(text, ids)
+            return ids
+        for i, piece in enumerate(self._special_regex.split(text)):
+            if i % 2:
+                ids.append(self._special_ids[piece])
+            elif piece:
+                self._encode_ordinary(piece, ids)
+        return ids
+
+    def _encode_ordinary(self, text: str, ids: list[int]) -> None:
+        """Append the ids of `text`, which holds no special tokens, to `ids`."""
+        if len(self._cache) > _CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        # The hot loop runs in C: a cache hit is a dict lookup, a miss calls `_bpe` via `__missing__`.
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, GPT2_REGEX.findall(text))))
+
+    def _bpe(self, word: str) -> list[int]:
+        """The ids of one pre-token: merge the earliest-learned adjacent pair until none is left."""
+        byte_ids = self._byte_ids
+        ids = [byte_ids[b] for b in word.encode("utf-8")]
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = None
+            for pair in zip(ids, ids[1:]):
+                found = ranks.get(pair)
+                if found is not None and (best is None or found[0] < best[0]):
+                    best, best_pair = found, pair
+            if best is None:
+                break
+            left, right = best_pair
+            merged, i, n = [], 0, len(ids)
+            while i < n:
+                if i < n - 1 and ids[i] == left and ids[i + 1] == right:
+                    merged.append(best[1])
+                    i += 2
+                else:
+                    merged.append(ids[i])
+                    i += 1
+            ids = merged
+        return ids
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Lazily yield the ids of the concatenation of `iterable` (e.g. an open text file).
+
+        The ids equal `encode("".join(iterable))` however the input is cut into pieces. Text is held back
+        only until a place where cutting cannot change the result: a non-space followed by a space, or the
+        end of a special token. Memory stays bounded by the input's longest stretch without such a place
+        (plus the pre-token cache), not by its length.
+        """
+        pending: list[str] = []
+        pending_chars = 0
+        for chunk in iterable:
+            pending.append(chunk)
+            pending_chars += len(chunk)
+            if pending_chars < _ITERABLE_BUFFER_CHARS:
+                continue
+            buffer = "".join(pending)
+            cut = self._last_safe_cut(buffer)
+            if cut > 0:
+                yield from self.encode(buffer[:cut])
+                buffer = buffer[cut:]
+            pending, pending_chars = [buffer], len(buffer)
+        yield from self.encode("".join(pending))
+
+    def _last_safe_cut(self, text: str) -> int:
+        """A position `p` such that the ids of `text[:p]` do not depend on what follows `text` (0 if none)."""
+        if self._special_regex is None:
+            return max(last_safe_cut(text), 0)
+        # A special token that starts before `limit` is decided by the text we have; one after may yet grow.
+        limit = len(text) - self._longest_special + 1
+        region = 0
+        for match in self._special_regex.finditer(text, 0, len(text)):
+            if match.start() >= limit:
+                break
+            region = match.end()
+        cut = last_safe_cut(text, region, min(limit + 1, len(text))) if region < limit else -1
+        return max(cut, region)
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
+        ids = list(ids)
+        try:
+            raw = b"".join(map(self.vocab.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if not isinstance(i, int) or i not in self.vocab)
+            raise ValueError(
+                f"cannot decode token id {bad!r}: expected an int id in the vocabulary of {len(self.vocab)} tokens"
+            ) from None
+        return raw.decode("utf-8", errors="replace")
+
+
+# -------------------------------------------------------------------- the saved format
+def save_bpe(
+    vocab: dict[int, bytes],
+    merges: list[tuple[bytes, bytes]],
+    directory: str | os.PathLike,
+    special_tokens: Iterable[str] = (),
+) -> None:
+    """Write `vocab.json` and `merges.txt` into `directory` (created if needed); each write is atomic."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "special_tokens": list(special_tokens),
+        "vocab": {str(i): _to_text(vocab[i]) for i in sorted(vocab)},
+    }
+    _atomic_write(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+    lines = [f"#version: {FORMAT_NAME} {FORMAT_VERSION}"]
+    lines += [f"{_to_text(left)} {_to_text(right)}" for left, right in merges]
+    _atomic_write(directory / MERGES_FILE, "\n".join(lines) + "\n")
+
+
+def load_bpe(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
+    """Read what `save_bpe` wrote: `(vocab, merges, special_tokens)`."""
+    directory = Path(directory)
+    vocab, special_tokens = _read_vocab(directory / VOCAB_FILE)
+    return vocab, _read_merges(directory / MERGES_FILE), special_tokens or []
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _read_vocab(path: Path) -> tuple[dict[int, bytes], list[str] | None]:
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, got {data.get('version')!r}")
+        vocab = {int(i): _from_text(token) for i, token in data["vocab"].items()}
+        return vocab, list(data.get("special_tokens", []))
+    if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):  # GPT-2: token -> id
+        return {i: _from_text(token) for token, i in data.items()}, None
+    raise ValueError(f"{path}: expected a {FORMAT_NAME} vocabulary or a GPT-2 vocab.json (token -> id)")
+
+
+def _read_merges(path: Path) -> list[tuple[bytes, bytes]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"merges file {str(path)!r} does not exist")
+    merges = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected two tokens separated by one space, got {line!r}")
+        merges.append((_from_text(parts[0]), _from_text(parts[1])))
+    return merges

@@ -1,0 +1,230 @@
+"""The training loop: outputs of a run, exact resume, non-finite loss, accumulation, budgets and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cs336_basics.train as train_mod
+from cs336_basics.checkpoint import read_checkpoint
+from cs336_basics.train import NonFiniteLossError, TrainConfig, bytes_per_token, train
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def token_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A learnable corpus: one random 50-token phrase repeated, so the loss falls within a few steps."""
+    directory = tmp_path_factory.mktemp("tokens")
+    phrase = np.random.default_rng(0).integers(0, VOCAB, size=50)
+    tokens = np.tile(phrase, 100).astype(np.uint16)
+    np.save(directory / "train.npy", tokens)
+    np.save(directory / "valid.npy", tokens[:1000])
+    return directory / "train.npy", directory / "valid.npy"
+
+
+@pytest.fixture
+def tiny_config(token_files: tuple[Path, Path], tmp_path: Path) -> TrainConfig:
+    train_path, valid_path = token_files
+    return TrainConfig(
+        train_data=str(train_path), valid_data=str(valid_path), vocab_size=VOCAB, context_length=16, d_model=32,
+        num_layers=2, num_heads=2, batch_size=4, max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
+        eval_every=4, eval_batches=2, log_every=1, checkpoint_every=4, out_dir=str(tmp_path / "run"), device="cpu",
+        progress=False,
+    )
+
+
+def _losses(history: list[dict]) -> list[tuple]:
+    """The deterministic part of the metrics (wall-clock fields differ between runs)."""
+    keys = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")
+    return [tuple(r.get(k) for k in keys) for r in history]
+
+
+def test_run_writes_config_metrics_curve_and_checkpoint(tiny_config: TrainConfig) -> None:
+    result = train(tiny_config)
+    out = Path(tiny_config.out_dir)
+    assert result.steps == 12 and result.tokens_seen == 12 * 4 * 16
+    assert json.loads((out / "config.json").read_text())["d_model"] == 32
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records == result.history
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert {"step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s"} <= records[0].keys()
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 8, 12]
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.5  # it learns the repeated phrase
+    assert result.final_val_loss == records[-1]["val_loss"]
+    assert result.best_val_loss == min(r["val_loss"] for r in records if "val_loss" in r)
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = read_checkpoint(out / "ckpt_latest.pt")
+    assert payload["iteration"] == 12 and payload["config"]["num_layers"] == 2
+    assert payload["extra"]["tokens_seen"] == result.tokens_seen
+
+
+def test_lr_follows_warmup_and_cosine(tiny_config: TrainConfig) -> None:
+    lrs = [r["lr"] for r in train(tiny_config).history]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(1.5e-3) and lrs[2] == pytest.approx(3e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > tiny_config.lr_min
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(
+    tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = train(dataclasses.replace(tiny_config, out_dir=str(tmp_path / "whole")))
+
+    # Crash in the middle of step 7 (the 7th training batch; evaluations at step 4 drew 2 more).
+    real_get_batch, calls = train_mod.get_batch, {"n": 0}
+
+    def crashing_get_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7 + 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "get_batch", crashing_get_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config)
+    monkeypatch.setattr(train_mod, "get_batch", real_get_batch)
+    assert read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")["iteration"] == 4
+
+    resumed = train(dataclasses.replace(tiny_config, resume=True))
+    assert resumed.steps == 12
+    assert _losses(resumed.history) == _losses(reference.history)  # exact on CPU, step 1 to 12
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_config: TrainConfig) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(dataclasses.replace(tiny_config, resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss, calls = train_mod.cross_entropy, {"n": 0}
+
+    def poisoned_loss(logits, targets):
+        calls["n"] += 1  # steps 1-4 use calls 1-4, the step-4 evaluation 5-6, step 7 is call 9
+        loss = real_loss(logits, targets)
+        return loss * math.nan if calls["n"] == 9 else loss
+
+    monkeypatch.setattr(train_mod, "cross_entropy", poisoned_loss)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7"):
+        train(tiny_config)
+    payload = read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
+    assert payload["iteration"] == 4
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    # Two micro-batches of 4 draw the same windows as one batch of 8 (the sampler's stream is sequential).
+    big = train(dataclasses.replace(tiny_config, batch_size=8, max_steps=3, out_dir=str(tmp_path / "big")))
+    accum = train(dataclasses.replace(tiny_config, grad_accum_steps=2, max_steps=3, out_dir=str(tmp_path / "acc")))
+    assert accum.tokens_seen == big.tokens_seen
+    for a, b in zip(accum.history, big.history):
+        # float32: the mean of two half-batch means differs from the full mean in the last bits.
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tiny_config: TrainConfig) -> None:
+    config = dataclasses.replace(tiny_config, max_steps=100_000, warmup_steps=10, max_time_s=1.0, lr_clock="time")
+    result = train(config)
+    assert 1 <= result.steps < 100_000
+    assert read_checkpoint(Path(config.out_dir) / "ckpt_latest.pt")["iteration"] == result.steps
+    assert result.final_val_loss is not None  # the last step is always evaluated
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{"use_rmsnorm": False}, {"norm_position": "post"}, {"position_embedding": "none"}, {"ffn_type": "silu"}],
+    ids=["no-rmsnorm", "post-norm", "nope", "silu-ffn"],
+)
+def test_ablation_switches_reach_the_model(tiny_config: TrainConfig, switches: dict) -> None:
+    config = dataclasses.replace(tiny_config, max_steps=2, **switches)
+    model_config = config.model_config()
+    assert all(getattr(model_config, k) == v for k, v in switches.items())
+    assert math.isfinite(train(config).final_val_loss)
+
+
+def test_custom_model_and_optimizer_factories(tiny_config: TrainConfig) -> None:
+    from cs336_basics.model import TransformerLM
+
+    built = []
+
+    def model_factory(model_config, device):
+        built.append(model_config)
+        return TransformerLM(model_config, device=device)
+
+    def optimizer_factory(params, config):
+        return torch.optim.SGD(params, lr=config.lr_max)
+
+    result = train(dataclasses.replace(tiny_config, max_steps=2), model_factory=model_factory,
+                   optimizer_factory=optimizer_factory)
+    assert result.steps == 2 and built[0].d_model == 32
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"batch_size": 0}, "batch_size must be >= 1"), ({"warmup_steps": 20}, "warmup_steps"),
+     ({"lr_min": 1.0}, "lr_min <= lr_max"), ({"lr_clock": "time"}, "needs max_time_s")],
+    ids=["batch", "warmup", "lr-order", "time-clock"],
+)
+def test_bad_config_values_are_named(tiny_config: TrainConfig, changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(tiny_config, **changes)
+
+
+def test_missing_or_bad_data_is_a_clear_error(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.npy"):
+        train(dataclasses.replace(tiny_config, train_data=str(tmp_path / "nope.npy")))
+    np.save(tmp_path / "short.npy", np.arange(10, dtype=np.uint16))
+    with pytest.raises(ValueError, match="need more than context_length"):
+        train(dataclasses.replace(tiny_config, valid_data=str(tmp_path / "short.npy")))
+
+
+def test_bytes_per_token_counts_vocabulary_bytes(tmp_path: Path) -> None:
+    from cs336_basics.tokenizer import save_bpe
+
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    save_bpe(vocab, [(b"a", b"b")], tmp_path / "tok")
+    tokens = np.array([256, 97, 256, 98], dtype=np.uint16)  # "ab" "a" "ab" "b": 6 bytes in 4 tokens
+    assert bytes_per_token(tmp_path / "tok", tokens) == pytest.approx(1.5)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    train_mod.add_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_flags_and_config_file(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("d_model = 16\nnum_heads = 2\nmax_steps = 3\n")
+    out = tmp_path / "cli"
+    code = _cli(["train", "--config", str(config_file), "--train-data", tiny_config.train_data,
+                 "--valid-data", tiny_config.valid_data, "--vocab-size", "64", "--context-length", "16",
+                 "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "1", "--max-steps", "2",
+                 "--eval-every", "2", "--eval-batches", "1", "--out-dir", str(out), "--device", "cpu",
+                 "--no-progress", "--ffn-type", "silu"])
+    assert code == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["d_model"], saved["max_steps"], saved["ffn_type"]) == (16, 2, "silu")  # flag beats file
+    assert read_checkpoint(out / "ckpt_latest.pt")["iteration"] == 2
+
+
+def test_cli_exit_codes_for_bad_input_and_divergence(
+    tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _cli(["train", "--train-data", str(tmp_path / "missing.npy"), "--valid-data", "x"]) == 2
+    monkeypatch.setattr(train_mod, "cross_entropy", lambda logits, targets: logits.sum() * math.inf)
+    code = _cli(["train", "--train-data", tiny_config.train_data, "--valid-data", tiny_config.valid_data,
+                 "--vocab-size", "64", "--context-length", "16", "--d-model", "16", "--num-heads", "2",
+                 "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "0", "--max-steps", "2",
+                 "--out-dir", str(tmp_path / "nan"), "--device", "cpu", "--no-progress"])
+    assert code == 1

@@ -1,0 +1,244 @@
+"""Oracle for the tokenizer area: an obviously correct BPE trainer, tiktoken-backed encoders, corpora.
+
+Nothing here imports `cs336_basics`. The trainer recounts every pair on every merge (slow, but each step
+can be checked by eye); encoding is delegated to tiktoken, built from a vocabulary and its merges. The
+corpora are generated from fixed seeds, so `make snapshots` writes the same bytes every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import regex
+import tiktoken
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+ENDOFTEXT = "<|endoftext|>"
+
+
+# ------------------------------------------------------------------------------------------ training
+def naive_train_bpe(
+    text: str, vocab_size: int, special_tokens: list[str]
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Textbook BPE training. Ids: 0-255 bytes, then one per merge, then the special tokens."""
+    pieces = [text]
+    if special_tokens:
+        by_length = sorted(special_tokens, key=len, reverse=True)
+        pieces = re.split("|".join(re.escape(t) for t in by_length), text)
+    words: Counter[tuple[bytes, ...]] = Counter()
+    for piece in pieces:
+        for pretoken in regex.findall(GPT2_PATTERN, piece):
+            words[tuple(bytes([b]) for b in pretoken.encode("utf-8"))] += 1
+
+    merges: list[tuple[bytes, bytes]] = []
+    while 256 + len(merges) + len(special_tokens) < vocab_size:
+        pairs: Counter[tuple[bytes, bytes]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        # The most frequent pair; among equals, the lexicographically greatest pair of byte strings.
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        merges.append(best)
+        merged_words: Counter[tuple[bytes, ...]] = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged_words[tuple(out)] += count
+        words = merged_words
+
+    vocab = {i: bytes([i]) for i in range(256)}
+    for left, right in merges:
+        vocab[len(vocab)] = left + right
+    for token in special_tokens:
+        vocab[len(vocab)] = token.encode("utf-8")
+    return vocab, merges
+
+
+def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs):
+    """Oracle adapter: the naive trainer on the file's text."""
+    text = Path(input_path).read_text(encoding="utf-8")
+    return naive_train_bpe(text, vocab_size, special_tokens)
+
+
+# ------------------------------------------------------------------------------------------ encoding
+def tiktoken_encoding(
+    vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: Iterable[str] = ()
+) -> tuple[tiktoken.Encoding, dict[int, int]]:
+    """A tiktoken encoding with the merges' order as ranks, and a map from its ids to `vocab`'s ids.
+
+    tiktoken ranks every token: single bytes get ranks 0-255 (by byte value), the token made by merge `k`
+    gets rank 256 + k, so merging by rank replays the merges in learned order.
+    """
+    id_of: dict[bytes, int] = {}
+    for token_id in sorted(vocab):
+        id_of.setdefault(vocab[token_id], token_id)
+    ranks = {bytes([b]): b for b in range(256)}
+    for left, right in merges:
+        ranks.setdefault(left + right, len(ranks))
+    specials: dict[str, int] = {}
+    for token in dict.fromkeys(special_tokens):
+        specials[token] = len(ranks) + len(specials)
+    to_vocab = {rank: id_of[token] for token, rank in ranks.items()}
+    for token, rank in specials.items():
+        to_vocab[rank] = id_of[token.encode("utf-8")]
+    encoding = tiktoken.Encoding(
+        "oracle-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials, explicit_n_vocab=None
+    )
+    return encoding, to_vocab
+
+
+class TiktokenTokenizer:
+    """The oracle's tokenizer: tiktoken for encoding, a table lookup for decoding."""
+
+    def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens=None) -> None:
+        self.vocab = dict(vocab)
+        self.special_tokens = list(dict.fromkeys(special_tokens or ()))
+        known = set(self.vocab.values())
+        for token in self.special_tokens:
+            if token.encode("utf-8") not in known:
+                self.vocab[max(self.vocab) + 1] = token.encode("utf-8")
+        self.encoding, to_vocab = tiktoken_encoding(self.vocab, merges, self.special_tokens)
+        self._to_vocab = [to_vocab[r] for r in range(len(to_vocab))]
+
+    def encode(self, text: str) -> list[int]:
+        table = self._to_vocab
+        return [table[r] for r in self.encoding.encode(text, allowed_special="all", disallowed_special=())]
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        # Hold text back until the last "non-space then space": no pre-token spans it and no special token
+        # does either (we refuse special tokens containing whitespace, which the tests never use).
+        assert not any(regex.search(r"\s", t) for t in self.special_tokens)
+        buffer = ""
+        for chunk in iterable:
+            buffer += chunk
+            if len(buffer) < 4096:
+                continue
+            match = regex.search(r"(?r)\S\s", buffer)
+            if match is not None:
+                yield from self.encode(buffer[: match.start() + 1])
+                buffer = buffer[match.start() + 1 :]
+        yield from self.encode(buffer)
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def get_tokenizer(vocab, merges, special_tokens=None) -> TiktokenTokenizer:
+    """Oracle adapter."""
+    return TiktokenTokenizer(vocab, merges, special_tokens)
+
+
+# ------------------------------------------------------------------------------------------ files
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's table from its printable stand-in characters back to bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def load_gpt2_files(vocab_path: Path, merges_path: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Read GPT-2's `vocab.json` (token -> id) and `merges.txt` into bytes."""
+    decoder = gpt2_byte_decoder()
+    to_bytes = lambda token: bytes(decoder[c] for c in token)  # noqa: E731
+    vocab = {i: to_bytes(token) for token, i in json.loads(vocab_path.read_text(encoding="utf-8")).items()}
+    merges = []
+    for line in merges_path.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#version"):
+            left, right = line.split(" ")
+            merges.append((to_bytes(left), to_bytes(right)))
+    return vocab, merges
+
+
+def merges_to_text(merges: list[tuple[bytes, bytes]]) -> bytes:
+    """Merges in GPT-2's notation, one pair a line (the format of the `*_merges.txt` fixtures)."""
+    encoder = {b: c for c, b in gpt2_byte_decoder().items()}
+    show = lambda token: "".join(encoder[b] for b in token)  # noqa: E731
+    return "".join(f"{show(a)} {show(b)}\n" for a, b in merges).encode("utf-8")
+
+
+def merges_from_text(data: str) -> list[tuple[bytes, bytes]]:
+    decoder = gpt2_byte_decoder()
+    to_bytes = lambda token: bytes(decoder[c] for c in token)  # noqa: E731
+    return [tuple(map(to_bytes, line.split(" "))) for line in data.splitlines() if line]  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------ corpora
+_WORDS = (
+    "the a of and to in is was he she it they we you said once upon time little big happy sad dog cat "
+    "bird tree house river mountain school friend mother father played jumped ran looked saw found "
+    "wanted loved happily quickly slowly very really lower lowest newer newest widest don't can't "
+    "it's I'm we're they've she'll you'd café naïve résumé Zürich façade Ελλάδα Москва 東京 北京 "
+    "こんにちは 안녕하세요 😀 🚀 👍🏽 ∑ π √2 — … “quoted” «guillemets»"
+).split()
+_CODE = [
+    "def add(x, y):\n    return x + y\n",
+    "for i in range(10):\n\tprint(i ** 2)  # squares\n",
+    "if (a && b) { return -1; }\n",
+    "class Node:\n    def __init__(self):\n        self.next = None\n\n\n",
+    "x = [1, 2, 3]  ;  y = {'k': 3.14e-10}\n",
+    "    \n   \n\n",
+]
+
+
+def _generated_text(seed: int, num_docs: int, words_per_doc: tuple[int, int], separator: str) -> str:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(num_docs):
+        parts = []
+        for _ in range(rng.randint(*words_per_doc)):
+            r = rng.random()
+            if r < 0.04:
+                parts.append(rng.choice(_CODE))
+            elif r < 0.08:
+                parts.append(str(rng.randint(0, 10**rng.randint(1, 7))))
+            elif r < 0.12:
+                parts.append(rng.choice([".", ",", "!", "?", "\n", "\n\n", "  ", " - ", ": "]))
+            else:
+                word = rng.choice(_WORDS)
+                parts.append(word.capitalize() if rng.random() < 0.1 else word)
+        docs.append(" ".join(parts).strip())
+    return separator.join(docs)
+
+
+def corpus_small() -> bytes:
+    """~9 KB of mixed text, code and unicode, documents separated by `<|endoftext|>`."""
+    return (_generated_text(seed=1, num_docs=12, words_per_doc=(60, 160), separator=ENDOFTEXT) + "\n").encode()
+
+
+def corpus_medium() -> bytes:
+    """~130 KB of the same kind of text (the speed benchmark's small corpus when no data is present)."""
+    return (_generated_text(seed=2, num_docs=90, words_per_doc=(100, 300), separator=ENDOFTEXT) + "\n").encode()
+
+
+def small_merges() -> bytes:
+    """The naive trainer's 400 merges on `bpe_corpus_small.txt` (with `<|endoftext|>`)."""
+    _, merges = naive_train_bpe(corpus_small().decode("utf-8"), 256 + 400 + 1, [ENDOFTEXT])
+    return merges_to_text(merges)
+
+
+FIXTURE_FILES = {
+    "bpe_corpus_small.txt": corpus_small,
+    "bpe_corpus_medium.txt": corpus_medium,
+    "bpe_small_merges.txt": small_merges,
+}

@@ -1,0 +1,91 @@
+"""Graded tests of softmax and SiLU (problems `softmax` and `positionwise_feedforward`).
+
+Expected values are the exact answers (computed in float64 by the oracle from the stored float32 inputs)
+rounded to float32. Tolerances, with u = 2^-24 the float32 unit roundoff:
+- softmax, float32: 2e-6·(|p| + max p). exp() and the division each err by ~1 ulp, and the rounding of the
+  shifted input `x - max` (or of a log-sum-exp, |lse| ≲ 10 here) adds |x - max|·u relative: < 1.5e-6 in
+  all; the absolute term covers tiny probabilities whose relative error grows with |x - max|.
+- softmax with huge offsets (±100, -200): 2e-5. A log-sum-exp formulation rounds lse ≈ 200 to 2^-16.
+- SiLU, float32: 1e-6 relative (a few ulp for exp, one add, one divide, one multiply) + 1e-6 absolute
+  (values of order 1; below that an `x / (1 + exp(-x))` and an `x * sigmoid(x)` legitimately differ).
+- bf16 inputs: the output must stay bf16 and lie within one bf16 ulp (2^-7 relative), i.e. at most two
+  roundings away from the exact answer; the bf16 softmax adds 2^-7·max p for the exp of a rounded input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.oracle.model import BF16_EPS, SOFTMAX_DIMS, assert_close
+
+from .adapters import run_silu, run_softmax
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array)
+
+
+@pytest.mark.parametrize("dim", SOFTMAX_DIMS, ids=lambda d: f"dim{d}")
+def test_softmax_matches_snapshot(dim: int, load_snapshot) -> None:
+    snap = load_snapshot("model_softmax")
+    actual = run_softmax(_t(snap["in_features"]), dim)
+    assert_close(actual, snap[f"dim{dim}.expected"], tol=2e-6, dtype=torch.float32, what=f"softmax(dim={dim})")
+
+
+def test_softmax_is_stable_for_huge_inputs(load_snapshot) -> None:
+    snap = load_snapshot("model_softmax")
+    actual = run_softmax(_t(snap["stable.in_features"]), -1)
+    assert_close(actual, snap["stable.expected"], tol=2e-5, dtype=torch.float32, what="softmax of ±100-offset rows")
+
+
+def test_softmax_bf16_stays_bf16(load_snapshot) -> None:
+    snap = load_snapshot("model_softmax")
+    actual = run_softmax(_t(snap["bf16.in_features"]).bfloat16(), -1)
+    assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, dtype=torch.bfloat16, what="bf16 softmax")
+
+
+def test_softmax_hand_worked() -> None:
+    # exp(0) : exp(ln 3) = 1 : 3; the masked (-inf) entry gets exactly 0.
+    x = torch.tensor([[0.0, math.log(3.0), float("-inf")]])
+    assert_close(run_softmax(x, -1), np.array([[0.25, 0.75, 0.0]]), tol=1e-6, atol=0.0, what="softmax")
+    assert_close(run_softmax(x.T.contiguous(), 0), np.array([[0.25], [0.75], [0.0]]), tol=1e-6, atol=0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=7), min_size=1, max_size=4
+    ).filter(lambda rows: len({len(r) for r in rows}) == 1),
+    shift=st.floats(-30, 30, width=32),
+)
+def test_softmax_properties(rows: list[list[float]], shift: float) -> None:
+    """Rows sum to 1, entries lie in [0, 1], and adding a constant to a row changes nothing."""
+    x = torch.tensor(rows, dtype=torch.float64)
+    p = run_softmax(x, -1)
+    assert torch.all((p >= 0) & (p <= 1))
+    assert_close(p.sum(-1), np.ones(len(rows)), tol=1e-12, what="row sums")
+    assert_close(run_softmax(x + shift, -1), p, tol=1e-12, atol=1e-12, what="softmax(x + c)")
+
+
+@pytest.mark.parametrize("case", ["float32", "bf16"])
+def test_silu_matches_snapshot(case: str, load_snapshot) -> None:
+    snap = load_snapshot("model_silu")
+    x = _t(snap[f"{case}.in_features"])
+    if case == "bf16":
+        actual = run_silu(x.bfloat16())
+        assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, atol=1e-30, dtype=torch.bfloat16, what="bf16 SiLU")
+    else:
+        assert_close(run_silu(x), snap["float32.expected"], tol=1e-6, atol=1e-6, dtype=torch.float32, what="SiLU")
+
+
+def test_silu_hand_worked() -> None:
+    # silu(x) = x / (1 + e^-x): 0, 0.7311, -0.2689, 1.7616.
+    x = torch.tensor([0.0, 1.0, -1.0, 2.0])
+    expected = np.array([0.0, 1 / (1 + math.exp(-1)), -1 / (1 + math.exp(1)), 2 / (1 + math.exp(-2))])
+    assert_close(run_silu(x), expected, tol=1e-6, atol=0.0, what="SiLU")
