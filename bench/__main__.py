@@ -79,7 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         "--docs-dir", type=Path, default=None,
         help=f"also write latest.{{md,json}} here (default: {DOCS_DIR} for a full run of all benchmarks)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's choice); 1 gives steadier numbers on a busy machine",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
     names = args.only or list(BENCHMARKS)

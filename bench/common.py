@@ -75,10 +75,18 @@ def make_row(
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, alternating between them (A B A B ...) so that a change in the
-    machine's load hits every contestant alike. Warm-up calls are not timed. Take medians of the result.
+    """Wall-clock seconds per call of each function, alternating between them (A B, B A, ...) so that a
+    change in the machine's load hits every contestant alike. Warm-up calls are not timed. Take medians.
+
+    `cpu_times`, when given, is filled with the process CPU seconds of the same calls: on a machine shared
+    with other jobs, CPU time (single-threaded torch) measures the work done without the time spent waiting
+    for a core.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -89,9 +97,11 @@ def time_interleaved(
         names = list(fns) if i % 2 == 0 else list(reversed(fns))
         for name in names:
             gc.collect()
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(time.process_time() - cpu_start)
     return times
 
 
@@ -158,6 +168,7 @@ def machine_info() -> dict[str, Any]:
         "cores": affinity,
         "torch_threads": torch.get_num_threads(),
         "ram_gib": _ram_gib(),
+        "load_average": [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
         "versions": {
@@ -203,7 +214,8 @@ def format_markdown(results: dict[str, Any]) -> str:
         "",
         f"- date: {m['date']}; git commit: {m['git_commit']}; mode: {'quick' if results['quick'] else 'full'}",
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['ram_gib']} GiB RAM"
-        + (f", GPU {m['gpu']}" if m["gpu"] else ""),
+        + (f", GPU {m['gpu']}" if m["gpu"] else "")
+        + (f"; load average at the end {m['load_average']}" if m.get("load_average") else ""),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "",
         "Ratios compare measurements taken in the same run, interleaved; absolute numbers depend on the load.",

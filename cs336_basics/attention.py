@@ -34,12 +34,13 @@ def scaled_dot_product_attention(
         raise ValueError(f"queries and keys must share d_k: Q has {d_k}, K has {K.shape[-1]}")
     if K.shape[-2] != V.shape[-2]:
         raise ValueError(f"keys and values must have the same count: K has {K.shape[-2]}, V has {V.shape[-2]}")
-    scores = (Q @ K.transpose(-2, -1)) * (1.0 / math.sqrt(d_k))  # (..., queries, keys)
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+    # Scaling Q (queries × d_k numbers) is cheaper than scaling the scores (queries × keys), forward and back.
+    scores = (Q * (1.0 / math.sqrt(d_k))) @ K.transpose(-2, -1)  # (..., queries, keys)
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
         scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ V
+    return softmax(scores, dim=-1) @ V  # (..., queries, d_v)
 
 
 class KVCache:

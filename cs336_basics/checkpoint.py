@@ -66,7 +66,9 @@ def _capture_rng() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # NOTE: only the current device's state; get_rng_state_all() would create a CUDA context on every
+        # GPU of the machine (hundreds of MB each) from every DDP rank.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "numpy": {
             "bit_generator": numpy_state["bit_generator"],
             "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
@@ -80,8 +82,8 @@ def _capture_rng() -> dict[str, Any]:
 
 def _restore_rng(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]][: torch.cuda.device_count()])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"].cpu())
     state = rng["numpy"]
     np.random.set_state(
         {

@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,17 @@ FEARS = ("the dark", "thunder", "big waves", "the tall slide", "the deep water",
          "the old bridge", "the first day of school", "the big swing")
 WEATHER = ("sunny", "rainy", "windy", "snowy", "cloudy", "warm", "cold", "bright")
 TIMES = ("morning", "afternoon", "day", "evening")
-OPENERS = ("Once upon a time, there was {a}.", "One {weather} {time}, {a} woke up early.",
+OPENERS = ("Once upon a time, there was {a}.", "One {weather} morning, {a} woke up early.",
            "Long ago, in a small town, there lived {a}.", "There was once {a}.",
            "It was a {weather} {time}, and {a} wanted to play.", "Every day, {a} went outside to play.",
            "Yesterday, {a} had a very big day.")
 ENDINGS = ("From that day on, {n} always remembered to {lesson}.", "{n} learned that it is good to {lesson}.",
            "And so {n} was happy, because {p} knew how to {lesson}.", "That night, {n} smiled and fell asleep.",
            "It was the best day ever.", "{N_cap} hugged everyone and said, \"Thank you!\"")
-SAID = {"?": ("asked", "said", "wondered"), "!": ("said", "shouted", "cried", "called"), ".": ("said", "whispered", "replied", "laughed")}
+SAID = {  # speech verbs by the final punctuation of the words said
+    "?": ("asked", "said", "wondered"), "!": ("said", "shouted", "cried", "called"),
+    ".": ("said", "whispered", "said softly"),
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ def make_character(rng: random.Random, exclude: tuple[str, ...] = ()) -> Charact
             c = Character(rng.choice(BOYS), "boy", "he", "his")
         else:
             she = rng.random() < 0.5
-            c = Character(rng.choice(ANIMAL_NAMES), rng.choice(ANIMALS), "she" if she else "he", "her" if she else "his")
+            pronouns = ("she", "her") if she else ("he", "his")
+            c = Character(rng.choice(ANIMAL_NAMES), rng.choice(ANIMALS), *pronouns)
         if c.name not in exclude:
             return c
 
@@ -130,7 +135,8 @@ def _lost_object(rng: random.Random, a: Character, b: Character, place: str) -> 
         f"{_cap(b.intro(rng))} saw {a.name} and came over.",
         _say(rng, b.name, rng.choice(("Why are you sad?", "What is wrong?", "Can I help you?"))),
         _say(rng, a.name, f"I lost my {thing}. I looked everywhere!"),
-        _say(rng, b.name, rng.choice(("Let's look together.", "Don't worry, we will find it.", "Two eyes are good, but four eyes are better!"))),
+        _say(rng, b.name, rng.choice(("Let's look together.", "Don't worry, we will find it.",
+                                      "Two eyes are good, but four eyes are better!"))),
         f"They looked and looked. At last, {b.name} found the {thing} {spot}.",
         f"{a.name} was so {rng.choice(('happy', 'glad', 'surprised'))} that {a.subject} jumped up and down.",
         f"{_cap(a.subject)} shared {a.possessive} {rng.choice(FOODS)} with {b.name}, and they became good friends.",
@@ -138,14 +144,15 @@ def _lost_object(rng: random.Random, a: Character, b: Character, place: str) -> 
 
 
 def _new_friend(rng: random.Random, a: Character, b: Character, place: str) -> tuple[list[str], str]:
-    game = rng.choice(("tag", "hide and seek", "catch", "jump rope", "a race", "a treasure hunt", "pretend pirates"))
+    game = rng.choice(("tag", "hide and seek", "catch", "jump rope", "ball", "hopscotch", "pirates"))
     return [
         f"{a.name} lived near {place}, but {a.subject} had no friends to play with.",
         f"{_cap(a.subject)} felt {rng.choice(('lonely', 'sad', 'bored'))}.",
         f"One day, {a.subject} saw {b.intro(rng)} sitting alone by {PLACES[place]}.",
         f"{a.name} felt shy, but {a.subject} walked over and said hello.",
         _say(rng, a.name, rng.choice((f"Do you want to play {game}?", "Will you be my friend?", "What is your name?"))),
-        _say(rng, b.name, rng.choice(("Yes, I would love to!", "Yes, please! I was feeling lonely too.", f"My name is {b.name}. Let's play!"))),
+        _say(rng, b.name, rng.choice(("Yes, I would love to!", "Yes, please! I was feeling lonely too.",
+                                      f"My name is {b.name}. Let's play!"))),
         f"They played {game} until the sun went down.",
         rng.choice((f"{b.name} laughed so much that {b.subject} fell on the grass.",
                     f"{a.name} did not feel lonely any more.", "They had so much fun together.")),
@@ -206,7 +213,8 @@ def _quest(rng: random.Random, a: Character, b: Character, place: str) -> tuple[
         _say(rng, b.name, rng.choice(("How will we get past?", "What do we do now?", "Oh no! We are stuck!"))),
         _say(rng, a.name, rng.choice(("I have an idea!", "Let's think.", "We can do it if we work together."))),
         f"{_cap(fix)}.",
-        f"At last, they found {goal}. It was {rng.choice(('beautiful', 'bigger than they thought', 'sparkly', 'perfect'))}.",
+        f"At last, they found {goal}. "
+        f"It was {rng.choice(('beautiful', 'bigger than they thought', 'sparkly', 'perfect'))}.",
         f"They went home {rng.choice(('tired but happy', 'singing a song', 'holding hands'))}.",
     ], rng.choice(("work together", "never give up", "think before you act"))
 
@@ -219,12 +227,14 @@ def _baking(rng: random.Random, a: Character, b: Character, place: str) -> tuple
         f"It was {b.name}'s birthday, and {a.name} wanted to make {treat} for {b.name}.",
         f"{_cap(a.subject)} got a bowl, some flour, some eggs and some milk.",
         f"But {a.subject} {oops}.",
-        _say(rng, a.name, rng.choice(("Oh no! Now it is all wrong!", "Oops! What a mess!", "I will never get it right!"))),
+        _say(rng, a.name, rng.choice(("Oh no! Now it is all wrong!", "Oops! What a mess!",
+                                      "I will never get it right!"))),
         f"{_cap(a.possessive)} {rng.choice(HELPERS)} came into the kitchen and helped {a.name} try again.",
         f"This time, {a.name} went slowly and was very careful.",
         f"Soon the house smelled {rng.choice(('sweet', 'warm and yummy', 'like a bakery'))}.",
         f"{a.name} gave the {treat.split()[-1]} to {b.name}.",
-        _say(rng, b.name, rng.choice(("This is the best birthday ever!", "Yum! Did you make this for me?", "Thank you, my friend!"))),
+        _say(rng, b.name, rng.choice(("This is the best birthday ever!", "Yum! Did you make this for me?",
+                                      "Thank you, my friend!"))),
     ], rng.choice(("try again", "be patient", "make things for the people you love"))
 
 
@@ -233,7 +243,8 @@ def _hurt_animal(rng: random.Random, a: Character, b: Character, place: str) -> 
     name = rng.choice([n for n in ANIMAL_NAMES if n not in (a.name, b.name)])
     return [
         f"One day at {place}, {a.name} found a {animal} with a hurt {rng.choice(('wing', 'leg', 'foot'))}.",
-        _say(rng, a.name, rng.choice(("Poor thing! I will help you.", "Don't be scared. I am your friend.", "Are you okay?"))),
+        _say(rng, a.name, rng.choice(("Poor thing! I will help you.", "Don't be scared. I am your friend.",
+                                      "Are you okay?"))),
         f"{_cap(a.subject)} carried the {animal} home in a soft {rng.choice(('box', 'basket', 'blanket'))}.",
         f"{a.name} gave it water and {rng.choice(('seeds', 'crumbs', 'a leaf'))}, and named it {name}.",
         f"Every day, {name} got a little stronger.",
@@ -301,9 +312,10 @@ def write_corpus(
     out.mkdir(parents=True, exist_ok=True)
     files = CorpusFiles(train=out / "train.txt", valid=out / "valid.txt")
     for path, count, start in ((files.train, num_train, 0), (files.valid, num_valid, num_train)):
-        tmp = path.with_name(f".{path.name}.tmp")
+        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            with open(fd, "w", encoding="utf-8", newline="\n") as f:
                 for story in generate_stories(count, seed=seed, start=start):
                     f.write(story + SEPARATOR)
             os.replace(tmp, path)

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-Batch = tuple[Int[Tensor, "batch context_length"], Int[Tensor, "batch context_length"]]
+Batch = tuple[Int[Tensor, " batch context_length"], Int[Tensor, " batch context_length"]]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -51,9 +51,7 @@ def _check_dataset(dataset: npt.NDArray, context_length: int) -> None:
     if context_length < 1:
         raise ValueError(f"context_length must be at least 1, got {context_length}")
     if len(dataset) < context_length + 1:
-        raise ValueError(
-            f"dataset has {len(dataset)} tokens, fewer than context_length + 1 = {context_length + 1}"
-        )
+        raise ValueError(f"dataset has {len(dataset)} tokens, fewer than context_length + 1 = {context_length + 1}")
 
 
 def _windows_to_device(windows: npt.NDArray, device: torch.device) -> Batch:

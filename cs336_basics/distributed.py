@@ -8,15 +8,18 @@ collectives (`all_reduce_mean`, `broadcast_object`, `barrier`) keep the ranks in
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
              --nproc_per_node 8 -m cs336_basics.cli train ...                    # node 0 of 2
 
-A training loop uses this module in six lines, and the same code runs unchanged in a single process
+A training loop needs a handful of calls, and the same code runs unchanged in a single process
 (`world_size == 1`: no process group, no DDP wrapper, every collective is the identity):
 
-    ctx = init_distributed(cfg.device)                  # rank, world size, this rank's device
-    torch.manual_seed(rank_seed(cfg.seed, ctx))         # each rank draws different batches
-    model = wrap_model(TransformerLM(mc).to(ctx.device), ctx)
-    with no_sync_if(model, micro_step < accum_steps - 1):
-        loss.backward()                                 # DDP all-reduces only on the last micro-step
-    if ctx.is_main: save_checkpoint(unwrap_model(model), ...)   # keys without "module." / "_orig_mod."
+    ctx = init_distributed(cfg.device)                         # rank, world size, this rank's device
+    rng = np.random.default_rng(rank_seed(cfg.seed, ctx))      # each rank draws different batches
+    model = wrap_model(TransformerLM(mc, device=ctx.device), ctx)
+    for micro in range(accum_steps):
+        with no_sync_if(model, micro < accum_steps - 1):       # forward AND backward inside
+            cross_entropy(model(x), y).backward()              # DDP all-reduces on the last micro-step only
+    loss = all_reduce_mean(loss, ctx)                          # the same number on every rank, for logging
+    if ctx.is_main:
+        save_checkpoint(unwrap_model(model), ...)              # keys without "module." / "_orig_mod."
     cleanup(ctx)
 
 Backends: NCCL on CUDA (each rank owns `cuda:{LOCAL_RANK}`), gloo on CPU. With `torch.compile`, wrap first
@@ -130,6 +133,8 @@ def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.de
             dev = torch.device("cuda", torch.cuda.current_device())
     elif distributed and dev.type != "cpu":
         raise ValueError(f"distributed training supports 'cuda' (NCCL) or 'cpu' (gloo), got {device!r}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available")
     return dev
 
 
@@ -219,6 +224,9 @@ def no_sync_if(model: nn.Module, condition: bool) -> contextlib.AbstractContextM
 
     Gradient accumulation: pass `condition = micro_step < accum_steps - 1` so gradients only accumulate
     locally on the early micro-steps and are all-reduced once, during the last backward.
+
+    NOTE: put the forward pass inside the context too: DDP decides during `forward` whether the coming
+    backward synchronises.
     """
     ddp = _find_ddp(model)
     if ddp is not None and condition:

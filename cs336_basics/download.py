@@ -169,7 +169,9 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None) -> 
                     pct = f" ({100 * done / total:.0f}%)" if total else ""
                     logger.info("%s: %.1f MB%s", part.name, done / 1e6, pct)
     except (OSError, EOFError) as err:  # http.client.IncompleteRead, reset connection, timeout ...
-        raise DownloadError(f"{part.name}: transfer interrupted after {done} bytes ({err!r}); run again to resume") from None
+        raise DownloadError(
+            f"{part.name}: transfer interrupted after {done} bytes ({err!r}); run again to resume"
+        ) from None
 
 
 def gunzip(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

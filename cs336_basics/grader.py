@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -197,11 +198,11 @@ class GradeResult:
 
     def format_table(self) -> str:
         width = max(len(p.problem.name) for p in self.problems) if self.problems else 10
-        lines = [f"{'problem':<{width}}  {'score':>11}  tests"]
+        lines = [f"{'problem':<{width}}   score    max  tests"]
         for p in self.problems:
-            lines.append(f"{p.problem.name:<{width}}  {p.score:5.2f}/{p.problem.points:<5g}  {p.summary()}")
-            lines.extend(f"{'':<{width}}    {line}" for line in p.details())
-        lines.append(f"{'total':<{width}}  {self.score:5.2f}/{self.max_score:<5g}  ({self.execution_time:.0f} s)")
+            lines.append(f"{p.problem.name:<{width}}  {p.score:6.2f}  {p.problem.points:5g}  {p.summary()}")
+            lines.extend(f"{'':<{width}}      {line}" for line in p.details())
+        lines.append(f"{'total':<{width}}  {self.score:6.2f}  {self.max_score:5g}  ({self.execution_time:.0f} s)")
         return "\n".join([*lines, *self.warnings])
 
 
@@ -229,10 +230,6 @@ def grade(
     t0 = time.monotonic()
     deadline = t0 + total_timeout
     selected = _select_problems(problems)
-    try:
-        pristine = sandbox.Harness.load(harness if harness is not None else default_harness())
-    except FileNotFoundError as e:
-        raise GraderError(f"{e}; pass the pristine tests with --harness") from e
     if importlib.util.find_spec("pytest") is None:
         raise GraderError("pytest is not installed in the grader's environment")
     jobs = jobs or os.cpu_count() or 1
@@ -241,6 +238,10 @@ def grade(
 
     with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
         tmp_dir = Path(tmp)
+        try:
+            pristine = sandbox.Harness.freeze(harness if harness is not None else default_harness(), tmp_dir / "harness")
+        except FileNotFoundError as e:
+            raise GraderError(f"{e}; pass the pristine tests with --harness") from e
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0))
         graded = [n for n in nodeids if problem_of(n) in selected]
@@ -265,7 +266,7 @@ def grade(
             sandbox.build_workspace(run_dir, pristine, student.package, student.adapters)
             report = sandbox.run_guarded(
                 run_dir, ids, timeout=timeout, memory_mb=memory_mb, deadline=deadline, threads=threads,
-                pytest_timeout=use_pytest_timeout,
+                pytest_timeout=use_pytest_timeout, abort=abort,
             )  # fmt: skip
             tampered = sandbox.tampered_files(run_dir, pristine)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -276,14 +277,19 @@ def grade(
                 return []
             return _settle(ids, report, results, timeout)
 
+        abort = threading.Event()  # on any error or Ctrl-C, the workers kill their test processes
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             running: set[Future[list[list[str]]]] = set()
-            while units or running:
-                while units and len(running) < jobs:
-                    running.add(pool.submit(run_unit, units.popleft()))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    units.extend(future.result())
+            try:
+                while units or running:
+                    while units and len(running) < jobs:
+                        running.add(pool.submit(run_unit, units.popleft()))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        units.extend(future.result())
+            except BaseException:
+                abort.set()
+                raise
 
     scores = tuple(
         ProblemScore(

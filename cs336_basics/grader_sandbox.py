@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Sequence
@@ -52,12 +53,20 @@ class Harness:
         return self.root / "tests"
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Harness:
-        """`directory` is a project root holding `tests/`, or the `tests/` directory itself."""
+    def freeze(cls, directory: str | os.PathLike[str], dest: Path) -> Harness:
+        """Copy the harness at `directory` (a project root holding `tests/`, or `tests/` itself) to `dest`.
+
+        Every workspace of the run is made from this frozen copy, so the run judges against one
+        consistent harness even if the source changes meanwhile.
+        """
         path = Path(directory).resolve()
-        root = path if (path / "tests" / "conftest.py").exists() else path.parent
-        if not (root / "tests" / "conftest.py").exists():
+        source = path if (path / "tests" / "conftest.py").exists() else path.parent
+        if not (source / "tests" / "conftest.py").exists():
             raise FileNotFoundError(f"expected a grading harness with tests/conftest.py under {path}, found none")
+        root = dest
+        shutil.copytree(source / "tests", root / "tests", ignore=_IGNORED)
+        if (source / "pyproject.toml").exists():
+            shutil.copyfile(source / "pyproject.toml", root / "pyproject.toml")
         manifest = {
             str(p.relative_to(root)): _sha256(p)
             for p in sorted((root / "tests").rglob("*"))
@@ -86,40 +95,60 @@ def unpack_submission(source: str | os.PathLike[str], dest: Path) -> Submission:
     """Copy a submission (directory or `.zip`) into `dest/` as `cs336_basics/` + `adapters.py`.
 
     Tolerates a top folder (`hw1/cs336_basics/...`), an `adapters.py` outside `tests/` and missing
-    `__init__.py` files; a submission without a `cs336_basics/` gets an empty package.
+    `__init__.py` files; a submission without a `cs336_basics/` gets an empty package. Only those two
+    things are copied (a directory may be a whole checkout, virtual environment included).
     """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"submission {source} does not exist")
-    raw = dest / "raw"
+    raw = None
     if source.is_dir():
-        shutil.copytree(source, raw, ignore=_IGNORED, symlinks=False)
+        root = source
     elif zipfile.is_zipfile(source):
+        raw = dest / "raw"
         _safe_extract(source, raw)
+        root = raw
     else:
         raise SubmissionError(f"expected a directory or a .zip file as submission, got {source}")
-
-    def depth(p: Path) -> tuple[int, str]:
-        return (len(p.relative_to(raw).parts), str(p))
-
-    files = [p for p in raw.rglob("*") if not any(part.startswith((".", "__MACOSX")) for part in p.relative_to(raw).parts)]
-    packages = sorted((p for p in files if p.is_dir() and p.name == "cs336_basics"), key=depth)
-    adapters = sorted((p for p in files if p.is_file() and p.name == "adapters.py"), key=lambda p: (p.parent.name != "tests", *depth(p)))
-    adapters = [p for p in adapters if not packages or packages[0] not in p.parents]
+    packages, adapters = _find_submission_parts(root)
     if not adapters:
         raise SubmissionError(f"the submission {source} has no tests/adapters.py")
     package = dest / "cs336_basics"
     if packages:
         shutil.copytree(packages[0], package, ignore=_IGNORED)
     else:
-        package.mkdir()
+        package.mkdir(parents=True)
     # Without __init__.py the directory is a namespace package, and the installed reference would win.
     for directory in [package, *(p for p in package.rglob("*") if p.is_dir())]:
-        if any(directory.glob("*.py")) or directory == package:
+        if directory == package or any(directory.glob("*.py")):
             (directory / "__init__.py").touch(exist_ok=True)
     shutil.copyfile(adapters[0], dest / "adapters.py")
-    shutil.rmtree(raw)
+    if raw is not None:
+        shutil.rmtree(raw)
     return Submission(package=package, adapters=dest / "adapters.py")
+
+
+def _find_submission_parts(root: Path, max_depth: int = 4) -> tuple[list[Path], list[Path]]:
+    """(`cs336_basics` directories, `adapters.py` files) under `root`, the most plausible first."""
+    packages: list[Path] = []
+    adapters: list[Path] = []
+    for current, dirs, files in os.walk(root):
+        here = Path(current)
+        depth = len(here.relative_to(root).parts)
+        dirs[:] = sorted(
+            d for d in dirs
+            if depth < max_depth and not d.startswith((".", "__")) and d not in ("site-packages", "node_modules")
+        )  # fmt: skip
+        if here.name == "cs336_basics" and here != root:
+            packages.append(here)
+            dirs[:] = []  # a student's package may hold an adapters.py of its own: not the one we want
+        elif "adapters.py" in files:
+            adapters.append(here / "adapters.py")
+
+    def rank(p: Path) -> tuple[bool, int, str]:
+        return (p.parent.name != "tests", len(p.relative_to(root).parts), str(p))
+
+    return sorted(packages, key=lambda p: (len(p.relative_to(root).parts), str(p))), sorted(adapters, key=rank)
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:
@@ -193,6 +222,7 @@ def run_guarded(
     deadline: float,
     threads: int,
     pytest_timeout: bool,
+    abort: threading.Event | None = None,
 ) -> ProcessReport:
     """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
 
@@ -235,6 +265,10 @@ def run_guarded(
             if code is not None:
                 break
             allowance = timeout + (grace if report.results or report.in_flight else 60.0)
+            if abort is not None and abort.is_set():
+                _kill_group(proc)
+                proc.wait()
+                raise RuntimeError("grading was interrupted")
             if now > deadline or now - last_event > allowance:
                 report.ending = "deadline" if now > deadline else "timeout"
                 _kill_group(proc)

@@ -59,7 +59,8 @@ def encode_file(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     dtype = token_dtype(max(tokenizer.vocab) + 1)
     size = input_path.stat().st_size
-    num_chunks = max(num_workers, -(-size // _TARGET_CHUNK_BYTES))
+    # A few chunks per worker even for modest files, so that no worker idles while another finishes.
+    num_chunks = max(4 * num_workers, -(-size // _TARGET_CHUNK_BYTES))
     with open(input_path, "rb") as f:
         bounds = find_chunk_boundaries(f, num_chunks, tokenizer.special_tokens)
     jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]

@@ -32,12 +32,13 @@ logger = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
 
-# The demo model and optimiser, tuned for ~3 minutes of 2 CPU cores (`configs/demo.toml` mirrors this).
+# The demo model and optimiser, tuned for 2.5 minutes of 2 CPU cores (`configs/demo.toml` mirrors this).
 DEMO_TRAINING: dict[str, Any] = {
     "context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "d_ff": 384, "rope_theta": 10_000.0,
-    "batch_size": 32, "max_steps": 4_000, "lr_max": 3e-3, "lr_min": 3e-4, "warmup_steps": 100,
+    "batch_size": 16, "max_steps": 4_000, "lr_max": 3e-3, "lr_min": 3e-4, "warmup_steps": 100,
     "lr_clock": "time", "weight_decay": 0.1, "betas": (0.9, 0.95), "grad_clip": 1.0,
-    "eval_every": 100, "eval_batches": 10, "log_every": 50, "checkpoint_every": 1_000, "seed": 0,
+    "max_time_s": 150.0, "eval_every": 50, "eval_batches": 10, "log_every": 50, "checkpoint_every": 1_000,
+    "seed": 0,
 }
 
 
@@ -54,24 +55,24 @@ class DemoConfig:
     num_train_stories: int = 20_000
     num_valid_stories: int = 1_000
     corpus_seed: int = 0
-    vocab_size: int = field(default=2_048, metadata=_help("BPE vocabulary size, special token included"))
+    vocab_size: int = field(default=1_024, metadata=_help("BPE vocabulary size, special token included"))
     max_time_s: float = field(default=150.0, metadata=_help("wall-clock budget of the training step"))
     max_steps: int = field(default=4_000, metadata=_help("step budget of the training step"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, mps"))
     prompts: tuple[str, ...] = ("Once upon a time", "One day, Lily found a", "Tom was scared of the dark.")
-    max_new_tokens: int = 100
+    max_new_tokens: int = 80
     temperature: float = 0.8
     top_p: float = 0.95
     num_workers: int | None = field(default=None, metadata=_help("processes for BPE training and tokenizing"))
     progress: bool = field(default=True, metadata=_help("progress bars"))
 
 
-def demo_train_config(out: str | Path, *, vocab_size: int = 2_048, **overrides: Any):
+def demo_train_config(out: str | Path, *, vocab_size: int = 1_024, **overrides: Any):
     """The ``TrainConfig`` of the demo's training step, reading and writing under ``out``."""
     from .train import TrainConfig
 
     out = Path(out)
-    settings = {**DEMO_TRAINING, "max_time_s": 150.0, **overrides}
+    settings = {**DEMO_TRAINING, **overrides}
     if "warmup_steps" not in overrides:  # keep warm-up a small fraction of a shortened run
         settings["warmup_steps"] = min(settings["warmup_steps"], settings["max_steps"] // 10)
     return TrainConfig(
@@ -122,22 +123,32 @@ def tokenize_files(
 
 
 class _Steps:
-    """Runs a pipeline step unless its outputs exist and its settings equal those recorded in steps.json."""
+    """Runs a pipeline step unless its outputs exist and its settings equal those recorded in steps.json.
+
+    Steps must be run in pipeline order: once one runs, every later one runs too (its inputs changed).
+    """
 
     def __init__(self, out: Path, force: bool) -> None:
         self.path, self.stale = out / "steps.json", force
+        self.timings: dict[str, float] = {}
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() and not force else {}
+        self.checked: list[str] = []
 
     def run(self, name: str, settings: dict[str, Any], outputs: Sequence[Path], fn: Callable[[], Any]) -> bool:
         settings = json.loads(json.dumps(settings, default=str))
-        if not self.stale and self.done.get(name) == settings and all(p.exists() for p in outputs):
+        up_to_date = self.done.get(name) == settings and all(p.exists() for p in outputs)
+        self.checked.append(name)
+        if up_to_date and not self.stale:
             logger.info("%s: up to date, skipping (--force redoes it)", name)
             return False
-        self.stale = True  # everything downstream must be redone too
-        self.done.pop(name, None)
+        self.stale = True
+        # Forget this step and every later one before starting: a crash must not leave them marked as done.
+        self.done = {k: v for k, v in self.done.items() if k in self.checked[:-1]}
+        atomic_write_text(self.path, json.dumps(self.done, indent=2) + "\n")
         start = time.perf_counter()
         fn()
-        logger.info("%s: done in %.1f s", name, time.perf_counter() - start)
+        self.timings[name] = time.perf_counter() - start
+        logger.info("%s: done in %.1f s", name, self.timings[name])
         self.done[name] = settings
         atomic_write_text(self.path, json.dumps(self.done, indent=2) + "\n")
         return True
@@ -150,7 +161,7 @@ class DemoResult:
     num_parameters: int
     steps: int
     samples: list[str]
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per step run this time
 
 
 def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
@@ -166,11 +177,6 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
     texts = [corpus_dir / "train.txt", corpus_dir / "valid.txt"]
     arrays = [tokens_dir / "train.npy", tokens_dir / "valid.npy"]
-    train_config = demo_train_config(out, vocab_size=config.vocab_size, max_time_s=config.max_time_s,
-                                     max_steps=config.max_steps, device=config.device, progress=config.progress,
-                                     **train_overrides)
-    ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
-
     steps.run("corpus", {"train": config.num_train_stories, "valid": config.num_valid_stories,
                          "seed": config.corpus_seed}, texts,
               lambda: write_corpus(corpus_dir, num_train=config.num_train_stories,
@@ -181,19 +187,25 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     steps.run("tokens", {}, arrays,
               lambda: tokenize_files(tok_dir, texts, tokens_dir, num_workers=config.num_workers,
                                      show_progress=config.progress))
+    tokenizer = Tokenizer.from_directory(tok_dir)
+    # The model's vocabulary is exactly the tokenizer's: a small corpus may stop BPE short of --vocab-size, and
+    # NOTE: a padded vocabulary would let sampling pick ids that the tokenizer cannot decode.
+    train_config = demo_train_config(out, vocab_size=tokenizer.vocab_size,
+                                     max_time_s=config.max_time_s, max_steps=config.max_steps, device=config.device,
+                                     progress=config.progress, **train_overrides)
+    ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
     model_settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
     steps.run("model", model_settings, [ckpt], lambda: train(train_config))
 
     history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]
     val_curve = [(int(r["step"]), float(r["val_loss"])) for r in history if "val_loss" in r]
     model, _ = load_model(ckpt, device="cpu")
-    tokenizer = Tokenizer.from_directory(tok_dir)
     completions = complete(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature, top_p=config.top_p, seed=0)
     samples = [p + c for p, c in zip(config.prompts, completions)]
     atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
     return DemoResult(out=out, val_curve=val_curve, num_parameters=model.num_parameters(),
-                      steps=history[-1]["step"] if history else 0, samples=samples)
+                      steps=history[-1]["step"] if history else 0, samples=samples, timings=steps.timings)
 
 
 def format_summary(result: DemoResult, points: int = 6) -> str:
@@ -203,10 +215,12 @@ def format_summary(result: DemoResult, points: int = 6) -> str:
     if curve:
         (s0, l0), (s1, l1) = curve[0], curve[-1]
         best_step, best = min(curve, key=lambda sl: sl[1])
-        lines.append(f"validation loss: first {l0:.3f} (step {s0}), last {l1:.3f} (step {s1}), "
+        lines.append(f"validation loss (nats/token): first {l0:.3f} (step {s0}), last {l1:.3f} (step {s1}), "
                      f"best {best:.3f} (step {best_step}); perplexity {math.exp(l1):.1f}")
         picks = sorted({round(i * (len(curve) - 1) / max(points - 1, 1)) for i in range(points)})
         lines.append("  " + "  ".join(f"step {curve[i][0]}: {curve[i][1]:.3f}" for i in picks))
+    if result.timings:
+        lines.append("time: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in result.timings.items()))
     lines.append("== samples")
     for sample in result.samples:
         lines += [sample.strip(), "--"]

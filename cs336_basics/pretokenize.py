@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
@@ -26,12 +27,28 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)
 
+
+def _ascii_class(pattern: str) -> str:
+    """The ASCII characters that `pattern` (a `regex` character class) matches, as a stdlib `re` class body."""
+    return "".join(re.escape(chr(c)) for c in range(128) if regex.fullmatch(pattern, chr(c)))
+
+
+_L, _N, _S = _ascii_class(r"\p{L}"), _ascii_class(r"\p{N}"), _ascii_class(r"\s")
+# The same pattern for text that is pure ASCII, in the stdlib engine with the classes spelled out (derived
+# from `regex` itself, so they agree by construction): about twice as fast as `GPT2_REGEX` on ASCII.
+_GPT2_ASCII_REGEX = re.compile(
+    rf"""'(?:[sdmt]|ll|ve|re)| ?[{_L}]+| ?[{_N}]+| ?[^{_S}{_L}{_N}]+|[{_S}]+(?![^{_S}])|[{_S}]+"""
+)
+# Mixed text is pre-tokenised in blocks of about this many characters, each with the faster engine it allows.
+_BLOCK_CHARS = 4096
+
 # A cut between a non-space and a space is safe: no pre-token contains both (the only pattern that starts
 # with a space is ` ?X+`, which starts *at* the space), and the one lookahead, `(?!\S)`, never looks past a
 # non-space. `(?r)` searches backwards, so the latest cut is found first.
 _LAST_SAFE_CUT = regex.compile(r"(?r)\S\s")
 # The same rule on raw bytes, restricted to ASCII so that a match is always a whole UTF-8 character.
 _SAFE_CUT_BYTES = regex.compile(rb"[!-~][ \t\n\r]")
+_NEXT_SAFE_CUT = regex.compile(r"\S\s")
 
 
 def pretokenize(text: str) -> Iterator[str]:
@@ -42,6 +59,30 @@ def pretokenize(text: str) -> Iterator[str]:
     """
     for match in GPT2_REGEX.finditer(text):
         yield match.group()
+
+
+def pretokens(text: str) -> list[str]:
+    """The GPT-2 pre-tokens of `text` as a list: `list(pretokenize(text))`, faster.
+
+    ASCII stretches go to a stdlib-`re` twin of the pattern; the text is cut only at safe places.
+
+    >>> pretokens("naïve  code(x) 42")
+    ['naïve', ' ', ' code', '(', 'x', ')', ' 42']
+    """
+    if text.isascii():
+        return _GPT2_ASCII_REGEX.findall(text)
+    out: list[str] = []
+    start, n = 0, len(text)
+    while start < n:
+        cut = n
+        if start + _BLOCK_CHARS < n:
+            match = _NEXT_SAFE_CUT.search(text, start + _BLOCK_CHARS)
+            if match is not None:
+                cut = match.start() + 1
+        block = text[start:cut]
+        out += (_GPT2_ASCII_REGEX if block.isascii() else GPT2_REGEX).findall(block)
+        start = cut
+    return out
 
 
 def special_tokens_regex(special_tokens: Iterable[str]) -> regex.Pattern[str] | None:
@@ -78,7 +119,7 @@ def count_pretokens(text: str, special_tokens: Iterable[str] = ()) -> Counter[st
     pattern = special_tokens_regex(special_tokens)
     pieces = [text] if pattern is None else pattern.split(text)[::2]
     for piece in pieces:
-        counts.update(GPT2_REGEX.findall(piece))
+        counts.update(pretokens(piece))
     return counts
 
 
@@ -130,20 +171,22 @@ def _next_boundary(
     """The first safe cut at or after `position` (see `find_chunk_boundaries`), or `file_size`."""
     # Read a little before `position` so that a special token straddling it is seen whole.
     overlap = max(longest - 1, 1)
+    special_regex = regex.compile(b"|".join(regex.escape(t) for t in specials)) if specials else None
     start = max(position - overlap, 0)
     fallback = -1
     while start < file_size:
         file.seek(start)
         data = file.read(window + overlap)
-        hits = [data.find(t, max(position - start, 0)) for t in specials]
-        hits = [h for h in hits if h >= 0]
-        if hits:
-            return start + min(hits)
+        if special_regex is not None:
+            for match in special_regex.finditer(data, max(position - start, 0)):
+                # NOTE: with overlapping special tokens ("<s>" and "x<s>"), an occurrence may lie inside
+                # another one; cutting there would break the longer token.
+                if not _inside_special(file, start + match.start(), specials, longest):
+                    return start + match.start()
         if fallback < 0:
             for match in _SAFE_CUT_BYTES.finditer(data, max(position - start - 1, 0)):
-                cut = match.start() + 1
-                if not _inside_special(data, cut, specials):
-                    fallback = start + cut
+                if not _inside_special(file, start + match.start() + 1, specials, longest):
+                    fallback = start + match.start() + 1
                     break
         # A special token found within one window beats a whitespace cut: the chunks stay aligned to
         # documents. Past that, settle for the whitespace cut.
@@ -155,13 +198,18 @@ def _next_boundary(
     return fallback if fallback >= 0 else file_size
 
 
-def _inside_special(data: bytes, cut: int, specials: list[bytes]) -> bool:
-    """Whether some occurrence of a special token in `data` covers both `data[cut-1]` and `data[cut]`."""
+def _inside_special(file: BinaryIO, cut: int, specials: list[bytes], longest: int) -> bool:
+    """Whether an occurrence of a special token in `file` covers both bytes `cut - 1` and `cut`."""
+    if not specials:
+        return False
+    lo = max(cut - longest + 1, 0)
+    file.seek(lo)
+    data = file.read(2 * longest)
+    cut -= lo
     for token in specials:
-        lo = max(cut - len(token) + 1, 0)
-        hit = data.find(token, lo, cut + len(token) - 1)
+        hit = data.find(token)
         while 0 <= hit < cut:
             if hit + len(token) > cut:
                 return True
-            hit = data.find(token, hit + 1, cut + len(token) - 1)
+            hit = data.find(token, hit + 1)
     return False

@@ -28,7 +28,7 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-from .pretokenize import GPT2_REGEX, last_safe_cut, special_tokens_regex
+from .pretokenize import last_safe_cut, pretokens, special_tokens_regex
 
 __all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
 
@@ -41,6 +41,8 @@ MERGES_FILE = "merges.txt"
 _ITERABLE_BUFFER_CHARS = 1 << 14
 # The pre-token cache is cleared when it grows past this many entries (bounded memory on huge inputs).
 _CACHE_MAX_ENTRIES = 1 << 20
+_ID_MASK = (1 << 32) - 1
+_NO_MERGE = 1 << 80  # greater than every packed (rank, id)
 
 
 @lru_cache(maxsize=1)
@@ -61,15 +63,20 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+@lru_cache(maxsize=1)
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
 def _to_text(token: bytes) -> str:
     table = bytes_to_unicode()
-    return "".join(table[b] for b in token)
+    return "".join([table[b] for b in token])
 
 
 def _from_text(text: str) -> bytes:
-    inverse = {c: b for b, c in bytes_to_unicode().items()}
+    inverse = _unicode_to_bytes()
     try:
-        return bytes(inverse[c] for c in text)
+        return bytes([inverse[c] for c in text])
     except KeyError as e:
         raise ValueError(f"token {text!r} contains {e.args[0]!r}, which is not in the byte-to-unicode table") from None
 
@@ -131,15 +138,16 @@ class Tokenizer:
         if missing:
             raise ValueError(f"a byte-level vocabulary must contain all 256 single bytes; missing {missing[:8]!r}")
         self._byte_ids: list[int] = [self._ids[bytes([b])] for b in range(256)]
-        # (left id, right id) -> (rank, merged id): the lower the rank, the earlier the merge was learned.
-        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        # (left id, right id) -> rank << 32 | merged id: one int that orders by rank (the lower, the
+        # earlier the merge was learned) and carries the id the pair becomes.
+        self._merge_ranks: dict[tuple[int, int], int] = {}
         for rank, (left, right) in enumerate(self.merges):
             try:
                 pair = (self._ids[left], self._ids[right])
                 merged = self._ids[left + right]
             except KeyError:
                 raise ValueError(f"merge {rank} {(left, right)!r}: the pair and its result must be in the vocabulary") from None
-            self._ranks.setdefault(pair, (rank, merged))
+            self._merge_ranks.setdefault(pair, rank << 32 | merged)
         self._cache: _BPECache = _BPECache(self._bpe)
 
     def __getstate__(self) -> dict:
@@ -200,31 +208,30 @@ class Tokenizer:
         if len(self._cache) > _CACHE_MAX_ENTRIES:
             self._cache.clear()
         # The hot loop runs in C: a cache hit is a dict lookup, a miss calls `_bpe` via `__missing__`.
-        ids.extend(chain.from_iterable(map(self._cache.__getitem__, GPT2_REGEX.findall(text))))
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, pretokens(text))))
 
     def _bpe(self, word: str) -> list[int]:
-        """The ids of one pre-token: merge the earliest-learned adjacent pair until none is left."""
-        byte_ids = self._byte_ids
-        ids = [byte_ids[b] for b in word.encode("utf-8")]
-        ranks = self._ranks
-        while len(ids) > 1:
-            best = None
-            for pair in zip(ids, ids[1:]):
-                found = ranks.get(pair)
-                if found is not None and (best is None or found[0] < best[0]):
-                    best, best_pair = found, pair
-            if best is None:
+        """The ids of one pre-token: merge the earliest-learned adjacent pair until none is left.
+
+        `ranks[i]` is the packed rank of the pair `(ids[i], ids[i+1])`; a merge changes only its two
+        neighbours. Among equal ranks `index` finds the leftmost pair, which is the same as merging every
+        occurrence left to right: a pair made by a merge was learned after it, so it cannot jump the queue.
+        """
+        ids = list(map(self._byte_ids.__getitem__, word.encode("utf-8")))
+        lookup = self._merge_ranks.get
+        ranks = [lookup(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == _NO_MERGE:
                 break
-            left, right = best_pair
-            merged, i, n = [], 0, len(ids)
-            while i < n:
-                if i < n - 1 and ids[i] == left and ids[i + 1] == right:
-                    merged.append(best[1])
-                    i += 2
-                else:
-                    merged.append(ids[i])
-                    i += 1
-            ids = merged
+            i = ranks.index(best)
+            merged = best & _ID_MASK
+            ids[i] = merged
+            del ids[i + 1], ranks[i]
+            if i > 0:
+                ranks[i - 1] = lookup((ids[i - 1], merged), _NO_MERGE)
+            if i < len(ranks):
+                ranks[i] = lookup((merged, ids[i + 1]), _NO_MERGE)
         return ids
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:

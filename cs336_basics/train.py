@@ -41,6 +41,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .config import atomic_write_text, save_config
 from .data import get_batch, load_tokens
 from .loss import cross_entropy
 from .model import ModelConfig, TransformerLM
@@ -270,9 +271,22 @@ def train(
     and `AdamW`, e.g. to train the harness's torch-native oracle model with the very same loop.
     Raises `NonFiniteLossError` (a `FloatingPointError`) when the loss diverges.
     """
-    model_factory = model_factory or default_model_factory
-    optimizer_factory = optimizer_factory or default_optimizer_factory
+    owns_group = not torch.distributed.is_initialized()  # leave a caller's process group alone at the end
     ctx = dist_utils.init_distributed(config.device)
+    try:
+        return _train(config, ctx, model_factory or default_model_factory,
+                      optimizer_factory or default_optimizer_factory)
+    finally:
+        if owns_group:
+            dist_utils.cleanup(ctx)
+
+
+def _train(
+    config: TrainConfig,
+    ctx: dist_utils.DistributedContext,
+    model_factory: ModelFactory,
+    optimizer_factory: OptimizerFactory,
+) -> TrainResult:
     device = ctx.device
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -312,8 +326,6 @@ def train(
     bpt = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        from .config import save_config
-
         save_config(config, out_dir / "config.json")
         metrics.start(keep_until_step=step if config.resume else -1)
         if config.tokenizer_dir:
@@ -348,7 +360,7 @@ def train(
     last_val: float | None = None
     start = time.perf_counter() - elapsed_offset
     window_start, window_tokens = time.perf_counter(), 0
-    last_saved = step
+    last_saved, plotted = step, 0
     stop_reason = "max_steps"
     try:
         while step < config.max_steps:
@@ -398,14 +410,15 @@ def train(
                 metrics.write(record)
                 if wandb_run is not None:
                     wandb_run.log(record, step=step)
-                if "val_loss" in record:
-                    plot_loss_curve(metrics.records, out_dir / "loss_curve.png")
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_mean:.3f}", lr=f"{lr:.2e}")
             if step % config.checkpoint_every == 0 or last:
                 checkpoint(step, elapsed)
                 last_saved = step
+                if ctx.is_main:  # redrawn with each checkpoint (a plot costs ~0.2 s)
+                    plot_loss_curve(metrics.records, out_dir / "loss_curve.png")
+                    plotted = len(metrics.records)
             if out_of_time:
                 stop_reason = "max_time_s"
                 break
@@ -414,10 +427,10 @@ def train(
             progress.close()
         if wandb_run is not None:
             wandb_run.finish()
-        if ctx.is_main and metrics.records:
+        if ctx.is_main and len(metrics.records) != plotted:
             plot_loss_curve(metrics.records, out_dir / "loss_curve.png")
-        dist_utils.cleanup(ctx)
-    logger.info("stopped after %d steps (%s), %d tokens", step, stop_reason, tokens_seen)
+    if ctx.is_main:
+        logger.info("stopped after %d steps (%s), %d tokens", step, stop_reason, tokens_seen)
     final_bpb = last_val / math.log(2) / bpt if (last_val is not None and bpt) else None
     return TrainResult(steps=step, tokens_seen=tokens_seen, final_val_loss=last_val,
                        best_val_loss=best_val if math.isfinite(best_val) else None, final_val_bpb=final_bpb,
@@ -463,8 +476,6 @@ class MetricsLog:
                 old = [json.loads(line) for line in f if line.strip()]
             self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
-        from .config import atomic_write_text
-
         atomic_write_text(self.path, text)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -509,7 +520,7 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | 
     ax.set_title(title or path.parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(["train", *flags])
     config = config_from_args(TrainConfig, args)
     if config.grad_accum_steps != 1:
-        raise ValueError(f"this worker counts one forward per step: expected grad_accum_steps=1, got {config.grad_accum_steps}")
+        raise ValueError(f"one forward per step is counted: expected grad_accum_steps=1, got {config.grad_accum_steps}")
     train(config, model_factory=killing_factory(kill_rank, kill_step))
     return 3  # not reached when the kill fires: the test expects a killed run
 

@@ -1,10 +1,11 @@
 """What each rank runs in `test_distributed.py`, and the single-process reference it is compared with.
 
-Launched as `torchrun --nproc_per_node 2 reference_tests/ddp_worker.py OUT_DIR [--compile]`. Every rank
-trains the same tiny `TransformerLM` on its shard of the same global batches (plain DDP, then DDP with
-gradient accumulation under `no_sync_if`, then a bf16-autocast step) and writes `OUT_DIR/rank{r}.pt`
-with its final parameters, the step losses and a few probes of the collectives. The test computes the
-single-process run with `train_steps(..., DistributedContext())` on the whole batch and compares.
+Launched as `torchrun --nproc_per_node 2 reference_tests/ddp_worker.py OUT_DIR [--compile=BACKEND]`. Every
+rank trains the same tiny `TransformerLM` on its shard of the same global batches (plain DDP, DDP with
+gradient accumulation under `no_sync_if`, a bf16-autocast step, and optionally the compiled DDP wrapper with
+accumulation) and writes `OUT_DIR/rank{r}.pt` with its final parameters, first-step gradients, step losses
+and a few probes of the collectives. The test computes the single-process run with
+`train_steps(..., DistributedContext())` on the whole global batch and compares.
 """
 
 from __future__ import annotations
@@ -95,9 +96,8 @@ def params_of(model: nn.Module) -> dict[str, Tensor]:
 
 def main(argv: list[str]) -> int:
     out_dir = Path(argv[0])
-    # "--compile=BACKEND": torch.compile the DDP wrapper (dynamo splits the graph at DDP's buckets).
+    # "--compile=BACKEND" adds a run of the torch.compile'd DDP wrapper (dynamo splits its graph at DDP's buckets).
     compile_backend = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--compile=")), None)
-    use_compile = compile_backend is not None
     torch.set_num_threads(1)  # two ranks share two cores
     ctx = init_distributed("cpu")
     result: dict[str, Any] = {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend}
@@ -111,25 +111,29 @@ def main(argv: list[str]) -> int:
     batches = make_batches()
     # Different seeds per rank on purpose: DDP must broadcast rank 0's initial parameters.
     model = wrap_model(make_model(seed=ctx.rank), ctx)
-    if use_compile:
-        model = torch.compile(model, backend=compile_backend)
     result["initial"] = params_of(model)
     probe: dict[str, Any] = {}
     result["plain_losses"] = train_steps(model, ctx, batches, probe=probe)
     result["plain"] = params_of(model)
     result["plain_grads"] = probe["grads"]
 
-    if not use_compile:
-        model = wrap_model(make_model(seed=0), ctx)
-        probe = {}
-        result["accum_losses"] = train_steps(model, ctx, batches, accum_steps=2, probe=probe)
-        result["accum"] = params_of(model)
-        result["accum_grads"] = probe["grads"]
-        result["accum_grad_after_micro"] = probe["grad_after_micro"]
+    model = wrap_model(make_model(seed=0), ctx)
+    probe = {}
+    result["accum_losses"] = train_steps(model, ctx, batches, accum_steps=2, probe=probe)
+    result["accum"] = params_of(model)
+    result["accum_grads"] = probe["grads"]
+    result["accum_grad_after_micro"] = probe["grad_after_micro"]
 
-        model = wrap_model(make_model(seed=0), ctx)
-        result["bf16_losses"] = train_steps(model, ctx, batches[:1], autocast=True)
-        result["bf16"] = params_of(model)
+    model = wrap_model(make_model(seed=0), ctx)
+    result["bf16_losses"] = train_steps(model, ctx, batches[:1], autocast=True)
+    result["bf16"] = params_of(model)
+
+    if compile_backend is not None:
+        model = torch.compile(wrap_model(make_model(seed=0), ctx), backend=compile_backend)
+        probe = {}
+        result["compiled_losses"] = train_steps(model, ctx, batches, accum_steps=2, probe=probe)
+        result["compiled"] = params_of(model)
+        result["compiled_grads"] = probe["grads"]
 
     torch.save(result, out_dir / f"rank{ctx.rank}.pt")
     cleanup(ctx)

@@ -94,7 +94,8 @@ def test_precedence_defaults_file_flags(parser, tmp_path, suffix):
     if suffix == ".toml":
         path.write_text('lr = 1\nname = "file"\nbetas = [0.5, 0.6]\n[model]\nd_model = 32\nd_ff = 96\n')
     else:
-        path.write_text(json.dumps({"lr": 1, "name": "file", "betas": [0.5, 0.6], "model": {"d_model": 32, "d_ff": 96}}))
+        data = {"lr": 1, "name": "file", "betas": [0.5, 0.6], "model": {"d_model": 32, "d_ff": 96}}
+        path.write_text(json.dumps(data))
     config = parse(parser, "--config", str(path), "--name", "flag", "--model.d-ff", "none")
     # file beats defaults (lr, betas, d_model); flags beat the file (name, d_ff); untouched fields keep defaults
     assert config == Outer(lr=1.0, name="flag", betas=(0.5, 0.6), model=Inner(d_model=32, d_ff=None))

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,15 @@ from cs336_basics.checkpoint import read_checkpoint
 from cs336_basics.train import NonFiniteLossError, TrainConfig, bytes_per_token, train
 
 VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPU is shared with other test processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +239,23 @@ def test_cli_exit_codes_for_bad_input_and_divergence(
                  "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "0", "--max-steps", "2",
                  "--out-dir", str(tmp_path / "nan"), "--device", "cpu", "--no-progress"])
     assert code == 1
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_config: TrainConfig) -> None:
+    # On CUDA "auto" means bf16; CPU autocast runs the same code path (matmuls in bf16, loss in float32).
+    result = train(dataclasses.replace(tiny_config, precision="bf16", max_steps=4))
+    assert math.isfinite(result.final_val_loss) and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("CS336_TEST_COMPILE") != "1",
+    reason="torch.compile on CPU takes ~1-3 minutes of compilation: set CS336_TEST_COMPILE=1 to run it",
+)
+def test_torch_compile_trains(tiny_config: TrainConfig) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    result = train(dataclasses.replace(tiny_config, compile=True, max_steps=4))
+    payload = read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
+    assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved without the wrapper's prefix
+    assert math.isfinite(result.final_val_loss)

@@ -38,7 +38,9 @@ def test_get_batch_starts_are_uniform_over_every_valid_start() -> None:
     # n = 20 tokens, m = 5: the valid starts are 0 .. 14 (15 of them, the last one 14 = n - m - 1).
     n, context_length, draws_per_call, calls = 20, 5, 1000, 15
     dataset = np.arange(n)
-    starts = np.concatenate([_starts(run_get_batch(dataset, draws_per_call, context_length, "cpu")[0]) for _ in range(calls)])
+    starts = np.concatenate(
+        [_starts(run_get_batch(dataset, draws_per_call, context_length, "cpu")[0]) for _ in range(calls)]
+    )
     assert starts.min() >= 0 and starts.max() <= n - context_length - 1, (
         f"starts must lie in [0, {n - context_length - 1}], got [{starts.min()}, {starts.max()}]"
     )

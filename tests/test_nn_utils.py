@@ -8,6 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.oracle import training as oracle
 
@@ -63,6 +65,21 @@ def test_cross_entropy_extreme_values_stay_finite() -> None:
     actual = run_cross_entropy(logits, targets)
     assert torch.isfinite(actual), f"loss on ±1e4 logits is not finite: {actual}"
     torch.testing.assert_close(actual, oracle.run_cross_entropy(logits, targets), **CE_TOL)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    leading=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    vocab=st.integers(2, 40),
+    scale=st.sampled_from([0.01, 1.0, 30.0, 3000.0]),
+    shift=st.sampled_from([0.0, -500.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_cross_entropy_property(leading: list[int], vocab: int, scale: float, shift: float, seed: int) -> None:
+    # Any shape, scale and common offset (an offset of 1e4 overflows exp unless the max is subtracted).
+    logits, targets = _random_logits((*leading, vocab), scale, seed)
+    shifted = logits + shift
+    torch.testing.assert_close(run_cross_entropy(shifted, targets), oracle.run_cross_entropy(shifted, targets), **CE_TOL)
 
 
 def test_cross_entropy_gradient_matches_torch() -> None:

@@ -56,7 +56,7 @@ def test_adamw_snapshot(load_snapshot: Callable[[str], dict[str, np.ndarray]]) -
         optimizer.zero_grad()
         F.mse_loss(inputs[step] @ weight.T + bias, targets[step]).backward()
         optimizer.step()
-        # Same margin as the trajectory test (both decay orders agree to ~1e-6 here).
+        # Same margin as the trajectory test: correct variants agree to <= 4e-6 here, mistakes are >= 3e-4 off.
         expected_weight = torch.from_numpy(snapshot["expected_weights"][step])
         torch.testing.assert_close(weight.detach(), expected_weight, rtol=0, atol=oracle.ADAMW_ATOL)
         expected_bias = torch.from_numpy(snapshot["expected_biases"][step])

@@ -1,0 +1,195 @@
+"""Tokenizer benchmarks: BPE training beside HuggingFace `tokenizers`, encoding beside tiktoken.
+
+Rows (all in one run, ours and the peer interleaved):
+
+- training a 10,000-token vocabulary on `../shared/data/pydocs/train.txt` (10.6 MB) against the Rust
+  `tokenizers.trainers.BpeTrainer` (byte-level pre-tokenizer, the same special token), goal <= 3x its time;
+- training a 500-token vocabulary on a ~130 KB corpus, goal <= 4x;
+- single-process `Tokenizer.encode` against `tiktoken` (one thread) with GPT-2's vocabulary, goal >= 0.5x
+  its throughput (a fresh tokenizer per timed run, so our pre-token cache starts cold);
+- `encode_file` (all cores, writing the `.npy`) against tiktoken single-threaded on the whole file, goal >= 1x.
+
+Without `../shared/data`, the bundled corpus `tests/fixtures/bpe_corpus_medium.txt` (repeated for the
+larger figures) and a vocabulary trained on it stand in. `quick=True` uses smaller inputs (a smoke run).
+Run alone with `python -m bench.bench_tokenizer [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO_ROOT, SHARED_DATA, format_table, make_row, median, time_interleaved
+from cs336_basics.bpe_trainer import train_bpe
+from cs336_basics.parallel_encode import encode_file
+from cs336_basics.pretokenize import GPT2_PATTERN, last_safe_cut
+from cs336_basics.tokenizer import Tokenizer
+
+ENDOFTEXT = "<|endoftext|>"
+PYDOCS = SHARED_DATA / "pydocs" / "train.txt"
+GPT2 = SHARED_DATA / "gpt2"
+BUNDLED = REPO_ROOT / "tests" / "fixtures" / "bpe_corpus_medium.txt"
+
+
+def _hf_train(path: Path, vocab_size: int) -> Any:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    tokenizer = HFTokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[ENDOFTEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train([str(path)], trainer)
+    return tokenizer
+
+
+def _tiktoken_for(tokenizer: Tokenizer) -> Any:
+    """tiktoken with the same tokens: rank = merge order (bytes first), the same regex and special token."""
+    import tiktoken
+
+    ranks = {bytes([b]): b for b in range(256)}
+    for left, right in tokenizer.merges:
+        ranks.setdefault(left + right, len(ranks))
+    return tiktoken.Encoding(
+        "bench", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}
+    )
+
+
+def _prefix_file(source: Path, directory: Path, num_bytes: int, name: str) -> Path:
+    """The first ~`num_bytes` of `source` (cut at a safe place), repeated if `source` is shorter."""
+    text = source.read_text(encoding="utf-8")
+    while len(text.encode("utf-8")) < num_bytes:
+        text += ENDOFTEXT + text
+    text = text.encode("utf-8")[:num_bytes].decode("utf-8", errors="ignore")
+    cut = last_safe_cut(text)
+    path = directory / name
+    path.write_text(text[: cut if cut > 0 else len(text)], encoding="utf-8")
+    return path
+
+
+def _training_row(path: Path, vocab_size: int, goal: str, repeats: int, label: str) -> dict[str, Any]:
+    size_mb = path.stat().st_size / 1e6
+    times = time_interleaved(
+        {"ours": lambda: train_bpe(path, vocab_size, [ENDOFTEXT]), "hf": lambda: _hf_train(path, vocab_size)},
+        repeats=repeats,
+        warmup=0,
+    )
+    return make_row(
+        f"train BPE, {vocab_size} vocab, {label} ({size_mb:.2f} MB)",
+        "HF tokenizers BpeTrainer (Rust, byte-level)",
+        median(times["ours"]),
+        median(times["hf"]),
+        "s",
+        goal=goal,
+        notes=f"median of {repeats}; our workers: {_cores()}; HF threads: {os.environ.get('RAYON_NUM_THREADS', 'all')}",
+    )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _load_encoder(workdir: Path, quick: bool) -> tuple[Tokenizer, str]:
+    if (GPT2 / "gpt2_vocab.json").exists():
+        tok = Tokenizer.from_files(GPT2 / "gpt2_vocab.json", GPT2 / "gpt2_merges.txt", [ENDOFTEXT])
+        return tok, "GPT-2 vocabulary (50,257)"
+    vocab, merges = train_bpe(BUNDLED, 2000, [ENDOFTEXT])
+    return Tokenizer(vocab, merges, [ENDOFTEXT]), "2,000-token vocabulary trained on the bundled corpus"
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    have_data = PYDOCS.exists()
+    big_source = PYDOCS if have_data else BUNDLED
+    big_label = "pydocs train" if have_data else "bundled corpus, repeated"
+    with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
+        workdir = Path(tmp)
+        # --- training
+        if quick:
+            big = _prefix_file(big_source, workdir, 1_000_000, "big.txt")
+        else:
+            big = PYDOCS if have_data else _prefix_file(BUNDLED, workdir, 10_000_000, "big.txt")
+        rows.append(_training_row(big, 10_000 if not quick else 2_000, "<= 3", 1 if not quick else 1, big_label))
+        small = _prefix_file(big_source, workdir, 130_000, "small.txt")
+        rows.append(_training_row(small, 500, "<= 4", 5 if not quick else 2, big_label + " prefix"))
+
+        # --- encoding
+        tokenizer, vocab_label = _load_encoder(workdir, quick)
+        encoding = _tiktoken_for(tokenizer)
+        sample_path = big if not quick else _prefix_file(big_source, workdir, 300_000, "sample.txt")
+        sample = sample_path.read_text(encoding="utf-8")
+        repeats = 2
+        # A fresh tokenizer for each timed run (built beforehand): the pre-token cache starts cold.
+        fresh = [Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT]) for _ in range(repeats + 1)]
+        ours_ids: list[int] = []
+
+        def ours_encode() -> None:
+            ours_ids[:] = fresh.pop().encode(sample)
+
+        times = time_interleaved(
+            {"ours": ours_encode, "tiktoken": lambda: encoding.encode(sample, allowed_special="all")},
+            repeats=repeats,
+            warmup=1,
+        )
+        n_bytes = len(sample.encode("utf-8"))
+        warm = tokenizer.encode(sample)  # fills the cache
+        start = time.perf_counter()
+        tokenizer.encode(sample)
+        warm_rate = n_bytes / (time.perf_counter() - start)
+        assert warm == ours_ids, "cold and warm encodings differ"
+        rows.append(
+            make_row(
+                f"encode, one process, {vocab_label} ({n_bytes / 1e6:.1f} MB)",
+                "tiktoken, one thread",
+                n_bytes / median(times["ours"]),
+                n_bytes / median(times["tiktoken"]),
+                "bytes/s",
+                goal=">= 0.5",
+                notes=f"fresh tokenizer (cold pre-token cache); with a warm cache: {warm_rate / 1e6:.2f} MB/s",
+            )
+        )
+
+        # --- parallel file encoding
+        file_path = sample_path
+        text = sample
+        n_bytes = len(text.encode("utf-8"))
+        out = workdir / "ids.npy"
+        times = time_interleaved(
+            {
+                "ours": lambda: encode_file(file_path, out, tokenizer),
+                "tiktoken": lambda: encoding.encode(text, allowed_special="all"),
+            },
+            repeats=1 if not quick else 1,
+            warmup=0,
+        )
+        rows.append(
+            make_row(
+                f"encode a file to .npy, {_cores()} processes ({n_bytes / 1e6:.1f} MB)",
+                "tiktoken, one thread, in memory",
+                n_bytes / median(times["ours"]),
+                n_bytes / median(times["tiktoken"]),
+                "bytes/s",
+                goal=">= 1",
+                notes="ours includes reading the file and writing the .npy",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs (a smoke run)")
+    args = parser.parse_args()
+    print(format_table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

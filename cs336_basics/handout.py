@@ -1,0 +1,189 @@
+"""Build the student starter kit: `cs336 handout OUT`.
+
+The kit holds the pristine grading tests (with their snapshots, fixtures and oracle), a `tests/adapters.py`
+whose functions keep the reference's signatures and docstrings but raise `NotImplementedError`, an empty
+`cs336_basics` package, a `pyproject.toml` with the same dependencies, and the student `Makefile` and
+`README.md` from `handout_files/`. In the kit `make test` runs, and every graded test fails with
+`NotImplementedError` (never with an import or a missing-file error).
+
+The kit is built from the project checkout (its `tests/` is not package data), next to this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import re
+import shutil
+import tempfile
+import tomllib
+from pathlib import Path
+
+HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
+MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
+_PACKAGE = "cs336_basics"
+
+log = logging.getLogger(__name__)
+
+
+def stub_adapters(source: str) -> str:
+    """Replace the body of every top-level function by `raise NotImplementedError`.
+
+    Signatures, annotations, decorators, docstrings, comments outside function bodies and imports stay
+    as written; imports of `cs336_basics` go, since the student's package starts empty.
+
+    >>> print(stub_adapters('import cs336_basics as impl\\n\\ndef f(x: int) -> int:\\n    "Doc."\\n    return impl.f(x)\\n'))
+    <BLANKLINE>
+    def f(x: int) -> int:
+        "Doc."
+        raise NotImplementedError
+    <BLANKLINE>
+    """
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(lineno: int, col: int) -> int:
+        # ast columns count UTF-8 bytes; convert within the line.
+        return starts[lineno - 1] + len(lines[lineno - 1].encode()[:col].decode())
+
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), non-overlapping
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            first, last = node.body[0], node.body[-1]
+            end = offset(last.end_lineno or last.lineno, last.end_col_offset or 0)
+            if ast.get_docstring(node, clean=False) is not None:
+                if len(node.body) == 1:
+                    edits.append((end, end, "\n" + " " * first.col_offset + "raise NotImplementedError"))
+                else:
+                    start = offset(first.end_lineno or first.lineno, first.end_col_offset or 0)
+                    edits.append((start, end, "\n" + " " * first.col_offset + "raise NotImplementedError"))
+            else:
+                edits.append((offset(first.lineno, first.col_offset), end, "raise NotImplementedError"))
+        elif isinstance(node, ast.Import | ast.ImportFrom) and _imports_package(node):
+            start = starts[node.lineno - 1]
+            edits.append((start, starts[node.end_lineno or node.lineno], ""))
+    out = source
+    for start, end, text in sorted(edits, reverse=True):
+        out = out[:start] + text + out[end:]
+    out = re.sub(r"\n{4,}", "\n\n\n", out)  # a removed import may leave three blank lines
+    stubbed = ast.parse(out)  # still valid Python
+    leftover = sorted({n.id for n in ast.walk(stubbed) if isinstance(n, ast.Name) and n.id in _bound_names(tree)})
+    if leftover:
+        raise ValueError(f"expected no use of the reference package outside function bodies, found {leftover}")
+    return out
+
+
+def _imports_package(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and (node.module or "").split(".")[0] == _PACKAGE
+    return any(alias.name.split(".")[0] == _PACKAGE for alias in node.names)
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    """Names that the module's imports of the reference package bind (e.g. `impl`)."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom) and _imports_package(node):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def student_pyproject(reference: dict) -> str:  # type: ignore[type-arg]
+    """The kit's `pyproject.toml`: the reference's dependencies and pytest settings, no console script."""
+    project = reference.get("project", {})
+    extras = project.get("optional-dependencies", {})
+    pytest_options = reference.get("tool", {}).get("pytest", {}).get("ini_options", {})
+
+    def value(v: object) -> str:
+        if isinstance(v, list):
+            return "[\n" + "".join(f"    {value(item)},\n" for item in v) + "]"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        raise TypeError(f"expected a string or a list in pyproject.toml, got {v!r}")
+
+    lines = [
+        "[build-system]",
+        'requires = ["setuptools>=68", "wheel"]',
+        'build-backend = "setuptools.build_meta"',
+        "",
+        "[project]",
+        'name = "cs336-basics"',
+        'version = "1.0.0"',
+        f"requires-python = {value(project.get('requires-python', '>=3.11'))}",
+        f"dependencies = {value(project.get('dependencies', []))}",
+        "",
+        "[project.optional-dependencies]",
+        *(f"{name} = {value(deps)}" for name, deps in extras.items()),
+        "",
+        "[tool.setuptools.packages.find]",
+        'include = ["cs336_basics*"]',
+        "",
+        "[tool.pytest.ini_options]",
+        *(f"{key} = {value(v)}" for key, v in pytest_options.items()),
+    ]
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)  # NOTE: a reference setting our tiny writer cannot express fails here, not at install
+    return text
+
+
+def build_handout(out: str | os.PathLike[str], *, repo_root: str | os.PathLike[str] | None = None) -> Path:
+    """Write the starter kit to `out` (atomically: built beside it, then renamed into place).
+
+    An existing `out` is replaced only if an earlier `build_handout` made it.
+    """
+    root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parent.parent
+    tests = root / "tests"
+    for required in (tests / "adapters.py", tests / "conftest.py", root / "pyproject.toml"):
+        if not required.is_file():
+            raise FileNotFoundError(f"expected {required} in the project checkout, found none")
+    out = Path(out).resolve()
+    if out.exists() and not (out / MARKER).exists():
+        raise FileExistsError(f"{out} exists and is not a handout built by `cs336 handout`; choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private
+    try:
+        shutil.copytree(tests, staging / "tests", ignore=_IGNORED)  # adapters.py is overwritten next
+        (staging / "tests" / "adapters.py").write_text(stub_adapters((tests / "adapters.py").read_text()))
+        (staging / _PACKAGE).mkdir()
+        (staging / _PACKAGE / "__init__.py").write_text('"""CS336 Assignment 1: your implementation goes here."""\n')
+        with open(root / "pyproject.toml", "rb") as f:
+            (staging / "pyproject.toml").write_text(student_pyproject(tomllib.load(f)))
+        for name in ("Makefile", "README.md"):
+            shutil.copyfile(HANDOUT_FILES / name, staging / name)
+        (staging / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
+        (staging / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.replace(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "handout",
+        help="build the student starter kit (tests, fixtures, stub adapters, empty package)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("out", nargs="?", default="build/handout", help="output directory (default: build/handout)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        out = build_handout(args.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    log.info("wrote the handout to %s", out)
+    print(f"wrote the student handout to {out}")
+    return 0
