@@ -25,12 +25,11 @@ import heapq
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .pretokenize import count_pretokens, find_chunk_boundaries
+from .pretokenize import count_pretokens, find_chunk_boundaries, worker_context
 
 __all__ = ["train_bpe", "count_file_pretokens", "learn_merges"]
 
@@ -110,9 +109,7 @@ def count_file_pretokens(
                 total.update(counts)
                 bar.update(end - start)
         else:
-            # "spawn": workers import only this module; forking a process that holds threads (torch) is unsafe.
-            context = get_context("spawn")
-            with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=context) as pool:
+            with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=worker_context()) as pool:
                 for (_, start, end, _), counts in zip(jobs, pool.map(_count_chunk, jobs)):
                     total.update(counts)
                     bar.update(end - start)

@@ -17,7 +17,6 @@ import dataclasses
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -133,15 +132,17 @@ def save_checkpoint(
         return
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary file sits beside the target (same file system, so the rename is atomic) and is created
+    # with open() rather than mkstemp so that it gets the usual permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

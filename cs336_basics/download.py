@@ -117,6 +117,8 @@ def fetch(
         total = _content_range_total(err.headers.get("Content-Range")) if err.headers else None
         if err.code == 416 and total is not None and total == offset:  # the part was already complete
             response = None
+        elif err.code == 416:  # the partial file does not fit the remote file (it changed?)
+            raise DownloadError(f"GET {url}: {part} does not match the remote file; delete it to start over") from None
         else:
             raise DownloadError(f"GET {url} failed: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError) as err:

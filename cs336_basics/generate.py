@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,10 @@ def generate(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     single = (isinstance(prompt_ids, Tensor) and prompt_ids.ndim == 1) or (
-        not isinstance(prompt_ids, Tensor) and all(isinstance(t, int) for t in prompt_ids)
+        not isinstance(prompt_ids, Tensor) and all(isinstance(t, numbers.Integral) for t in prompt_ids)
     )
     prompts = [prompt_ids] if single else list(prompt_ids)
-    rows = [p.tolist() if isinstance(p, Tensor) else list(p) for p in prompts]
+    rows = [p.tolist() if isinstance(p, Tensor) else [int(t) for t in p] for p in prompts]
     if any(len(r) == 0 for r in rows):
         raise ValueError("every prompt needs at least one token, got an empty prompt")
     device = next(model.parameters()).device

@@ -58,7 +58,11 @@ class ModelConfig:
             raise ValueError(
                 f"d_model must be divisible by num_heads, got d_model={self.d_model}, num_heads={self.num_heads}"
             )
-        choices = {"norm_position": ("pre", "post"), "position_embedding": ("rope", "none"), "ffn_type": ("swiglu", "silu")}
+        choices = {
+            "norm_position": ("pre", "post"),
+            "position_embedding": ("rope", "none"),
+            "ffn_type": ("swiglu", "silu"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -226,11 +230,9 @@ class TransformerLM(nn.Module):
 
     def new_kv_cache(self, batch_size: int) -> KVCache:
         """An empty cache for incremental decoding of `batch_size` sequences up to `context_length` tokens."""
-        weight = self.lm_head.weight
-        c = self.config
-        return KVCache(
-            c.num_layers, batch_size, c.num_heads, c.head_dim, c.context_length, device=weight.device, dtype=weight.dtype
-        )
+        c, weight = self.config, self.lm_head.weight
+        shape = (c.num_layers, batch_size, c.num_heads, c.head_dim, c.context_length)
+        return KVCache(*shape, device=weight.device, dtype=weight.dtype)
 
     def forward(
         self, in_indices: Int[Tensor, " batch seq"], kv_cache: KVCache | None = None

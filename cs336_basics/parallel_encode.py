@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .pretokenize import find_chunk_boundaries
+from .pretokenize import find_chunk_boundaries, worker_context
 from .tokenizer import Tokenizer
 
 __all__ = ["encode_file", "token_dtype"]
@@ -77,9 +76,11 @@ def encode_file(
                 results = map(_encode_chunk, jobs)
                 count = _drain(results, jobs, raw, bar)
             else:
-                context = get_context("spawn")  # workers import only this package; fork is unsafe with threads
                 with ProcessPoolExecutor(
-                    min(num_workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(tokenizer,)
+                    min(num_workers, len(jobs)),
+                    mp_context=worker_context(),
+                    initializer=_init_worker,
+                    initargs=(tokenizer,),
                 ) as pool:
                     count = _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
         # Copy the raw ids behind a .npy header, block by block, then rename into place.

@@ -14,8 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
 import re
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
@@ -135,6 +139,22 @@ def last_safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
     """
     match = _LAST_SAFE_CUT.search(text, start, len(text) if end is None else end)
     return -1 if match is None else match.start() + 1
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context for the chunk workers of training and file encoding.
+
+    "fork" when it is safe: it starts fast, sends nothing, and workers inherit the parent's state (a warm
+    pre-token cache too). NOTE: forking a process that runs other threads (torch's thread pools, a
+    progress bar's monitor) can deadlock the child, so then we "spawn" fresh interpreters instead.
+    """
+    if (
+        "fork" in multiprocessing.get_all_start_methods()
+        and "torch" not in sys.modules
+        and threading.active_count() == 1
+    ):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def find_chunk_boundaries(

@@ -20,6 +20,7 @@ Saved format (one directory, written by `save_bpe` / `Tokenizer.save`, read by `
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import tempfile
@@ -42,6 +43,8 @@ _ITERABLE_BUFFER_CHARS = 1 << 14
 # The pre-token cache is cleared when it grows past this many entries (bounded memory on huge inputs).
 _CACHE_MAX_ENTRIES = 1 << 20
 _ID_MASK = (1 << 32) - 1
+# Pre-tokens longer than this many bytes take the O(n log n) path of BPE.
+_LONG_WORD = 64
 _NO_MERGE = 1 << 80  # greater than every packed (rank, id)
 
 
@@ -218,6 +221,8 @@ class Tokenizer:
         occurrence left to right: a pair made by a merge was learned after it, so it cannot jump the queue.
         """
         ids = list(map(self._byte_ids.__getitem__, word.encode("utf-8")))
+        if len(ids) > _LONG_WORD:
+            return self._bpe_long(ids)
         lookup = self._merge_ranks.get
         ranks = [lookup(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
         while ranks:
@@ -234,6 +239,35 @@ class Tokenizer:
                 ranks[i] = lookup((merged, ids[i + 1]), _NO_MERGE)
         return ids
 
+    def _bpe_long(self, ids: list[int]) -> list[int]:
+        """`_bpe` in O(n log n) for long pre-tokens (a run of 100k "=" would take minutes in O(n^2)).
+
+        The same choice at every step, the lowest (rank, position), from a heap of candidate pairs over a
+        linked list of positions; an entry whose pair has changed since it was pushed is skipped.
+        """
+        lookup = self._merge_ranks.get
+        n = len(ids)
+        tokens = list(ids)
+        following = list(range(1, n + 1))  # the next live position (n: none)
+        preceding = list(range(-1, n - 1))  # the previous live position (-1: none)
+        heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := lookup(pair)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = following[i]
+            if j >= n or tokens[i] < 0 or lookup((tokens[i], tokens[j])) != rank:
+                continue  # stale: position i was merged away, or its pair changed
+            merged = rank & _ID_MASK
+            tokens[i], tokens[j] = merged, -1
+            following[i] = k = following[j]
+            if k < n:
+                preceding[k] = i
+                if (new := lookup((merged, tokens[k]))) is not None:
+                    heapq.heappush(heap, (new, i))
+            if (p := preceding[i]) >= 0 and (new := lookup((tokens[p], merged))) is not None:
+                heapq.heappush(heap, (new, p))
+        return [t for t in tokens if t >= 0]
+
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily yield the ids of the concatenation of `iterable` (e.g. an open text file).
 
@@ -244,16 +278,20 @@ class Tokenizer:
         """
         pending: list[str] = []
         pending_chars = 0
+        threshold = _ITERABLE_BUFFER_CHARS
         for chunk in iterable:
             pending.append(chunk)
             pending_chars += len(chunk)
-            if pending_chars < _ITERABLE_BUFFER_CHARS:
+            if pending_chars < threshold:
                 continue
             buffer = "".join(pending)
             cut = self._last_safe_cut(buffer)
             if cut > 0:
                 yield from self.encode(buffer[:cut])
                 buffer = buffer[cut:]
+            # No safe cut yet (a long run without spaces): look again only once the buffer has doubled, so
+            # that joining stays linear in the input.
+            threshold = _ITERABLE_BUFFER_CHARS if cut > 0 else 2 * len(buffer)
             pending, pending_chars = [buffer], len(buffer)
         yield from self.encode("".join(pending))
 

@@ -172,3 +172,12 @@ def test_required_fields_can_come_from_flags(tmp_path):
     add_dataclass_arguments(p, Needs)
     (tmp_path / "c.toml").write_text("n = 3\n")
     assert config_from_args(Needs, p.parse_args(["--config", str(tmp_path / "c.toml"), "--data", "d"])) == Needs("d", 3)
+
+
+@pytest.mark.parametrize("module", ["config", "corpus", "download"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"cs336_basics.{module}"))
+    assert result.attempted > 0 and result.failed == 0

@@ -324,13 +324,17 @@ def single_run() -> dict[str, Any]:
     """The same training in this process, on the whole global batch (2B rows, no accumulation)."""
     from reference_tests import ddp_worker as w
 
-    torch.set_num_threads(1)  # same kernels as the ranks (the default thread count can change reductions)
-    model = w.make_model(seed=0)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    probe: dict[str, Any] = {}
-    losses = w.train_steps(model, DistributedContext(), w.make_batches(), probe=probe)
-    bf16_model = w.make_model(seed=0)
-    bf16_losses = w.train_steps(bf16_model, DistributedContext(), w.make_batches()[:1], autocast=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same kernels as the ranks (the thread count can change reduction order)
+    try:
+        model = w.make_model(seed=0)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        probe: dict[str, Any] = {}
+        losses = w.train_steps(model, DistributedContext(), w.make_batches(), probe=probe)
+        bf16_model = w.make_model(seed=0)
+        bf16_losses = w.train_steps(bf16_model, DistributedContext(), w.make_batches()[:1], autocast=True)
+    finally:
+        torch.set_num_threads(threads)
     return {"initial": initial, "params": model.state_dict(), "grads": probe["grads"], "losses": losses,
             "bf16_losses": bf16_losses}
 

@@ -119,6 +119,14 @@ def test_complete_part_file_is_finished_without_data(server, tmp_path):
     assert (tmp_path / "f.txt").read_bytes() == body
 
 
+def test_part_file_longer_than_remote_is_an_error(server, tmp_path):
+    server.files = {"f.txt": _text(3, 1_000)}
+    (tmp_path / "f.txt.part").write_bytes(b"x" * 2_000)
+    with pytest.raises(DownloadError, match="delete it to start over"):
+        fetch(f"{server.url}/f.txt", tmp_path / "f.txt", timeout=10)
+    assert not (tmp_path / "f.txt").exists()
+
+
 def test_server_without_range_support_restarts(server, tmp_path):
     body = _text(4, 50_000)
     server.files, server.mode = {"f.txt": body}, "norange"

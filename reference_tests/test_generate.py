@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,19 @@ def test_kv_cache_matches_recompute_past_the_context_window(model: TransformerLM
     assert cached == greedy_by_hand(model, prompt, 30)
 
 
+def test_kv_cache_feeds_one_position_per_new_token(model: TransformerLM) -> None:
+    lengths: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[-1]))
+    try:
+        generate(model, [1, 2, 3, 4, 5], max_new_tokens=6, temperature=0.0)
+        assert lengths == [5, 1, 1, 1, 1, 1]  # the prompt once (prefill), then only the token just sampled
+        lengths.clear()
+        generate(model, [1, 2, 3, 4, 5], max_new_tokens=3, temperature=0.0, use_kv_cache=False)
+        assert lengths == [5, 6, 7]
+    finally:
+        handle.remove()
+
+
 def test_sampling_with_a_seed_is_reproducible(model: TransformerLM) -> None:
     def run(seed: int) -> list[int]:
         return generate(model, [5], max_new_tokens=20, temperature=1.0, generator=torch.Generator().manual_seed(seed))
@@ -105,6 +119,7 @@ def test_batch_of_ragged_prompts_equals_one_by_one(model: TransformerLM) -> None
     assert stopped == [b[: b.index(eos)] if eos in b else b for b in batch]
     assert generate(model, torch.tensor([[1, 2, 3], [5, 6, 7]]), max_new_tokens=8, temperature=0.0) == [
         batch[0], batch[2]]
+    assert generate(model, np.array([1, 2, 3]), max_new_tokens=8, temperature=0.0) == batch[0]
 
 
 def test_top_p_filter_keeps_the_smallest_nucleus() -> None:

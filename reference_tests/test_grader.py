@@ -333,6 +333,7 @@ def _harness_has(*problems: str) -> bool:
     return all(any(f"def {prefix}" in text for prefix in p.prefixes) for p in PROBLEMS if p.name in problems)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _harness_has("softmax", "linear"), reason="the graded softmax/linear tests have not landed")
 def test_the_students_package_shadows_the_reference(tmp_path: Path) -> None:
     student = tmp_path / "student"
@@ -353,3 +354,13 @@ def test_the_reference_scores_full_marks(tmp_path: Path) -> None:
     result = grade(REPO, timeout=300.0)
     assert result.score == pytest.approx(result.max_score), result.format_table()
     assert not any(o.status != "passed" for o in result.outcomes.values() if o.status != "skipped")
+
+
+def test_isolate_each_test_runs_one_process_per_test(tmp_path: Path, fake_harness: Path) -> None:
+    # A test that poisons the interpreter for the tests after it in the same process.
+    package = GOOD_PACKAGE.replace("return 2 * x", "import builtins; builtins.len = None\n    return 2 * x")
+    package = package.replace("return text.upper()", "return text.upper() if callable(len) else 'poisoned'")
+    shared = grade_fake(make_submission(tmp_path / "a", package), fake_harness)
+    isolated = grade_fake(make_submission(tmp_path / "b", package), fake_harness, isolate_each=True)
+    assert statuses(shared)["test_rmsnorm"] == "failed"
+    assert set(statuses(isolated).values()) == {"passed"}

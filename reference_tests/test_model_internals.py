@@ -43,14 +43,17 @@ def tiny_model() -> TransformerLM:
     "module", ["functional", "layers", "rope", "attention", "model"], ids=str
 )
 def test_docstring_examples(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(f"cs336_basics.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE)
+    module_object = importlib.import_module(f"cs336_basics.{module}")
+    result = doctest.testmod(module_object, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in cs336_basics.{module}"
 
 
 # ----------------------------------------------------------------------------------------- initialisation
 
 
-@pytest.mark.parametrize(("d_model", "expected"), [(512, 1344), (768, 2048), (1024, 2752), (1600, 4288), (100, 256), (16, 64)])
+@pytest.mark.parametrize(
+    ("d_model", "expected"), [(512, 1344), (768, 2048), (1024, 2752), (1600, 4288), (100, 256), (16, 64)]
+)
 def test_default_d_ff_is_about_8_thirds_rounded_to_64(d_model: int, expected: int) -> None:
     d_ff = default_d_ff(d_model)
     assert d_ff == expected
@@ -306,7 +309,9 @@ def test_silu_ffn_uses_two_matrices_of_4_d_model() -> None:
 # -------------------------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("changes", [{}, {"position_embedding": "none"}, {"norm_position": "post"}], ids=["rope", "nope", "post_norm"])
+@pytest.mark.parametrize(
+    "changes", [{}, {"position_embedding": "none"}, {"norm_position": "post"}], ids=["rope", "nope", "post_norm"]
+)
 def test_kv_cache_decoding_matches_full_forward(changes: dict) -> None:
     model = _ablation(**changes)
     ids = torch.randint(0, TINY.vocab_size, (3, TINY.context_length))

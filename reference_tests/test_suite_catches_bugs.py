@@ -125,7 +125,10 @@ def sdpa_scaled_by_sqrt_dv(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None 
 
 
 def sdpa_mask_inverted(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
-    return scaled_dot_product_attention(Q, K, V, None if mask is None else ~mask | torch.eye(*mask.shape[-2:], dtype=torch.bool))
+    if mask is None:
+        return scaled_dot_product_attention(Q, K, V)
+    diagonal = torch.eye(*mask.shape[-2:], dtype=torch.bool)  # keeps one key per query: no all-masked rows
+    return scaled_dot_product_attention(Q, K, V, ~mask | diagonal)
 
 
 def rmsnorm_eps_outside_sqrt(d_model: int, eps: float, weights: Tensor, x: Tensor) -> Tensor:
@@ -152,11 +155,10 @@ def block_swapped_norms(d_model, num_heads, d_ff, max_seq_len, theta, weights, i
 
 
 def _lm_mutant(**changes: Any) -> Callable[..., Tensor]:
-    def run(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, weights, in_indices):  # noqa: ANN001
-        fields = dict(
-            vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=num_layers,
-            num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta,
-        )
+    def run(*sizes: Any) -> Tensor:
+        *architecture, weights, in_indices = sizes
+        names = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")
+        fields = dict(zip(names, architecture, strict=True))
         model = TransformerLM(ModelConfig(**(fields | changes.get("config", {}))))
         model.load_state_dict(weights, strict=False)
         if changes.get("no_final_norm"):
@@ -176,7 +178,9 @@ def _sdpa_without_mask(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = No
     return scaled_dot_product_attention(Q, K, V, None)
 
 
-def _rope_forward_ignoring_positions(self: RotaryPositionalEmbedding, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+def _rope_forward_ignoring_positions(
+    self: RotaryPositionalEmbedding, x: Tensor, token_positions: Tensor | None = None
+) -> Tensor:
     return _original_rope_forward(self, x, None)
 
 
@@ -313,7 +317,9 @@ def sdpa_einsum_prescaled(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None =
     return torch.einsum("...qk,...kv->...qv", softmax_via_logsumexp(scores.float(), -1).to(V.dtype), V)
 
 
-def mha_fused_projection(d_model, num_heads, wq, wk, wv, wo, x, max_seq_len=None, theta=None, positions=None):  # noqa: ANN001, ANN201
+def mha_fused_projection(  # noqa: ANN201
+    d_model, num_heads, wq, wk, wv, wo, x, max_seq_len=None, theta=None, positions=None  # noqa: ANN001
+):
     """One GEMM for q, k and v, heads by view/transpose, RoPE in float32 with strided slices."""
     *lead, T, _ = x.shape
     qkv = torch.einsum("...i,oi->...o", x, torch.cat([wq, wk, wv]))

@@ -274,3 +274,21 @@ def test_encode_file_empty(tmp_path: Path, small_tokenizer: Tokenizer) -> None:
     (tmp_path / "empty.txt").write_text("")
     assert encode_file(tmp_path / "empty.txt", tmp_path / "ids.npy", small_tokenizer) == 0
     assert np.load(tmp_path / "ids.npy").shape == (0,)
+
+
+def test_encode_iterable_long_run_without_spaces(small_tokenizer: Tokenizer) -> None:
+    # 200k characters with no safe cut, one character at a time: held back, then encoded, in linear time.
+    text = "x" * 200_000 + " tail" + EOT + "y" * 50_000
+    assert list(small_tokenizer.encode_iterable(iter(text))) == small_tokenizer.encode(text)
+
+
+@_SETTINGS
+@given(words=st.lists(st.text(st.sampled_from("ab e=x é😀"), min_size=1, max_size=300), min_size=1, max_size=5))
+def test_long_word_bpe_equals_the_simple_loop(
+    monkeypatch: pytest.MonkeyPatch, small_tokenizer: Tokenizer, words: list[str]
+) -> None:
+    tok = Tokenizer(small_tokenizer.vocab, small_tokenizer.merges)
+    monkeypatch.setattr(tokenizer_module, "_LONG_WORD", 10**9)
+    simple = [tok._bpe(w) for w in words]
+    monkeypatch.setattr(tokenizer_module, "_LONG_WORD", 0)
+    assert [tok._bpe(w) for w in words] == simple

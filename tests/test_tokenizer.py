@@ -37,6 +37,7 @@ TEXTS = {
     "special-back-to-back": f"{ENDOFTEXT}{ENDOFTEXT}a{ENDOFTEXT} {ENDOFTEXT}\n{ENDOFTEXT}",
     "special-partial": "<|endoftext| <|endoftext <|endof|text|> |>",
     "only-whitespace": " \n \n\n   \t ",
+    "long-words": "=" * 300 + " " + "ab" * 150 + " " + "x" * 257 + "😀" * 40 + " " * 200 + "9" * 99,
     "unicode-misc": "∑ π √2 — … “quoted” «guillemets» ½ ™ © ¿¡ \u00a0nbsp\u3000ideographic \u200b zero-width",
 }
 

@@ -50,10 +50,12 @@ def test_train_bpe_hand_worked(tmp_path: Path) -> None:
 
 
 def test_train_bpe_tie_break_compares_bytes_not_ids(tmp_path: Path) -> None:
-    # After "bc" (id 256) is made, ("a", "bc") and ("bc", "d") tie; the greater byte strings win: b"bc" > b"a".
-    path = write_corpus(tmp_path, "abcd abcd bcbc bcbc")
+    # Pre-tokens "abc", " abc", " zy" x2, " ab". First (a,b) with 3. Then four pairs tie at 2:
+    # ( ,ab) ( ,z) (ab,c) (z,y). As byte strings (b"z", b"y") is the greatest; comparing ids instead
+    # would pick (ab,c), since "ab" has id >= 256 > ord("z").
+    path = write_corpus(tmp_path, "abc abc zy zy ab")
     expected = naive_train_bpe(path.read_text(encoding="utf-8"), 256 + 4, [])
-    assert expected[1][:2] == [(b"b", b"c"), (b"bc", b"d")]
+    assert expected[1][:2] == [(b"a", b"b"), (b"z", b"y")]
     assert_same_training(run_train_bpe(path, 256 + 4, []), expected)
 
 

@@ -337,7 +337,10 @@ class _Rng:
 
     def positions(self, max_seq_len: int, *shape: int) -> Tensor:
         """Distinct, increasing, non-contiguous positions below max_seq_len, different for every row."""
-        rows = [torch.randperm(max_seq_len, generator=self.g)[: shape[-1]].sort().values for _ in range(math.prod(shape[:-1]))]
+        rows = [
+            torch.randperm(max_seq_len, generator=self.g)[: shape[-1]].sort().values
+            for _ in range(math.prod(shape[:-1]))
+        ]
         return torch.stack(rows).reshape(shape)
 
 
@@ -453,7 +456,8 @@ def _rope_snapshot() -> dict[str, np.ndarray]:
     rng, out = _Rng(8), {}
     for case, d_k, theta, max_seq_len, x_shape, pos_shape, bf16 in ROPE_CASES:
         x, pos = rng.normal(*x_shape, bf16=bf16), rng.positions(max_seq_len, *pos_shape)
-        out |= {f"{case}.in_query_or_key": x, f"{case}.token_positions": pos, f"{case}.expected": rope(_f64(x), theta, pos)}
+        out |= {f"{case}.in_query_or_key": x, f"{case}.token_positions": pos}
+        out[f"{case}.expected"] = rope(_f64(x), theta, pos)
     return _np(out)
 
 
@@ -476,7 +480,10 @@ def _mha_snapshot() -> dict[str, np.ndarray]:
 
 
 BLOCK = {"d_model": 32, "num_heads": 4, "d_ff": 48, "max_seq_len": 16, "theta": 10000.0}
-LM = {"vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 48, "rope_theta": 1000.0}
+LM = {
+    "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 48,
+    "rope_theta": 1000.0,  # not the default 10000: a hard-coded theta shows
+}
 
 
 def _block_weights(rng: _Rng, d_model: int, d_ff: int, prefix: str = "") -> dict[str, Tensor]:

@@ -26,7 +26,8 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
             if array.dtype == object:
                 raise TypeError(f"snapshot array {name!r} has dtype object; store numbers or bytes only")
             buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            # NOTE: not np.ascontiguousarray, which turns 0-d arrays into shape (1,).
+            np.lib.format.write_array(buffer, np.array(array, order="C", copy=True), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             zf.writestr(info, buffer.getvalue())
