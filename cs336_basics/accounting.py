@@ -64,12 +64,9 @@ _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 
 
 def resolved_d_ff(config: ModelConfig) -> int:
-    """The feed-forward width the model really uses (`ModelConfig` resolves `d_ff=None` to its default:
-    `default_d_ff(d_model)` for SwiGLU, 4 d_model for the SiLU network)."""
-    if config.d_ff is None:  # only for a config-like object that does not resolve it itself
-        from .layers import default_d_ff
-
-        return default_d_ff(config.d_model) if config.ffn_type == "swiglu" else 4 * config.d_model
+    """The feed-forward width the model uses: `ModelConfig` resolves `d_ff=None` to its default
+    (`default_d_ff(d_model)` for SwiGLU, 4 d_model for the SiLU network) when it is built."""
+    assert config.d_ff is not None, "ModelConfig.__post_init__ resolves d_ff"
     return int(config.d_ff)
 
 
@@ -117,7 +114,7 @@ def forward_flops(config: ModelConfig, seq_len: int, batch_size: int = 1) -> dic
     B T tokens: each d->d projection 2 B T d^2; QK^T per head 2 T T d_k, over h heads 2 B T^2 d; the
     attention-weighted sum of values likewise 2 B T^2 d (the causal mask does not skip work in a dense
     implementation); each feed-forward matrix 2 B T d F; the LM head 2 B T d V. Elementwise work (norms,
-    softmax, SiLU, RoPE, residual adds) is O(B T d) and not counted, as in `FlopCounterMode`.
+    SiLU, RoPE, residual adds: O(B T d); the softmax: O(B h T^2)) is not counted, as in `FlopCounterMode`.
 
         >>> cfg = ModelConfig(vocab_size=10, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16)
         >>> forward_flops(cfg, seq_len=4)["total"]

@@ -27,9 +27,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from .pretokenize import count_pretokens, find_chunk_boundaries, worker_context
+from .pretokenize import count_pretokens, find_chunk_boundaries, progress_bar, worker_context
 
 __all__ = ["train_bpe", "count_file_pretokens", "learn_merges"]
 
@@ -101,7 +99,7 @@ def count_file_pretokens(
         bounds = find_chunk_boundaries(f, num_chunks, special_tokens)
     jobs = [(str(path), start, end, special_tokens) for start, end in zip(bounds[:-1], bounds[1:])]
     total: Counter[str] = Counter()
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokenising", disable=not show_progress)
+    bar = progress_bar(show_progress, total=size, unit="B", unit_scale=True, desc="pre-tokenising")
     with bar:
         if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
             results = map(_count_chunk, jobs)
@@ -171,7 +169,7 @@ def learn_merges(
     heapq.heapify(heap)
 
     merges: list[tuple[bytes, bytes]] = []
-    bar = tqdm(total=num_merges, unit="merge", desc="merging", disable=not show_progress)
+    bar = progress_bar(show_progress, total=num_merges, unit="merge", desc="merging")
     while len(merges) < num_merges and heap:
         neg_count, _, pair = heapq.heappop(heap)
         count = pair_counts.get(pair, 0)

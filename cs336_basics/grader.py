@@ -21,8 +21,9 @@ How a run goes:
 Memory: the limit is on address space, not resident memory; importing torch alone maps ~1 GiB and each
 thread reserves stack, so the default (6 GiB) leaves ample margin for every graded test while stopping
 a runaway allocation long before the machine swaps. Measured on the graded suite: at most 1.2 GiB of
-address space (0.35 GiB resident) per test file. CUDA reserves far more address space than it uses: on a
-GPU host, pass `memory_mb=None` (`--memory-mb 0`) or the CUDA tests fail to initialise.
+address space (0.35 GiB resident) per test file. CUDA reserves far more address space than it uses, so
+on a GPU host the CUDA tests may fail to initialise under the limit: pass `memory_mb=None` (`--memory-mb 0`)
+there (not verified on a GPU; Gradescope's autograders are CPU-only).
 """
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ class ProblemScore:
     def summary(self) -> str:
         if not self.outcomes:
             return "NO TESTS COLLECTED: the harness is broken"
-        return ", ".join(f"{n} {STATUS_LABELS[s]}" for s, n in sorted(self.counts.items(), key=lambda kv: kv[0] != "passed"))
+        return ", ".join(
+            f"{n} {STATUS_LABELS[s]}" for s, n in sorted(self.counts.items(), key=lambda kv: kv[0] != "passed")
+        )
 
     def details(self) -> list[str]:
         """One line per test that did not pass (not-implemented ones are summarised, not listed)."""
@@ -183,7 +186,7 @@ class GradeResult:
         tests = [
             {
                 "name": p.problem.name,
-                "score": round(p.score, 4),
+                "score": round(float(p.score), 4),
                 "max_score": p.problem.points,
                 "status": "passed" if p.outcomes and p.counts["passed"] == p.counted else "failed",
                 "output": "\n".join([p.summary(), *p.details()]),
@@ -193,7 +196,7 @@ class GradeResult:
         ]
         output = f"Total: {self.score:.2f} / {self.max_score:g}"
         return {
-            "score": round(self.score, 4),
+            "score": round(float(self.score), 4),
             "execution_time": round(self.execution_time, 1),
             "output": "\n".join([output, *self.warnings]),
             "visibility": "visible",
@@ -253,14 +256,18 @@ def grade(
         raise GraderError("pytest is not installed in the grader's environment")
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1 or timeout <= 0 or total_timeout <= 0 or (memory_mb is not None and memory_mb <= 0):
-        raise ValueError(f"expected positive jobs, timeouts and memory, got {jobs=} {timeout=} {total_timeout=} {memory_mb=}")
+        raise ValueError(
+            f"expected positive jobs, timeouts and memory, got {jobs=} {timeout=} {total_timeout=} {memory_mb=}"
+        )
     threads = max(1, (os.cpu_count() or 1) // jobs)
     use_pytest_timeout = importlib.util.find_spec("pytest_timeout") is not None
 
     with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
         tmp_dir = Path(tmp)
         try:
-            pristine = sandbox.Harness.freeze(harness if harness is not None else default_harness(), tmp_dir / "harness")
+            pristine = sandbox.Harness.freeze(
+                harness if harness is not None else default_harness(), tmp_dir / "harness"
+            )
         except FileNotFoundError as e:
             raise GraderError(f"{e}; pass the pristine tests with --harness") from e
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
@@ -319,7 +326,9 @@ def grade(
         )
         for name in selected
     )
-    warnings = [] if use_pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed after the timeout"]
+    warnings = (
+        [] if use_pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed after the timeout"]
+    )
     return GradeResult(scores, time.monotonic() - t0, ungraded, tuple(warnings))
 
 
@@ -387,8 +396,15 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
     parser.add_argument("--harness", default=None, help="pristine tests/ directory (default: this checkout's)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
-    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="address-space limit per test process; 0: none (CUDA maps far more)")
-    parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S, help="seconds for the whole run")
+    parser.add_argument(
+        "--memory-mb",
+        type=int,
+        default=DEFAULT_MEMORY_MB,
+        help="address-space limit per test process; 0: none (CUDA maps far more)",
+    )
+    parser.add_argument(
+        "--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S, help="seconds for the whole run"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
@@ -397,13 +413,6 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
 
 def _main(args: argparse.Namespace) -> int:
     problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
-    for name, value in (("--timeout", args.timeout), ("--total-timeout", args.total_timeout)):
-        if value <= 0:
-            log.error("%s must be positive, got %s", name, value)
-            return 2
-    if args.memory_mb < 0:
-        log.error("--memory-mb must be positive (or 0 for no limit), got %s", args.memory_mb)
-        return 2
     try:
         result = grade(
             args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
@@ -411,9 +420,8 @@ def _main(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except sandbox.SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.
-        payload = {"score": 0.0, "execution_time": 0.0, "output": f"ungradable submission: {e}", "visibility": "visible", "tests": []}
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-        log.warning("%s; wrote a zero grade to %s", payload["output"], args.out)
+        zero = GradeResult(problems=(), execution_time=0.0, warnings=(f"ungradable submission: {e}",))
+        log.warning("ungradable submission: %s; wrote a zero grade to %s", e, zero.write_json(args.out))
         return 0
     except (FileNotFoundError, ValueError) as e:
         log.error("%s", e)

@@ -179,13 +179,20 @@ def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapt
 
 def tampered_files(run_dir: Path, harness: Harness) -> list[str]:
     """Harness files of the workspace that were modified or deleted."""
-    return [rel for rel, digest in harness.manifest.items() if not (run_dir / rel).is_file() or _sha256(run_dir / rel) != digest]
+    return [
+        rel
+        for rel, digest in harness.manifest.items()
+        if not (run_dir / rel).is_file() or _sha256(run_dir / rel) != digest
+    ]
 
 
 def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
     return [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q", "--no-header",
-        "-o", "addopts=", "--rootdir", str(run_dir), "--basetemp", str(run_dir / ".tmp" / "pytest"), *args,
+        "-o", "addopts=", "--rootdir", str(run_dir), "--basetemp", str(run_dir / ".tmp" / "pytest"),
+        # Capture Python-level output only: what a crashing process writes to its file descriptors (an
+        # abort message, faulthandler's traceback) then reaches the grader's log instead of a lost buffer.
+        "--capture=sys", *args,
     ]  # fmt: skip
 
 
@@ -279,15 +286,28 @@ def run_guarded(
     report.seconds = time.monotonic() - started
     output = log_path.read_text(errors="replace")
     log_path.unlink()
-    if report.ending == "exited" and proc.returncode < 0 or report.in_flight is not None and report.ending == "exited":
+    if report.ending == "exited" and (proc.returncode < 0 or report.in_flight is not None):
         report.ending = "crashed"
-        tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])[-300:]
-        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        memory = any(marker in output for marker in _MEMORY_MARKERS)
-        report.detail = ("memory: " if memory else "") + f"the test process died ({how}): {tail}"
+        how = (
+            f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        )
+        memory = any(marker in output[-2000:] for marker in _MEMORY_MARKERS)
+        why = _crash_summary(output.replace(f"{run_dir}{os.sep}", ""))
+        report.detail = ("memory: " if memory else "") + f"the test process died ({how})" + (f": {why}" if why else "")
     elif report.ending == "exited" and len(report.results) < len(nodeids) and not report.collect_errors:
         report.detail = next((line.strip() for line in reversed(output.splitlines()) if "ERROR" in line), output[-300:])
     return report
+
+
+def _crash_summary(output: str) -> str:
+    """The fatal-error line of a crashed process and its innermost frame (faulthandler prints it first)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        for marker in ("Fatal Python error", "terminate called"):
+            if marker in line:  # NOTE: may follow pytest's progress dots on the same line
+                frame = next((f for f in lines[i + 1 : i + 6] if f.startswith("File ")), "")
+                return f"{line[line.index(marker) :]} {frame}".strip()[:300]
+    return " | ".join(lines[-2:])[-300:]
 
 
 def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, bool]:

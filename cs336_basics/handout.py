@@ -35,9 +35,9 @@ def stub_adapters(source: str) -> str:
     Signatures, annotations, decorators, docstrings, comments outside function bodies and imports stay
     as written; imports of `cs336_basics` go, since the student's package starts empty.
 
-    >>> print(stub_adapters('import cs336_basics as impl\\n\\ndef f(x: int) -> int:\\n    "Doc."\\n    return impl.f(x)\\n'))
+    >>> print(stub_adapters('import cs336_basics as impl\\n\\ndef f(x: int):\\n    "Doc."\\n    return impl.f(x)\\n'))
     <BLANKLINE>
-    def f(x: int) -> int:
+    def f(x: int):
         "Doc."
         raise NotImplementedError
     <BLANKLINE>
@@ -157,7 +157,9 @@ def build_handout(out: str | os.PathLike[str], *, repo_root: str | os.PathLike[s
             (staging / "pyproject.toml").write_text(student_pyproject(tomllib.load(f)))
         for name in ("Makefile", "README.md"):
             shutil.copyfile(HANDOUT_FILES / name, staging / name)
-        (staging / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
+        (staging / ".gitignore").write_text(
+            ".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n"
+        )
         (staging / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
         if out.exists():
             shutil.rmtree(out)

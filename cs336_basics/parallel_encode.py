@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .pretokenize import find_chunk_boundaries, worker_context
+from .pretokenize import find_chunk_boundaries, progress_bar, worker_context
 from .tokenizer import Tokenizer
 
 __all__ = ["encode_file", "token_dtype"]
@@ -65,7 +66,7 @@ def encode_file(
     jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="encoding", disable=not show_progress)
+    bar = progress_bar(show_progress, total=size, unit="B", unit_scale=True, desc="encoding")
     raw_fd, raw_path = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".raw")
     npy_path = raw_path[: -len(".raw")] + ".npy"
     try:
@@ -73,8 +74,10 @@ def encode_file(
         with os.fdopen(raw_fd, "wb") as raw, bar:
             if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
                 _init_worker(tokenizer)
-                results = map(_encode_chunk, jobs)
-                count = _drain(results, jobs, raw, bar)
+                try:
+                    count = _drain(map(_encode_chunk, jobs), jobs, raw, bar)
+                finally:
+                    _init_worker(None)
             else:
                 with ProcessPoolExecutor(
                     min(num_workers, len(jobs)),
@@ -99,7 +102,8 @@ def encode_file(
     return count
 
 
-def _drain(results, jobs, raw, bar) -> int:  # noqa: ANN001 (internal helper)
+def _drain(results: Iterator[np.ndarray], jobs: list[tuple[str, int, int, str]], raw: BinaryIO, bar: Any) -> int:
+    """Write each chunk's ids to `raw` in file order; return how many there were."""
     count = 0
     for (_, start, end, _), ids in zip(jobs, results):
         raw.write(ids.tobytes())
@@ -108,7 +112,7 @@ def _drain(results, jobs, raw, bar) -> int:  # noqa: ANN001 (internal helper)
     return count
 
 
-def _init_worker(tokenizer: Tokenizer) -> None:
+def _init_worker(tokenizer: Tokenizer | None) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
 

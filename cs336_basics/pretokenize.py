@@ -22,7 +22,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import regex
 
@@ -44,7 +44,9 @@ _GPT2_ASCII_REGEX = re.compile(
     rf"""'(?:[sdmt]|ll|ve|re)| ?[{_L}]+| ?[{_N}]+| ?[^{_S}{_L}{_N}]+|[{_S}]+(?![^{_S}])|[{_S}]+"""
 )
 # Mixed text is pre-tokenised in blocks of about this many characters, each with the faster engine it allows.
-_BLOCK_CHARS = 4096
+_BLOCK_CHARS = 1024
+# Long texts are pre-tokenised (and counted or encoded) in pieces of about this many characters.
+_COUNT_BLOCK_CHARS = 1 << 20
 
 # A cut between a non-space and a space is safe: no pre-token contains both (the only pattern that starts
 # with a space is ` ?X+`, which starts *at* the space), and the one lookahead, `(?!\S)`, never looks past a
@@ -76,17 +78,27 @@ def pretokens(text: str) -> list[str]:
     if text.isascii():
         return _GPT2_ASCII_REGEX.findall(text)
     out: list[str] = []
+    for block in blocks(text, _BLOCK_CHARS):
+        out += (_GPT2_ASCII_REGEX if block.isascii() else GPT2_REGEX).findall(block)
+    return out
+
+
+def blocks(text: str, size: int) -> Iterator[str]:
+    """Cut `text` into consecutive pieces of at least `size` characters (the last may be shorter), each
+    ending at a safe cut, so that pre-tokenising the pieces one by one gives the pre-tokens of `text`.
+
+    >>> list(blocks("aa bb cc dd", 3))
+    ['aa bb', ' cc', ' dd']
+    """
     start, n = 0, len(text)
     while start < n:
         cut = n
-        if start + _BLOCK_CHARS < n:
-            match = _NEXT_SAFE_CUT.search(text, start + _BLOCK_CHARS)
+        if start + size < n:
+            match = _NEXT_SAFE_CUT.search(text, start + size - 1)
             if match is not None:
                 cut = match.start() + 1
-        block = text[start:cut]
-        out += (_GPT2_ASCII_REGEX if block.isascii() else GPT2_REGEX).findall(block)
+        yield text[start:cut]
         start = cut
-    return out
 
 
 def special_tokens_regex(special_tokens: Iterable[str]) -> regex.Pattern[str] | None:
@@ -123,7 +135,8 @@ def count_pretokens(text: str, special_tokens: Iterable[str] = ()) -> Counter[st
     pattern = special_tokens_regex(special_tokens)
     pieces = [text] if pattern is None else pattern.split(text)[::2]
     for piece in pieces:
-        counts.update(pretokens(piece))
+        for block in blocks(piece, _COUNT_BLOCK_CHARS):  # bounded memory for the list of pre-tokens
+            counts.update(pretokens(block))
     return counts
 
 
@@ -139,6 +152,31 @@ def last_safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
     """
     match = _LAST_SAFE_CUT.search(text, start, len(text) if end is None else end)
     return -1 if match is None else match.start() + 1
+
+
+class _NoProgress:
+    """Stands in for a tqdm bar when none is wanted (creating a tqdm, even disabled, starts a thread)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def progress_bar(show: bool, **kwargs: Any) -> Any:
+    """A tqdm progress bar with `kwargs` when `show`, else an object with the same `update`/`close`."""
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

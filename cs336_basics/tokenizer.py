@@ -29,7 +29,7 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-from .pretokenize import last_safe_cut, pretokens, special_tokens_regex
+from .pretokenize import blocks, last_safe_cut, pretokens, special_tokens_regex
 
 __all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
 
@@ -211,7 +211,9 @@ class Tokenizer:
         if len(self._cache) > _CACHE_MAX_ENTRIES:
             self._cache.clear()
         # The hot loop runs in C: a cache hit is a dict lookup, a miss calls `_bpe` via `__missing__`.
-        ids.extend(chain.from_iterable(map(self._cache.__getitem__, pretokens(text))))
+        # Long texts go in blocks, so that the list of pre-tokens stays small.
+        for block in blocks(text, 1 << 20) if len(text) > 1 << 20 else (text,):
+            ids.extend(chain.from_iterable(map(self._cache.__getitem__, pretokens(block))))
 
     def _bpe(self, word: str) -> list[int]:
         """The ids of one pre-token: merge the earliest-learned adjacent pair until none is left.

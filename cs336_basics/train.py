@@ -207,6 +207,12 @@ def _check_tokens(tokens: np.ndarray, name: str, config: TrainConfig) -> None:
         raise ValueError(f"{name} must be a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
     if len(tokens) <= config.context_length:
         raise ValueError(f"{name} has {len(tokens)} tokens, need more than context_length={config.context_length}")
+    # A token id outside the vocabulary would fail deep inside the embedding (a device assert on CUDA). Scanning
+    # a memory-mapped corpus of billions of tokens costs seconds per GB, so big arrays are checked by a prefix.
+    largest = int(np.asarray(tokens[:50_000_000]).max())
+    if largest >= config.vocab_size:
+        raise ValueError(f"{name} holds token id {largest}, expected ids < vocab_size={config.vocab_size}: "
+                         "does --vocab-size match the tokenizer?")
 
 
 def _load_data(path: str, name: str, config: TrainConfig) -> np.ndarray:

@@ -11,7 +11,14 @@ import pytest
 from cs336_basics import pipeline
 from cs336_basics.cli import main
 from cs336_basics.config import load_config
-from cs336_basics.pipeline import DEMO_TRAINING, DemoConfig, demo_train_config, format_summary, run_demo
+from cs336_basics.pipeline import (
+    DEMO_TRAINING,
+    DemoConfig,
+    demo_train_config,
+    fastest_thread_count,
+    format_summary,
+    run_demo,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "batch_size": 4,
@@ -21,7 +28,7 @@ TINY_MODEL = {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads":
 def tiny_config(out: Path, **changes) -> DemoConfig:
     base = DemoConfig(out=str(out), num_train_stories=40, num_valid_stories=8, vocab_size=300, max_steps=4,
                       max_time_s=120.0, device="cpu", prompts=("Once upon a time", "Tom"), max_new_tokens=8,
-                      num_workers=1, progress=False)
+                      num_workers=1, threads=1, progress=False)
     return dataclasses.replace(base, **changes)
 
 
@@ -130,3 +137,12 @@ def test_failed_step_is_not_marked_done(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         run_demo(tiny_config(tmp_path, num_train_stories=5, num_valid_stories=2))
     assert list(json.loads((tmp_path / "steps.json").read_text())) == ["corpus"]
+
+
+def test_fastest_thread_count_restores_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    assert fastest_thread_count(1) == 1
+    assert fastest_thread_count(2, repeats=2) in (1, 2)
+    assert torch.get_num_threads() == before

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cs336_basics import grader
-from cs336_basics.grader import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GradeResult, GraderError, grade, problem_of
+from cs336_basics.grader import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
 from cs336_basics.grader_sandbox import SubmissionError, unpack_submission
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,7 +233,9 @@ def test_not_implemented_and_import_errors_are_classified(tmp_path: Path, fake_h
 
 
 def test_a_hanging_test_times_out_alone(tmp_path: Path, fake_harness: Path) -> None:
-    package = "import time\n" + GOOD_PACKAGE.replace("return x + 1", "time.sleep(1000) if x == 1 else None\n    return x + 1")
+    package = "import time\n" + GOOD_PACKAGE.replace(
+        "return x + 1", "time.sleep(1000) if x == 1 else None\n    return x + 1"
+    )
     result = grade_fake(make_submission(tmp_path / "s", package), fake_harness, timeout=2.0)
     assert statuses(result)["test_softmax_one"] == "timeout"
     assert problem_scores(result) == {"linear": 1, "softmax": 0.5, "rmsnorm": 1}
@@ -243,7 +245,11 @@ def test_a_hanging_test_times_out_alone(tmp_path: Path, fake_harness: Path) -> N
 def test_a_hang_that_ignores_signals_is_killed(tmp_path: Path, fake_harness: Path) -> None:
     # Blocking SIGALRM defeats pytest-timeout; the grader's watchdog must still stop the process.
     package = "import signal, time\n" + GOOD_PACKAGE.replace(
-        "return x + 1", "if x == 1:\n        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n        time.sleep(1000)\n    return x + 1"
+        "return x + 1",
+        "if x == 1:\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n"
+        "        time.sleep(1000)\n"
+        "    return x + 1",
     )
     result = grade_fake(make_submission(tmp_path / "s", package), fake_harness, timeout=1.0)
     assert statuses(result)["test_softmax_one"] == "timeout"
@@ -251,7 +257,9 @@ def test_a_hang_that_ignores_signals_is_killed(tmp_path: Path, fake_harness: Pat
 
 
 def test_a_runaway_allocation_hits_the_memory_limit_alone(tmp_path: Path, fake_harness: Path) -> None:
-    package = GOOD_PACKAGE.replace("return 2 * x", "hog = [bytearray(2**26) for _ in range(10**6)] if x == 2 else None\n    return 2 * x")
+    package = GOOD_PACKAGE.replace(
+        "return 2 * x", "hog = [bytearray(2**26) for _ in range(10**6)] if x == 2 else None\n    return 2 * x"
+    )
     result = grade_fake(make_submission(tmp_path / "s", package), fake_harness, memory_mb=512)
     assert statuses(result)["test_linear[2]"] == "memory"
     assert problem_scores(result)["linear"] == pytest.approx(2 / 3)
@@ -282,7 +290,9 @@ def test_overwriting_fixtures_cannot_change_the_judgement(tmp_path: Path, fake_h
 
 def test_the_total_time_limit_stops_the_run(tmp_path: Path, fake_harness: Path) -> None:
     package = "import time\n" + GOOD_PACKAGE.replace("return 2 * x", "time.sleep(1000)")
-    result = grade_fake(make_submission(tmp_path / "s", package), fake_harness, timeout=100.0, total_timeout=4.0, jobs=1)
+    result = grade_fake(
+        make_submission(tmp_path / "s", package), fake_harness, timeout=100.0, total_timeout=4.0, jobs=1
+    )
     assert result.execution_time < 20
     assert statuses(result)["test_linear[1]"] == "timeout"
     assert result.score < result.max_score
@@ -304,7 +314,9 @@ def test_results_json_has_the_documented_fields(tmp_path: Path, fake_harness: Pa
     assert payload["score"] == sum(t["score"] for t in payload["tests"]) == 2
 
 
-def test_cli_grades_a_zip_and_writes_results(tmp_path: Path, fake_harness: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_grades_a_zip_and_writes_results(
+    tmp_path: Path, fake_harness: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = make_submission(tmp_path / "s")
     archive = tmp_path / "s.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -316,12 +328,38 @@ def test_cli_grades_a_zip_and_writes_results(tmp_path: Path, fake_harness: Path,
     grader.add_subcommand(parser.add_subparsers())
     out = tmp_path / "results.json"
     args = parser.parse_args(
-        ["grade", str(archive), "--harness", str(fake_harness), "--out", str(out), "--problems", "linear,rmsnorm", "--jobs", "1"]
+        [
+            "grade",
+            str(archive),
+            "--harness",
+            str(fake_harness),
+            "--out",
+            str(out),
+            "--problems",
+            "linear,rmsnorm",
+            "--jobs",
+            "1",
+        ]
     )
     assert args.func(args) == 0
     assert json.loads(out.read_text())["score"] == 2
     table = capsys.readouterr().out
     assert "linear" in table and "total" in table and "softmax" not in table
+
+
+def test_cli_writes_a_zero_grade_for_an_ungradable_submission(tmp_path: Path, fake_harness: Path) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    grader.add_subcommand(parser.add_subparsers())
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "results.json"
+    args = parser.parse_args(["grade", str(tmp_path / "empty"), "--harness", str(fake_harness), "--out", str(out)])
+    assert args.func(args) == 0  # the grader ran; the submission is at fault
+    payload = json.loads(out.read_text())
+    assert payload["score"] == 0.0 and payload["tests"] == [] and "adapters.py" in payload["output"]
+    args = parser.parse_args(["grade", str(tmp_path / "missing"), "--harness", str(fake_harness), "--out", str(out)])
+    assert args.func(args) == 2  # a typo in the path is a usage error
 
 
 # ---------------------------------------------------------------------------------------------- real harness
@@ -349,7 +387,9 @@ def test_the_students_package_shadows_the_reference(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _harness_has(*(p.name for p in PROBLEMS)), reason="not every problem's graded tests have landed")
+@pytest.mark.skipif(
+    not _harness_has(*(p.name for p in PROBLEMS)), reason="not every problem's graded tests have landed"
+)
 def test_the_reference_scores_full_marks(tmp_path: Path) -> None:
     result = grade(REPO, timeout=300.0)
     assert result.score == pytest.approx(result.max_score), result.format_table()
@@ -358,9 +398,26 @@ def test_the_reference_scores_full_marks(tmp_path: Path) -> None:
 
 def test_isolate_each_test_runs_one_process_per_test(tmp_path: Path, fake_harness: Path) -> None:
     # A test that poisons the interpreter for the tests after it in the same process.
-    package = GOOD_PACKAGE.replace("return 2 * x", "import builtins; builtins.len = None\n    return 2 * x")
-    package = package.replace("return text.upper()", "return text.upper() if callable(len) else 'poisoned'")
+    package = "import os\n" + GOOD_PACKAGE.replace("return 2 * x", "os.environ['POISON'] = '1'\n    return 2 * x")
+    package = package.replace("return text.upper()", "return 'poisoned' if 'POISON' in os.environ else text.upper()")
     shared = grade_fake(make_submission(tmp_path / "a", package), fake_harness)
     isolated = grade_fake(make_submission(tmp_path / "b", package), fake_harness, isolate_each=True)
     assert statuses(shared)["test_rmsnorm"] == "failed"
     assert set(statuses(isolated).values()) == {"passed"}
+
+
+def test_a_segfault_is_reported_with_its_signal(tmp_path: Path, fake_harness: Path) -> None:
+    package = "import ctypes\n" + GOOD_PACKAGE.replace(
+        "return x + 1", "ctypes.string_at(0) if x == 2 else None\n    return x + 1"
+    )
+    result = grade_fake(make_submission(tmp_path / "s", package), fake_harness)
+    outcome = result.outcomes["tests/test_fake.py::test_softmax_two"]
+    assert outcome.status == "error" and "SIGSEGV" in outcome.message
+    assert "Fatal Python error" in outcome.message or "Segmentation fault" in outcome.message
+    assert problem_scores(result) == {"linear": 1, "softmax": 0.5, "rmsnorm": 1}
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    assert doctest.testmod(grader).failed == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections import Counter
 from pathlib import Path
 
@@ -83,9 +84,11 @@ def test_train_bpe_progress_bar_and_repeated_specials(tmp_path: Path, capsys) ->
 
 
 @pytest.mark.slow
-def test_train_bpe_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "spawn"], ids=str)
+def test_train_bpe_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch, start_method: str) -> None:
     path = FIXTURES / "bpe_corpus_medium.txt"
     serial = train_bpe(path, 600, [EOT], num_workers=1)
+    monkeypatch.setattr(bpe_trainer, "worker_context", lambda: multiprocessing.get_context(start_method))
     monkeypatch.setattr(bpe_trainer, "_PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(bpe_trainer, "_TARGET_CHUNK_BYTES", 20_000)  # several chunks per worker
     assert train_bpe(path, 600, [EOT], num_workers=2) == serial
@@ -116,6 +119,16 @@ def test_fast_pretokens_equal_the_regex(monkeypatch: pytest.MonkeyPatch, pieces:
     text = "".join(pieces)
     assert pretokens(text) == GPT2_REGEX.findall(text)
     assert pretokens(text.encode("ascii", "ignore").decode()) == GPT2_REGEX.findall(text.encode("ascii", "ignore").decode())
+
+
+@_SETTINGS
+@given(pieces=st.lists(st.sampled_from(_FRAGMENTS), max_size=60), size=st.integers(1, 30))
+def test_blocks_cover_the_text_at_safe_cuts(pieces: list[str], size: int) -> None:
+    text = "".join(pieces)
+    parts = list(pretokenize_module.blocks(text, size))
+    assert "".join(parts) == text and all(parts)
+    assert all(len(p) >= size for p in parts[:-1])
+    assert [t for p in parts for t in pretokens(p)] == GPT2_REGEX.findall(text)
 
 
 def test_fast_pretokens_every_ascii_character() -> None:
@@ -237,17 +250,20 @@ def test_load_bpe_errors(tmp_path: Path) -> None:
         load_bpe(tmp_path)
 
 
-@pytest.mark.parametrize("num_workers", [1, 2], ids=["serial", "parallel"])
+@pytest.mark.parametrize(
+    ("num_workers", "start_method"), [(1, "fork"), (2, "fork"), (2, "spawn")], ids=["serial", "fork", "spawn"]
+)
 def test_encode_file_equals_encode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_tokenizer: Tokenizer, num_workers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_tokenizer: Tokenizer, num_workers: int, start_method: str
 ) -> None:
+    monkeypatch.setattr(parallel_encode, "worker_context", lambda: multiprocessing.get_context(start_method))
     monkeypatch.setattr(parallel_encode, "_PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(parallel_encode, "_TARGET_CHUNK_BYTES", 10_000)
     source = FIXTURES / "bpe_corpus_medium.txt"
     count = encode_file(source, tmp_path / "out" / "ids.npy", small_tokenizer, num_workers=num_workers)
     ids = np.load(tmp_path / "out" / "ids.npy", mmap_mode="r")
     assert ids.dtype == np.uint16 and count == len(ids)
-    assert ids.tolist() == small_tokenizer.encode(source.read_text(encoding="utf-8"))
+    assert ids.tolist() == small_tokenizer.encode(source.read_bytes().decode("utf-8"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ids.npy"]
 
 

@@ -259,3 +259,8 @@ def test_torch_compile_trains(tiny_config: TrainConfig) -> None:
     payload = read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
     assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved without the wrapper's prefix
     assert math.isfinite(result.final_val_loss)
+
+
+def test_token_ids_beyond_the_vocabulary_are_named(tiny_config: TrainConfig) -> None:
+    with pytest.raises(ValueError, match="token id 62, expected ids < vocab_size=50"):
+        train(dataclasses.replace(tiny_config, vocab_size=50))

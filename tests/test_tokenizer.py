@@ -68,7 +68,7 @@ def test_tokenizer_matches_tiktoken(small_bpe, small_tiktoken, text: str) -> Non
 
 
 def test_tokenizer_matches_tiktoken_on_corpus(small_bpe, small_tiktoken, fixtures_dir: Path) -> None:
-    text = (fixtures_dir / "bpe_corpus_medium.txt").read_text(encoding="utf-8")
+    text = (fixtures_dir / "bpe_corpus_medium.txt").read_bytes().decode("utf-8")
     tokenizer = get_tokenizer(*small_bpe, [ENDOFTEXT])
     ids = tokenizer.encode(text)
     assert ids == small_tiktoken(text)
@@ -156,7 +156,7 @@ def test_tokenizer_encode_iterable_any_chunking(small_bpe, pieces: list[str], da
 @pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed{s}")
 def test_tokenizer_encode_iterable_long_input(small_bpe, fixtures_dir: Path, seed: int) -> None:
     # Long enough that a buffering implementation must flush many times.
-    text = (fixtures_dir / "bpe_corpus_medium.txt").read_text(encoding="utf-8")
+    text = (fixtures_dir / "bpe_corpus_medium.txt").read_bytes().decode("utf-8")
     text = text.replace(" ", "   ", 200).replace("\n", "\n \n", 200)
     chunks = _cuts(text, random.Random(seed), mean_chunk=[7, 300, 5000][seed])
     assert "".join(chunks) == text
@@ -169,7 +169,7 @@ def test_tokenizer_encode_iterable_file_object(small_bpe, small_tiktoken, fixtur
     tokenizer = get_tokenizer(*small_bpe, [ENDOFTEXT])
     with open(path, encoding="utf-8", newline="") as f:
         ids = list(tokenizer.encode_iterable(f))
-    assert ids == small_tiktoken(path.read_text(encoding="utf-8"))
+    assert ids == small_tiktoken(path.read_bytes().decode("utf-8"))
 
 
 def _peak_traced_bytes(ids: Iterator[int]) -> tuple[int, int]:
@@ -186,7 +186,7 @@ def _peak_traced_bytes(ids: Iterator[int]) -> tuple[int, int]:
 def test_tokenizer_encode_iterable_memory_is_bounded(small_bpe, fixtures_dir: Path, tmp_path: Path) -> None:
     # A 2.6 MB file, consumed lazily. The limit is measured while the generator runs (a decorator around a
     # generator function would only measure its creation). Reading the whole file first costs its size.
-    corpus = (fixtures_dir / "bpe_corpus_medium.txt").read_text(encoding="utf-8")
+    corpus = (fixtures_dir / "bpe_corpus_medium.txt").read_bytes().decode("utf-8")
     path = tmp_path / "big.txt"
     path.write_text(corpus * 20, encoding="utf-8")
     limit = 1 << 20

@@ -54,7 +54,7 @@ def test_train_bpe_tie_break_compares_bytes_not_ids(tmp_path: Path) -> None:
     # ( ,ab) ( ,z) (ab,c) (z,y). As byte strings (b"z", b"y") is the greatest; comparing ids instead
     # would pick (ab,c), since "ab" has id >= 256 > ord("z").
     path = write_corpus(tmp_path, "abc abc zy zy ab")
-    expected = naive_train_bpe(path.read_text(encoding="utf-8"), 256 + 4, [])
+    expected = naive_train_bpe(path.read_bytes().decode("utf-8"), 256 + 4, [])
     assert expected[1][:2] == [(b"a", b"b"), (b"z", b"y")]
     assert_same_training(run_train_bpe(path, 256 + 4, []), expected)
 
@@ -66,7 +66,7 @@ def test_train_bpe_tie_break_compares_bytes_not_ids(tmp_path: Path) -> None:
 )
 def test_train_bpe_matches_naive_trainer(fixtures_dir: Path, fixture: str, num_merges: int) -> None:
     path = fixtures_dir / fixture
-    expected = naive_train_bpe(path.read_text(encoding="utf-8"), 256 + 1 + num_merges, [ENDOFTEXT])
+    expected = naive_train_bpe(path.read_bytes().decode("utf-8"), 256 + 1 + num_merges, [ENDOFTEXT])
     assert_same_training(run_train_bpe(path, 256 + 1 + num_merges, [ENDOFTEXT]), expected)
 
 

@@ -71,7 +71,7 @@ def naive_train_bpe(
 
 def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs):
     """Oracle adapter: the naive trainer on the file's text."""
-    text = Path(input_path).read_text(encoding="utf-8")
+    text = Path(input_path).read_bytes().decode("utf-8")  # no newline translation: the file's own bytes
     return naive_train_bpe(text, vocab_size, special_tokens)
 
 
