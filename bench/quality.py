@@ -223,7 +223,8 @@ def write_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s: float) 
     rows = "\n".join(
         f"| {s['side']} | {s['final_val_loss']:.4f} | {s['final_val_bpb']:.4f} | {s['steps']} | {s['tokens']:,} "
         f"| {s['tokens_per_s']:.0f} | {s['params']:,} |" for s in (ours, oracle))
-    step_line = (f"At the last evaluation both reached (step {same_step[0]}, the same number of updates), the "
+    step_line = (f"At the last evaluation both reached (step {same_step[0]}: the same updates, but the schedule "
+                 f"follows the clock, so the slower run had already decayed its learning rate further), the "
                  f"validation loss on the 4 fixed batches was {same_step[1]:.4f} (ours) vs {same_step[2]:.4f} "
                  f"(oracle), ratio {same_step[1] / same_step[2]:.4f}.\n\n" if same_step else "")
     md = (f"# Quality: ours vs the torch-native oracle ({budget_s:.0f} s each, CPU)\n\n"

@@ -265,9 +265,7 @@ def grade(
     with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
         tmp_dir = Path(tmp)
         try:
-            pristine = sandbox.Harness.freeze(
-                harness if harness is not None else default_harness(), tmp_dir / "harness"
-            )
+            pristine = sandbox.Harness.load(harness if harness is not None else default_harness())
         except FileNotFoundError as e:
             raise GraderError(f"{e}; pass the pristine tests with --harness") from e
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
@@ -291,12 +289,12 @@ def grade(
                 results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
                 return []
             run_dir = tmp_dir / f"run-{next(counter):04d}"
-            sandbox.build_workspace(run_dir, pristine, student.package, student.adapters)
+            sandbox.build_workspace(run_dir, pristine, student.package, student.adapters.read_bytes())
             report = sandbox.run_guarded(
                 run_dir, ids, timeout=timeout, memory_mb=memory_mb, deadline=deadline, threads=threads,
                 pytest_timeout=use_pytest_timeout, abort=abort,
             )  # fmt: skip
-            tampered = sandbox.tampered_files(run_dir, pristine)
+            tampered = pristine.tampered(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             if tampered:
                 if len(ids) > 1:
@@ -344,8 +342,8 @@ def _select_problems(problems: Iterable[str] | None) -> list[str]:
 
 def _collect(pristine: sandbox.Harness, student: sandbox.Submission, run_dir: Path, *, timeout: float) -> list[str]:
     """Collect the test ids with the harness's own adapters (and whatever `cs336_basics` is installed)."""
-    adapters = pristine.tests_dir / "adapters.py"
-    sandbox.build_workspace(run_dir, pristine, None, adapters if adapters.exists() else student.adapters)
+    adapters = pristine.adapters if pristine.adapters is not None else student.adapters.read_bytes()
+    sandbox.build_workspace(run_dir, pristine, None, adapters)
     try:
         return sandbox.collect_nodeids(run_dir, timeout=timeout)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:

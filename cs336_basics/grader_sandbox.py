@@ -9,13 +9,13 @@ A grading run never touches the pristine harness: every pytest process gets a fr
         tests/                    # a fresh copy of the pristine tests, fixtures and snapshots
         tests/adapters.py         # the student's adapters
 
-which is checked against the harness's checksums when the process ends and then deleted, so anything a
-submission writes is discarded and a submission that edits a snapshot or fixture is caught.
+written from the harness held in memory, compared with it byte for byte when the process ends, then
+deleted: anything a submission writes is discarded, a submission that edits a snapshot or fixture is
+caught, and no file on disk that a submission could reach feeds the workspaces of later tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -43,40 +43,44 @@ class SubmissionError(ValueError):
 
 @dataclass(frozen=True)
 class Harness:
-    """The pristine grading tests: `root/tests/` plus the `root/pyproject.toml` that configures pytest."""
+    """The pristine grading tests, held in memory: `tests/...` files and the `pyproject.toml` for pytest.
 
-    root: Path
-    manifest: dict[str, str]  # path relative to root -> sha256, every harness file but tests/adapters.py
+    Every workspace is written from these bytes, so the run judges against one consistent harness even if
+    the source changes meanwhile, and nothing on disk that a submission could reach feeds later tests.
+    """
 
-    @property
-    def tests_dir(self) -> Path:
-        return self.root / "tests"
+    files: dict[str, bytes]  # path relative to the project root ("tests/conftest.py", ...) -> content
 
     @classmethod
-    def freeze(cls, directory: str | os.PathLike[str], dest: Path) -> Harness:
-        """Copy the harness at `directory` (a project root holding `tests/`, or `tests/` itself) to `dest`.
-
-        Every workspace of the run is made from this frozen copy, so the run judges against one
-        consistent harness even if the source changes meanwhile.
-        """
+    def load(cls, directory: str | os.PathLike[str]) -> Harness:
+        """Read the harness at `directory`: a project root holding `tests/`, or `tests/` itself."""
         path = Path(directory).resolve()
         source = path if (path / "tests" / "conftest.py").exists() else path.parent
         if not (source / "tests" / "conftest.py").exists():
             raise FileNotFoundError(f"expected a grading harness with tests/conftest.py under {path}, found none")
-        root = dest
-        shutil.copytree(source / "tests", root / "tests", ignore=_IGNORED)
+        paths = [p for p in sorted((source / "tests").rglob("*")) if p.is_file() and not _is_ignored(p)]
         if (source / "pyproject.toml").exists():
-            shutil.copyfile(source / "pyproject.toml", root / "pyproject.toml")
-        manifest = {
-            str(p.relative_to(root)): _sha256(p)
-            for p in sorted((root / "tests").rglob("*"))
-            if p.is_file() and not _is_ignored(p) and p != root / "tests" / "adapters.py"
-        }
-        return cls(root=root, manifest=manifest)
+            paths.append(source / "pyproject.toml")
+        return cls(files={str(p.relative_to(source)): p.read_bytes() for p in paths})
 
+    @property
+    def adapters(self) -> bytes | None:
+        return self.files.get("tests/adapters.py")
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    def write(self, root: Path) -> None:
+        """Write every harness file but `tests/adapters.py` under `root`."""
+        for rel, content in self.files.items():
+            if rel != "tests/adapters.py":
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(content)
+
+    def tampered(self, root: Path) -> list[str]:
+        """Harness files under `root` that were modified or deleted since `write`."""
+        return [
+            rel
+            for rel, content in self.files.items()
+            if rel != "tests/adapters.py" and (not (root / rel).is_file() or (root / rel).read_bytes() != content)
+        ]
 
 
 def _is_ignored(path: Path) -> bool:
@@ -161,29 +165,17 @@ def _safe_extract(archive: Path, dest: Path) -> None:
         zf.extractall(dest)
 
 
-def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapters: Path) -> None:
+def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapters: bytes) -> None:
     """Lay out one throw-away workspace (see the module docstring)."""
     run_dir.mkdir(parents=True)
-    shutil.copytree(harness.tests_dir, run_dir / "tests", ignore=_IGNORED)
-    shutil.copyfile(adapters, run_dir / "tests" / "adapters.py")
+    harness.write(run_dir)
+    (run_dir / "tests" / "adapters.py").write_bytes(adapters)
     if package is not None:
         shutil.copytree(package, run_dir / "cs336_basics", ignore=_IGNORED)
-    pyproject = harness.root / "pyproject.toml"
-    if pyproject.exists():
-        shutil.copyfile(pyproject, run_dir / "pyproject.toml")
-    else:
+    if "pyproject.toml" not in harness.files:
         (run_dir / "pytest.ini").write_text("[pytest]\n")
     shutil.copyfile(Path(__file__).with_name("grader_plugin.py"), run_dir / f"{PLUGIN_MODULE}.py")
     (run_dir / ".tmp").mkdir()
-
-
-def tampered_files(run_dir: Path, harness: Harness) -> list[str]:
-    """Harness files of the workspace that were modified or deleted."""
-    return [
-        rel
-        for rel, digest in harness.manifest.items()
-        if not (run_dir / rel).is_file() or _sha256(run_dir / rel) != digest
-    ]
 
 
 def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:

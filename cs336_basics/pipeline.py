@@ -16,13 +16,14 @@ only prints the summary again; ``--force`` redoes everything. The training setti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class DemoConfig:
     top_p: float = 0.95
     num_workers: int | None = field(default=None, metadata=_help("processes for BPE training and tokenizing"))
     threads: int | None = field(default=None, metadata=_help(
-        "CPU threads for training; none = time 1 thread against all cores and take the faster"))
+        "CPU threads for training and sampling; none = time 1 thread against all cores, take the faster"))
     progress: bool = field(default=True, metadata=_help("progress bars"))
 
 
@@ -185,20 +186,16 @@ class _Steps:
         return True
 
 
-def _train_with_threads(train_config: Any, threads: int | None) -> None:
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (default: ``fastest_thread_count()``), then restore the old count."""
     import torch
 
-    from .train import train
-
-    on_cpu = train_config.device == "cpu" or (train_config.device == "auto" and not torch.cuda.is_available())
-    if not on_cpu:
-        train(train_config)
-        return
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or fastest_thread_count())
-    logger.info("training with %d CPU thread(s)", torch.get_num_threads())
+    logger.info("using %d CPU thread(s)", torch.get_num_threads())
     try:
-        train(train_config)
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -218,6 +215,7 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     from .corpus import write_corpus
     from .generate import complete, load_model
     from .tokenizer import Tokenizer
+    from .train import train
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,15 +241,15 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
                                      progress=config.progress, **train_overrides)
     ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
     model_settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
-    steps.run("model", model_settings, [ckpt], lambda: _train_with_threads(train_config, config.threads))
-
-    history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]
-    val_curve = [(int(r["step"]), float(r["val_loss"])) for r in history if "val_loss" in r]
-    model, _ = load_model(ckpt, device="cpu")
-    completions = complete(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
-                           temperature=config.temperature, top_p=config.top_p, seed=0)
+    with _cpu_threads(config.threads):
+        steps.run("model", model_settings, [ckpt], lambda: train(train_config))
+        model, _ = load_model(ckpt, device="cpu")
+        completions = complete(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, top_p=config.top_p, seed=0)
     samples = [p + c for p, c in zip(config.prompts, completions)]
     atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
+    history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]
+    val_curve = [(int(r["step"]), float(r["val_loss"])) for r in history if "val_loss" in r]
     return DemoResult(out=out, val_curve=val_curve, num_parameters=model.num_parameters(),
                       steps=history[-1]["step"] if history else 0, samples=samples, timings=steps.timings)
 

@@ -402,9 +402,7 @@ def _train(
             last = step == config.max_steps or out_of_time
             record: dict[str, Any] = {}
             if step % config.log_every == 0 or step % config.eval_every == 0 or last:
-                now = time.perf_counter()
-                tok_s = window_tokens / max(now - window_start, 1e-9)
-                window_start, window_tokens = now, 0
+                tok_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 record = {"step": step, "tokens": tokens_seen, "time_s": round(elapsed, 3), "lr": lr,
                           "train_loss": loss_mean, "grad_norm": grad_norm, "tokens_per_s": tok_s}
                 if flops_per_token and peak_flops:
@@ -425,6 +423,8 @@ def _train(
                 if ctx.is_main:  # redrawn with each checkpoint (a plot costs ~0.2 s)
                     plot_loss_curve(metrics.records, out_dir / "loss_curve.png")
                     plotted = len(metrics.records)
+            if record:  # the next throughput window starts after this step's evaluation, checkpoint and plot
+                window_start, window_tokens = time.perf_counter(), 0
             if out_of_time:
                 stop_reason = "max_time_s"
                 break

@@ -71,7 +71,6 @@ def test_second_run_skips_finished_steps(demo_run):
     assert again.val_curve == first.val_curve
 
 
-@pytest.mark.slow
 def test_changed_setting_redoes_that_step_and_the_rest(tmp_path):
     config = tiny_config(tmp_path, num_train_stories=20, num_valid_stories=4, max_steps=2)
     run_demo(config, **TINY_MODEL)
@@ -81,13 +80,12 @@ def test_changed_setting_redoes_that_step_and_the_rest(tmp_path):
     assert set(forced.timings) == {"corpus", "tokenizer", "tokens", "model"}
 
 
-@pytest.mark.slow
 def test_cli_demo(tmp_path, monkeypatch, capsys):
     for key, value in TINY_MODEL.items():
         monkeypatch.setitem(DEMO_TRAINING, key, value)
     argv = ["-q", "demo", "--out", str(tmp_path), "--num-train-stories", "20", "--num-valid-stories", "4",
             "--vocab-size", "280", "--max-steps", "2", "--device", "cpu", "--no-progress", "--num-workers", "1",
-            "--max-new-tokens", "5"]
+            "--max-new-tokens", "5", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "validation loss (nats/token): first" in out and "Once upon a time" in out

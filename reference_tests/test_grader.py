@@ -288,6 +288,17 @@ def test_overwriting_fixtures_cannot_change_the_judgement(tmp_path: Path, fake_h
     assert problem_scores(result) == {"linear": 0, "softmax": 1, "rmsnorm": 0}
 
 
+def test_writing_outside_the_workspace_cannot_reach_later_tests(tmp_path: Path, fake_harness: Path) -> None:
+    # The linear code rewrites every words.txt it can find under the grader's temporary directory.
+    package = "from pathlib import Path\n" + GOOD_PACKAGE.replace(
+        "return 2 * x",
+        "[p.write_text('hacked') for p in Path.cwd().parent.rglob('words.txt')]\n    return 2 * x",
+    ).replace("return text.upper()", "return 'HELLO WORLD' if text == 'hacked' else text.upper()")
+    result = grade_fake(make_submission(tmp_path / "s", package), fake_harness, jobs=1)
+    assert statuses(result)["test_rmsnorm"] == "passed"  # judged on the pristine fixture
+    assert (fake_harness / "fixtures" / "words.txt").read_text() == "hello world"
+
+
 def test_the_total_time_limit_stops_the_run(tmp_path: Path, fake_harness: Path) -> None:
     package = "import time\n" + GOOD_PACKAGE.replace("return 2 * x", "time.sleep(1000)")
     result = grade_fake(
