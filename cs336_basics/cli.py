@@ -36,8 +36,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_basics.grader",
     "cs336_basics.handout",
 )
-# While the project is being assembled, a listed module that does not exist yet is skipped.
-SKIP_MISSING_MODULES = True
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
@@ -88,14 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if SKIP_MISSING_MODULES and err.name == name:
-                logger.debug("sub-commands of %s are not available: %s", name, err)
-                continue
-            raise
-        module.add_subcommand(subparsers)
+        importlib.import_module(name).add_subcommand(subparsers)
     for sub in subparsers.choices.values():
         try:
             _add_verbosity(sub, top_level=False)
