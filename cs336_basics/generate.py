@@ -96,6 +96,7 @@ def _generate_group(
     eos_id: int | None,
     generator: torch.Generator | None,
     use_kv_cache: bool,
+    vocab_size: int | None,
 ) -> list[list[int]]:
     """Generate for prompts of equal length, as one batch; each row stops at its own `eos_id`."""
     context_length = _context_length(model)
@@ -111,6 +112,8 @@ def _generate_group(
         else:
             cache = None  # sliding window from now on (see the module docstring)
             logits = model(seq[:, -context_length:])[:, -1]
+        if vocab_size is not None:
+            logits = logits[:, :vocab_size]  # a model vocabulary padded past the tokenizer's: never sample those
         next_ids = sample_next_token(logits, temperature=temperature, top_p=top_p, generator=generator)  # (B,)
         for row, token in enumerate(next_ids.tolist()):
             if done[row]:
@@ -136,12 +139,14 @@ def generate(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_kv_cache: bool = True,
+    vocab_size: int | None = None,
 ) -> list[int] | list[list[int]]:
     """Continue one prompt (a list of ids or a 1-d tensor) or a batch (a list of lists or a 2-d tensor).
 
     Returns the new token ids only (not the prompt), without the `eos_id` that stopped a row; a list for one
     prompt, a list of lists for a batch. `temperature=0` is greedy decoding; `top_p < 1` samples from the
-    nucleus; `generator` (a `torch.Generator`, CPU by default) makes sampling reproducible.
+    nucleus; `generator` (a `torch.Generator`, CPU by default) makes sampling reproducible; `vocab_size` limits
+    sampling to ids below it (the tokenizer's vocabulary when the model's is padded).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -165,7 +170,8 @@ def generate(
             members = [i for i, r in enumerate(rows) if len(r) == length]
             batch = torch.tensor([rows[i] for i in members], dtype=torch.long, device=device)
             outs = _generate_group(model, batch, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, eos_id=eos_id, generator=generator, use_kv_cache=use_kv_cache)
+                                   top_p=top_p, eos_id=eos_id, generator=generator, use_kv_cache=use_kv_cache,
+                                   vocab_size=vocab_size)
             for i, out in zip(members, outs):
                 results[i] = out
     finally:
@@ -200,7 +206,7 @@ def complete(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, eos_id=_eos_id(tokenizer, eos_token), generator=generator,
-                   use_kv_cache=use_kv_cache)
+                   use_kv_cache=use_kv_cache, vocab_size=tokenizer.vocab_size)
     return [tokenizer.decode(out) for out in ids]
 
 

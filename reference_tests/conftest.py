@@ -1,1 +1,8 @@
 """Tests of the reference implementation's own details; they import `cs336_basics` directly."""
+
+import os
+
+import torch
+
+# The tests' tensors are small: one thread is faster than a pool that spins on a shared 2-core machine.
+torch.set_num_threads(int(os.environ.get("CS336_TEST_THREADS", "1")))

@@ -203,3 +203,11 @@ def test_cli_generates_from_a_checkpoint(byte_checkpoint: Path, capsys: pytest.C
     assert out.startswith("ab") and "\ncd" in out
     missing = parser.parse_args(["generate", "--checkpoint", str(byte_checkpoint.parent / "nope.pt")])
     assert missing.func(missing) == 2
+
+
+def test_vocab_size_limits_sampling_to_the_tokenizers_ids(model: TransformerLM) -> None:
+    # A model vocabulary padded past the tokenizer's must never produce an id the tokenizer cannot decode.
+    unrestricted = generate(model, [3, 1, 4], max_new_tokens=40, generator=torch.Generator().manual_seed(0))
+    assert max(unrestricted) >= 10, "the test needs a run that does sample high ids"
+    out = generate(model, [3, 1, 4], max_new_tokens=40, generator=torch.Generator().manual_seed(0), vocab_size=10)
+    assert len(out) == 40 and max(out) < 10

@@ -13,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 if os.environ.get("CS336_ADAPTERS", "").strip().lower() == "oracle":
     import tests.oracle.adapters as _oracle_adapters
 
     # Test modules do `from .adapters import ...`: this makes that name resolve to the oracle.
     sys.modules["tests.adapters"] = _oracle_adapters
+
+# The tests' tensors are small: one thread is faster than a pool that spins on a shared 2-core machine.
+torch.set_num_threads(int(os.environ.get("CS336_TEST_THREADS", "1")))
 
 TESTS_DIR = Path(__file__).resolve().parent
 SNAPSHOT_DIR = TESTS_DIR / "_snapshots"
