@@ -39,7 +39,8 @@ def scaled_dot_product_attention(
     # Scaling Q (queries × d_k numbers) is cheaper than scaling the scores (queries × keys), forward and back.
     scores = (Q * (1.0 / math.sqrt(d_k))) @ K.transpose(-2, -1)  # (..., queries, keys)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        # NOTE: torch.where is one pass over the scores; masked_fill(~mask) is an inversion, a copy and a fill.
+        scores = torch.where(mask, scores, float("-inf"))
     return softmax(scores, dim=-1) @ V  # (..., queries, d_v)
 
 

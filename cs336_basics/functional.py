@@ -32,7 +32,8 @@ def softmax(x: Float[Tensor, " ..."], dim: int) -> Float[Tensor, " ..."]:
     # NOTE: detach the max: it is a constant shift, so no gradient should flow through it (cheaper backward).
     shifted = compute - compute.amax(dim=dim, keepdim=True).detach()
     exp = torch.exp(shifted)
-    return (exp / exp.sum(dim=dim, keepdim=True)).to(x.dtype)
+    # Multiplying by the reciprocal is cheaper than dividing, forward and backward (one division per row).
+    return (exp * (1.0 / exp.sum(dim=dim, keepdim=True))).to(x.dtype)
 
 
 def silu(x: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
