@@ -36,12 +36,68 @@ def scaled_dot_product_attention(
         raise ValueError(f"keys and values must have the same count: K has {K.shape[-2]}, V has {V.shape[-2]}")
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+    if Q.dtype in _FAST_DTYPES and Q.dtype == K.dtype == V.dtype:
+        return _Attention.apply(Q, K, V, mask, 1.0 / math.sqrt(d_k))
+    return attention_by_composition(Q, K, V, mask)
+
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def attention_by_composition(
+    Q: Float[Tensor, " ... queries d_k"],
+    K: Float[Tensor, " ... keys d_k"],
+    V: Float[Tensor, " ... keys d_v"],
+    mask: Bool[Tensor, " ... queries keys"] | None = None,
+) -> Float[Tensor, " ... queries d_v"]:
+    """The textbook form, differentiated by autograd; used for reduced precision (softmax runs in float32)."""
     # Scaling Q (queries × d_k numbers) is cheaper than scaling the scores (queries × keys), forward and back.
-    scores = (Q * (1.0 / math.sqrt(d_k))) @ K.transpose(-2, -1)  # (..., queries, keys)
+    scores = (Q * (1.0 / math.sqrt(Q.shape[-1]))) @ K.transpose(-2, -1)  # (..., queries, keys)
     if mask is not None:
         # NOTE: torch.where is one pass over the scores; masked_fill(~mask) is an inversion, a copy and a fill.
         scores = torch.where(mask, scores, float("-inf"))
     return softmax(scores, dim=-1) @ V  # (..., queries, d_v)
+
+
+class _Attention(torch.autograd.Function):
+    """`attention_by_composition` with the softmax done in place and a hand-written backward.
+
+    Autograd through the elementary ops keeps the scores, their shifted and exponentiated copies and more, each
+    (queries × keys) per head. The backward needs only the weights P = softmax(S) and the output O = P V:
+
+        dV = Pᵀ dO        dP = dO Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))        dQ = s·dS K        dK = s·dSᵀ Q
+
+    (rowsum(dP ⊙ P) = rowsum(dO ⊙ O), a (queries × d_v) product instead of a (queries × keys) one: the trick
+    of FlashAttention's backward.) `reference_tests` check it against autograd with `torch.autograd.gradcheck`.
+    """
+
+    @staticmethod
+    def forward(ctx, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None, scale: float) -> Tensor:  # noqa: ANN001
+        weights = (Q * scale) @ K.transpose(-2, -1)  # (..., queries, keys): S, overwritten by P below
+        if mask is not None:
+            weights.masked_fill_(~mask, float("-inf"))
+        weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
+        weights.mul_(1.0 / weights.sum(dim=-1, keepdim=True))  # P; a fully masked row is NaN, as in the maths
+        out = weights @ V  # (..., queries, d_v)
+        ctx.save_for_backward(Q, K, V, weights, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        Q, K, V, weights, out = ctx.saved_tensors
+        grad_q = grad_k = grad_v = None
+        if ctx.needs_input_grad[2]:
+            grad_v = (weights.transpose(-2, -1) @ grad_out).sum_to_size(V.shape)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_scores = grad_out @ V.transpose(-2, -1)  # dP, (..., queries, keys)
+            grad_scores.sub_((grad_out * out).sum(dim=-1, keepdim=True)).mul_(weights)  # dS
+            if ctx.needs_input_grad[0]:
+                grad_q = ((grad_scores @ K) * ctx.scale).sum_to_size(Q.shape)
+            if ctx.needs_input_grad[1]:
+                grad_k = ((grad_scores.transpose(-2, -1) @ Q) * ctx.scale).sum_to_size(K.shape)
+        return grad_q, grad_k, grad_v, None, None
 
 
 class KVCache:

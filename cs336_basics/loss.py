@@ -37,12 +37,45 @@ def cross_entropy(logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor,
     _check_shapes(logits, targets)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # NOTE: a half-precision log-sum-exp loses most of the loss's digits
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, vocab)
+    return _CrossEntropy.apply(flat_logits, targets.reshape(-1).long())
+
+
+def cross_entropy_by_composition(logits: Float[Tensor, " n vocab_size"], targets: Int[Tensor, " n"]) -> Tensor:
+    """The textbook form of `cross_entropy` on 2-d logits, differentiated by autograd (used to check the fast one)."""
     # NOTE: subtract the max first: exp(1e4) overflows float32, exp(o - max) never exceeds 1. The shift is a
-    # constant (the loss does not depend on it), so it needs no gradient: detaching halves the backward cost.
-    shifted = logits - logits.detach().amax(dim=-1, keepdim=True)  # (..., vocab)
-    log_normaliser = shifted.exp().sum(dim=-1).log()  # (...)
-    target_logit = shifted.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (...)
+    # constant (the loss does not depend on it), so it needs no gradient.
+    shifted = logits - logits.detach().amax(dim=-1, keepdim=True)  # (N, vocab)
+    log_normaliser = shifted.exp().sum(dim=-1).log()  # (N,)
+    target_logit = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     return (log_normaliser - target_logit).mean()
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """`cross_entropy_by_composition` with a hand-written backward: d loss / d logits = (softmax − onehot) / N.
+
+    Autograd would keep the shifted logits and their exponentials, two (N × vocab) tensors, and run a chain of
+    elementwise backward kernels; here only the logits and the N log-normalisers are kept, and the gradient is
+    built in one exp pass plus a scatter. The LM head's logits are the largest activation of a small model.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
+        # NOTE: everything is taken relative to the row max: logsumexp itself (≈ max) minus the target logit
+        # would cancel catastrophically for logits around 1e4 that differ by 1e-2.
+        row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
+        log_normaliser = (logits - row_max).exp_().sum(dim=-1).log_()  # logsumexp - max, (N,)
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - row_max.squeeze(-1)  # (N,)
+        ctx.save_for_backward(logits, targets, row_max, log_normaliser)
+        return (log_normaliser - target_logit).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        logits, targets, row_max, log_normaliser = ctx.saved_tensors
+        grad = (logits - row_max).sub_(log_normaliser.unsqueeze(-1)).exp_()  # softmax, (N, vocab)
+        grad.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=grad.dtype).unsqueeze(-1))
+        return grad.mul_(grad_loss / logits.shape[0]), None
 
 
 def perplexity(logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor, " ..."]) -> float:

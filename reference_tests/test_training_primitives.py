@@ -559,3 +559,18 @@ def test_cuda_batches_and_checkpoints(tmp_path: Path) -> None:
     assert all(s["exp_avg"].device.type == "cpu" for s in cpu_optimizer.state.values())
     assert torch.equal(torch.rand(3, device="cuda"), expected), "the CUDA RNG state is restored"
     assert torch.equal(cpu_model.weight, model.weight.cpu())
+
+
+@pytest.mark.parametrize("shape", [(7, 11), (3, 4, 11)], ids=["2d", "3d"])
+def test_cross_entropy_backward_matches_autograd(shape) -> None:
+    from cs336_basics.loss import cross_entropy, cross_entropy_by_composition
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, targets), (logits,))
+    fast = torch.autograd.grad(cross_entropy(logits, targets), logits)[0]
+    slow = torch.autograd.grad(
+        cross_entropy_by_composition(logits.reshape(-1, shape[-1]), targets.reshape(-1)), logits
+    )[0]
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
