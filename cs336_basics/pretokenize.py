@@ -18,7 +18,6 @@ import multiprocessing
 import multiprocessing.context
 import os
 import re
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -183,14 +182,12 @@ def worker_context() -> multiprocessing.context.BaseContext:
     """The multiprocessing context for the chunk workers of training and file encoding.
 
     "fork" when it is safe: it starts fast, sends nothing, and workers inherit the parent's state (a warm
-    pre-token cache too). NOTE: forking a process that runs other threads (torch's thread pools, a
-    progress bar's monitor) can deadlock the child, so then we "spawn" fresh interpreters instead.
+    pre-token cache too). NOTE: forking a process that runs other Python threads (a progress bar's monitor,
+    a data loader) can deadlock the child on a lock one of them held, so then we "spawn" fresh interpreters
+    instead. Torch merely being imported is fine: its OpenMP pool is not a Python thread, and the workers
+    run pure Python and `regex`, never a torch op (which is what could hang in a forked child).
     """
-    if (
-        "fork" in multiprocessing.get_all_start_methods()
-        and "torch" not in sys.modules
-        and threading.active_count() == 1
-    ):
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
