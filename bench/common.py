@@ -22,11 +22,12 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cs336_basics.atomic import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -226,19 +227,6 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Benchmarks that failed", ""]
         lines += [f"- `{name}`: {err}" for name, err in results["errors"].items()]
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(results: dict[str, Any], directory: Path, stem: str = "latest") -> tuple[Path, Path]:

@@ -137,7 +137,8 @@ def run_side(side: str, budget_s: float, steps: int | None = None) -> dict[str, 
     """Train one side (in its own process, one thread) and score it on the whole validation split."""
     from cs336_basics.checkpoint import load_checkpoint
     from cs336_basics.data import load_tokens
-    from cs336_basics.train import bytes_per_token, default_model_factory, train
+    from cs336_basics.run_log import bytes_per_token
+    from cs336_basics.train import default_model_factory, train
 
     torch.set_num_threads(1)
     tok_dir, train_npy, valid_npy = prepare_data()

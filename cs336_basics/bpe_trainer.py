@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .pretokenize import count_pretokens, find_chunk_boundaries, progress_bar, worker_context
+from .pretokenize import count_pretokens, find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
 
 __all__ = ["train_bpe", "count_file_pretokens", "learn_merges"]
 
@@ -117,16 +117,7 @@ def count_file_pretokens(
 def _count_chunk(job: tuple[str, int, int, list[str]]) -> Counter[str]:
     """Pre-token counts of the bytes `[start, end)` of a file (runs in a worker process)."""
     path, start, end, special_tokens = job
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path!r} is not valid UTF-8: bytes {data[e.start : e.end]!r} at offset {start + e.start} "
-            f"({e.reason}); expected a UTF-8 text file"
-        ) from None
+    text = read_chunk_text(path, start, end)
     # NOTE: a file written on Windows has "\r\n" line ends; we keep them as they are (they are just bytes).
     return count_pretokens(text, special_tokens)
 

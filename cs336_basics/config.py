@@ -20,13 +20,14 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from .atomic import atomic_write_text  # re-exported: older callers import it from here
 
 T = TypeVar("T")
 
@@ -228,20 +229,6 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file so that readers see either the old file or the whole new one, never a half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -18,10 +18,11 @@ import argparse
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -312,16 +313,9 @@ def write_corpus(
     out.mkdir(parents=True, exist_ok=True)
     files = CorpusFiles(train=out / "train.txt", valid=out / "valid.txt")
     for path, count, start in ((files.train, num_train, 0), (files.valid, num_valid, num_train)):
-        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with open(fd, "w", encoding="utf-8", newline="\n") as f:
-                for story in generate_stories(count, seed=seed, start=start):
-                    f.write(story + SEPARATOR)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+            for story in generate_stories(count, seed=seed, start=start):
+                f.write(story + SEPARATOR)
         logger.info("wrote %s: %d stories, %.1f MB", path, count, path.stat().st_size / 1e6)
     return files
 

@@ -51,6 +51,8 @@ __all__ = [
     "unwrap_model",
     "no_sync_if",
     "all_reduce_mean",
+    "all_reduce_means",
+    "all_gather_object",
     "broadcast_object",
     "barrier",
     "cleanup",
@@ -252,6 +254,27 @@ def all_reduce_mean(value: float | Tensor, ctx: DistributedContext) -> float:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= ctx.world_size
     return float(tensor.item())
+
+
+def all_reduce_means(values: list[float], ctx: DistributedContext) -> list[float]:
+    """The mean over all ranks of each of a few floats, in one all-reduce (`values` itself in a single process).
+
+    The training loop averages its loss and clock this way so that every rank takes the same decisions.
+    """
+    if not ctx.is_distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return (t / ctx.world_size).tolist()
+
+
+def all_gather_object(obj: T, ctx: DistributedContext) -> list[T]:
+    """Every rank's `obj` (any picklable value), in rank order, on every rank; `[obj]` in a single process."""
+    if not ctx.is_distributed:
+        return [obj]
+    objects: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def broadcast_object(obj: T, ctx: DistributedContext, *, src: int = 0) -> T:

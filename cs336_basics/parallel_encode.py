@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .pretokenize import find_chunk_boundaries, progress_bar, worker_context
+from .pretokenize import find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
 from .tokenizer import Tokenizer
 
 __all__ = ["encode_file", "token_dtype"]
@@ -121,11 +121,5 @@ def _encode_chunk(job: tuple[str, int, int, str]) -> np.ndarray:
     """The ids of the bytes `[start, end)` of a file (runs in a worker process)."""
     path, start, end, dtype = job
     assert _worker_tokenizer is not None
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path!r} is not valid UTF-8: {e.reason} at byte offset {start + e.start}") from None
+    text = read_chunk_text(path, start, end)
     return np.asarray(_worker_tokenizer.encode(text), dtype=dtype)

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import add_dataclass_arguments, atomic_write_text, config_from_args, save_config
+from .atomic import atomic_write_text
+from .config import add_dataclass_arguments, config_from_args, save_config
 
 logger = logging.getLogger(__name__)
 

@@ -220,6 +220,24 @@ def find_chunk_boundaries(
     return sorted(set(boundaries))
 
 
+def read_chunk_text(path: str | os.PathLike[str], start: int, end: int) -> str:
+    """The bytes `[start, end)` of a file decoded as UTF-8 (one chunk from `find_chunk_boundaries`).
+
+    Bad UTF-8 raises `ValueError` naming the offending bytes and their offset in the whole file, which is what
+    a user needs to find them (the offset inside the chunk would mean nothing to them).
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not valid UTF-8: bytes {data[e.start : e.end]!r} at offset {start + e.start} "
+            f"({e.reason}); expected a UTF-8 text file"
+        ) from None
+
+
 def _next_boundary(
     file: BinaryIO, position: int, file_size: int, specials: list[bytes], longest: int, window: int
 ) -> int:

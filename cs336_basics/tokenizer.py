@@ -23,12 +23,12 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .pretokenize import blocks, last_safe_cut, pretokens, special_tokens_regex
 
 __all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
@@ -341,10 +341,10 @@ def save_bpe(
         "special_tokens": list(special_tokens),
         "vocab": {str(i): _to_text(vocab[i]) for i in sorted(vocab)},
     }
-    _atomic_write(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+    atomic_write_text(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
     lines = [f"#version: {FORMAT_NAME} {FORMAT_VERSION}"]
     lines += [f"{_to_text(left)} {_to_text(right)}" for left, right in merges]
-    _atomic_write(directory / MERGES_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(directory / MERGES_FILE, "\n".join(lines) + "\n")
 
 
 def load_bpe(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
@@ -352,17 +352,6 @@ def load_bpe(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple
     directory = Path(directory)
     vocab, special_tokens = _read_vocab(directory / VOCAB_FILE)
     return vocab, _read_merges(directory / MERGES_FILE), special_tokens or []
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _read_vocab(path: Path) -> tuple[dict[int, bytes], list[str] | None]:

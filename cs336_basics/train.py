@@ -7,7 +7,7 @@
 One step = `grad_accum_steps` micro-batches of `batch_size` sequences (per rank), AdamW with a cosine
 schedule and warm-up, global gradient clipping. Every `eval_every` steps the model is scored on a fixed set of
 validation batches (the same ones every time, so the curve is comparable), in nats per token and, when a
-tokenizer is given, in bits per byte. Everything a run writes lives in `out_dir`:
+tokenizer is given, in bits per byte. Everything a run writes lives in `out_dir` (see `run_log.py`):
 
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +39,12 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .config import atomic_write_text, save_config
-from .data import get_batch, load_tokens
+from .config import save_config
+from .data import get_batch, load_training_tokens
 from .loss import cross_entropy
 from .model import ModelConfig, TransformerLM
 from .optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
+from .run_log import MetricsLog, bytes_per_token, plot_loss_curve, progress_bar, start_wandb
 
 logger = logging.getLogger(__name__)
 
@@ -202,29 +201,6 @@ def evaluate(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: 
     return float(np.mean(losses))
 
 
-def _check_tokens(tokens: np.ndarray, name: str, config: TrainConfig) -> None:
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
-    if len(tokens) <= config.context_length:
-        raise ValueError(f"{name} has {len(tokens)} tokens, need more than context_length={config.context_length}")
-    # A token id outside the vocabulary would fail deep inside the embedding (a device assert on CUDA). Scanning
-    # a memory-mapped corpus of billions of tokens costs seconds per GB, so big arrays are checked by a prefix.
-    largest = int(np.asarray(tokens[:50_000_000]).max())
-    if largest >= config.vocab_size:
-        raise ValueError(f"{name} holds token id {largest}, expected ids < vocab_size={config.vocab_size}: "
-                         "does --vocab-size match the tokenizer?")
-
-
-def _load_data(path: str, name: str, config: TrainConfig) -> np.ndarray:
-    if not path:
-        raise ValueError(f"{name} is required: expected the path of a .npy token array, got ''")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{name}: no such file {path}")
-    tokens = load_tokens(path)
-    _check_tokens(tokens, name, config)
-    return tokens
-
-
 def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
     """The scheduled learning rate before step `step` (0-based), by step count or by elapsed time."""
     it: float = step
@@ -232,23 +208,6 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
         assert config.max_time_s is not None
         it = elapsed_s / config.max_time_s * config.max_steps
     return get_lr_cosine_schedule(it, config.lr_max, config.lr_min, config.warmup_steps, config.max_steps)
-
-
-def _sync_scalars(values: list[float], ctx: dist_utils.DistributedContext) -> list[float]:
-    """Average a few floats over the ranks in one all-reduce, so that every rank takes the same decisions."""
-    if not ctx.is_distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
-    torch.distributed.all_reduce(t)
-    return (t / ctx.world_size).tolist()
-
-
-def _gather_sampler_states(sampler: BatchSampler, ctx: dist_utils.DistributedContext) -> list[dict[str, Any]]:
-    if not ctx.is_distributed:
-        return [sampler.state()]
-    states: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(states, sampler.state())
-    return states
 
 
 def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | None, float | None]:
@@ -296,8 +255,9 @@ def _train(
     device = ctx.device
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    train_tokens = _load_data(config.train_data, "train_data", config)
-    valid_tokens = _load_data(config.valid_data, "valid_data", config)
+    sizes = {"context_length": config.context_length, "vocab_size": config.vocab_size}
+    train_tokens = load_training_tokens(config.train_data, "train_data", **sizes)
+    valid_tokens = load_training_tokens(config.valid_data, "valid_data", **sizes)
     if config.resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt_path}")
 
@@ -336,10 +296,10 @@ def _train(
         metrics.start(keep_until_step=step if config.resume else -1)
         if config.tokenizer_dir:
             bpt = bytes_per_token(config.tokenizer_dir, valid_tokens)
-    wandb_run = _start_wandb(config) if ctx.is_main and config.wandb else None
+    wandb_run = start_wandb(config) if ctx.is_main and config.wandb else None
 
     def checkpoint(at_step: int, elapsed_s: float) -> None:
-        states = _gather_sampler_states(sampler, ctx)
+        states = dist_utils.all_gather_object(sampler.state(), ctx)
         if ctx.is_main:
             extra = {"tokens_seen": tokens_seen, "elapsed_s": elapsed_s, "best_val_loss": best_val,
                      "sampler_states": states, "world_size": ctx.world_size}
@@ -361,7 +321,7 @@ def _train(
         dist_utils.barrier(ctx)
         return record
 
-    progress = _progress_bar(config, step) if ctx.is_main and config.progress else None
+    progress = progress_bar(config, step) if ctx.is_main and config.progress else None
     model.train()
     last_val: float | None = None
     start = time.perf_counter() - elapsed_offset
@@ -385,7 +345,7 @@ def _train(
                 loss_sum += loss.item()
             params = [p for p in model.parameters() if p.grad is not None]
             grad_norm = clip_gradients(params, config.grad_clip) if config.grad_clip > 0 else _grad_norm(params)
-            loss_mean, elapsed = _sync_scalars([loss_sum, time.perf_counter() - start], ctx)
+            loss_mean, elapsed = dist_utils.all_reduce_means([loss_sum, time.perf_counter() - start], ctx)
             if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
                     f"non-finite {'loss' if not math.isfinite(loss_mean) else 'gradient norm'} at step {step + 1} "
@@ -448,89 +408,6 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
     if not params:
         return 0.0
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])).item()
-
-
-def _progress_bar(config: TrainConfig, initial: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=config.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _start_wandb(config: TrainConfig) -> Any:
-    try:
-        import wandb
-    except ImportError:
-        logger.warning("wandb=True but the wandb package is not installed: logging to metrics.jsonl only")
-        return None
-    return wandb.init(project=config.wandb_project, config=dataclasses.asdict(config), dir=config.out_dir)
-
-
-# ---------------------------------------------------------------------------------- run outputs
-
-
-class MetricsLog:
-    """`metrics.jsonl`: one JSON object per line, appended and flushed as the run goes (rank 0 only)."""
-
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
-        self.records: list[dict[str, Any]] = []
-
-    def start(self, keep_until_step: int = -1) -> None:
-        """Start a fresh file, or on resume keep the records up to the checkpoint's step and drop the rest."""
-        if self.path.is_file() and keep_until_step >= 0:
-            with open(self.path, encoding="utf-8") as f:
-                old = [json.loads(line) for line in f if line.strip()]
-            self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        atomic_write_text(self.path, text)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def bytes_per_token(tokenizer_dir: str | os.PathLike[str], tokens: np.ndarray, chunk: int = 1 << 22) -> float:
-    """Mean number of UTF-8 bytes per token of `tokens` under the vocabulary saved in `tokenizer_dir`.
-
-    Bits per byte = (nats per token) / ln 2 / (bytes per token): a loss that does not depend on the tokenizer.
-    Each token counts the bytes of its vocabulary entry, so the total is the byte length of the decoded text.
-    """
-    from .tokenizer import load_bpe
-
-    vocab, _, _ = load_bpe(tokenizer_dir)
-    lengths = np.zeros(max(vocab) + 1, dtype=np.int64)
-    for token_id, token_bytes in vocab.items():
-        lengths[token_id] = len(token_bytes)
-    total = sum(int(lengths[np.asarray(tokens[i : i + chunk])].sum()) for i in range(0, len(tokens), chunk))
-    return total / len(tokens)
-
-
-def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | None = None) -> None:
-    """Draw train and validation loss against the step into a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train_pts = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
-    val_pts = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    if train_pts:
-        ax.plot(*zip(*train_pts), label="train", linewidth=1, alpha=0.8)
-    if val_pts:
-        ax.plot(*zip(*val_pts), "o-", label="validation", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or path.parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from cs336_basics.distributed import (
     DistributedContext,
+    all_gather_object,
     all_reduce_mean,
+    all_reduce_means,
     barrier,
     broadcast_object,
     cleanup,
@@ -105,6 +107,8 @@ def main(argv: list[str]) -> int:
     # Collectives: each rank contributes something different.
     result["mean_of_rank_plus_one"] = all_reduce_mean(torch.tensor(ctx.rank + 1.0), ctx)
     result["broadcast"] = broadcast_object({"from_rank": ctx.rank}, ctx)
+    result["means"] = all_reduce_means([float(ctx.rank), 10.0 * ctx.rank + 1.0], ctx)
+    result["gathered"] = all_gather_object({"rank": ctx.rank}, ctx)
     result["rank_seed"] = rank_seed(7, ctx)
     barrier(ctx)
 

@@ -29,7 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cs336_basics.distributed import (
     DistributedContext,
+    all_gather_object,
     all_reduce_mean,
+    all_reduce_means,
     barrier,
     broadcast_object,
     cleanup,
@@ -212,6 +214,8 @@ def test_collectives_are_identities_in_a_single_process() -> None:
     assert all_reduce_mean(torch.tensor([[1.25]], requires_grad=True), ctx) == 1.25
     payload = {"a": [1, 2]}
     assert broadcast_object(payload, ctx) is payload
+    assert all_reduce_means([1.5, -2.0], ctx) == [1.5, -2.0]
+    assert all_gather_object(payload, ctx) == [payload]
     barrier(ctx)
     cleanup(ctx)
     model = tiny_module()
@@ -351,6 +355,8 @@ def test_ddp_collectives_across_two_ranks(ddp_run: tuple[dict[str, Any], dict[st
         assert (result["rank"], result["world_size"], result["backend"]) == (rank, 2, "gloo")
         assert result["mean_of_rank_plus_one"] == 1.5  # (1 + 2) / 2
         assert result["broadcast"] == {"from_rank": 0}
+        assert result["means"] == [0.5, 6.0]  # (0 + 1) / 2, (1 + 11) / 2
+        assert result["gathered"] == [{"rank": 0}, {"rank": 1}]
     assert ddp_run[0]["rank_seed"] == 7 and ddp_run[1]["rank_seed"] not in (7, 8)
 
 

@@ -16,7 +16,8 @@ import torch
 
 import cs336_basics.train as train_mod
 from cs336_basics.checkpoint import read_checkpoint
-from cs336_basics.train import NonFiniteLossError, TrainConfig, bytes_per_token, train
+from cs336_basics.run_log import bytes_per_token
+from cs336_basics.train import NonFiniteLossError, TrainConfig, train
 
 VOCAB = 64
 

@@ -1,0 +1,116 @@
+"""What a training run shows and leaves behind, apart from checkpoints: metrics, loss curve, progress, W&B.
+
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    metrics.start()                                  # or start(keep_until_step=step) when resuming
+    metrics.write({"step": 10, "train_loss": 5.1})
+    plot_loss_curve(metrics.records, out_dir / "loss_curve.png")
+
+`bytes_per_token` turns a loss in nats per token into bits per byte, a number that does not depend on the
+tokenizer. The plotting, progress-bar and W&B packages are imported only when used, so that importing the
+training loop stays cheap and W&B stays optional.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, appended and flushed as the run goes (rank 0 only)."""
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.records: list[dict[str, Any]] = []
+
+    def start(self, keep_until_step: int = -1) -> None:
+        """Start a fresh file, or on resume keep the records up to the checkpoint's step and drop the rest."""
+        if self.path.is_file() and keep_until_step >= 0:
+            with open(self.path, encoding="utf-8") as f:
+                old = [json.loads(line) for line in f if line.strip()]
+            self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write_text(self.path, text)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def bytes_per_token(tokenizer_dir: str | os.PathLike[str], tokens: np.ndarray, chunk: int = 1 << 22) -> float:
+    """Mean number of UTF-8 bytes per token of `tokens` under the vocabulary saved in `tokenizer_dir`.
+
+    Bits per byte = (nats per token) / ln 2 / (bytes per token): a loss that does not depend on the tokenizer.
+    Each token counts the bytes of its vocabulary entry, so the total is the byte length of the decoded text.
+    """
+    from .tokenizer import load_bpe
+
+    vocab, _, _ = load_bpe(tokenizer_dir)
+    lengths = np.zeros(max(vocab) + 1, dtype=np.int64)
+    for token_id, token_bytes in vocab.items():
+        lengths[token_id] = len(token_bytes)
+    total = sum(int(lengths[np.asarray(tokens[i : i + chunk])].sum()) for i in range(0, len(tokens), chunk))
+    return total / len(tokens)
+
+
+def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | None = None) -> None:
+    """Draw train and validation loss against the step into a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_pts = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    val_pts = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if train_pts:
+        ax.plot(*zip(*train_pts), label="train", linewidth=1, alpha=0.8)
+    if val_pts:
+        ax.plot(*zip(*val_pts), "o-", label="validation", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title or path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+    # NOTE: savefig picks the format from the suffix, so the temporary file must end in .png too.
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def progress_bar(config: TrainConfig, initial: int) -> Any:
+    """A tqdm bar over the run's steps, starting at `initial` (the resumed step)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def start_wandb(config: TrainConfig) -> Any:
+    """A Weights & Biases run for `config`, or None (with a warning) when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("wandb=True but the wandb package is not installed: logging to metrics.jsonl only")
+        return None
+    return wandb.init(project=config.wandb_project, config=dataclasses.asdict(config), dir=config.out_dir)
+
+
+__all__ = ["MetricsLog", "bytes_per_token", "plot_loss_curve", "progress_bar", "start_wandb"]
