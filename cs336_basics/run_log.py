@@ -100,7 +100,8 @@ def progress_bar(config: TrainConfig, initial: int) -> Any:
     """A tqdm bar over the run's steps, starting at `initial` (the resumed step)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (CI logs, files), where each refresh would be a line.
+    return tqdm(total=config.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=None)
 
 
 def start_wandb(config: TrainConfig) -> Any:
