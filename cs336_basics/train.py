@@ -107,6 +107,9 @@ class TrainConfig:
         default="auto", metadata=_help("auto = bf16 autocast on CUDA, fp32 elsewhere")
     )
     compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    peak_flops: float | None = field(
+        default=None, metadata=_help("peak FLOP/s of one device, for MFU; none = the known peak of the GPU")
+    )
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
@@ -122,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"max_time_s must be positive or None, got {self.max_time_s}")
         if self.lr_clock == "time" and self.max_time_s is None:
             raise ValueError("lr_clock='time' needs max_time_s, got max_time_s=None")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"peak_flops must be positive or None, got {self.peak_flops}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
 
@@ -211,7 +216,7 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
 
 
 def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | None, float | None]:
-    """FLOPs per trained token and the device's peak FLOP/s for MFU, when the accounting module has them."""
+    """FLOPs per trained token and the peak FLOP/s for MFU: the user's, else the device's known peak."""
     try:
         from .accounting import peak_flops_for_device, training_flops_per_token
     except ImportError:
@@ -219,6 +224,8 @@ def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | 
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     try:
         flops = training_flops_per_token(config.model_config(), config.context_length)
+        if config.peak_flops is not None:
+            return flops, config.peak_flops
         return flops, peak_flops_for_device(device, torch.bfloat16 if bf16 else torch.float32)
     except Exception:  # MFU is a nicety: never let it break a run
         return None, None

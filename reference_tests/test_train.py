@@ -265,3 +265,16 @@ def test_torch_compile_trains(tiny_config: TrainConfig) -> None:
 def test_token_ids_beyond_the_vocabulary_are_named(tiny_config: TrainConfig) -> None:
     with pytest.raises(ValueError, match="token id 62, expected ids < vocab_size=50"):
         train(dataclasses.replace(tiny_config, vocab_size=50))
+
+
+def test_mfu_uses_the_peak_flops_the_user_gives(tiny_config: TrainConfig) -> None:
+    from cs336_basics.accounting import training_flops_per_token
+
+    config = dataclasses.replace(tiny_config, max_steps=3, warmup_steps=1, peak_flops=1e9)
+    records = train(config).history
+    flops = training_flops_per_token(config.model_config(), config.context_length)
+    for r in records:  # on CPU no peak is known: without peak_flops there would be no "mfu" at all
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, rel=1e-9)
+    assert "mfu" not in train(dataclasses.replace(config, peak_flops=None, out_dir=config.out_dir + "2")).history[0]
+    with pytest.raises(ValueError, match="peak_flops"):
+        dataclasses.replace(config, peak_flops=0.0)
