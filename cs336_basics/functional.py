@@ -1,6 +1,6 @@
 """Stateless tensor functions the neural-network parts are built from: softmax and SiLU.
 
-Both are written with elementary torch ops (no `torch.nn.functional`), as the assignment asks.
+Both are written with elementary tensor ops (nothing from torch's ready-made layers), as the assignment asks.
 """
 
 from __future__ import annotations

@@ -17,14 +17,6 @@ from cs336_basics.model import ModelConfig, TransformerLM
 CONFIG = ModelConfig(vocab_size=61, context_length=24, d_model=32, num_layers=2, num_heads=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> TransformerLM:
     torch.manual_seed(0)

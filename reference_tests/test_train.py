@@ -22,15 +22,6 @@ from cs336_basics.train import NonFiniteLossError, TrainConfig, train
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def token_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A learnable corpus: one random 50-token phrase repeated, so the loss falls within a few steps."""
