@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 ## (proves that any correct implementation passes), then the reference's own tests.
 test: install
 	$(PYTEST) tests
-	CS336_ADAPTERS=oracle $(PYTEST) tests
+	$(PYTEST) -p oracle.use_oracle tests
 	$(PYTEST) reference_tests
 
 test-reference: install
 	$(PYTEST) tests
 
 test-oracle: install
-	CS336_ADAPTERS=oracle $(PYTEST) tests
+	$(PYTEST) -p oracle.use_oracle tests
 
 test-own: install
 	$(PYTEST) reference_tests
@@ -39,7 +39,7 @@ test-fast: install
 
 ## Regenerate every fixture and snapshot from the oracle (deterministic: same bytes every time).
 snapshots: install
-	$(BIN)/python -m tests.oracle.make_snapshots
+	$(BIN)/python -m oracle.make_snapshots
 
 ## The main job: synthetic corpus -> BPE tokenizer -> token arrays -> small LM -> samples (CPU, < 5 min).
 demo: install

@@ -1,12 +1,12 @@
 """LM benchmarks: a training step beside the torch-native oracle, and generation with vs without a KV cache.
 
 Training step (forward, cross entropy, backward, AdamW step), our `TransformerLM` + `AdamW` against
-`tests.oracle.model.OracleTransformerLM` (nn.Linear, F.rms_norm, F.scaled_dot_product_attention, ...) +
+`oracle.model.OracleTransformerLM` (nn.Linear, F.rms_norm, F.scaled_dot_product_attention, ...) +
 `torch.optim.AdamW`: identical shapes, identical initial weights (the oracle loads our state dict), identical
 batch; the two alternate (A B B A ...) and we compare median step times. A full run adds the TinyStories
 case with both models under `torch.compile` (the from-scratch model loses mostly in attention, where the
 oracle calls a fused kernel; compiled, both get fused kernels). Each row also carries the
-achieved FLOP/s from `cs336_basics.accounting` (3x the forward matmul FLOPs per token) and, on a known GPU,
+achieved FLOP/s from `cs336_lab.accounting` (3x the forward matmul FLOPs per token) and, on a known GPU,
 the MFU.
 
 Generation: 256 new tokens from a short prompt with the KV cache against the same model recomputing the
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import make_row, median, time_interleaved
-from cs336_basics.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
-from cs336_basics.generate import generate
+from cs336_lab.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
+from cs336_basics.decoding import generate
 from cs336_basics.loss import cross_entropy
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
@@ -66,7 +66,7 @@ def _cases(quick: bool, device: torch.device) -> list[StepCase]:
 
 
 def _oracle_model(config: ModelConfig, device: torch.device) -> torch.nn.Module:
-    from tests.oracle.model import OracleTransformerLM
+    from oracle.model import OracleTransformerLM
 
     return OracleTransformerLM(
         vocab_size=config.vocab_size,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cs336_basics.atomic import atomic_write_text
+from cs336_lab.atomic import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"

@@ -9,7 +9,7 @@ Data: `../shared/data/pydocs` (Python documentation, real text), a 4,096-token B
 
 The two runs differ only in the model and the optimizer:
 - ours:   `cs336_basics.TransformerLM` + `cs336_basics.AdamW`;
-- oracle: `tests.oracle.model.OracleTransformerLM` (nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention)
+- oracle: `oracle.model.OracleTransformerLM` (nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention)
           + `torch.optim.AdamW`,
 both started from the same initial weights (ours are built under the seed, the oracle loads them: the state-dict
 keys are the same), with the same batches (same seed), the same loss (`cs336_basics.cross_entropy`), schedule,
@@ -54,7 +54,7 @@ GOAL = 1.05  # ours / oracle final validation loss
 def prepare_data(cache: Path = CACHE) -> tuple[Path, Path, Path]:
     """Train the 4,096-token tokenizer and encode train/valid once; return (tokenizer dir, train.npy, valid.npy)."""
     from cs336_basics.bpe_trainer import train_bpe
-    from cs336_basics.parallel_encode import encode_file
+    from cs336_lab.parallel_encode import encode_file
     from cs336_basics.tokenizer import Tokenizer, save_bpe
 
     tok_dir, train_npy, valid_npy = cache / "tokenizer", cache / "train.npy", cache / "valid.npy"
@@ -85,7 +85,7 @@ def make_config(
 
     `steps`: the equal-steps check instead, `steps` updates with the schedule on the step counter, no budget.
     """
-    from cs336_basics.train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
     config = TrainConfig(
         train_data=str(train_npy), valid_data=str(valid_npy), tokenizer_dir=str(tok_dir),
@@ -103,7 +103,7 @@ def make_config(
 
 def _oracle_factories() -> tuple[Any, Any]:
     from cs336_basics.model import TransformerLM
-    from tests.oracle.model import OracleTransformerLM
+    from oracle.model import OracleTransformerLM
 
     def model_factory(mc: Any, device: torch.device) -> torch.nn.Module:
         ours = TransformerLM(mc, device=device)  # built under the loop's seed: the same initial weights
@@ -137,8 +137,8 @@ def run_side(side: str, budget_s: float, steps: int | None = None) -> dict[str, 
     """Train one side (in its own process, one thread) and score it on the whole validation split."""
     from cs336_basics.checkpoint import load_checkpoint
     from cs336_basics.data import load_tokens
-    from cs336_basics.run_log import bytes_per_token
-    from cs336_basics.train import default_model_factory, train
+    from cs336_lab.run_log import bytes_per_token
+    from cs336_lab.train import default_model_factory, train
 
     torch.set_num_threads(1)
     tok_dir, train_npy, valid_npy = prepare_data()
@@ -241,9 +241,9 @@ def write_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s: float) 
           f"context {config.context_length}, batch {config.batch_size}. AdamW lr {config.lr_max:g} -> "
           f"{config.lr_min:g} (cosine over the time budget, {config.warmup_steps / config.max_steps:.0%} warm-up), "
           f"weight decay {config.weight_decay:g}, betas {config.betas}, clip {config.grad_clip:g}.\n\n"
-          "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `tests.oracle.model.OracleTransformerLM` "
+          "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `oracle.model.OracleTransformerLM` "
           "(nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention) + `torch.optim.AdamW`. Same initial weights, "
-          "same batches, same loss function, schedule, clipping and budget (`cs336_basics.train.train` with a "
+          "same batches, same loss function, schedule, clipping and budget (`cs336_lab.train.train` with a "
           "model and optimizer factory). With a fixed time budget the faster implementation takes more steps, "
           "so the ratio mixes model quality with speed under the machine's load at the time.\n\n"
           + _equal_steps_line() +

@@ -1,7 +1,8 @@
-"""cs336-basics: a Transformer language model built from scratch in PyTorch.
+"""cs336_basics: the assignment, a Transformer language model built from scratch in PyTorch.
 
-Everything a user needs is importable from the top level, e.g.
-``from cs336_basics import TransformerLM, ModelConfig, AdamW, Tokenizer``.
+This package is exactly what a student writes and what `tests/adapters.py` calls. Everything public is
+importable from the top level, e.g. ``from cs336_basics import TransformerLM, ModelConfig, AdamW, Tokenizer``.
+The tools (`cs336_lab`: trainer, CLI, demo) use only the names listed in `cs336_lab/api.py`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,9 @@ _EXPORTS: dict[str, str] = {
     "Tokenizer": "tokenizer",
     "save_bpe": "tokenizer",
     "load_bpe": "tokenizer",
-    "encode_file": "parallel_encode",
-    # pipeline
-    "TrainConfig": "train",
-    "train": "train",
-    "generate": "generate",
+    # decoding
+    "generate": "decoding",
+    "complete": "decoding",
 }
 
 __all__ = sorted(_EXPORTS)

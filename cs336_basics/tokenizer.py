@@ -28,7 +28,6 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-from .atomic import atomic_write_text
 from .pretokenize import blocks, last_safe_cut, pretokens, special_tokens_regex
 
 __all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
@@ -341,10 +340,20 @@ def save_bpe(
         "special_tokens": list(special_tokens),
         "vocab": {str(i): _to_text(vocab[i]) for i in sorted(vocab)},
     }
-    atomic_write_text(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+    _write_text_atomically(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
     lines = [f"#version: {FORMAT_NAME} {FORMAT_VERSION}"]
     lines += [f"{_to_text(left)} {_to_text(right)}" for left, right in merges]
-    atomic_write_text(directory / MERGES_FILE, "\n".join(lines) + "\n")
+    _write_text_atomically(directory / MERGES_FILE, "\n".join(lines) + "\n")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    # A reader never sees half a file: write beside the target, then rename over it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_bpe(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cs336_basics.cli import build_parser
-from cs336_basics.config import config_from_args
+from cs336_lab.cli import build_parser
+from cs336_lab.config import config_from_args
 from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.train import TrainConfig, train
+from cs336_lab.train import TrainConfig, train
 
 
 def killing_factory(kill_rank: int, kill_step: int) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cs336_basics.distributed import (
+from cs336_lab.distributed import (
     DistributedContext,
     all_gather_object,
     all_reduce_mean,

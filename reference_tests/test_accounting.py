@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import cs336_basics.accounting as accounting
-from cs336_basics.accounting import (
+import cs336_lab.accounting as accounting
+from cs336_lab.accounting import (
     PRESETS,
     count_parameters,
     forward_flops,
@@ -268,6 +268,6 @@ def test_cli_preset_and_config_conflict(tmp_path, capsys) -> None:
 
 
 def test_cli_main_entry_point(capsys) -> None:
-    cli = pytest.importorskip("cs336_basics.cli")
+    cli = pytest.importorskip("cs336_lab.cli")
     assert cli.main(["accounting", "--preset", "tinystories"]) == 0
     assert f"{count_parameters(PRESETS['tinystories'])['total']:,}" in capsys.readouterr().out

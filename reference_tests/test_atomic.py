@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cs336_basics.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from cs336_lab.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
 
 def test_write_text_and_bytes_create_parents_and_replace(tmp_path: Path) -> None:

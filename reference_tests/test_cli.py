@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cs336_basics import cli
-from cs336_basics.cli import build_parser, main
-from cs336_basics.corpus import write_corpus
+from cs336_lab import cli
+from cs336_lab.cli import build_parser, main
+from cs336_lab.corpus import write_corpus
 
 OWN_COMMANDS = ["demo", "train-bpe", "tokenize", "make-corpus", "download"]
 

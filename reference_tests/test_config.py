@@ -10,7 +10,7 @@ from typing import Literal
 
 import pytest
 
-from cs336_basics.config import (
+from cs336_lab.config import (
     add_dataclass_arguments,
     config_from_args,
     from_dict,
@@ -179,5 +179,5 @@ def test_docstring_examples(module):
     import doctest
     import importlib
 
-    result = doctest.testmod(importlib.import_module(f"cs336_basics.{module}"))
+    result = doctest.testmod(importlib.import_module(f"cs336_lab.{module}"))
     assert result.attempted > 0 and result.failed == 0

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from cs336_basics.corpus import (
+from cs336_lab.corpus import (
     ANIMAL_NAMES,
     BOYS,
     EOT,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cs336_basics import pipeline
-from cs336_basics.cli import main
-from cs336_basics.config import load_config
-from cs336_basics.pipeline import (
+from cs336_lab import pipeline
+from cs336_lab.cli import main
+from cs336_lab.config import load_config
+from cs336_lab.pipeline import (
     DEMO_TRAINING,
     DemoConfig,
     demo_train_config,
@@ -93,7 +93,7 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
 
 
 def test_configs_demo_toml_mirrors_the_demo():
-    from cs336_basics.train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
     from_file = load_config(TrainConfig, REPO / "configs" / "demo.toml")
     built = demo_train_config("runs/demo", vocab_size=DemoConfig().vocab_size)
@@ -104,13 +104,13 @@ def test_configs_demo_toml_mirrors_the_demo():
 
 @pytest.mark.parametrize("name", ["demo", "tinystories", "owt"])
 def test_ready_configs_load(name):
-    from cs336_basics.train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
     load_config(TrainConfig, REPO / "configs" / f"{name}.toml")
 
 
 def test_tinystories_config_is_the_handouts():
-    from cs336_basics.train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
     c = load_config(TrainConfig, REPO / "configs" / "tinystories.toml")
     assert (c.vocab_size, c.context_length, c.d_model, c.d_ff, c.num_layers, c.num_heads, c.rope_theta) == (

@@ -1,6 +1,6 @@
 """Data-parallel training with `torch.distributed` (gloo on CPU, 127.0.0.1).
 
-Fast tests check `cs336_basics.distributed` in this process (single-process contexts and a world-size-1 gloo
+Fast tests check `cs336_lab.distributed` in this process (single-process contexts and a world-size-1 gloo
 group). Tests marked slow launch `torchrun --nproc_per_node 2` (each launch costs a few seconds of process
 start-up on two cores): DDP with batch B per rank against one process with batch 2B, gradient accumulation
 under `no_sync`, bf16 autocast, `torch.compile`, and the `cs336 train` command killed and resumed.
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cs336_basics.distributed import (
+from cs336_lab.distributed import (
     DistributedContext,
     all_gather_object,
     all_reduce_mean,
@@ -459,7 +459,7 @@ def rank_log(log_dir: Path, local_rank: int) -> str:
 def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Four runs of the same 8-step config on a learnable corpus (one 50-token phrase repeated):
 
-    whole:      2 ranks, uninterrupted (`torchrun -m cs336_basics.cli train`);
+    whole:      2 ranks, uninterrupted (`torchrun -m cs336_lab.cli train`);
     resumed2:   2 ranks SIGKILLed in step 6 (last checkpoint: step 4), then `--resume` with 2 ranks;
     resumed1:   a copy of that crashed run's directory, resumed by one plain process (`python -m ...`).
     """
@@ -474,7 +474,7 @@ def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"--max-steps={STEPS}", "--warmup-steps=2", "--lr-max=3e-3", "--lr-min=3e-4", "--eval-every=4",
         "--eval-batches=2", "--log-every=1", "--checkpoint-every=4", "--device=cpu", "--no-progress",
     ]
-    cli = ["-m", "cs336_basics.cli", "train", *flags]
+    cli = ["-m", "cs336_lab.cli", "train", *flags]
     runs: dict[str, Any] = {name: root / name for name in ("whole", "resumed2", "resumed1")}
 
     runs["whole_logs"] = root / "whole_logs"

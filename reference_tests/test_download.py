@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cs336_basics.download import DATASETS, DownloadError, download_dataset, fetch
+from cs336_lab.download import DATASETS, DownloadError, download_dataset, fetch
 
 TS_TRAIN = DATASETS["tinystories"]["train"].path
 TS_VALID = DATASETS["tinystories"]["valid"].path
@@ -202,7 +202,7 @@ def test_bad_names(tmp_path, kwargs, words):
 
 
 def test_cli_download(server, tmp_path, capsys):
-    from cs336_basics.cli import main
+    from cs336_lab.cli import main
 
     server.files = {OWT_VALID: gzip.compress(b"hello <|endoftext|> world")}
     out = tmp_path / "owt"

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import cs336_basics.generate as generate_mod
+import cs336_lab.generate as generate_mod
 from cs336_basics.checkpoint import save_checkpoint
-from cs336_basics.generate import complete, generate, load_model, sample_next_token, top_p_filter
+from cs336_basics.decoding import complete, generate, sample_next_token, top_p_filter
+from cs336_lab.generate import load_model
 from cs336_basics.model import ModelConfig, TransformerLM
 
 CONFIG = ModelConfig(vocab_size=61, context_length=24, d_model=32, num_layers=2, num_heads=4)

@@ -1,4 +1,4 @@
-"""The grader (`cs336_basics.grader`): isolation, scoring, results.json and the command line.
+"""The grader (`cs336_grading.grade`): isolation, scoring, results.json and the command line.
 
 Most tests grade tiny fake submissions against a tiny fake harness built in `tmp_path` (no torch import
 in the test processes, so each grading run takes a second or two). The tests that grade against the real
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cs336_basics import grader
-from cs336_basics.grader import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
-from cs336_basics.grader_sandbox import SubmissionError, unpack_submission
+from cs336_grading import grade as grader
+from cs336_grading.grade import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
+from cs336_grading.sandbox import SubmissionError, unpack_submission
 
 REPO = Path(__file__).resolve().parent.parent
 

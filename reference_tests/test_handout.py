@@ -1,4 +1,4 @@
-"""The student starter kit (`cs336_basics.handout`): stub adapters, layout, and that it fails the right way.
+"""The student starter kit (`cs336_grading.handout`): stub adapters, layout, and that it fails the right way.
 
 The slow tests run the kit's whole test suite (against its empty package) and grade it: every graded
 test must fail with `NotImplementedError`, none with an import or missing-file error, and none may pass.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cs336_basics import handout
-from cs336_basics.grader import grade, problem_of
-from cs336_basics.handout import MARKER, build_handout, stub_adapters
+from cs336_grading import handout as handout
+from cs336_grading.grade import grade, problem_of
+from cs336_grading.handout import MARKER, build_handout, stub_adapters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,11 @@ def test_handout_layout(kit: Path) -> None:
         assert (kit / "tests" / rel).read_bytes() == (tests / rel).read_bytes(), rel
     assert [p.name for p in (kit / "cs336_basics").iterdir()] == ["__init__.py"]
     assert not (kit / "reference_tests").exists()
-    assert {"Makefile", "README.md", "pyproject.toml", "cs336_basics", "tests"} <= {p.name for p in kit.iterdir()}
+    assert {"Makefile", "README.md", "pyproject.toml", "cs336_basics", "cs336_lab", "cs336_grading", "tests"} <= {
+        p.name for p in kit.iterdir()
+    }
+    # The answer key never ships: no oracle anywhere in the kit, and no harness copy inside the grading package.
+    assert not [p for p in kit.rglob("*oracle*")] and not (kit / "cs336_grading" / "harness").exists()
 
 
 def test_handout_pyproject_has_the_reference_dependencies(kit: Path) -> None:
@@ -115,8 +119,9 @@ def test_handout_pyproject_has_the_reference_dependencies(kit: Path) -> None:
     theirs = tomllib.loads((kit / "pyproject.toml").read_text())
     assert theirs["project"]["dependencies"] == ours["project"]["dependencies"]
     assert theirs["project"]["optional-dependencies"] == ours["project"]["optional-dependencies"]
-    assert theirs["tool"]["pytest"]["ini_options"] == ours["tool"]["pytest"]["ini_options"]
-    assert "scripts" not in theirs["project"]  # the `cs336` command lives in the reference only
+    # The kit's tests register their own markers (conftest.py), so its pytest settings need no copy of ours.
+    assert theirs["project"]["scripts"] == {"cs336": "cs336_lab.cli:main"}  # students train with the tools
+    assert theirs["tool"]["setuptools"]["package-dir"] == {"cs336_grading.harness": "tests"}
 
 
 def test_handout_makefile_has_only_student_targets(kit: Path) -> None:

@@ -28,7 +28,7 @@ from cs336_basics import (
     scaled_dot_product_attention,
     softmax,
 )
-from tests.oracle.model import OracleTransformerLM
+from oracle.model import OracleTransformerLM
 
 TINY = ModelConfig(vocab_size=37, context_length=12, d_model=16, num_layers=2, num_heads=2)
 

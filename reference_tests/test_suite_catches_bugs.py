@@ -32,8 +32,8 @@ from cs336_basics import (
 )
 from tests import test_functional as graded_functional
 from tests import test_model as graded_model
-from tests.oracle import model as oracle
-from tests.oracle.snapshot_io import read_npz
+from oracle import model as oracle
+from tests.snapshot_io import read_npz
 
 SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "tests" / "_snapshots"
 

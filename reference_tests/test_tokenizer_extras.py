@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cs336_basics.bpe_trainer as bpe_trainer
-import cs336_basics.parallel_encode as parallel_encode
+import cs336_lab.parallel_encode as parallel_encode
 import cs336_basics.tokenizer as tokenizer_module
-from cs336_basics import Tokenizer, encode_file, load_bpe, save_bpe, train_bpe
+from cs336_basics import Tokenizer, load_bpe, save_bpe, train_bpe
+from cs336_lab.parallel_encode import encode_file
 import cs336_basics.pretokenize as pretokenize_module
 from cs336_basics.pretokenize import (
     GPT2_REGEX,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import cs336_basics.train as train_mod
+import cs336_lab.train as train_mod
 from cs336_basics.checkpoint import read_checkpoint
-from cs336_basics.run_log import bytes_per_token
-from cs336_basics.train import NonFiniteLossError, TrainConfig, train
+from cs336_lab.run_log import bytes_per_token
+from cs336_lab.train import NonFiniteLossError, TrainConfig, train
 
 VOCAB = 64
 
@@ -259,7 +259,7 @@ def test_token_ids_beyond_the_vocabulary_are_named(tiny_config: TrainConfig) -> 
 
 
 def test_mfu_uses_the_peak_flops_the_user_gives(tiny_config: TrainConfig) -> None:
-    from cs336_basics.accounting import training_flops_per_token
+    from cs336_lab.accounting import training_flops_per_token
 
     config = dataclasses.replace(tiny_config, max_steps=3, warmup_steps=1, peak_flops=1e9)
     records = train(config).history

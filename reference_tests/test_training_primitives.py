@@ -23,7 +23,7 @@ from cs336_basics.checkpoint import FORMAT, VERSION, load_checkpoint, read_check
 from cs336_basics.data import get_batch, iterate_batches, load_tokens, resolve_device
 from cs336_basics.loss import cross_entropy, perplexity
 from cs336_basics.optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
-from tests.oracle import training as oracle
+from oracle import training as oracle
 
 # ============================================================================ AdamW: the tolerance proof
 

@@ -1,13 +1,13 @@
-"""Shared fixtures of the grading suite.
+"""Shared fixtures and settings of the grading suite.
 
-Set `CS336_ADAPTERS=oracle` to run the whole suite against the oracle's own adapters (torch built-ins)
-instead of `tests/adapters.py`: this is how we prove that the tests accept every correct implementation.
+The maintainers run the whole suite against the oracle's own adapters (torch built-ins) instead of
+`tests/adapters.py` with `pytest -p oracle.use_oracle tests` (`make test-oracle`): this is how we prove that
+the tests accept every correct implementation. Nothing here knows about the oracle.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-if os.environ.get("CS336_ADAPTERS", "").strip().lower() == "oracle":
-    import tests.oracle.adapters as _oracle_adapters
-
-    # Test modules do `from .adapters import ...`: this makes that name resolve to the oracle.
-    sys.modules["tests.adapters"] = _oracle_adapters
-
 # The tests' tensors are small: one thread is faster than a pool that spins on a shared 2-core machine.
 torch.set_num_threads(int(os.environ.get("CS336_TEST_THREADS", "1")))
 
 TESTS_DIR = Path(__file__).resolve().parent
 SNAPSHOT_DIR = TESTS_DIR / "_snapshots"
 FIXTURE_DIR = TESTS_DIR / "fixtures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The harness carries its own settings: installed as package data it has no pyproject.toml beside it.
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:jaxtyping.*")
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def load_snapshot() -> Callable[[str], dict[str, np.ndarray]]:
     """`load_snapshot(name)` returns the arrays of `tests/_snapshots/<name>.npz` (cached per session)."""
-    from tests.oracle.snapshot_io import read_npz
+    from tests.snapshot_io import read_npz
 
     cache: dict[str, dict[str, np.ndarray]] = {}
 

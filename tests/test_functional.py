@@ -22,7 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.oracle.model import BF16_EPS, SOFTMAX_DIMS, assert_close
+from tests.cases import SOFTMAX_DIMS
+from tests.compare import BF16_EPS, assert_close
 
 from .adapters import run_silu, run_softmax
 

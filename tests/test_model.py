@@ -36,7 +36,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.oracle.model import BF16_EPS, BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, assert_close
+from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES
+from tests.compare import BF16_EPS, assert_close
 
 from .adapters import (
     run_embedding,

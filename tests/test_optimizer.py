@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.oracle import training as oracle
+from cs336_grading.expected import training as known
 
 from .adapters import get_adamw_cls, run_get_lr_cosine_schedule
 
@@ -23,9 +23,9 @@ def test_adamw_is_an_optimizer() -> None:
 
 def test_adamw_matches_torch_trajectory() -> None:
     # Two groups with different settings, a frozen parameter, a parameter whose gradients start late and a
-    # learning rate changed mid-run; every parameter compared after every step. See oracle.ADAMW_ATOL for
+    # learning rate changed mid-run; every parameter compared after every step. See known.ADAMW_ATOL for
     # the measured margins: both decay orders pass, coupled L2 / no bias correction / a shared step fail.
-    oracle.assert_adamw_matches_torch(get_adamw_cls())
+    known.assert_adamw_matches_torch(get_adamw_cls())
 
 
 def test_adamw_first_step_hand_worked() -> None:
@@ -58,9 +58,9 @@ def test_adamw_snapshot(load_snapshot: Callable[[str], dict[str, np.ndarray]]) -
         optimizer.step()
         # Same margin as the trajectory test: correct variants agree to <= 4e-6 here, mistakes are >= 3e-4 off.
         expected_weight = torch.from_numpy(snapshot["expected_weights"][step])
-        torch.testing.assert_close(weight.detach(), expected_weight, rtol=0, atol=oracle.ADAMW_ATOL)
+        torch.testing.assert_close(weight.detach(), expected_weight, rtol=0, atol=known.ADAMW_ATOL)
         expected_bias = torch.from_numpy(snapshot["expected_biases"][step])
-        torch.testing.assert_close(bias.detach(), expected_bias, rtol=0, atol=oracle.ADAMW_ATOL)
+        torch.testing.assert_close(bias.detach(), expected_bias, rtol=0, atol=known.ADAMW_ATOL)
 
 
 def _quadratic_setup(optimizer_cls: type) -> tuple[torch.nn.Parameter, torch.optim.Optimizer, torch.Tensor]:
@@ -84,7 +84,7 @@ def test_adamw_step_accepts_a_closure() -> None:
         for _ in range(5):
             loss = opt.step(closure)
             assert loss is not None, "step(closure) must return the closure's loss"
-    torch.testing.assert_close(theta.detach(), reference.detach(), rtol=0, atol=oracle.ADAMW_ATOL)
+    torch.testing.assert_close(theta.detach(), reference.detach(), rtol=0, atol=known.ADAMW_ATOL)
 
 
 def test_adamw_state_dict_round_trip() -> None:
@@ -143,7 +143,7 @@ def test_get_lr_cosine_schedule_key_points(it: int, expected: float) -> None:
 
 
 def test_get_lr_cosine_schedule_whole_curve() -> None:
-    expected = [oracle.run_get_lr_cosine_schedule(it, **SCHEDULE) for it in range(25)]
+    expected = [known.cosine_schedule(it, **SCHEDULE) for it in range(25)]
     actual = [_lr(it) for it in range(25)]
     assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
     # The known table of the CS336 handout's own test (same parameters).

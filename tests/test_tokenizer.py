@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.oracle.bpe import ENDOFTEXT, SHARED_DATA, load_gpt2_files, merges_from_text, tiktoken_encoding
+from cs336_grading.expected.bpe import load_gpt2_files, merges_from_text, tiktoken_encoding
+from tests.cases import ENDOFTEXT, SHARED_DATA
 
 from .adapters import get_tokenizer
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.oracle.bpe import ENDOFTEXT, naive_train_bpe
+from cs336_grading.expected.bpe import naive_train_bpe
+from tests.cases import ENDOFTEXT
 
 from .adapters import run_train_bpe
 

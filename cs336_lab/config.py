@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .atomic import atomic_write_text  # re-exported: older callers import it from here
+from cs336_lab.atomic import atomic_write_text  # re-exported: older callers import it from here
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@
 
 How a run goes:
 1. The submission (directory or zip) is unpacked into a temporary directory: its `cs336_basics/` and
-   `tests/adapters.py` (see `grader_sandbox.unpack_submission` for the layouts tolerated).
+   `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated).
 2. The test ids are collected once from the pristine harness (with its own adapters), so a submission
    that does not even import cannot hide tests. Tests whose function name starts with no problem's prefix
    (`test_snapshot_drift`, `test_fixture_drift`: integrity checks of the harness itself) are not run.
@@ -29,6 +29,7 @@ there (not verified on a GPU; Gradescope's autograders are CPU-only).
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import importlib.util
 import json
 import logging
@@ -44,7 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_basics import grader_sandbox as sandbox
+from cs336_grading import sandbox as sandbox
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,8 @@ class GradeResult:
 
 
 def default_harness() -> Path:
-    """The `tests/` directory of the project checkout this package was installed from."""
-    return Path(__file__).resolve().parent.parent / "tests"
+    """The pristine grading tests shipped with this package (`cs336_grading.harness`, the project's `tests/`)."""
+    return Path(str(importlib.resources.files("cs336_grading.harness")))
 
 
 def grade(
@@ -392,7 +393,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     )
     parser.add_argument("submission", help="directory or .zip with cs336_basics/ and tests/adapters.py")
     parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
-    parser.add_argument("--harness", default=None, help="pristine tests/ directory (default: this checkout's)")
+    parser.add_argument("--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
     parser.add_argument(
         "--memory-mb",

@@ -21,21 +21,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from cs336_lab import __version__
 
-logger = logging.getLogger("cs336_basics")
+logger = logging.getLogger("cs336_lab")
 
 # Modules that provide sub-commands, in the order of `cs336 --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "cs336_basics.pipeline",  # demo, train-bpe, tokenize
-    "cs336_basics.corpus",  # make-corpus
-    "cs336_basics.download",  # download
-    "cs336_basics.train",  # train
-    "cs336_basics.generate",  # generate
-    "cs336_basics.accounting",
-    "cs336_basics.grader",
-    "cs336_basics.handout",
+    "cs336_lab.pipeline",  # demo, train-bpe, tokenize
+    "cs336_lab.corpus",  # make-corpus
+    "cs336_lab.download",  # download
+    "cs336_lab.train",  # train
+    "cs336_lab.generate",  # generate
+    "cs336_lab.accounting",
+    "cs336_grading.grade",  # the course staff's wing: grade, handout
+    "cs336_grading.handout",
 )
+# Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
+LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
@@ -63,7 +65,8 @@ def configure_logging(verbosity: int = 0) -> None:
     handler._cs336 = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # third-party libraries stay quiet
-    logging.getLogger("cs336_basics").setLevel(level)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, top_level: bool) -> None:

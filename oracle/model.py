@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Re-exported: the graded tests, `make_snapshots` and `adapters` find everything of the model area here.
-from tests.oracle.compare import BF16_EPS, FLOAT32_EPS, assert_close
-from tests.oracle.model_ops import (
+from tests.compare import BF16_EPS, FLOAT32_EPS, assert_close
+from oracle.model_ops import (
     multihead_self_attention,
     rmsnorm,
     rope,
@@ -30,7 +30,8 @@ from tests.oracle.model_ops import (
     transformer_block,
     transformer_lm,
 )
-from tests.oracle.model_snapshots import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SNAPSHOTS, SOFTMAX_DIMS, lm_weights
+from oracle.model_snapshots import SNAPSHOTS, lm_weights
+from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
 
 # ----------------------------------------------------------------------------------------------------------
 # A torch-native twin of TransformerLM (nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention)

@@ -1,18 +1,22 @@
 """Build the student starter kit: `cs336 handout OUT`.
 
-The kit holds the pristine grading tests (with their snapshots, fixtures and oracle), a `tests/adapters.py`
-whose functions keep the reference's signatures and docstrings but raise `NotImplementedError`, an empty
-`cs336_basics` package, a `pyproject.toml` with the same dependencies, and the student `Makefile` and
+The kit holds the pristine grading tests (with their snapshots and fixtures, never the oracle), a
+`tests/adapters.py` whose functions keep the reference's signatures and docstrings but raise
+`NotImplementedError`, an empty `cs336_basics` package, copies of the tools (`cs336_lab`) and the grading
+wing (`cs336_grading`), a `pyproject.toml` with the same dependencies, and the student `Makefile` and
 `README.md` from `handout_files/`. In the kit `make test` runs, and every graded test fails with
 `NotImplementedError` (never with an import or a missing-file error).
 
-The kit is built from the project checkout (its `tests/` is not package data), next to this package.
+Everything comes from the installed packages (the harness is `cs336_grading.harness`), so the kit can be
+built from a plain `pip install .` as well as from a checkout.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -23,10 +27,13 @@ from pathlib import Path
 
 HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
 MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
-# test_snapshots.py guards the maintainers' snapshots against drift: no student work is checked there, and
-# leaving it out keeps the kit's promise that every test fails with NotImplementedError until implemented.
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "test_snapshots.py")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 _PACKAGE = "cs336_basics"
+# The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
+# the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
+_TOOL_PACKAGES = ("cs336_lab", "cs336_grading")
+_SUBPACKAGES = ("cs336_grading.handout_files", "cs336_grading.expected", "cs336_grading.harness",
+                    "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures")
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +103,13 @@ def _bound_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def student_pyproject(reference: dict) -> str:  # type: ignore[type-arg]
-    """The kit's `pyproject.toml`: the reference's dependencies and pytest settings, no console script."""
-    project = reference.get("project", {})
-    extras = project.get("optional-dependencies", {})
-    pytest_options = reference.get("tool", {}).get("pytest", {}).get("ini_options", {})
+def student_pyproject(*, dependencies: list[str], dev: list[str], requires_python: str) -> str:
+    """The kit's `pyproject.toml`: the project's dependencies, the three wings and the `cs336` command.
+
+    The student's `cs336_basics` (empty at first) sits beside copies of the tools (`cs336_lab`: `cs336 train`,
+    `cs336 generate`, ...) and the grading wing (`cs336_grading`: `make grade`); the kit's `tests/` doubles
+    as the grading package's harness, exactly as in the project.
+    """
 
     def value(v: object) -> str:
         if isinstance(v, list):
@@ -117,33 +126,61 @@ def student_pyproject(reference: dict) -> str:  # type: ignore[type-arg]
         "[project]",
         'name = "cs336-basics"',
         'version = "1.0.0"',
-        f"requires-python = {value(project.get('requires-python', '>=3.11'))}",
-        f"dependencies = {value(project.get('dependencies', []))}",
+        f"requires-python = {value(requires_python)}",
+        f"dependencies = {value(dependencies)}",
         "",
         "[project.optional-dependencies]",
-        *(f"{name} = {value(deps)}" for name, deps in extras.items()),
+        f"dev = {value(dev)}",
         "",
-        "[tool.setuptools.packages.find]",
-        'include = ["cs336_basics*"]',
+        "[project.scripts]",
+        'cs336 = "cs336_lab.cli:main"',
+        "",
+        "[tool.setuptools]",
+        f"packages = {value([_PACKAGE, *_TOOL_PACKAGES, *_SUBPACKAGES])}",
+        "",
+        "[tool.setuptools.package-dir]",
+        '"cs336_grading.harness" = "tests"',
+        "",
+        "[tool.setuptools.package-data]",
+        '"cs336_grading.handout_files" = ["Makefile", "README.md"]',
+        '"cs336_grading.harness" = ["*.py"]',
+        '"cs336_grading.harness._snapshots" = ["*.npz"]',
+        '"cs336_grading.harness.fixtures" = ["*.txt"]',
         "",
         "[tool.pytest.ini_options]",
-        *(f"{key} = {value(v)}" for key, v in pytest_options.items()),
+        'addopts = "-ra"',
     ]
     text = "\n".join(lines) + "\n"
-    tomllib.loads(text)  # NOTE: a reference setting our tiny writer cannot express fails here, not at install
+    tomllib.loads(text)  # NOTE: a value our tiny writer cannot express fails here, not at install
     return text
 
 
-def build_handout(out: str | os.PathLike[str], *, repo_root: str | os.PathLike[str] | None = None) -> Path:
+def _installed_requirements() -> tuple[list[str], list[str], str]:
+    """(dependencies, dev extras, requires-python) of the installed `cs336-basics` distribution."""
+    meta = importlib.metadata.metadata("cs336-basics")
+    requires = importlib.metadata.requires("cs336-basics") or []
+    base = [r for r in requires if "extra ==" not in r]
+    dev = [r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r.replace("'", '"')]
+    return base, dev, meta.get("Requires-Python") or ">=3.11"
+
+
+def _package_dir(name: str) -> Path:
+    """Where the installed package `name` lives (a checkout in editable mode, site-packages otherwise)."""
+    return Path(importlib.import_module(name).__file__).resolve().parent  # type: ignore[arg-type]
+
+
+def build_handout(out: str | os.PathLike[str], *, harness: str | os.PathLike[str] | None = None) -> Path:
     """Write the starter kit to `out` (atomically: built beside it, then renamed into place).
 
-    An existing `out` is replaced only if an earlier `build_handout` made it.
+    `harness` is the pristine tests directory (default: the one installed with this package). An existing
+    `out` is replaced only if an earlier `build_handout` made it.
     """
-    root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parent.parent
-    tests = root / "tests"
-    for required in (tests / "adapters.py", tests / "conftest.py", root / "pyproject.toml"):
+    from cs336_grading.grade import default_harness
+
+    tests = Path(harness) if harness is not None else default_harness()
+    for required in (tests / "adapters.py", tests / "conftest.py"):
         if not required.is_file():
-            raise FileNotFoundError(f"expected {required} in the project checkout, found none")
+            raise FileNotFoundError(f"expected {required} in the grading harness, found none")
     out = Path(out).resolve()
     if out.exists() and not (out / MARKER).exists():
         raise FileExistsError(f"{out} exists and is not a handout built by `cs336 handout`; choose another path")
@@ -151,18 +188,7 @@ def build_handout(out: str | os.PathLike[str], *, repo_root: str | os.PathLike[s
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private
     try:
-        shutil.copytree(tests, staging / "tests", ignore=_IGNORED)  # adapters.py is overwritten next
-        (staging / "tests" / "adapters.py").write_text(stub_adapters((tests / "adapters.py").read_text()))
-        (staging / _PACKAGE).mkdir()
-        (staging / _PACKAGE / "__init__.py").write_text('"""CS336 Assignment 1: your implementation goes here."""\n')
-        with open(root / "pyproject.toml", "rb") as f:
-            (staging / "pyproject.toml").write_text(student_pyproject(tomllib.load(f)))
-        for name in ("Makefile", "README.md"):
-            shutil.copyfile(HANDOUT_FILES / name, staging / name)
-        (staging / ".gitignore").write_text(
-            ".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n"
-        )
-        (staging / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
+        _write_kit(staging, tests)
         if out.exists():
             shutil.rmtree(out)
         staging.replace(out)
@@ -170,6 +196,24 @@ def build_handout(out: str | os.PathLike[str], *, repo_root: str | os.PathLike[s
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _write_kit(root: Path, tests: Path) -> None:
+    shutil.copytree(tests, root / "tests", ignore=_IGNORED)  # adapters.py is overwritten next
+    (root / "tests" / "adapters.py").write_text(stub_adapters((tests / "adapters.py").read_text()))
+    (root / _PACKAGE).mkdir()
+    (root / _PACKAGE / "__init__.py").write_text('"""CS336 Assignment 1: your implementation goes here."""\n')
+    for name in _TOOL_PACKAGES:
+        # NOTE: an installed grading package carries its harness inside; the kit's tests/ takes that role.
+        shutil.copytree(_package_dir(name), root / name, ignore=shutil.ignore_patterns("harness", "*.pyc", "__pycache__"))
+    dependencies, dev, requires_python = _installed_requirements()
+    (root / "pyproject.toml").write_text(
+        student_pyproject(dependencies=dependencies, dev=dev, requires_python=requires_python)
+    )
+    for name in ("Makefile", "README.md"):
+        shutil.copyfile(HANDOUT_FILES / name, root / name)
+    (root / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
+    (root / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

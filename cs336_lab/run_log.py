@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from cs336_lab.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def bytes_per_token(tokenizer_dir: str | os.PathLike[str], tokens: np.ndarray, c
     Bits per byte = (nats per token) / ln 2 / (bytes per token): a loss that does not depend on the tokenizer.
     Each token counts the bytes of its vocabulary entry, so the total is the byte length of the decoded text.
     """
-    from .tokenizer import load_bpe
+    from cs336_basics.tokenizer import load_bpe
 
     vocab, _, _ = load_bpe(tokenizer_dir)
     lengths = np.zeros(max(vocab) + 1, dtype=np.int64)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .model import ModelConfig
+from cs336_basics.model import ModelConfig
 
 # The GPT-2 shapes of the handout's accounting problem (vocab 50,257, context 1,024) with this architecture.
 # NOTE: d_ff = 4 * d_model, as the handout's GPT-2 XL accounting question states (d_ff 6,400 for d_model 1,600),
@@ -281,7 +281,7 @@ def format_report(
 
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register `cs336 accounting [--preset NAME | --config FILE | model flags] [--batch-size ...]`."""
-    from .config import add_dataclass_arguments
+    from cs336_lab.config import add_dataclass_arguments
 
     parser = subparsers.add_parser(
         "accounting",
@@ -301,7 +301,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from .config import UNSET, config_from_args
+    from cs336_lab.config import UNSET, config_from_args
 
     if args.preset is not None:
         if args.config:

@@ -1,8 +1,8 @@
 """A tiny pytest plugin that reports each test's outcome to the grader, one JSON line per event.
 
-The grader copies this file into every grading workspace as `_cs336_grader_plugin.py` and loads it
-with `-p _cs336_grader_plugin` (the workspace's `cs336_basics` is the student's, so the plugin cannot
-live inside it). It needs nothing but the standard library and pytest.
+The grader loads it into every pytest process it starts with `-p cs336_grading.plugin`: it is imported from
+wherever the grading package is installed, never from the workspace (which holds the student's package). It
+needs nothing but the standard library and pytest.
 
 Events, appended to the file named by `CS336_GRADER_REPORT` and flushed one by one, so that the grader
 still knows which test was running when a process is killed:

@@ -4,9 +4,9 @@ We do not invent a scheme of our own: every rank runs the same script, `torchrun
 environment variables, `DistributedDataParallel` (DDP) averages gradients during `backward()`, and a few
 collectives (`all_reduce_mean`, `broadcast_object`, `barrier`) keep the ranks in step for logging and evaluation.
 
-    torchrun --nproc_per_node 2 -m cs336_basics.cli train ...                   # one machine, 2 ranks
+    torchrun --nproc_per_node 2 -m cs336_lab.cli train ...                   # one machine, 2 ranks
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
-             --nproc_per_node 8 -m cs336_basics.cli train ...                    # node 0 of 2
+             --nproc_per_node 8 -m cs336_lab.cli train ...                    # node 0 of 2
 
 A training loop needs a handful of calls, and the same code runs unchanged in a single process
 (`world_size == 1`: no process group, no DDP wrapper, every collective is the identity):

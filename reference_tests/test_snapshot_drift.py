@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.oracle.make_snapshots import FIXTURE_DIR, SNAPSHOT_DIR, fixture_builders, snapshot_builders
-from tests.oracle.snapshot_io import read_npz
+from oracle.make_snapshots import FIXTURE_DIR, SNAPSHOT_DIR, fixture_builders, snapshot_builders
+from tests.snapshot_io import read_npz
 
 _SNAPSHOTS = snapshot_builders()
 _FIXTURES = fixture_builders()

@@ -2,11 +2,11 @@
 
 Each builder returns the arrays of one `tests/_snapshots/<name>.npz` (see `make_snapshots.py`). Keys are
 `<case>.<name>`; expectations are stored as float32, and bf16 cases store bf16-representable float32 values
-(npz has no bf16). The case tables (`RMSNORM_CASES`, `ROPE_CASES`, `MHA`, `BLOCK`, `LM`, ...) are shared with
-the graded tests, which read the same cases back.
+(npz has no bf16). The case tables (`RMSNORM_CASES`, `ROPE_CASES`, `MHA`, `BLOCK`, `LM`, ...) live in `tests/cases.py`, which
+the graded tests read too.
 
 NOTE: the bytes of the committed snapshots depend on the order of every random draw below: reordering two
-lines of a builder changes its file. `python -m tests.oracle.make_snapshots` must leave `git status` clean.
+lines of a builder changes its file. `python -m oracle.make_snapshots` must leave `git status` clean.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.oracle.model_ops import multihead_self_attention, rmsnorm, rope, swiglu, transformer_block, transformer_lm
+from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
+from oracle.model_ops import multihead_self_attention, rmsnorm, rope, swiglu, transformer_block, transformer_lm
 
 
 class _Rng:
@@ -95,10 +96,6 @@ def _swiglu_snapshot() -> dict[str, np.ndarray]:
     return _np({"w1": w1, "w2": w2, "w3": w3, "in_features": x, "expected": expected})
 
 
-# (case, eps, input scale, bf16). A large eps on small inputs makes "eps outside the square root" visible.
-RMSNORM_CASES = (("default_eps", 1e-5, 1.0, False), ("large_eps", 0.25, 0.5, False), ("bf16", 1e-5, 3.0, True))
-
-
 def _rmsnorm_snapshot() -> dict[str, np.ndarray]:
     rng, out = _Rng(4), {}
     for case, eps, scale, bf16 in RMSNORM_CASES:
@@ -113,9 +110,6 @@ def _silu_snapshot() -> dict[str, np.ndarray]:
         x = torch.cat([rng.normal(500, std=6.0, bf16=bf16), torch.tensor([-80.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 80.0])])
         out |= {f"{case}.in_features": x, f"{case}.expected": F.silu(_f64(x))}
     return _np(out)
-
-
-SOFTMAX_DIMS = (0, 1, 2, -1, -3)
 
 
 def _softmax_snapshot() -> dict[str, np.ndarray]:
@@ -152,15 +146,6 @@ def _sdpa_snapshot() -> dict[str, np.ndarray]:
     return _np(out)
 
 
-# (case, d_k, theta, max_seq_len, x shape, positions shape, bf16). Positions are never 0..seq-1 in order.
-ROPE_CASES = (
-    ("shared_positions", 16, 10000.0, 64, (2, 3, 10, 16), (10,), False),
-    ("batch_positions", 16, 10000.0, 64, (4, 10, 16), (4, 10), False),
-    ("per_head_positions", 8, 500.0, 32, (2, 3, 6, 8), (2, 1, 6), False),
-    ("bf16", 16, 10000.0, 64, (2, 10, 16), (2, 10), True),
-)
-
-
 def _rope_snapshot() -> dict[str, np.ndarray]:
     rng, out = _Rng(8), {}
     for case, d_k, theta, max_seq_len, x_shape, pos_shape, bf16 in ROPE_CASES:
@@ -168,9 +153,6 @@ def _rope_snapshot() -> dict[str, np.ndarray]:
         out |= {f"{case}.in_query_or_key": x, f"{case}.token_positions": pos}
         out[f"{case}.expected"] = rope(_f64(x), theta, pos)
     return _np(out)
-
-
-MHA = {"d_model": 32, "num_heads": 4, "max_seq_len": 24, "theta": 10000.0}
 
 
 def _mha_snapshot() -> dict[str, np.ndarray]:
@@ -186,13 +168,6 @@ def _mha_snapshot() -> dict[str, np.ndarray]:
     out["rope_default_positions.expected"] = multihead_self_attention(_f64(x), *w64, h, MHA["theta"])
     out["rope_positions.expected"] = multihead_self_attention(_f64(x), *w64, h, MHA["theta"], pos)
     return _np(out)
-
-
-BLOCK = {"d_model": 32, "num_heads": 4, "d_ff": 48, "max_seq_len": 16, "theta": 10000.0}
-LM = {
-    "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 48,
-    "rope_theta": 1000.0,  # not the default 10000: a hard-coded theta shows
-}
 
 
 def _block_weights(rng: _Rng, d_model: int, d_ff: int, prefix: str = "") -> dict[str, Tensor]:

@@ -4,7 +4,6 @@ A grading run never touches the pristine harness: every pytest process gets a fr
 
     run-0007/
         pyproject.toml            # the harness's pytest settings (markers, warning filters)
-        _cs336_grader_plugin.py   # reports each test's outcome as JSON lines (see grader_plugin.py)
         cs336_basics/             # the student's package (shadows the installed reference)
         tests/                    # a fresh copy of the pristine tests, fixtures and snapshots
         tests/adapters.py         # the student's adapters
@@ -30,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PLUGIN_MODULE = "_cs336_grader_plugin"
-REPORT_ENV = "CS336_GRADER_REPORT"
+from cs336_grading.plugin import REPORT_ENV
+
+PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
 # What a crashed process prints when an allocation outside Python failed (RLIMIT_AS in C++ code).
 _MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory")
@@ -53,15 +53,25 @@ class Harness:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Harness:
-        """Read the harness at `directory`: a project root holding `tests/`, or `tests/` itself."""
+        """Read the harness at `directory`: the tests directory itself, or a project root holding `tests/`.
+
+        The tests directory may have any name (installed, it is `cs336_grading/harness/`); its files are
+        laid out as `tests/...` in every workspace. A `pyproject.toml` beside it (a checkout) is kept for its
+        pytest settings; the tests' own `conftest.py` registers what they need without it.
+        """
         path = Path(directory).resolve()
-        source = path if (path / "tests" / "conftest.py").exists() else path.parent
-        if not (source / "tests" / "conftest.py").exists():
-            raise FileNotFoundError(f"expected a grading harness with tests/conftest.py under {path}, found none")
-        paths = [p for p in sorted((source / "tests").rglob("*")) if p.is_file() and not _is_ignored(p)]
-        if (source / "pyproject.toml").exists():
-            paths.append(source / "pyproject.toml")
-        return cls(files={str(p.relative_to(source)): p.read_bytes() for p in paths})
+        tests = path / "tests" if (path / "tests" / "conftest.py").is_file() else path
+        if not (tests / "conftest.py").is_file() or not (tests / "adapters.py").is_file():
+            raise FileNotFoundError(
+                f"expected a grading harness (a tests directory with conftest.py and adapters.py) at {path}, found none"
+            )
+        files = {
+            "tests/" + p.relative_to(tests).as_posix(): p.read_bytes()
+            for p in sorted(tests.rglob("*")) if p.is_file() and not _is_ignored(p)
+        }
+        if tests.name == "tests" and (tests.parent / "pyproject.toml").is_file():
+            files["pyproject.toml"] = (tests.parent / "pyproject.toml").read_bytes()
+        return cls(files=files)
 
     @property
     def adapters(self) -> bytes | None:
@@ -174,7 +184,6 @@ def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapt
         shutil.copytree(package, run_dir / "cs336_basics", ignore=_IGNORED)
     if "pyproject.toml" not in harness.files:
         (run_dir / "pytest.ini").write_text("[pytest]\n")
-    shutil.copyfile(Path(__file__).with_name("grader_plugin.py"), run_dir / f"{PLUGIN_MODULE}.py")
     (run_dir / ".tmp").mkdir()
 
 
@@ -190,7 +199,6 @@ def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
 
 def subprocess_env(run_dir: Path, report: Path, threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("CS336_ADAPTERS", None)  # NOTE: would make conftest swap in the oracle instead of the student
     env["PYTHONPATH"] = os.pathsep.join([str(run_dir), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["TMPDIR"] = str(run_dir / ".tmp")

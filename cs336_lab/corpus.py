@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_open
+from cs336_lab.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .config import save_config
-from .data import get_batch, load_training_tokens
-from .loss import cross_entropy
-from .model import ModelConfig, TransformerLM
-from .optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
-from .run_log import MetricsLog, bytes_per_token, plot_loss_curve, progress_bar, start_wandb
+from cs336_lab import distributed as dist_utils
+from cs336_basics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from cs336_lab.config import save_config
+from cs336_basics.data import get_batch, load_training_tokens
+from cs336_basics.loss import cross_entropy
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
+from cs336_lab.run_log import MetricsLog, bytes_per_token, plot_loss_curve, progress_bar, start_wandb
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
 def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | None, float | None]:
     """FLOPs per trained token and the peak FLOP/s for MFU: the user's, else the device's known peak."""
     try:
-        from .accounting import peak_flops_for_device, training_flops_per_token
+        from cs336_lab.accounting import peak_flops_for_device, training_flops_per_token
     except ImportError:
         return None, None
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -422,7 +422,7 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register `cs336 train`: one flag per `TrainConfig` field, plus `--config FILE`."""
-    from .config import add_dataclass_arguments
+    from cs336_lab.config import add_dataclass_arguments
 
     parser = subparsers.add_parser("train", help="train a Transformer LM on .npy token arrays",
                                    description=__doc__.split("\n\n")[0])
@@ -431,7 +431,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import config_from_args
+    from cs336_lab.config import config_from_args
 
     try:
         config = config_from_args(TrainConfig, args)

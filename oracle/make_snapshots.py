@@ -1,4 +1,4 @@
-"""Regenerate every fixture and snapshot of the grading suite: `python -m tests.oracle.make_snapshots`.
+"""Regenerate every fixture and snapshot of the grading suite: `python -m oracle.make_snapshots`.
 
 Each oracle area module may define
 - `SNAPSHOTS: dict[str, Callable[[], dict[str, np.ndarray]]]`: builders of `tests/_snapshots/<name>.npz`
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.oracle.snapshot_io import write_npz
+from tests.snapshot_io import write_npz
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
 SNAPSHOT_DIR = TESTS_DIR / "_snapshots"
 FIXTURE_DIR = TESTS_DIR / "fixtures"
-AREAS = ("tests.oracle.model", "tests.oracle.training", "tests.oracle.bpe")
+AREAS = ("oracle.model", "oracle.training", "oracle.bpe")
 
 
 def snapshot_builders() -> dict[str, Callable[[], dict[str, np.ndarray]]]:

@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .pretokenize import find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
-from .tokenizer import Tokenizer
+from cs336_basics.pretokenize import find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
+from cs336_basics.tokenizer import Tokenizer
 
 __all__ = ["encode_file", "token_dtype"]
 

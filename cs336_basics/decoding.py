@@ -1,9 +1,8 @@
-"""Text generation: temperature and nucleus (top-p) sampling with a KV cache.
+"""Decoding: temperature and nucleus (top-p) sampling with a KV cache.
 
     ids = generate(model, tokenizer.encode("Once upon a time"), max_new_tokens=50, temperature=0.8, top_p=0.95,
                    eos_id=tokenizer.token_to_id("<|endoftext|>"), generator=torch.Generator().manual_seed(0))
     texts = complete(model, tokenizer, ["Once upon a time", "The cat"], max_new_tokens=50, seed=0)
-    # cs336 generate --checkpoint runs/demo/ckpt_latest.pt --prompt "Once upon a time" --seed 0
 
 With the KV cache each new token costs one position: the prompt is run once (the "prefill"), then every step
 feeds only the token just sampled, attending to the keys and values cached for the earlier positions.
@@ -20,12 +19,9 @@ NOTE, two choices worth knowing:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import numbers
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,65 +206,4 @@ def complete(
     return [tokenizer.decode(out) for out in ids]
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the `TransformerLM` described by the config stored in a checkpoint and load its weights.
-
-    Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config).
-    """
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .model import ModelConfig, TransformerLM
-
-    payload = read_checkpoint(checkpoint, map_location="cpu")
-    config = payload.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"checkpoint {checkpoint} stores no config: cannot tell which model to build")
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_config = ModelConfig.from_dict({k: v for k, v in config.items() if k in names})
-    model = TransformerLM(model_config, device=torch.device(device))
-    load_checkpoint(checkpoint, model, map_location=device)
-    return model.eval(), config
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """Register `cs336 generate`: complete prompts with a trained checkpoint."""
-    parser = subparsers.add_parser("generate", help="complete prompts with a trained checkpoint")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `cs336 train`")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the tokenizer_dir stored in the checkpoint's config)")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="a prompt; repeat for a batch (default: one empty-ish prompt, the EOS token)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-kv-cache", dest="use_kv_cache", action="store_false",
-                        help="recompute the whole prefix for every token (slower; for checking)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .tokenizer import Tokenizer
-
-    try:
-        model, config = load_model(args.checkpoint, device=args.device)
-        tokenizer_dir = args.tokenizer or config.get("tokenizer_dir")
-        if not tokenizer_dir:
-            raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
-        tokenizer = Tokenizer.from_directory(tokenizer_dir)
-        prompts = args.prompt or [EOS_TOKEN]
-        texts = complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                         use_kv_cache=args.use_kv_cache)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
-    for prompt, text in zip(prompts, texts):
-        print(f"{prompt}{text}\n{'-' * 40}")  # the CLI's output proper: the completions on stdout
-    return 0
-
-
-__all__ = ["generate", "complete", "sample_next_token", "top_p_filter", "load_model", "add_subcommand"]
+__all__ = ["generate", "complete", "sample_next_token", "top_p_filter", "EOS_TOKEN"]

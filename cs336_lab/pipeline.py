@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .config import add_dataclass_arguments, config_from_args, save_config
+from cs336_lab.atomic import atomic_write_text
+from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class DemoConfig:
 
 def demo_train_config(out: str | Path, *, vocab_size: int = 1_024, **overrides: Any):
     """The ``TrainConfig`` of the demo's training step, reading and writing under ``out``."""
-    from .train import TrainConfig
+    from cs336_lab.train import TrainConfig
 
     out = Path(out)
     settings = {**DEMO_TRAINING, **overrides}
@@ -122,8 +122,8 @@ def train_tokenizer(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
-    from .bpe_trainer import train_bpe
-    from .tokenizer import save_bpe
+    from cs336_basics.bpe_trainer import train_bpe
+    from cs336_basics.tokenizer import save_bpe
 
     if not Path(input_path).is_file():
         raise FileNotFoundError(f"no such training text: {input_path}")
@@ -139,8 +139,8 @@ def tokenize_files(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}."""
-    from .parallel_encode import encode_file
-    from .tokenizer import Tokenizer
+    from cs336_lab.parallel_encode import encode_file
+    from cs336_basics.tokenizer import Tokenizer
 
     missing = [str(p) for p in inputs if not Path(p).is_file()]
     if missing:
@@ -213,10 +213,10 @@ class DemoResult:
 
 def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     """Corpus -> tokenizer -> tokens -> model -> samples under ``config.out`` (see the module docstring)."""
-    from .corpus import write_corpus
-    from .generate import complete, load_model
-    from .tokenizer import Tokenizer
-    from .train import train
+    from cs336_lab.corpus import write_corpus
+    from cs336_lab.generate import complete, load_model
+    from cs336_basics.tokenizer import Tokenizer
+    from cs336_lab.train import train
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
