@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_lab.download",  # download
     "cs336_lab.train",  # train
     "cs336_lab.generate",  # generate
+    "cs336_lab.evaluate",  # evaluate
     "cs336_lab.accounting",
     "cs336_grading.grade",  # the course staff's wing: grade, handout
     "cs336_grading.handout",

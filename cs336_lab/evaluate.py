@@ -1,0 +1,287 @@
+"""`cs336 evaluate`: the loss of a checkpoint over a whole validation split, in nats/token and bits per byte.
+
+    cs336 evaluate --checkpoint runs/demo/ckpt_latest.pt --data data/synthetic/valid.txt
+    {"loss": 1.8731, "bits_per_byte": 0.6402, "predicted_tokens": 51203, ...}     # one line on stdout
+
+Unlike the training loop's validation estimate (a fixed sample of random batches), every token of the split
+after the first is predicted exactly once. Windows of `context_length` tokens start every `stride` tokens
+(default: `stride = context_length`, non-overlapping windows); a window scores only the targets that no
+earlier window scored, so with a smaller stride each token is predicted with at least
+`context_length - stride` tokens of context (the first window scores all of its targets, and the last window
+may be shorter). Losses are summed per token in float64, so the result does not depend on the batch size
+beyond float32 rounding of the logits, and the same inputs always give the same number.
+
+Bits per byte = (total nats) / ln 2 / (UTF-8 bytes of the predicted tokens): a loss that does not depend on the
+tokenizer. It needs the vocabulary, so it is `null` for a `.npy` split without a tokenizer.
+
+The checkpoint is one written by `cs336 train` (it stores its config), or a plain
+`{"model", "optimizer", "iteration"}` dict with the model's config given by `--config FILE` (TOML or JSON
+with `ModelConfig` fields, extra keys such as training options are ignored) or found as `config.json` beside
+the checkpoint, as `cs336 train` writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# NOTE: the only imports of the assignment, in one place. The tools' public API (`cs336_lab.api`) had not
+# landed when this was written: switch these to `from cs336_lab.api import ...` when it has.
+from cs336_basics.checkpoint import read_checkpoint
+from cs336_basics.data import load_tokens
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+_COMPILED_PREFIX = "_orig_mod."
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens `[start, start + length]` of the split: inputs `[start, start + length)`, targets one later.
+
+    The first `skip` targets were scored by an earlier window and are not counted again.
+    """
+
+    start: int
+    length: int
+    skip: int
+
+
+def plan_windows(num_tokens: int, context_length: int, stride: int | None = None) -> list[Window]:
+    """The windows that predict every token after the first exactly once.
+
+    >>> [(w.start, w.length, w.skip) for w in plan_windows(8, 3)]
+    [(0, 3, 0), (3, 3, 0), (6, 1, 0)]
+    >>> [(w.start, w.length, w.skip) for w in plan_windows(8, 4, stride=2)]
+    [(0, 4, 0), (2, 4, 2), (4, 3, 2)]
+    """
+    stride = context_length if stride is None else stride
+    if context_length < 1 or not 1 <= stride <= context_length:
+        raise ValueError(f"expected 1 <= stride <= context_length, got {stride=} and {context_length=}")
+    if num_tokens < 2:
+        raise ValueError(f"expected a split of at least 2 tokens (one to predict), got {num_tokens}")
+    last_target = num_tokens - 1  # targets are positions 1 .. num_tokens - 1
+    windows, scored_until, start = [], 0, 0
+    while scored_until < last_target:
+        end = min(start + context_length, last_target)  # the window's last target position
+        windows.append(Window(start, end - start, max(0, scored_until - start)))
+        scored_until, start = end, start + stride
+    return windows
+
+
+def _batches(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Consecutive windows of equal length, at most `batch_size` at a time."""
+    batch: list[Window] = []
+    for window in windows:
+        if batch and (len(batch) == batch_size or window.length != batch[0].length):
+            yield batch
+            batch = []
+        batch.append(window)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def sum_token_losses(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    windows: list[Window],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[float, int]:
+    """(total nats, number of scored targets) of `model` over `windows` of `tokens`."""
+    from tqdm.auto import tqdm
+
+    total, count = 0.0, 0
+    bar = tqdm(total=len(windows), desc="evaluate", unit="window", disable=None if progress else True)
+    for batch in _batches(windows, batch_size):
+        length = batch[0].length
+        starts = np.array([w.start for w in batch])[:, None] + np.arange(length + 1)[None, :]
+        chunk = torch.from_numpy(np.asarray(tokens[starts], dtype=np.int64)).to(device)  # (B, T + 1)
+        log_probs = model(chunk[:, :-1]).float().log_softmax(dim=-1)  # (B, T, vocab)
+        nats = -log_probs.gather(-1, chunk[:, 1:, None]).squeeze(-1)  # (B, T)
+        scored = torch.arange(length, device=nats.device)[None, :] >= torch.tensor([[w.skip] for w in batch], device=nats.device)
+        total += float(nats.double()[scored].sum())
+        count += int(scored.sum())
+        bar.update(len(batch))
+    bar.close()
+    return total, count
+
+
+def predicted_bytes(tokens: np.ndarray, windows: list[Window], vocab: dict[int, bytes]) -> int:
+    """UTF-8 bytes of the scored targets (every token but the first, when the windows cover the split)."""
+    lengths = np.zeros(max(vocab) + 1, dtype=np.int64)
+    for token_id, token_bytes in vocab.items():
+        lengths[token_id] = len(token_bytes)
+    first = windows[0].start + 1 + windows[0].skip
+    last = windows[-1].start + windows[-1].length
+    return int(lengths[np.asarray(tokens[first : last + 1])].sum())
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def model_config_of(payload: dict[str, Any], checkpoint: Path, config: str | Path | None) -> dict[str, Any]:
+    """The model's config: `config` (a file) if given, else the checkpoint's own, else `config.json` beside it."""
+    if config is not None:
+        from cs336_lab.config import read_config_file
+
+        return dict(read_config_file(config))
+    if isinstance(payload.get("config"), dict):
+        return dict(payload["config"])
+    beside = checkpoint.parent / "config.json"
+    if beside.is_file():
+        return dict(json.loads(beside.read_text(encoding="utf-8")))
+    raise ValueError(
+        f"checkpoint {checkpoint} stores no config and there is no config.json beside it: pass --config FILE "
+        "(TOML or JSON with vocab_size, context_length, d_model, num_layers, num_heads, ...)"
+    )
+
+
+def load_for_eval(
+    checkpoint: str | Path, *, config: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[TransformerLM, dict[str, Any]]:
+    """The model of `checkpoint` in eval mode, and its full config dict (training keys included)."""
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint, map_location="cpu")
+    full = model_config_of(payload, checkpoint, config)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = TransformerLM(ModelConfig.from_dict({k: v for k, v in full.items() if k in names}))
+    state = {k.removeprefix(_COMPILED_PREFIX): v for k, v in payload["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"the weights of {checkpoint} do not fit its config: {error}") from error
+    return model.to(device).eval(), full
+
+
+def load_split(data: str | Path, tokenizer: Tokenizer | None) -> np.ndarray:
+    """Token ids of a split: a `.npy` array as is, a text file encoded with `tokenizer`."""
+    data = Path(data)
+    if data.suffix == ".npy":
+        return load_tokens(data)
+    if data.suffix not in TEXT_SUFFIXES:
+        raise ValueError(f"expected a .npy token array or a text file ({', '.join(TEXT_SUFFIXES)}), got {data}")
+    if tokenizer is None:
+        raise ValueError(f"{data} is text: pass --tokenizer DIR (the checkpoint's config names none)")
+    if not data.is_file():
+        raise FileNotFoundError(f"validation text {data} does not exist")
+    with open(data, encoding="utf-8") as f:
+        return np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The loss over a whole split; `to_json()` is the command's one-line output."""
+
+    checkpoint: str
+    data: str
+    tokens: int  # in the split
+    predicted_tokens: int  # scored targets: tokens - 1
+    loss: float  # nats per predicted token
+    bits_per_byte: float | None
+    predicted_bytes: int | None
+    context_length: int
+    stride: int
+    seconds: float
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "perplexity": self.perplexity})
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    config: str | Path | None = None,
+    context_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvalResult:
+    """Score `checkpoint` on every token of `data` (see the module docstring).
+
+    `tokenizer` defaults to the `tokenizer_dir` of the checkpoint's config, `context_length` to the model's.
+    """
+    t0 = time.monotonic()
+    model, full_config = load_for_eval(checkpoint, config=config, device=device)
+    model_context = model.config.context_length
+    context_length = model_context if context_length is None else context_length
+    if not 1 <= context_length <= model_context:
+        raise ValueError(f"expected 1 <= --context-length <= the model's {model_context}, got {context_length}")
+    if batch_size < 1:
+        raise ValueError(f"expected a positive batch size, got {batch_size}")
+    tokenizer_dir = tokenizer if tokenizer is not None else full_config.get("tokenizer_dir")
+    bpe = Tokenizer.from_directory(tokenizer_dir) if tokenizer_dir else None
+    tokens = load_split(data, bpe)
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= model.config.vocab_size or (len(tokens) and int(tokens.min()) < 0):
+        raise ValueError(f"the split's token ids must lie in [0, {model.config.vocab_size}), found up to {top}")
+    windows = plan_windows(len(tokens), context_length, stride)
+    nats, count = sum_token_losses(model, tokens, windows, batch_size=batch_size, device=device, progress=progress)
+    num_bytes = predicted_bytes(tokens, windows, bpe.vocab) if bpe is not None else None
+    return EvalResult(
+        checkpoint=str(checkpoint), data=str(data), tokens=len(tokens), predicted_tokens=count, loss=nats / count,
+        bits_per_byte=nats / math.log(2) / num_bytes if num_bytes else None, predicted_bytes=num_bytes,
+        context_length=context_length, stride=context_length if stride is None else stride,
+        seconds=round(time.monotonic() - t0, 3),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `cs336 evaluate`."""
+    parser = subparsers.add_parser(
+        "evaluate", help="the loss of a checkpoint over a whole split (nats/token, bits/byte)",
+        description=__doc__.splitlines()[0],
+    )  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `cs336 train`, or a plain dict + --config")
+    parser.add_argument("--data", required=True, help="a text file (encoded with the tokenizer) or a .npy token array")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the config's tokenizer_dir)")
+    parser.add_argument("--config", default=None, help="the model's config (TOML/JSON) for a checkpoint without one")
+    parser.add_argument("--context-length", type=int, default=None, help="window length (default: the model's)")
+    parser.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: no overlap)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = evaluate(
+        args.checkpoint, args.data, tokenizer=args.tokenizer, config=args.config,
+        context_length=args.context_length, stride=args.stride, batch_size=args.batch_size,
+        device=args.device, progress=args.progress,
+    )  # fmt: skip
+    print(result.to_json())  # the command's output proper: one JSON line on stdout
+    return 0
+
+
+__all__ = ["EvalResult", "Window", "evaluate", "load_for_eval", "plan_windows", "sum_token_losses", "add_subcommand"]
