@@ -45,7 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import sandbox as sandbox
+from cs336_grading import batch, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         help="grade a student submission (directory or .zip) against the pristine tests",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("submission", help="directory or .zip with cs336_basics/ and tests/adapters.py")
+    parser.add_argument("submission", nargs="+",
+                        help="directory or .zip with cs336_basics/ and tests/adapters.py; several, or a folder of them: batch")
     parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
     parser.add_argument("--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
@@ -407,10 +408,14 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
+    batch.add_arguments(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    if batch.wants_batch(args.submission, args.out_dir):
+        return batch.main(args)  # several submissions: cs336_grading/batch.py
+    args.submission = args.submission[0]
     problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
     try:
         result = grade(

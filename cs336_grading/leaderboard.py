@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import tomllib
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,3 +189,36 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RuleError(f"{path.name} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def score_source(config: LeaderboardConfig, source: Path, *, text: str | None = None) -> LeaderboardResult:
+    """`score` for a submission folder or zip (only the zip's `leaderboard/` members are extracted)."""
+    if source.is_dir():
+        return score(config, source, text=text)
+    with tempfile.TemporaryDirectory(prefix="cs336-leaderboard-") as tmp:
+        try:
+            _extract_folder(source, Path(tmp), config.max_checkpoint_bytes + 64 * 2**20)
+        except RuleError as e:
+            return LeaderboardResult(None, f"leaderboard: no entry: {e}")
+        return score(config, Path(tmp), text=text)
+
+
+def _extract_folder(archive: Path, dest: Path, max_bytes: int) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if FOLDER in Path(m.filename).parts[:-1] and not m.is_dir()]
+        if sum(m.file_size for m in members) > max_bytes:
+            raise RuleError(f"the {FOLDER}/ folder holds more than {max_bytes:,} bytes")
+        for member in members:
+            target = (dest / member.filename).resolve()
+            if dest.resolve() not in target.parents:
+                raise RuleError(f"zip member {member.filename!r} would be extracted outside the workspace")
+            zf.extract(member, dest)
+
+
+def add_to_results(payload: dict[str, Any], config_path: Path, source: Path, *, text: str | None = None) -> LeaderboardResult:
+    """Add Gradescope's `leaderboard` field (when there is an entry) and the reason to a results payload."""
+    result = score_source(LeaderboardConfig.load(config_path), source, text=text)
+    if result.entry is not None:
+        payload["leaderboard"] = result.entry
+    payload["output"] = f"{payload.get('output', '')}\n{result.message}".strip()
+    return result
