@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_lab.accounting",
     "cs336_grading.grade",  # the course staff's wing: grade, handout
     "cs336_grading.handout",
+    "cs336_grading.autograder",
 )
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
