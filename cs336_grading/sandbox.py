@@ -16,8 +16,8 @@ caught, and no file on disk that a submission could reach feeds the workspaces o
 from __future__ import annotations
 
 import json
+import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -30,6 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cs336_grading.plugin import REPORT_ENV
+
+try:  # NOTE: POSIX only; on Windows the memory limit degrades to a warning (see run_guarded)
+    import resource
+except ImportError:  # pragma: no cover - exercised on Windows
+    resource = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
@@ -249,6 +256,9 @@ def run_guarded(
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
+    if resource is None and limit is not None:
+        logger.warning("no RLIMIT on this platform: the %d MB memory limit is not enforced", memory_mb)
+
     report = ProcessReport()
     started = time.monotonic()
     with open(log_path, "wb") as log:
@@ -259,7 +269,7 @@ def run_guarded(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=limit_resources,
+            preexec_fn=limit_resources if resource is not None else None,
             start_new_session=True,  # its own process group: killing it also kills worker processes
         )
         offset, last_event = 0, time.monotonic()
