@@ -285,7 +285,7 @@ def grade_batch(
 
 
 def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows) of summary.csv: student, one column per problem, total, seconds, flags, status."""
+    """(columns, rows) of summary.csv: student, one column per problem, total, [leaderboard], seconds, flags, status."""
     results = {}
     for state in states:
         try:
@@ -295,14 +295,17 @@ def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[
     problems: list[str] = []
     for payload in results.values():
         problems += [t["name"] for t in payload.get("tests", []) if t["name"] not in problems]
+    board = ["leaderboard"] if any("leaderboard" in payload for payload in results.values()) else []
     rows = []
     for state in states:
         payload = results[state["student"]] if state["status"] in FINISHED else {}
         points = {t["name"]: t["score"] for t in payload.get("tests", [])}
+        entry = {"leaderboard": payload["leaderboard"][0]["value"] if "leaderboard" in payload else ""}
         rows.append({"student": state["student"], **{p: points.get(p, "") for p in problems},
-                     "total": payload.get("score", ""), "seconds": state["seconds"],
+                     "total": payload.get("score", ""), **{k: entry[k] for k in board}, "seconds": state["seconds"],
                      "flags": ";".join(state["flags"]), "status": state["status"]})  # fmt: skip
-    return ["student", *problems, "total", "seconds", "flags", "status"], sorted(rows, key=lambda r: r["student"])
+    columns = ["student", *problems, "total", *board, "seconds", "flags", "status"]
+    return columns, sorted(rows, key=lambda r: r["student"])
 
 
 def write_summary(out_dir: Path, states: Sequence[dict[str, Any]]) -> Path:

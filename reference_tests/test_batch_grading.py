@@ -183,7 +183,7 @@ def test_a_class_of_13_graded_interrupted_and_resumed(tmp_path: Path) -> None:
     root.mkdir()
     make_class(root, tmp_path)
     command = [sys.executable, "-m", "cs336_lab.cli", "grade", str(root), "--out-dir", str(out), "--jobs", "2",
-               "--problems", PROBLEMS, "--timeout", "4", "--harness", str(REPO / "tests")]  # fmt: skip
+               "--problems", PROBLEMS, "--timeout", "10", "--harness", str(REPO / "tests")]  # fmt: skip
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while len(finished(out)) < 3 and first.poll() is None and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,22 @@ def test_a_model_trained_in_the_test_scores_as_cs336_evaluate_says(tmp_path: Pat
     assert result.entry is not None, result.message
     assert result.entry[0]["value"] == pytest.approx(reference.bits_per_byte, abs=1e-6)
     assert result.details["loss"] == pytest.approx(reference.loss, abs=1e-6)
+
+
+def test_results_of_a_zipped_submission_get_the_leaderboard_field(tmp_path: Path) -> None:
+    from cs336_grading.leaderboard import add_to_results
+
+    make_config(tmp_path)
+    source = make_submission(tmp_path / "frank", top="hw1")
+    archive = tmp_path / "frank.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", source)
+    payload = {"score": 3.0, "output": "Total: 3.00 / 3", "tests": []}
+    result = add_to_results(payload, tmp_path / "leaderboard.toml", archive)
+    assert payload["leaderboard"] == result.entry == score(make_config(tmp_path), source).entry
+    assert payload["output"].startswith("Total: 3.00 / 3\nleaderboard: validation bits/byte = ")
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("hw1/tests/adapters.py", "")
+    payload = {"score": 0.0, "output": "Total: 0.00 / 3"}
+    assert add_to_results(payload, tmp_path / "leaderboard.toml", empty).entry is None
+    assert "leaderboard" not in payload and "not entered" in payload["output"]
