@@ -172,10 +172,14 @@ def run(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _score_leaderboard(config_path: Path, submission: Path) -> Any:
     """Score the entry before any student code runs, then delete the held-out text from disk."""
-    from cs336_grading.leaderboard import LeaderboardConfig, score_source
+    from cs336_grading.leaderboard import LeaderboardConfig, LeaderboardResult, score_source
 
     config = LeaderboardConfig.load(config_path)
-    text = config.validation_text.read_text(encoding="utf-8")
+    try:
+        text = config.validation_text.read_text(encoding="utf-8")
+    except OSError as e:  # e.g. a container reused after a run deleted it: grade anyway, without an entry
+        log.error("the held-out text is unreadable: %s", e)
+        return LeaderboardResult(None, "leaderboard: not scored (the held-out text is missing; tell the staff)")
     try:  # NOTE: student code runs later in this very container; it must not find the held-out text
         config.validation_text.unlink()
     except OSError as e:

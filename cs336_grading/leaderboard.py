@@ -5,7 +5,8 @@ The staff's config (TOML, a `[leaderboard]` table; paths relative to the file):
     [leaderboard]
     name = "validation bits/byte"   # the column on Gradescope
     metric = "bits_per_byte"        # or "loss" (nats/token; comparable only if the rules fix the tokenizer)
-    validation_text = "valid.txt"   # held by the staff, never shown to students
+    validation_text = "valid.txt"   # held by the staff, never shown to students; NOTE: scored on Gradescope's
+                                    # CPU inside its time limit: size it with `cs336 evaluate` on a CPU first
     context_length = 512            # windows the model is scored on (disjoint, as `cs336 evaluate` does)
     max_vocab_size = 32000
     max_parameters = 30_000_000     # every tensor of the model, embeddings and lm_head included
