@@ -124,6 +124,7 @@ def reference_submission(root: Path, top: str = "") -> Path:
 def test_simulated_gradescope_runs(tmp_path: Path) -> None:
     from reference_tests.test_leaderboard import make_config, make_submission
 
+    (tmp_path / "staff").mkdir()
     rules = make_config(tmp_path / "staff")  # byte tokenizer, context 16, <= 60k parameters
     archive = build_autograder(tmp_path / "autograder.zip", leaderboard=tmp_path / "staff" / "leaderboard.toml",
                                settings={"problems": ["softmax"], "jobs": 2})  # fmt: skip
