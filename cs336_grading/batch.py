@@ -336,7 +336,8 @@ def plot_scores(totals: Sequence[float], path: Path) -> None:
 
     top = int(max(totals, default=0)) + 1
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(totals, bins=range(0, top + 1), color="tab:blue", edgecolor="white")
+    # One bar per whole point, centred on it: each total counts at its nearest whole point (halves round up).
+    ax.hist(totals, bins=[b - 0.5 for b in range(top + 1)], color="tab:blue", edgecolor="white")
     ax.set_xlabel("total points")
     ax.set_ylabel("submissions")
     ax.set_title(f"{len(totals)} graded submission(s)")
