@@ -27,7 +27,8 @@ logger = logging.getLogger("cs336_lab")
 
 # Modules that provide sub-commands, in the order of `cs336 --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "cs336_lab.pipeline",  # demo, train-bpe, tokenize
+    "cs336_lab.demo",  # demo
+    "cs336_lab.pipeline",  # train-bpe, tokenize
     "cs336_lab.corpus",  # make-corpus
     "cs336_lab.download",  # download
     "cs336_lab.train",  # train
