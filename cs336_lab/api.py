@@ -57,7 +57,7 @@ PACKAGE = "cs336_basics"
 HANDOUT_MODEL_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")
 #: Fields only our reference's `ModelConfig` knows, with the value that means "the handout's model".
 EXTRA_MODEL_DEFAULTS: dict[str, Any] = {"use_rmsnorm": True, "norm_position": "pre", "position_embedding": "rope",
-                                        "ffn_type": "swiglu"}
+                                        "ffn_type": "swiglu", "init": "assignment"}
 
 # Public name -> the names it may go by in a package (the first is the handout's).
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -173,9 +173,10 @@ def build_model(settings: dict[str, Any], device: torch.device | str) -> nn.Modu
 
 def model_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The model fields of a stored run config (a training config or a model config)."""
-    names = set(HANDOUT_MODEL_FIELDS) | set(EXTRA_MODEL_DEFAULTS) | {"eps"}
     if has("ModelConfig") and is_dataclass(get("ModelConfig")):
-        names |= {f.name for f in fields(get("ModelConfig"))}
+        names = {f.name for f in fields(get("ModelConfig"))}
+    else:
+        names = set(HANDOUT_MODEL_FIELDS) | set(EXTRA_MODEL_DEFAULTS)
     return {k: v for k, v in config.items() if k in names}
 
 

@@ -46,6 +46,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def prepare_directory(path: str | os.PathLike[str], what: str = "output directory") -> Path:
+    """Create the directory `path` (and its parents) for output; `ValueError` when a file stands in the way.
+
+    `what` names the setting in the message, e.g. "--out-dir".
+    """
+    path = Path(path)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            where = "" if ancestor == path else f" (at {ancestor})"
+            raise ValueError(f"{what} {path}: expected a directory, found a file{where}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def commit(tmp: Path, path: Path) -> None:
     """Rename the finished (and already fsynced) `tmp` onto `path`, durably."""
     os.replace(tmp, path)
@@ -64,7 +78,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: An
     if mode == "w":
         open_kwargs.setdefault("encoding", "utf-8")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"output file {path}: expected a file path, found a directory")
+    prepare_directory(path.parent)
     tmp = temp_path(path)
     try:
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
@@ -96,5 +112,5 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "commit", "fsync_directory", "temp_path",
-           "TEMP_GLOB"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "commit", "fsync_directory", "prepare_directory",
+           "temp_path", "TEMP_GLOB"]

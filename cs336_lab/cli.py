@@ -40,7 +40,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+# Bad input: exit code 2 with one line. The OS errors of a path of the wrong kind are the user's too.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 class _Formatter(logging.Formatter):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_lab.atomic import atomic_write_text, prepare_directory
 from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
 from cs336_lab.pipeline import EOT, tokenize_files, train_tokenizer
 from cs336_lab.threads import cpu_threads
@@ -135,7 +135,7 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     from cs336_lab.train import train
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_directory(out, "--out")
     steps = _Steps(out, config.force)
     corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
     texts = [corpus_dir / "train.txt", corpus_dir / "valid.txt"]

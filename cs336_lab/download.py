@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_open
+from cs336_lab.atomic import atomic_open, prepare_directory
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def download_dataset(
     unknown = [s for s in splits if s not in files]
     if unknown:
         raise ValueError(f"unknown split(s) {', '.join(unknown)} for {name}; expected some of {', '.join(files)}")
-    out = Path(out_dir)
+    out = prepare_directory(out_dir, "--out")
     results = []
     for split in splits:
         remote = files[split]

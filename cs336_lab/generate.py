@@ -59,6 +59,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cs336_lab.cli import USER_ERRORS
     from cs336_lab.tokenizer_files import load_tokenizer
 
     try:
@@ -72,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         texts = complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          use_kv_cache=args.use_kv_cache)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         logger.error("%s", err)
         return 2
     for prompt, text in zip(prompts, texts):

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cs336_lab import api
-from cs336_lab.atomic import commit, temp_path
+from cs336_lab.atomic import commit, prepare_directory, temp_path
 from cs336_lab.threads import usable_cores
 
 Tokenizer = Any  # the package's Tokenizer (see api.py)
@@ -64,7 +64,7 @@ def encode_file(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     dtype = token_dtype(max(tokenizer.vocab) + 1)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_directory(output_path.parent)
     raw_path, npy_path = temp_path(output_path, ".raw"), temp_path(output_path, ".npy")
     try:
         with open(raw_path, "xb") as raw:

@@ -25,14 +25,22 @@ def train_tokenizer(
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
     from cs336_lab import api
+    from cs336_lab.atomic import prepare_directory
     from cs336_lab.tokenizer_files import save_tokenizer
 
-    if not Path(input_path).is_file():
-        raise FileNotFoundError(f"no such training text: {input_path}")
+    _check_text_file(input_path, "training text")
+    if Path(input_path).stat().st_size == 0:
+        raise ValueError(f"training text {input_path}: expected some text to learn merges from, got an empty file")
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1 (or left out: all cores), got {num_workers}")
+    prepare_directory(out_dir, "--out")
     vocab, merges = api.train_bpe(str(input_path), vocab_size, list(special_tokens), num_workers=num_workers,
                                   show_progress=show_progress)
     save_tokenizer(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
     logger.info("tokenizer: %d tokens, %d merges -> %s", len(vocab), len(merges), out_dir)
+    if len(vocab) < vocab_size:
+        logger.warning("asked for %d tokens, got %d: the text has no more pairs to merge (a larger corpus gives more)",
+                       vocab_size, len(vocab))
     return len(vocab), len(merges)
 
 
@@ -41,20 +49,27 @@ def tokenize_files(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}."""
+    from cs336_lab.atomic import prepare_directory
     from cs336_lab.parallel_encode import encode_file
     from cs336_lab.tokenizer_files import load_tokenizer
 
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such input file(s): {', '.join(missing)}")
+    for path in inputs:
+        _check_text_file(path, "input text")
     tokenizer = load_tokenizer(tokenizer_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    prepare_directory(out_dir, "--out-dir")
     counts = {}
     for path in inputs:
         output = Path(out_dir) / (Path(path).stem + ".npy")
         counts[output] = encode_file(path, output, tokenizer, num_workers=num_workers, show_progress=show_progress)
         logger.info("%s: %d tokens -> %s", path, counts[output], output)
     return counts
+
+
+def _check_text_file(path: str | Path, what: str) -> None:
+    """`FileNotFoundError` naming what was expected and what is there instead."""
+    if not Path(path).is_file():
+        found = "a directory" if Path(path).is_dir() else "nothing"
+        raise FileNotFoundError(f"{what} {path}: expected a text file, found {found}")
 
 
 # -------------------------------------------------------------------------------------------------- CLI

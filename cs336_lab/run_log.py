@@ -163,6 +163,12 @@ class RunLog:
     def records(self) -> list[dict[str, Any]]:
         return self.metrics.records
 
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ import torch
 from torch import nn
 
 from cs336_lab import api
+from cs336_lab.atomic import prepare_directory
 from cs336_lab.batches import BatchSampler, autocast, evaluate, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
 from cs336_lab.run_log import RunLog, bytes_per_token
+from cs336_lab.stop_signals import StopSignals
 from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class _Run:
     clock_offset: float = 0.0  # seconds already trained before this process started (a resume)
     best_val: float = math.inf
     last_val: float | None = None
+    val_step: int = -1  # the step `last_val` was measured at
     saved_step: int = 0
     bytes_per_token: float | None = None
 
@@ -143,6 +147,7 @@ def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFa
 def _resume(run: _Run) -> None:
     """Restore the model, optimizer, counters and this rank's sampler state from the run's checkpoint."""
     payload = read_run_checkpoint(run.ckpt_path, map_location="cpu")
+    _check_same_model(payload.get("config") or {}, run.config)
     run.step = run.saved_step = load_run_checkpoint(payload, run.model, run.optimizer, restore_rng=True)
     extra = payload.get("extra") or {}
     run.tokens_seen = int(extra.get("tokens_seen", 0))
@@ -155,34 +160,44 @@ def _resume(run: _Run) -> None:
         run.sampler.reseed([run.ctx.seed(run.config.seed), run.step])
 
 
+def _check_same_model(stored: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint into another architecture (some changes, e.g. num_heads, fit its shapes)."""
+    saved, wanted = api.model_settings(stored), config.model_settings()
+    changed = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+    if changed:
+        diff = ", ".join(f"{k}={saved[k]!r} in the checkpoint, {wanted[k]!r} asked" for k in changed)
+        raise ValueError(f"resume: expected the checkpoint's model settings, got {diff}; a resumed run keeps its "
+                         "architecture (train another model in a new --out-dir)")
+
+
 def _loop(run: _Run) -> TrainResult:
     config, ctx = run.config, run.ctx
     out_dir = Path(config.out_dir)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_directory(out_dir, "out_dir")
         save_config(config, out_dir / "config.json")
     log = RunLog(out_dir, enabled=ctx.is_main, max_steps=config.max_steps, start_step=run.step,
                  resume=config.resume, progress=config.progress,
                  wandb=(config.wandb_project, dataclasses.asdict(config)) if config.wandb else None)
-    flops_per_token, peak_flops = _flops_and_peak(config, ctx.device)
+    mfu = _mfu_factor(config, ctx)
     start = time.perf_counter() - run.clock_offset
     elapsed, stop_reason = run.clock_offset, "max_steps"
-    try:
+    with log, StopSignals() as stop:
         while run.step < config.max_steps:
             # NOTE: the learning rate follows the clock agreed by all ranks at the end of the previous step
             # (each rank's own clock would give each replica its own rate under lr_clock="time").
             lr = _lr_at(config, run.step, elapsed)
-            loss, grad_norm, elapsed = _update(run, lr, start)
+            loss, grad_norm, elapsed, signalled = _update(run, lr, start, stop.requested is not None)
             out_of_time = config.max_time_s is not None and elapsed >= config.max_time_s
-            last = run.step == config.max_steps or out_of_time
+            last = run.step == config.max_steps or out_of_time or signalled
             tok_s = log.count_tokens(_tokens_per_step(run))
             record: dict[str, Any] = {}
             if run.step % config.log_every == 0 or run.step % config.eval_every == 0 or last:
                 record = {"step": run.step, "tokens": run.tokens_seen, "time_s": round(elapsed, 3), "lr": lr,
                           "train_loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s}
-                if flops_per_token and peak_flops:
-                    record["mfu"] = tok_s * flops_per_token / peak_flops / ctx.world_size
-            if run.step % config.eval_every == 0 or last:
+                if mfu:
+                    record["mfu"] = tok_s * mfu
+            if run.step % config.eval_every == 0 or (last and not signalled):
                 record.update(_evaluate(run))
             if record:
                 log.write(record)
@@ -192,14 +207,12 @@ def _loop(run: _Run) -> TrainResult:
                 log.plot()
             if record:  # the next throughput window starts after this step's evaluation, checkpoint and plot
                 log.restart_window()
-            if out_of_time:
-                stop_reason = "max_time_s"
+            if out_of_time or signalled:
+                stop_reason = "max_time_s" if out_of_time else (stop.name or "SIGTERM")  # another rank's signal
                 break
-    finally:
-        log.close()
     if ctx.is_main:
         logger.info("stopped after %d steps (%s), %d tokens", run.step, stop_reason, run.tokens_seen)
-    return _result(run, log, time.perf_counter() - start)
+    return _result(run, log, time.perf_counter() - start, stop_reason)
 
 
 def _tokens_per_step(run: _Run) -> int:
@@ -216,8 +229,12 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
     return api.cosine_lr(it, config.lr_max, config.lr_min, config.warmup_steps, config.max_steps)
 
 
-def _update(run: _Run, lr: float, start: float) -> tuple[float, float, float]:
-    """One optimizer step at learning rate `lr`; returns (mean loss, gradient norm, elapsed s) agreed by all ranks."""
+def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float, float, float, bool]:
+    """One optimizer step at learning rate `lr`.
+
+    Returns what all ranks agree on: the mean loss, the gradient norm, the elapsed seconds, and whether any
+    rank was signalled to stop (so that all of them stop after the same step).
+    """
     config = run.config
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -232,18 +249,24 @@ def _update(run: _Run, lr: float, start: float) -> tuple[float, float, float]:
         loss_sum += loss.item()
     params = [p for p in run.model.parameters() if p.grad is not None]
     grad_norm = api.clip_gradients(params, config.grad_clip)
-    loss_mean, elapsed = run.ctx.means([loss_sum, time.perf_counter() - start])
+    loss_mean, elapsed, votes = run.ctx.means([loss_sum, time.perf_counter() - start, float(signalled)])
     if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
-        raise NonFiniteLossError(
-            f"non-finite {'loss' if not math.isfinite(loss_mean) else 'gradient norm'} at step {run.step + 1} "
-            f"(loss {loss_mean}, grad norm {grad_norm}, lr {lr:.3g}); the run stops here and "
-            f"{run.ckpt_path} keeps the last good state (step {run.saved_step}); try a lower lr_max or grad_clip"
-        )
+        what = "loss" if not math.isfinite(loss_mean) else "gradient norm"
+        raise NonFiniteLossError(f"non-finite {what} at step {run.step + 1} (loss {loss_mean}, grad norm "
+                                 f"{grad_norm}, lr {lr:.3g}); the run stops here and {_kept(run)}")
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     run.tokens_seen += _tokens_per_step(run)
-    return loss_mean, grad_norm, elapsed
+    return loss_mean, grad_norm, elapsed, votes > 0
+
+
+def _kept(run: _Run) -> str:
+    """What the run leaves behind after a divergence, for the message."""
+    if run.saved_step == 0 or not run.ckpt_path.is_file():
+        return "no healthy checkpoint was written yet; try a lower lr_max or grad_clip"
+    return (f"{run.ckpt_path} keeps the last healthy state (step {run.saved_step}); try a lower lr_max or "
+            "grad_clip")
 
 
 def _evaluate(run: _Run) -> dict[str, Any]:
@@ -251,7 +274,7 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     record: dict[str, Any] = {}
     if run.ctx.is_main:
         val = evaluate(run.model, run.valid_tokens, run.config, run.ctx.device)
-        run.best_val, run.last_val = min(run.best_val, val), val
+        run.best_val, run.last_val, run.val_step = min(run.best_val, val), val, run.step
         record = {"val_loss": val}
         if run.bytes_per_token is not None:
             record["val_bpb"] = val / math.log(2) / run.bytes_per_token
@@ -262,7 +285,15 @@ def _evaluate(run: _Run) -> dict[str, Any]:
 
 
 def _checkpoint(run: _Run, elapsed_s: float) -> None:
-    """Save the run (main rank), with every rank's sampler state; all ranks wait for the file."""
+    """Save the run (main rank), with every rank's sampler state; all ranks wait for the file.
+
+    Only a healthy model is saved (`_unhealthy`): a diverging one raises `NonFiniteLossError` instead, and the
+    checkpoint on disk keeps the last healthy step.
+    """
+    problem = run.ctx.gather(_unhealthy(run) if run.ctx.is_main else None)[0]
+    if problem is not None:
+        raise NonFiniteLossError(f"the model diverged by step {run.step} ({problem}); the run stops here and "
+                                 f"{_kept(run)}")
     states = run.ctx.gather(run.sampler.state())
     if run.ctx.is_main:
         extra = {"tokens_seen": run.tokens_seen, "elapsed_s": elapsed_s, "best_val_loss": run.best_val,
@@ -271,6 +302,25 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
                             config=dataclasses.asdict(run.config), extra=extra, save_rng=True)
     run.saved_step = run.step
     run.ctx.barrier()
+
+
+def _unhealthy(run: _Run) -> str | None:
+    """Why the model is not worth keeping (non-finite weights, a validation loss above twice that of uniform
+    guessing), or None. A finite loss is not enough: weights of 1e10 still give one, then NaN at once."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        return "non-finite weights"
+    if run.val_step == run.step and run.last_val is not None:
+        loss = run.last_val
+    else:  # one fixed validation batch; it draws nothing from the training sampler
+        loss = evaluate(run.model, run.valid_tokens, dataclasses.replace(run.config, eval_batches=1), run.ctx.device)
+    limit = 2 * math.log(run.config.vocab_size)
+    return None if loss <= limit else f"validation loss {loss:.4g} > {limit:.3g}, twice that of uniform guessing"
+
+
+def _mfu_factor(config: TrainConfig, ctx: DistributedContext) -> float | None:
+    """MFU per token/s: FLOPs per token / peak FLOP/s / ranks (None when either is unknown)."""
+    flops_per_token, peak_flops = _flops_and_peak(config, ctx.device)
+    return flops_per_token / peak_flops / ctx.world_size if flops_per_token and peak_flops else None
 
 
 def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | None, float | None]:
@@ -289,12 +339,13 @@ def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | 
         return None, None
 
 
-def _result(run: _Run, log: RunLog, elapsed_s: float) -> TrainResult:
+def _result(run: _Run, log: RunLog, elapsed_s: float, stop_reason: str) -> TrainResult:
     bpt, last_val = run.bytes_per_token, run.last_val
     return TrainResult(steps=run.step, tokens_seen=run.tokens_seen, final_val_loss=last_val,
                        best_val_loss=run.best_val if math.isfinite(run.best_val) else None,
                        final_val_bpb=last_val / math.log(2) / bpt if (last_val is not None and bpt) else None,
-                       elapsed_s=elapsed_s, out_dir=Path(run.config.out_dir), history=list(log.records))
+                       elapsed_s=elapsed_s, out_dir=Path(run.config.out_dir), history=list(log.records),
+                       stop_reason=stop_reason)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -311,17 +362,22 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cs336_lab.cli import USER_ERRORS
     from cs336_lab.config import config_from_args
 
     try:
         config = config_from_args(TrainConfig, args)
         result = train(config)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         logger.error("%s", err)
         return 2
     except NonFiniteLossError as err:
         logger.error("%s", err)
         return 1
+    if result.stop_reason in ("SIGTERM", "SIGINT"):
+        logger.warning("stopped by %s after step %d: checkpoint saved to %s; continue with --resume",
+                       result.stop_reason, result.steps, result.out_dir / CHECKPOINT_NAME)
+        return 128 + signal.Signals[result.stop_reason].value
     if result.final_val_loss is not None:
         bpb = f", {result.final_val_bpb:.4f} bits/byte" if result.final_val_bpb is not None else ""
         logger.info("final validation loss %.4f%s after %d steps; outputs in %s",

@@ -41,6 +41,7 @@ class TrainConfig:
     norm_position: Literal["pre", "post"] = "pre"
     position_embedding: Literal["rope", "none"] = field(default="rope", metadata=_help("'none' = NoPE"))
     ffn_type: Literal["swiglu", "silu"] = "swiglu"
+    init: str = field(default="assignment", metadata=_help("weight initialisation scheme (the package's ModelConfig)"))
     # optimisation
     batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
     grad_accum_steps: int = 1
@@ -117,10 +118,12 @@ class TrainResult:
     elapsed_s: float
     out_dir: Path
     history: list[dict[str, Any]]
+    stop_reason: str = "max_steps"  # or "max_time_s", "SIGTERM", "SIGINT"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the loss or the gradient norm becomes inf/nan; the last good checkpoint is left intact."""
+    """Raised when the run diverges (a non-finite loss or gradient norm, or an unhealthy model at a checkpoint);
+    the last healthy checkpoint is left intact."""
 
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "CHECKPOINT_NAME"]
