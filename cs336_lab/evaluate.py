@@ -36,12 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-# NOTE: the only imports of the assignment, in one place. The tools' public API (`cs336_lab.api`) had not
-# landed when this was written: switch these to `from cs336_lab.api import ...` when it has.
-from cs336_basics.checkpoint import read_checkpoint
-from cs336_basics.data import load_tokens
-from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.tokenizer import Tokenizer
+from cs336_lab import api  # the one door into the assignment: ours, or a student's package
+from cs336_lab.run_checkpoint import read_run_checkpoint
+from cs336_lab.tokenizer_files import read_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +121,11 @@ def sum_token_losses(
     return total, count
 
 
-def predicted_bytes(tokens: np.ndarray, windows: list[Window], vocab: dict[int, bytes]) -> int:
+def predicted_bytes(tokens: np.ndarray, windows: list[Window], token_bytes: np.ndarray) -> int:
     """UTF-8 bytes of the scored targets (every token but the first, when the windows cover the split)."""
-    lengths = np.zeros(max(vocab) + 1, dtype=np.int64)
-    for token_id, token_bytes in vocab.items():
-        lengths[token_id] = len(token_bytes)
     first = windows[0].start + 1 + windows[0].skip
     last = windows[-1].start + windows[-1].length
-    return int(lengths[np.asarray(tokens[first : last + 1])].sum())
+    return int(token_bytes[np.asarray(tokens[first : last + 1])].sum())
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -156,13 +150,12 @@ def model_config_of(payload: dict[str, Any], checkpoint: Path, config: str | Pat
 
 def load_for_eval(
     checkpoint: str | Path, *, config: str | Path | None = None, device: str | torch.device = "cpu"
-) -> tuple[TransformerLM, dict[str, Any]]:
-    """The model of `checkpoint` in eval mode, and its full config dict (training keys included)."""
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The package's `TransformerLM` with the weights of `checkpoint`, in eval mode, and its full config dict."""
     checkpoint = Path(checkpoint)
-    payload = read_checkpoint(checkpoint, map_location="cpu")
+    payload = read_run_checkpoint(checkpoint, map_location="cpu")
     full = model_config_of(payload, checkpoint, config)
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = TransformerLM(ModelConfig.from_dict({k: v for k, v in full.items() if k in names}))
+    model = api.build_model(api.model_settings(full), "cpu")
     state = {k.removeprefix(_COMPILED_PREFIX): v for k, v in payload["model"].items()}
     try:
         model.load_state_dict(state)
@@ -171,19 +164,40 @@ def load_for_eval(
     return model.to(device).eval(), full
 
 
-def load_split(data: str | Path, tokenizer: Tokenizer | None) -> np.ndarray:
-    """Token ids of a split: a `.npy` array as is, a text file encoded with `tokenizer`."""
+@dataclass(frozen=True)
+class Split:
+    """A split's token ids, and the UTF-8 length of each id when the vocabulary is known."""
+
+    tokens: np.ndarray
+    token_bytes: np.ndarray | None
+
+
+def load_split(data: str | Path, tokenizer_dir: str | Path | None) -> Split:
+    """A `.npy` token array as is, or a text file encoded with the package's `Tokenizer` for `tokenizer_dir`."""
     data = Path(data)
-    if data.suffix == ".npy":
-        return load_tokens(data)
-    if data.suffix not in TEXT_SUFFIXES:
+    if data.suffix not in (".npy", *TEXT_SUFFIXES):
         raise ValueError(f"expected a .npy token array or a text file ({', '.join(TEXT_SUFFIXES)}), got {data}")
-    if tokenizer is None:
-        raise ValueError(f"{data} is text: pass --tokenizer DIR (the checkpoint's config names none)")
     if not data.is_file():
-        raise FileNotFoundError(f"validation text {data} does not exist")
+        raise FileNotFoundError(f"validation data {data} does not exist")
+    if tokenizer_dir is None and data.suffix != ".npy":
+        raise ValueError(f"{data} is text: pass --tokenizer DIR (the checkpoint's config names none)")
+    token_bytes = None
+    if tokenizer_dir is not None:
+        vocab, merges, special_tokens = read_tokenizer(tokenizer_dir)
+        token_bytes = np.zeros(max(vocab) + 1, dtype=np.int64)
+        for token_id, raw in vocab.items():
+            token_bytes[token_id] = len(raw)
+    if data.suffix == ".npy":
+        try:
+            tokens = np.load(data, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"expected a .npy token array, got an unreadable file {data} ({error})") from None
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"{data} must hold a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
+        return Split(tokens, token_bytes)
+    tokenizer = api.make_tokenizer(vocab, merges, special_tokens)
     with open(data, encoding="utf-8") as f:
-        return np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
+        return Split(np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64), token_bytes)
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -227,24 +241,23 @@ def evaluate(
     """Score `checkpoint` on every token of `data` (see the module docstring).
 
     `tokenizer` defaults to the `tokenizer_dir` of the checkpoint's config, `context_length` to the model's.
+    The model and the tokenizer are the importable `cs336_basics` package's (see `cs336_lab/api.py`).
     """
     t0 = time.monotonic()
     model, full_config = load_for_eval(checkpoint, config=config, device=device)
-    model_context = model.config.context_length
+    model_context, vocab_size = int(full_config["context_length"]), int(full_config["vocab_size"])
     context_length = model_context if context_length is None else context_length
     if not 1 <= context_length <= model_context:
         raise ValueError(f"expected 1 <= --context-length <= the model's {model_context}, got {context_length}")
     if batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {batch_size}")
-    tokenizer_dir = tokenizer if tokenizer is not None else full_config.get("tokenizer_dir")
-    bpe = Tokenizer.from_directory(tokenizer_dir) if tokenizer_dir else None
-    tokens = load_split(data, bpe)
-    top = int(tokens.max()) if len(tokens) else 0
-    if top >= model.config.vocab_size or (len(tokens) and int(tokens.min()) < 0):
-        raise ValueError(f"the split's token ids must lie in [0, {model.config.vocab_size}), found up to {top}")
+    split = load_split(data, tokenizer if tokenizer is not None else full_config.get("tokenizer_dir"))
+    tokens = split.tokens
+    if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+        raise ValueError(f"the split's token ids must lie in [0, {vocab_size}), found up to {int(tokens.max())}")
     windows = plan_windows(len(tokens), context_length, stride)
     nats, count = sum_token_losses(model, tokens, windows, batch_size=batch_size, device=device, progress=progress)
-    num_bytes = predicted_bytes(tokens, windows, bpe.vocab) if bpe is not None else None
+    num_bytes = predicted_bytes(tokens, windows, split.token_bytes) if split.token_bytes is not None else None
     return EvalResult(
         checkpoint=str(checkpoint), data=str(data), tokens=len(tokens), predicted_tokens=count, loss=nats / count,
         bits_per_byte=nats / math.log(2) / num_bytes if num_bytes else None, predicted_bytes=num_bytes,
@@ -284,4 +297,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["EvalResult", "Window", "evaluate", "load_for_eval", "plan_windows", "sum_token_losses", "add_subcommand"]
+__all__ = ["EvalResult", "Split", "Window", "evaluate", "load_for_eval", "load_split", "plan_windows", "sum_token_losses",
+           "add_subcommand"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cs336_basics.checkpoint import save_checkpoint
 from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.tokenizer import Tokenizer, save_bpe
 from cs336_lab.cli import main
+from cs336_lab.run_checkpoint import save_run_checkpoint
+from cs336_lab.tokenizer_files import load_tokenizer, read_tokenizer, save_tokenizer
 from cs336_lab.evaluate import evaluate, load_for_eval, plan_windows
 
 CONFIG = ModelConfig(vocab_size=260, context_length=16, d_model=32, num_layers=2, num_heads=4)
@@ -27,7 +27,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tok")
     merges = [(b" ", b"a"), (b"o", b"n"), (b" a", b" ")]
     vocab = {i: bytes([i]) for i in range(256)} | {256 + i: a + b for i, (a, b) in enumerate(merges)}
-    save_bpe(vocab | {259: b"<|endoftext|>"}, merges, directory, special_tokens=["<|endoftext|>"])
+    save_tokenizer(vocab | {259: b"<|endoftext|>"}, merges, directory, special_tokens=["<|endoftext|>"])
     return directory
 
 
@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
     with torch.no_grad():  # sharper than the initialisation, so that context matters
         model.lm_head.weight.mul_(4.0)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
-    save_checkpoint(model, None, 7, path, config=CONFIG.to_dict() | {"tokenizer_dir": str(tokenizer_dir)})
+    save_run_checkpoint(path, model, None, 7, config=CONFIG.to_dict() | {"tokenizer_dir": str(tokenizer_dir)})
     return path
 
 
@@ -90,11 +90,10 @@ def test_bad_windows_are_errors(bad: dict[str, int]) -> None:
 def test_loss_and_bits_per_byte_equal_a_naive_recomputation(checkpoint: Path, text_file: Path, tokenizer_dir: Path,
                                                             stride: int | None) -> None:
     result = evaluate(checkpoint, text_file, stride=stride, batch_size=5)
-    tokenizer = Tokenizer.from_directory(tokenizer_dir)
-    tokens = tokenizer.encode(TEXT)
+    tokens = load_tokenizer(tokenizer_dir).encode(TEXT)
     model, _ = load_for_eval(checkpoint)
     nats, count = naive_nats(model, tokens, CONFIG.context_length, stride or CONFIG.context_length)
-    num_bytes = len(TEXT.encode("utf-8")) - len(tokenizer.vocab[tokens[0]])  # all but the first token
+    num_bytes = len(TEXT.encode("utf-8")) - len(read_tokenizer(tokenizer_dir)[0][tokens[0]])  # all but the first token
     assert (result.tokens, result.predicted_tokens, result.predicted_bytes) == (len(tokens), len(tokens) - 1, num_bytes)
     assert count == len(tokens) - 1
     assert result.loss == pytest.approx(nats / count, abs=1e-6)
@@ -104,11 +103,11 @@ def test_loss_and_bits_per_byte_equal_a_naive_recomputation(checkpoint: Path, te
 
 def test_a_token_array_gives_the_same_numbers_as_its_text(checkpoint: Path, text_file: Path, tokenizer_dir: Path,
                                                           tmp_path: Path) -> None:
-    np.save(tmp_path / "valid.npy", np.array(Tokenizer.from_directory(tokenizer_dir).encode(TEXT), dtype=np.uint16))
+    np.save(tmp_path / "valid.npy", np.array(load_tokenizer(tokenizer_dir).encode(TEXT), dtype=np.uint16))
     from_text, from_npy = evaluate(checkpoint, text_file), evaluate(checkpoint, tmp_path / "valid.npy")
     assert (from_npy.loss, from_npy.bits_per_byte) == (from_text.loss, from_text.bits_per_byte)
     no_tokenizer = tmp_path / "plain.pt"
-    save_checkpoint(load_for_eval(checkpoint)[0], None, 0, no_tokenizer, config=CONFIG)
+    save_run_checkpoint(no_tokenizer, load_for_eval(checkpoint)[0], None, 0, config=CONFIG.to_dict())
     assert evaluate(no_tokenizer, tmp_path / "valid.npy").bits_per_byte is None  # no vocabulary, no bytes
 
 
@@ -164,7 +163,7 @@ def test_a_trained_checkpoint_agrees_with_the_naive_loop_to_1e6(tmp_path: Path) 
     run = make_tiny_run(tmp_path)
     result = evaluate(run.checkpoint, run.valid_text)
     model, _ = load_for_eval(run.checkpoint)
-    tokens = Tokenizer.from_directory(run.tokenizer_dir).encode(run.valid_text.read_text(encoding="utf-8"))
+    tokens = load_tokenizer(run.tokenizer_dir).encode(run.valid_text.read_text(encoding="utf-8"))
     nats, count = naive_nats(model, tokens, run.config.context_length, run.config.context_length)
     assert result.predicted_tokens == count
     assert abs(result.loss - nats / count) < 1e-6

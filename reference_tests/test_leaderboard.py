@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cs336_basics.checkpoint import save_checkpoint
 from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.tokenizer import save_bpe
+from cs336_lab.run_checkpoint import save_run_checkpoint
+from cs336_lab.tokenizer_files import save_tokenizer
 from cs336_grading.leaderboard import LeaderboardConfig, LeaderboardResult, score
 from cs336_lab.evaluate import evaluate
 
@@ -40,13 +40,13 @@ def make_submission(root: Path, *, config: ModelConfig = CONFIG, payload: object
     folder.mkdir(parents=True)
     merges = [(b"t", b"h")]
     vocab = {i: bytes([i]) for i in range(256)} | {256: b"th", 257: b"<|endoftext|>"}
-    save_bpe(vocab, merges, folder, special_tokens=["<|endoftext|>"])
+    save_tokenizer(vocab, merges, folder, special_tokens=["<|endoftext|>"])
     torch.manual_seed(0)
     model = TransformerLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(3.0)
     if payload is None:
-        save_checkpoint(model, None, 5, folder / "model.pt", config=config.to_dict() | {"tokenizer_dir": str(folder)})
+        save_run_checkpoint(folder / "model.pt", model, None, 5, config=config.to_dict() | {"tokenizer_dir": str(folder)})
     else:
         torch.save(payload(model) if callable(payload) else payload, folder / "model.pt")
     return root

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cs336_lab.corpus import write_corpus
 from cs336_lab.pipeline import tokenize_files, train_tokenizer
-from cs336_lab.train import CHECKPOINT_NAME, TrainConfig, train
+from cs336_lab.train import train
+from cs336_lab.train_config import CHECKPOINT_NAME, TrainConfig
 
 VOCAB_SIZE = 300
 CONTEXT_LENGTH = 32
