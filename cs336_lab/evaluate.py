@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cs336_lab import api  # the one door into the assignment: ours, or a student's package
+from cs336_lab.batches import load_training_tokens
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.tokenizer_files import read_tokenizer
 
@@ -172,7 +173,7 @@ class Split:
     token_bytes: np.ndarray | None
 
 
-def load_split(data: str | Path, tokenizer_dir: str | Path | None) -> Split:
+def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: int) -> Split:
     """A `.npy` token array as is, or a text file encoded with the package's `Tokenizer` for `tokenizer_dir`."""
     data = Path(data)
     if data.suffix not in (".npy", *TEXT_SUFFIXES):
@@ -187,17 +188,14 @@ def load_split(data: str | Path, tokenizer_dir: str | Path | None) -> Split:
         token_bytes = np.zeros(max(vocab) + 1, dtype=np.int64)
         for token_id, raw in vocab.items():
             token_bytes[token_id] = len(raw)
-    if data.suffix == ".npy":
-        try:
-            tokens = np.load(data, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise ValueError(f"expected a .npy token array, got an unreadable file {data} ({error})") from None
-        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"{data} must hold a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
-        return Split(tokens, token_bytes)
+    if data.suffix == ".npy":  # memory-mapped; at least 2 tokens (one to predict), ids checked against the vocabulary
+        return Split(load_training_tokens(str(data), "--data", context_length=1, vocab_size=vocab_size), token_bytes)
     tokenizer = api.make_tokenizer(vocab, merges, special_tokens)
     with open(data, encoding="utf-8") as f:
-        return Split(np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64), token_bytes)
+        tokens = np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
+    if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+        raise ValueError(f"the split's token ids must lie in [0, {vocab_size}), found up to {int(tokens.max())}")
+    return Split(tokens, token_bytes)
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -251,10 +249,8 @@ def evaluate(
         raise ValueError(f"expected 1 <= --context-length <= the model's {model_context}, got {context_length}")
     if batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {batch_size}")
-    split = load_split(data, tokenizer if tokenizer is not None else full_config.get("tokenizer_dir"))
+    split = load_split(data, tokenizer if tokenizer is not None else full_config.get("tokenizer_dir"), vocab_size)
     tokens = split.tokens
-    if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
-        raise ValueError(f"the split's token ids must lie in [0, {vocab_size}), found up to {int(tokens.max())}")
     windows = plan_windows(len(tokens), context_length, stride)
     nats, count = sum_token_losses(model, tokens, windows, batch_size=batch_size, device=device, progress=progress)
     num_bytes = predicted_bytes(tokens, windows, split.token_bytes) if split.token_bytes is not None else None

@@ -139,7 +139,7 @@ def test_bad_inputs_are_clear_errors(checkpoint: Path, text_file: Path, tmp_path
     with pytest.raises(ValueError, match="context-length <= the model's 16, got 17"):
         evaluate(checkpoint, text_file, context_length=17)
     np.save(tmp_path / "big.npy", np.array([1, 2, 300]))
-    with pytest.raises(ValueError, match=r"\[0, 260\), found up to 300"):
+    with pytest.raises(ValueError, match=r"token id 300, expected ids in \[0, vocab_size=260\)"):
         evaluate(checkpoint, tmp_path / "big.npy")
     with pytest.raises(ValueError, match="expected a .npy token array or a text file"):
         evaluate(checkpoint, tmp_path / "valid.csv")
