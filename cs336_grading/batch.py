@@ -366,7 +366,7 @@ def main(args: argparse.Namespace) -> int:
         "harness": str(Path(args.harness).resolve()) if args.harness else None, "timeout": args.timeout,
         "memory_mb": args.memory_mb or None, "total_timeout": args.total_timeout,
         "problems": None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()],
-        "isolate_each": args.isolate_each_test,
+        "isolate_each": args.isolate_each_test, "builtins": args.builtins,
         "leaderboard": str(Path(args.leaderboard).resolve()) if args.leaderboard else None,
     }  # fmt: skip
     if settings["leaderboard"]:

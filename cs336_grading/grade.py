@@ -35,23 +35,28 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import batch, sandbox
+from cs336_grading import audit, batch, timings
+from cs336_grading import sandbox as sandbox
+from cs336_grading.client import WORKER_ENV, ForkServer, WorkerConfig
+from cs336_grading.plugin import LIMITS_ENV
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_MB = 6144
 DEFAULT_TOTAL_TIMEOUT_S = 1800.0
+WORKER_UID_BASE = 200_000  # workers run as 200000 + (their pytest process id mod 100000), when root
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ class TestOutcome:
 class ProblemScore:
     problem: Problem
     outcomes: tuple[TestOutcome, ...]
+    evidence: tuple[str, ...] = ()  # forbidden built-ins its code used (see `audit`)
+    zeroed: bool = False  # the evidence counts: the problem scores 0
 
     @property
     def counts(self) -> Counter[str]:
@@ -138,7 +145,9 @@ class ProblemScore:
 
     @property
     def score(self) -> float:
-        return self.problem.points * self.counts["passed"] / self.counted if self.counted else 0.0
+        if self.zeroed or not self.counted:
+            return 0.0
+        return self.problem.points * self.counts["passed"] / self.counted
 
     def summary(self) -> str:
         if not self.outcomes:
@@ -148,8 +157,9 @@ class ProblemScore:
         )
 
     def details(self) -> list[str]:
-        """One line per test that did not pass (not-implemented ones are summarised, not listed)."""
-        return [
+        """The built-ins evidence, then one line per test that did not pass (not-implemented ones are summarised)."""
+        verdict = "SCORED 0: used a forbidden torch built-in" if self.zeroed else "WARNING: used a forbidden torch built-in"
+        return [*(f"{verdict}: {line}" for line in self.evidence)] + [
             f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
             for o in self.outcomes
             if o.status not in ("passed", "not_implemented", "skipped")
@@ -162,6 +172,7 @@ class GradeResult:
     execution_time: float
     ungraded: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
 
     @property
     def score(self) -> float:
@@ -228,6 +239,57 @@ def default_harness() -> Path:
     return Path(str(importlib.resources.files("cs336_grading.harness")))
 
 
+@dataclass
+class _Run:
+    """The state of one grading run that its steps share."""
+
+    pristine: sandbox.Harness
+    student: sandbox.Submission
+    tmp: Path
+    limits: sandbox.Limits
+    isolate_each: bool
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
+    abort: threading.Event = field(default_factory=threading.Event)  # on error or Ctrl-C: kill the processes
+
+    def run_unit(self, ids: list[str], counter: Iterator[int]) -> list[list[str]]:
+        """Run `ids` in one process; record outcomes; return the units still to run."""
+        if time.monotonic() > self.limits.deadline:
+            self.results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
+            return []
+        run_dir = self.tmp / f"run-{next(counter):04d}"
+        sandbox.build_workspace(run_dir, self.pristine, None, sandbox.GUARD_ADAPTERS)
+        report = sandbox.run_guarded(run_dir, ids, self.limits, abort=self.abort)
+        tampered = self.pristine.tampered(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        self.records.update(report.records)
+        if tampered:
+            if len(ids) > 1:
+                return [[n] for n in ids]  # find out which test did it
+            self.results[ids[0]] = ("error", f"the test modified the grading harness ({', '.join(tampered[:3])})")
+            return []
+        return _settle(ids, report, self.results, self.limits.timeout)
+
+    def run_all(self, graded: list[str], jobs: int) -> None:
+        by_file: dict[str, list[str]] = {}
+        for nodeid in graded:
+            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
+        units = deque([[n] for n in graded] if self.isolate_each else sorted(by_file.values(), key=len, reverse=True))
+        counter = iter(range(1, 1 << 30))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            running: set[Future[list[list[str]]]] = set()
+            try:
+                while units or running:
+                    while units and len(running) < jobs:
+                        running.add(pool.submit(self.run_unit, units.popleft(), counter))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        units.extend(future.result())
+            except BaseException:
+                self.abort.set()
+                raise
+
+
 def grade(
     submission: str | os.PathLike[str],
     *,
@@ -238,21 +300,56 @@ def grade(
     jobs: int | None = None,
     problems: Iterable[str] | None = None,
     isolate_each: bool = False,
+    builtins: str = "zero",
+    test_limits: dict[str, float] | None = None,
 ) -> GradeResult:
     """Grade `submission` (a directory or a `.zip`); see the module docstring.
 
-    `timeout` is per test (seconds), `memory_mb` the address-space limit of each test process (None: no
-    limit), `total_timeout` bounds the whole run, `jobs` test processes run at once (default: CPU count),
-    `problems` restricts grading to some problems, and `isolate_each` starts one process per test
-    (slower by the ~3 s interpreter start-up per test, immune to tests that corrupt each other's state).
+    `timeout` bounds each test's pytest process (seconds), `memory_mb` the address space of each test and
+    worker process (None: no limit), `total_timeout` the whole run; `jobs` test processes run at once
+    (default: CPU count); `problems` restricts grading to some problems; `isolate_each` starts one process
+    per test; `builtins` is "zero" (a problem whose code used a forbidden torch built-in scores 0, with the
+    evidence) or "warn" (the evidence is only reported); `test_limits` maps test ids to their budget of
+    worker seconds (default: `timings.limits()`, from the reference's committed timings).
 
     Raises:
         FileNotFoundError / SubmissionError: the submission is missing or has no `adapters.py`.
         GraderError: the harness is missing, does not collect, or has a problem without tests.
     """
     t0 = time.monotonic()
-    deadline = t0 + total_timeout
     selected = _select_problems(problems)
+    jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
+    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, ForkServer(Path(tmp)) as server:
+        tmp_dir = Path(tmp)
+        pristine = _load_harness(harness)
+        student = sandbox.unpack_submission(submission, tmp_dir / "submission")
+        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
+        nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0), env=env)
+        graded = [n for n in nodeids if problem_of(n) in selected]
+        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
+        if missing:
+            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
+        server.wait()
+        limits = sandbox.Limits(timeout, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
+                                importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
+        run = _Run(pristine, student, tmp_dir, limits, isolate_each)
+        run.run_all(graded, jobs)
+        evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
+    scores = tuple(
+        ProblemScore(
+            PROBLEMS_BY_NAME[name],
+            tuple(TestOutcome(n, name, *run.results[n]) for n in graded if problem_of(n) == name),
+            evidence=tuple(evidence.get(name, ())),
+            zeroed=builtins == "zero" and bool(evidence.get(name)),
+        )
+        for name in selected
+    )
+    ungraded = tuple(n for n in nodeids if problem_of(n) is None)
+    warnings = tuple(_warnings(limits, evidence, builtins))
+    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+
+
+def _check_options(jobs: int | None, timeout: float, total_timeout: float, memory_mb: int | None, builtins: str) -> int:
     if importlib.util.find_spec("pytest") is None:
         raise GraderError("pytest is not installed in the grader's environment")
     jobs = jobs or os.cpu_count() or 1
@@ -260,75 +357,53 @@ def grade(
         raise ValueError(
             f"expected positive jobs, timeouts and memory, got {jobs=} {timeout=} {total_timeout=} {memory_mb=}"
         )
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    use_pytest_timeout = importlib.util.find_spec("pytest_timeout") is not None
+    if builtins not in ("zero", "warn"):
+        raise ValueError(f"expected builtins 'zero' or 'warn', got {builtins!r}")
+    return jobs
 
-    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
-        tmp_dir = Path(tmp)
-        try:
-            pristine = sandbox.Harness.load(harness if harness is not None else default_harness())
-        except FileNotFoundError as e:
-            raise GraderError(f"{e}; pass the pristine tests with --harness") from e
-        student = sandbox.unpack_submission(submission, tmp_dir / "submission")
-        nodeids = _collect(pristine, student, tmp_dir / "collect", timeout=max(timeout, 120.0))
-        graded = [n for n in nodeids if problem_of(n) in selected]
-        ungraded = tuple(n for n in nodeids if problem_of(n) is None)
-        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
-        if missing:
-            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
 
-        by_file: dict[str, list[str]] = {}
-        for nodeid in graded:
-            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
-        units = deque([[n] for n in graded] if isolate_each else sorted(by_file.values(), key=len, reverse=True))
-        results: dict[str, tuple[str, str]] = {}
-        counter = iter(range(1, 1 << 30))
+def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
+    try:
+        return sandbox.Harness.load(harness if harness is not None else default_harness())
+    except FileNotFoundError as e:
+        raise GraderError(f"{e}; pass the pristine tests with --harness") from e
 
-        def run_unit(ids: list[str]) -> list[list[str]]:
-            """Run `ids` in one process; record outcomes; return the units still to run."""
-            if time.monotonic() > deadline:
-                results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
-                return []
-            run_dir = tmp_dir / f"run-{next(counter):04d}"
-            sandbox.build_workspace(run_dir, pristine, student.package, student.adapters.read_bytes())
-            report = sandbox.run_guarded(
-                run_dir, ids, timeout=timeout, memory_mb=memory_mb, deadline=deadline, threads=threads,
-                pytest_timeout=use_pytest_timeout, abort=abort,
-            )  # fmt: skip
-            tampered = pristine.tampered(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if tampered:
-                if len(ids) > 1:
-                    return [[n] for n in ids]  # find out which test did it
-                results[ids[0]] = ("error", f"the test modified the grading harness ({', '.join(tampered[:3])})")
-                return []
-            return _settle(ids, report, results, timeout)
 
-        abort = threading.Event()  # on any error or Ctrl-C, the workers kill their test processes
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            running: set[Future[list[list[str]]]] = set()
-            try:
-                while units or running:
-                    while units and len(running) < jobs:
-                        running.add(pool.submit(run_unit, units.popleft()))
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        units.extend(future.result())
-            except BaseException:
-                abort.set()
-                raise
+def _worker_env(
+    tmp: Path, pristine: sandbox.Harness, student: sandbox.Submission, server: ForkServer,
+    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None,
+) -> dict[str, str]:  # fmt: skip
+    """The environment that points a pytest process at the workers and gives each test its budget."""
+    template = sandbox.build_worker_template(tmp / "worker", pristine, student)
+    (tmp / "ws").mkdir()
+    os.chmod(tmp / "ws", 0o711)
+    os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
+    config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
+                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
+    limits = {"default": timeout, "tests": timings.limits() if test_limits is None else test_limits}
+    return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
 
-    scores = tuple(
-        ProblemScore(
-            PROBLEMS_BY_NAME[name],
-            tuple(TestOutcome(n, name, *results[n]) for n in graded if problem_of(n) == name),
-        )
-        for name in selected
-    )
-    warnings = (
-        [] if use_pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed after the timeout"]
-    )
-    return GradeResult(scores, time.monotonic() - t0, ungraded, tuple(warnings))
+
+def _evidence(static: list[tuple[str, str]], records: dict[str, dict]) -> dict[str, list[str]]:
+    """Forbidden built-ins per problem: what the files use (static) and what the tests saw run (dynamic)."""
+    evidence: dict[str, list[str]] = {}
+    for problem, line in static:
+        evidence.setdefault(problem, []).append(line)
+    for nodeid, record in sorted(records.items()):
+        problem = problem_of(nodeid)
+        for line in record.get("findings", []):
+            if problem is not None and line not in evidence.get(problem, []):
+                evidence.setdefault(problem, []).append(str(line)[:300])
+    return {problem: lines[:5] for problem, lines in evidence.items()}
+
+
+def _warnings(limits: sandbox.Limits, evidence: dict[str, list[str]], builtins: str) -> list[str]:
+    warnings = [] if limits.pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed"]
+    if builtins == "warn":
+        warnings += [f"warning: {p} used forbidden built-ins: {'; '.join(lines)}" for p, lines in evidence.items()]
+    elif "?" in evidence:
+        warnings += [f"note: forbidden built-ins of no graded problem: {'; '.join(evidence['?'])}"]
+    return warnings
 
 
 def _select_problems(problems: Iterable[str] | None) -> list[str]:
@@ -341,12 +416,11 @@ def _select_problems(problems: Iterable[str] | None) -> list[str]:
     return [p.name for p in PROBLEMS if p.name in selected]
 
 
-def _collect(pristine: sandbox.Harness, student: sandbox.Submission, run_dir: Path, *, timeout: float) -> list[str]:
-    """Collect the test ids with the harness's own adapters (and whatever `cs336_basics` is installed)."""
-    adapters = pristine.adapters if pristine.adapters is not None else student.adapters.read_bytes()
-    sandbox.build_workspace(run_dir, pristine, None, adapters)
+def _collect(pristine: sandbox.Harness, run_dir: Path, *, timeout: float, env: dict[str, str]) -> list[str]:
+    """Collect the test ids from the pristine harness (the submission is not imported: the proxy stands in)."""
+    sandbox.build_workspace(run_dir, pristine, None, sandbox.GUARD_ADAPTERS)
     try:
-        return sandbox.collect_nodeids(run_dir, timeout=timeout)
+        return sandbox.collect_nodeids(run_dir, timeout=timeout, env=env)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         raise GraderError(str(e)) from e
     finally:
@@ -408,8 +482,16 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
+    parser.add_argument(
+        "--builtins", choices=("zero", "warn"), default="zero",
+        help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
+    )  # fmt: skip
     batch.add_arguments(parser)
     parser.set_defaults(func=_main)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -417,10 +499,13 @@ def _main(args: argparse.Namespace) -> int:
         return batch.main(args)  # several submissions: cs336_grading/batch.py
     args.submission = args.submission[0]
     problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
+    # SIGTERM (a batch system, `timeout`) cleans up like Ctrl-C: test processes, workers, the workspace.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = grade(
             args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
             total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
+            builtins=args.builtins,
         )  # fmt: skip
     except sandbox.SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.
@@ -433,6 +518,8 @@ def _main(args: argparse.Namespace) -> int:
     except GraderError as e:
         log.error("the grader could not run: %s", e)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(result.format_table())  # the table is the command's output; the rest is logging
     log.info("wrote %s", result.write_json(args.out))
     return 0

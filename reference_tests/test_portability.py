@@ -49,7 +49,8 @@ def test_without_rlimit_the_memory_limit_is_a_warning(tmp_path: Path, monkeypatc
     run_dir = tmp_path / "run"
     sandbox.build_workspace(run_dir, harness, None, b"")
     with caplog.at_level(logging.WARNING, logger="cs336_grading.sandbox"):
-        report = sandbox.run_guarded(run_dir, ["tests/test_x.py::test_linear"], timeout=60, memory_mb=512,
-                                     deadline=time.monotonic() + 120, threads=1, pytest_timeout=False)  # fmt: skip
+        limits = sandbox.Limits(timeout=60, memory_mb=512, deadline=time.monotonic() + 120, threads=1,
+                                pytest_timeout=False)  # fmt: skip
+        report = sandbox.run_guarded(run_dir, ["tests/test_x.py::test_linear"], limits)
     assert report.results["tests/test_x.py::test_linear"][0] == "passed"
     assert "the 512 MB memory limit is not enforced" in caplog.text
