@@ -126,6 +126,8 @@ def score(config: LeaderboardConfig, submission: Path, *, text: str | None = Non
         details = _check_and_score(config, folder, text)
     except RuleError as e:
         return LeaderboardResult(None, f"leaderboard: no entry: {e}")
+    except Exception as e:  # hostile files must never cost the student the grade itself
+        return LeaderboardResult(None, f"leaderboard: no entry: the entry could not be scored ({type(e).__name__}: {e})"[:500])
     value = details[config.metric]
     entry = [{"name": config.name, "value": round(value, 6), "order": "asc"}]
     return LeaderboardResult(entry, f"leaderboard: {config.name} = {value:.6f} ({_summary(details)})", details)

@@ -19,6 +19,7 @@ from cs336_grading.leaderboard import RuleError
 
 _COMPILED_PREFIX = "_orig_mod."
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a 32k-token vocabulary takes well under 1 MB
 
 
 def read_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -54,6 +55,8 @@ def read_tokenizer(
     for name in ("vocab.json", "merges.txt"):
         if not (folder / name).is_file():
             raise RuleError(f"expected the tokenizer's {name} in leaderboard/, found none")
+        if (size := (folder / name).stat().st_size) > MAX_TOKENIZER_FILE_BYTES:
+            raise RuleError(f"the tokenizer's {name} has {size:,} bytes, over the limit of {MAX_TOKENIZER_FILE_BYTES:,}")
     decoder = gpt2_byte_decoder()
 
     def to_bytes(token: str) -> bytes:
@@ -94,6 +97,8 @@ def read_tokenizer(
 def _check_vocab(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: list[str], rows: int) -> None:
     if any(i < 0 or i >= rows for i in vocab):
         raise RuleError(f"expected token ids in [0, {rows}) (the embedding's rows), got up to {max(vocab)}")
+    if len(merges) > len(vocab):
+        raise RuleError(f"expected at most one merge per token, got {len(merges)} merges for {len(vocab)} tokens")
     if len(set(vocab.values())) != len(vocab):
         raise RuleError("the vocabulary holds the same bytes under two ids")
     known = set(vocab.values())

@@ -224,3 +224,14 @@ def test_results_of_a_zipped_submission_get_the_leaderboard_field(tmp_path: Path
     payload = {"score": 0.0, "output": "Total: 0.00 / 3"}
     assert add_to_results(payload, tmp_path / "leaderboard.toml", empty).entry is None
     assert "leaderboard" not in payload and "not entered" in payload["output"]
+
+
+def test_an_unexpected_failure_is_no_entry_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cs336_grading import trusted_lm
+
+    def explode(*args: object, **kwargs: object) -> float:
+        raise OverflowError("something nobody foresaw")
+
+    monkeypatch.setattr(trusted_lm, "total_nats", explode)
+    result = score(make_config(tmp_path), make_submission(tmp_path / "grace"))
+    assert rejected(result, "could not be scored (OverflowError: something nobody foresaw)")
