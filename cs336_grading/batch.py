@@ -354,7 +354,8 @@ def plot_scores(totals: Sequence[float], path: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The batch options of `cs336 grade` (its `submission` argument takes several paths)."""
     parser.add_argument("--out-dir", default=None,
-                        help="batch mode: one folder per submission, summary.csv and scores.png here")  # fmt: skip
+                        help="batch mode: one folder per submission, summary.csv and scores.png here "
+                             "(--jobs then counts submissions graded at once)")  # fmt: skip
     parser.add_argument("--leaderboard", default=None, help="batch mode: the staff's leaderboard config (TOML)")
 
 
