@@ -155,7 +155,11 @@ class WorkerClient:
         if "error" in reply:
             raise self._raised(what, reply["error"])
         generation = self._generation
-        return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        try:
+            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
+            raise AssertionError("unreachable") from e
 
     def _receive(self, what: str, started: float) -> tuple[dict[str, Any], list[bytes]]:
         assert self._sock is not None

@@ -91,13 +91,20 @@ def encode(
         return enc(value.item())
     if isinstance(value, torch.Size):
         return {"$size": [int(d) for d in value]}
+    if isinstance(value, (list, tuple)) and value and all(type(v) is bytes for v in value):
+        return _encode_bytes_list(value, buffers)  # a vocabulary's values, a merge: one buffer, not many
     if isinstance(value, tuple):
         return {"$tuple": [enc(v) for v in value]}
     if isinstance(value, list):
+        if value and all(type(v) is tuple and v and all(type(b) is bytes for b in v) for v in value):
+            return {"$tuples": _encode_bytes_list([b for v in value for b in v], buffers),
+                    "arity": [len(v) for v in value]}  # fmt: skip
         return [enc(v) for v in value]
     if isinstance(value, (set, frozenset)):
         return {"$set": [enc(v) for v in value]}
     if isinstance(value, dict):
+        if value and all(type(v) is bytes for v in value.values()):
+            return {"$bytesdict": enc(list(value.keys())), "values": _encode_bytes_list(list(value.values()), buffers)}
         return {"$dict": [[enc(k), enc(v)] for k, v in value.items()]}
     if isinstance(value, torch.dtype):
         return {"$dtype": str(value).removeprefix("torch.")}
@@ -112,6 +119,22 @@ def encode(
     if on_other is not None:
         return enc(on_other(value))
     raise WireError(f"cannot carry a value of type {type(value).__name__}")
+
+
+def _encode_bytes_list(items: list[bytes] | tuple[bytes, ...], buffers: list[bytes]) -> dict[str, Any]:
+    buffers.append(b"".join(items))
+    return {"$byteslist": len(buffers) - 1, "lengths": [len(b) for b in items], "tuple": isinstance(items, tuple)}
+
+
+def _decode_bytes_list(value: dict[str, Any], buffers: list[bytes]) -> list[bytes]:
+    raw, lengths = _buffer(buffers, value["$byteslist"]), value.get("lengths")
+    if not isinstance(lengths, list) or sum(int(n) for n in lengths) != len(raw):
+        raise WireError("a byte-string list whose lengths do not add up")
+    items, start = [], 0
+    for n in lengths:
+        items.append(raw[start : start + int(n)])
+        start += int(n)
+    return items
 
 
 def _encode_tensor(value: torch.Tensor, buffers: list[bytes]) -> dict[str, Any]:
@@ -151,6 +174,17 @@ def decode(
     if tag == "$ndarray":
         array = np.frombuffer(_buffer(buffers, body), dtype=np.dtype(value["dtype"])).copy()
         return array.reshape([int(d) for d in value["shape"]])
+    if tag == "$byteslist":
+        items = _decode_bytes_list(value, buffers)
+        return tuple(items) if value.get("tuple") else items
+    if tag == "$tuples":
+        flat, arity = iter(_decode_bytes_list(body, buffers)), value.get("arity", [])
+        return [tuple(next(flat) for _ in range(int(n))) for n in arity]
+    if tag == "$bytesdict":
+        keys, values = dec(body), _decode_bytes_list(value.get("values", {}), buffers)
+        if not isinstance(keys, list) or len(keys) != len(values):
+            raise WireError("a bytes dictionary whose keys and values do not pair up")
+        return dict(zip(keys, values))
     if tag == "$memmap" and memmaps:
         shape = tuple(int(d) for d in value["shape"])
         return np.memmap(str(body), dtype=np.dtype(value["dtype"]), mode="r", offset=int(value["offset"]), shape=shape)

@@ -168,11 +168,38 @@ def _isolate_imports(workspace: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ the fork server
+def _warm_up() -> None:
+    """Pay torch's first-use costs once, here, not in every worker: lazy imports (the first optimizer
+    step imports torch._dynamo, ~3 s), autograd, serialisation, and the libraries submissions import."""
+    import io
+
+    import numpy  # noqa: F401
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)  # NOTE: no thread pool may exist when we fork
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    F.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 2])).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    torch.load(buffer)
+    torch.nn.init.trunc_normal_(torch.empty(3, 3))
+    with audit.Watch("warm-up"):
+        torch.softmax(torch.randn(3), 0)
+    for name in ("einops", "jaxtyping", "regex", "tqdm"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def fork_server(path: str) -> None:
     """Listen on `path`; answer `fork` (a worker, its socket sent back) and `status` (exit status) requests."""
-    import numpy  # noqa: F401 - what every worker needs, imported once
-    import torch  # noqa: F401
-
+    _warm_up()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
