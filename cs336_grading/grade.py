@@ -29,6 +29,7 @@ there (not verified on a GPU; Gradescope's autograders are CPU-only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import importlib.util
 import json
@@ -319,10 +320,12 @@ def grade(
     t0 = time.monotonic()
     selected = _select_problems(problems)
     jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
-    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, ForkServer(Path(tmp)) as server:
+    # NOTE: the stack (the fork server) closes first: no worker outlives the workspace it writes in.
+    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, contextlib.ExitStack() as stack:
         tmp_dir = Path(tmp)
         pristine = _load_harness(harness)
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
+        server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
         nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0), env=env)
         graded = [n for n in nodeids if problem_of(n) in selected]
@@ -330,7 +333,9 @@ def grade(
         if missing:
             raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         server.wait()
-        limits = sandbox.Limits(timeout, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
+        # The pytest process's own guard is looser than any test's worker budget (`timeout` at most): it
+        # only catches the harness itself hanging, the worker budget stops student code first.
+        limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
                                 importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
         run = _Run(pristine, student, tmp_dir, limits, isolate_each)
         run.run_all(graded, jobs)
@@ -362,6 +367,12 @@ def _check_options(jobs: int | None, timeout: float, total_timeout: float, memor
     return jobs
 
 
+def _uses_torch(student: sandbox.Submission) -> bool:
+    """Whether to warm the workers' torch: any submitted file mentions it (the grader's toy tests: none)."""
+    files = [student.adapters, *student.package.rglob("*.py")]
+    return any(b"torch" in path.read_bytes() for path in files)
+
+
 def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
     try:
         return sandbox.Harness.load(harness if harness is not None else default_harness())
@@ -380,7 +391,8 @@ def _worker_env(
     os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
     config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
                           uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
-    limits = {"default": timeout, "tests": timings.limits() if test_limits is None else test_limits}
+    budgets = timings.limits() if test_limits is None else test_limits
+    limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
     return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
 
 
