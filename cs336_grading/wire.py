@@ -90,21 +90,9 @@ def encode(
     if isinstance(value, (bytes, bytearray, memoryview)):
         buffers.append(bytes(value))
         return {"$bytes": len(buffers) - 1}
-    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
-    if torch is not None and isinstance(value, torch.Tensor):
-        return _encode_tensor(value, buffers)
-    if np is not None and isinstance(value, np.memmap) and getattr(value, "filename", None) is not None and isinstance(value.base, mmap.mmap):
-        return {"$memmap": map_path(os.fspath(value.filename)), "offset": int(value.offset), "dtype": value.dtype.str,
-                "shape": list(value.shape), "mode": "r"}  # fmt: skip
-    if np is not None and isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise WireError("numpy arrays of Python objects are not carried")
-        buffers.append(np.ascontiguousarray(value).tobytes())
-        return {"$ndarray": len(buffers) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
-    if np is not None and isinstance(value, np.generic):
-        return enc(value.item())
-    if torch is not None and isinstance(value, torch.Size):
-        return {"$size": [int(d) for d in value]}
+    array = _encode_array(value, buffers, map_path)
+    if array is not None:
+        return array
     if isinstance(value, (list, tuple)) and value and all(type(v) is bytes for v in value):
         return _encode_bytes_list(value, buffers)  # a vocabulary's values, a merge: one buffer, not many
     if isinstance(value, tuple):
@@ -120,10 +108,6 @@ def encode(
         if value and all(type(v) is bytes for v in value.values()):
             return {"$bytesdict": enc(list(value.keys())), "values": _encode_bytes_list(list(value.values()), buffers)}
         return {"$dict": [[enc(k), enc(v)] for k, v in value.items()]}
-    if torch is not None and isinstance(value, torch.dtype):
-        return {"$dtype": str(value).removeprefix("torch.")}
-    if torch is not None and isinstance(value, torch.device):
-        return {"$device": str(value)}
     if isinstance(value, Path):
         return {"$path": map_path(str(value))}
     if isinstance(value, Iterator) and not isinstance(value, (str, bytes)):
@@ -133,6 +117,33 @@ def encode(
     if on_other is not None:
         return enc(on_other(value))
     raise WireError(f"cannot carry a value of type {type(value).__name__}")
+
+
+def _encode_array(value: Any, buffers: list[bytes], map_path: Callable[[str], str]) -> Any:
+    """Tensors, arrays, memmaps, numpy scalars and torch's small types; None for anything else."""
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")  # NOTE: loaded already if value is one
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return _encode_tensor(value, buffers)
+        if isinstance(value, torch.Size):
+            return {"$size": [int(d) for d in value]}
+        if isinstance(value, torch.dtype):
+            return {"$dtype": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.device):
+            return {"$device": str(value)}
+    if np is None:
+        return None
+    if isinstance(value, np.memmap) and getattr(value, "filename", None) is not None and isinstance(value.base, mmap.mmap):
+        return {"$memmap": map_path(os.fspath(value.filename)), "offset": int(value.offset), "dtype": value.dtype.str,
+                "shape": list(value.shape), "mode": "r"}  # fmt: skip
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise WireError("numpy arrays of Python objects are not carried")
+        buffers.append(np.ascontiguousarray(value).tobytes())
+        return {"$ndarray": len(buffers) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return encode(value.item(), buffers)
+    return None
 
 
 def _encode_bytes_list(items: list[bytes] | tuple[bytes, ...], buffers: list[bytes]) -> dict[str, Any]:
@@ -184,26 +195,9 @@ def decode(
         raise WireError(f"unexpected JSON value of type {type(value).__name__}")
     tag = next(iter(value))
     body = value[tag]
-    if tag == "$tensor":
-        return _decode_tensor(value, _buffer(buffers, body))
-    np = _np() if tag in ("$ndarray", "$memmap") else None
-    if tag == "$ndarray":
-        array = np.frombuffer(_buffer(buffers, body), dtype=np.dtype(value["dtype"])).copy()
-        return array.reshape([int(d) for d in value["shape"]])
-    if tag == "$byteslist":
-        items = _decode_bytes_list(value, buffers)
-        return tuple(items) if value.get("tuple") else items
-    if tag == "$tuples":
-        flat, arity = iter(_decode_bytes_list(body, buffers)), value.get("arity", [])
-        return [tuple(next(flat) for _ in range(int(n))) for n in arity]
-    if tag == "$bytesdict":
-        keys, values = dec(body), _decode_bytes_list(value.get("values", {}), buffers)
-        if not isinstance(keys, list) or len(keys) != len(values):
-            raise WireError("a bytes dictionary whose keys and values do not pair up")
-        return dict(zip(keys, values))
-    if tag == "$memmap" and memmaps:
-        shape = tuple(int(d) for d in value["shape"])
-        return np.memmap(str(body), dtype=np.dtype(value["dtype"]), mode="r", offset=int(value["offset"]), shape=shape)
+    special = _decode_data(tag, value, buffers, memmaps, dec)
+    if special is not _NOTHING:
+        return special
     simple: dict[str, Callable[[Any], Any]] = {
         "$int": lambda b: int(str(b)),
         "$float": lambda b: float(str(b)),
@@ -226,6 +220,35 @@ def decode(
         handle = Handle(int(body), str(value.get("type", "")))
         return on_handle(handle) if on_handle is not None else handle
     raise WireError(f"unknown tag {tag!r}")
+
+
+_NOTHING = object()
+
+
+def _decode_data(tag: str, value: dict[str, Any], buffers: list[bytes], memmaps: bool, dec: Callable[[Any], Any]) -> Any:
+    """Tensors, arrays, memmaps and packed byte strings; `_NOTHING` for the other tags."""
+    body = value[tag]
+    if tag == "$tensor":
+        return _decode_tensor(value, _buffer(buffers, body))
+    np = _np() if tag in ("$ndarray", "$memmap") else None
+    if tag == "$ndarray":
+        array = np.frombuffer(_buffer(buffers, body), dtype=np.dtype(value["dtype"])).copy()
+        return array.reshape([int(d) for d in value["shape"]])
+    if tag == "$byteslist":
+        items = _decode_bytes_list(value, buffers)
+        return tuple(items) if value.get("tuple") else items
+    if tag == "$tuples":
+        flat, arity = iter(_decode_bytes_list(body, buffers)), value.get("arity", [])
+        return [tuple(next(flat) for _ in range(int(n))) for n in arity]
+    if tag == "$bytesdict":
+        keys, values = dec(body), _decode_bytes_list(value.get("values", {}), buffers)
+        if not isinstance(keys, list) or len(keys) != len(values):
+            raise WireError("a bytes dictionary whose keys and values do not pair up")
+        return dict(zip(keys, values))
+    if tag == "$memmap" and memmaps:
+        shape = tuple(int(d) for d in value["shape"])
+        return np.memmap(str(body), dtype=np.dtype(value["dtype"]), mode="r", offset=int(value["offset"]), shape=shape)
+    return _NOTHING
 
 
 def _buffer(buffers: list[bytes], index: Any) -> bytes:

@@ -195,7 +195,7 @@ def _warm_up() -> None:
     step imports torch._dynamo, ~3 s), autograd, serialisation, and the libraries submissions import."""
     import io
 
-    import numpy  # noqa: F401
+    import numpy  # noqa: F401 - imported once here, not in every worker
     import torch
     import torch.nn.functional as F
 
