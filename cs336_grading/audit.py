@@ -155,6 +155,8 @@ class Watch:
         self._mode: Any = None
 
     def __enter__(self) -> Watch:
+        if "torch" not in sys.modules:
+            return self  # code that never imported torch uses none of its built-ins
         import torch
         from torch.overrides import TorchFunctionMode
 
@@ -174,7 +176,8 @@ class Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._mode.__exit__(*exc)
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
 
     def _inspect(self, func: Any, torch_dir: str, submission: tuple[str, str]) -> None:
         frame = sys._getframe(2)

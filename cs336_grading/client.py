@@ -149,13 +149,22 @@ class WorkerClient:
             assert self._sock is not None
             wire.send(self._sock, header, buffers)
             reply, out = self._receive(what, started)
+        except WorkerFailure:
+            raise
+        except BaseException:
+            self._stop_worker()  # interrupted mid-call (a signal, Ctrl-C): that worker's state is unknown
+            raise
         finally:
             self.spent_s += time.monotonic() - started
         self.findings.extend(str(f) for f in reply.get("audit", []) if isinstance(f, str))
         if "error" in reply:
             raise self._raised(what, reply["error"])
         generation = self._generation
-        return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        try:
+            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
+            raise AssertionError("unreachable") from e
 
     def _receive(self, what: str, started: float) -> tuple[dict[str, Any], list[bytes]]:
         assert self._sock is not None
@@ -181,13 +190,13 @@ class WorkerClient:
         text = f"{what} raised {kind}: {message}".strip()
         if "NotImplementedError" in bases:
             return NotImplementedError(text)
-        if "MemoryError" in bases:
+        if "MemoryError" in bases or any(m in message for m in MEMORY_MARKERS):
             self._fail("memory", text, raise_=False)
             return self.failure  # type: ignore[return-value]
         if kind in _ABORTS or "Exception" not in bases:
             return WorkerFailure("abort", f"{text} (only the harness may skip, exit or interrupt a test)")
-        trace = str(error.get("traceback", ""))[-1500:]
-        return StudentError(f"{text}\n{trace}".rstrip())
+        where = str(error.get("traceback", ""))[-1500:]
+        return StudentError(f"{text}\n{where}".rstrip())
 
     def _fail(self, kind: str, message: str, raise_: bool = True) -> None:
         self._note_peak()
@@ -313,12 +322,12 @@ class ForkServer:
     Started before the tests are collected, it imports torch meanwhile; `wait` blocks until it listens.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, warm: bool = True) -> None:
         self.path = str(directory / "fork-server.sock")
         self.log = directory / "fork-server.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cs336_grading.worker", self.path],
+                [sys.executable, "-m", "cs336_grading.worker", self.path, *([] if warm else ["--cold"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 

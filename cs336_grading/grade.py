@@ -6,17 +6,20 @@
 
 How a run goes:
 1. The submission (directory or zip) is unpacked into a temporary directory: its `cs336_basics/` and
-   `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated).
-2. The test ids are collected once from the pristine harness (with its own adapters), so a submission
-   that does not even import cannot hide tests. Tests whose function name starts with no problem's prefix
-   (`test_snapshot_drift`, `test_fixture_drift`: integrity checks of the harness itself) are not run.
-3. Each test file runs in its own pytest process, in a fresh throw-away workspace, under a memory limit
-   (RLIMIT_AS) and a per-test watchdog. When a test hangs, crashes the process or exhausts the memory,
-   that test alone is charged, and the file's remaining tests resume in a new process. When a process
-   changed a harness file, its tests are re-run one process each, and the test that did it gets an error.
-   This costs one interpreter start-up (~3 s with torch) per file instead of per test, and still gives
-   every test the isolation the grade needs.
-4. A problem scores `points * passed / (tests - skipped)`.
+   `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated). The fork server of the
+   run's workers starts (`worker.py`), and the worker template is laid out: the submission and the
+   harness's scenarios, nothing else.
+2. The test ids are collected once from the pristine harness, whose `tests.adapters` is the plugin's proxy:
+   the submission is not imported, so it cannot hide tests. Tests whose function name starts with no
+   problem's prefix (integrity checks of the harness itself) are not run.
+3. Each test file runs in its own pytest process (trusted: no student code ever runs there), in a fresh
+   throw-away workspace. Every call into the submission goes to a sandboxed worker (`client.py`, `jail.py`)
+   and is charged to the test's budget of worker seconds (`timings.py`: scaled from the reference's time);
+   a hang, a crash, a memory blow-up, a skip or an exit from student code fails that test alone, with
+   its reason, and the next test gets a fresh worker (forked in milliseconds). When a process changed a
+   harness file, its tests are re-run one process each, and the test that did it gets an error.
+4. The from-scratch audit (`audit.py`): evidence from the submitted files and from what each test saw run.
+   A problem scores `points * passed / (tests - skipped)`, or 0 when it used a forbidden built-in.
 
 Memory: the limit is on address space, not resident memory; importing torch alone maps ~1 GiB and each
 thread reserves stack, so the default (6 GiB) leaves ample margin for every graded test while stopping
@@ -29,6 +32,7 @@ there (not verified on a GPU; Gradescope's autograders are CPU-only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import importlib.util
 import json
@@ -40,13 +44,26 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cs336_grading import audit, batch, timings
+from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
+    PROBLEMS,
+    PROBLEMS_BY_NAME,
+    RESULT_FIELDS,
+    STATUS_LABELS,
+    TEST_FIELDS,
+    GraderError,
+    GradeResult,
+    Problem,
+    ProblemScore,
+    TestOutcome,
+    problem_of,
+)
 from cs336_grading import sandbox as sandbox
 from cs336_grading.client import WORKER_ENV, ForkServer, WorkerConfig
 from cs336_grading.plugin import LIMITS_ENV
@@ -57,181 +74,6 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_MB = 6144
 DEFAULT_TOTAL_TIMEOUT_S = 1800.0
 WORKER_UID_BASE = 200_000  # workers run as 200000 + (their pytest process id mod 100000), when root
-
-
-@dataclass(frozen=True)
-class Problem:
-    name: str
-    points: float
-    prefixes: tuple[str, ...]
-
-
-PROBLEMS: tuple[Problem, ...] = (
-    Problem("linear", 1, ("test_linear",)),
-    Problem("embedding", 1, ("test_embedding",)),
-    Problem("rmsnorm", 1, ("test_rmsnorm",)),
-    Problem("positionwise_feedforward", 2, ("test_swiglu", "test_silu")),
-    Problem("rope", 2, ("test_rope",)),
-    Problem("softmax", 1, ("test_softmax",)),
-    Problem("scaled_dot_product_attention", 5, ("test_scaled_dot_product_attention",)),
-    Problem("multihead_self_attention", 5, ("test_multihead_self_attention",)),
-    Problem("transformer_block", 3, ("test_transformer_block",)),
-    Problem("transformer_lm", 3, ("test_transformer_lm",)),
-    Problem("cross_entropy", 2, ("test_cross_entropy",)),
-    Problem("adamw", 2, ("test_adamw",)),
-    Problem("learning_rate_schedule", 1, ("test_get_lr_cosine_schedule",)),
-    Problem("gradient_clipping", 1, ("test_gradient_clipping",)),
-    Problem("data_loading", 2, ("test_get_batch",)),
-    Problem("checkpointing", 1, ("test_checkpointing",)),
-    Problem("train_bpe", 15, ("test_train_bpe",)),
-    Problem("tokenizer", 15, ("test_tokenizer",)),
-)
-PROBLEMS_BY_NAME = {p.name: p for p in PROBLEMS}
-
-# Outcome of one test, and how the table shows it.
-STATUS_LABELS = {
-    "passed": "passed",
-    "failed": "FAILED",
-    "not_implemented": "NOT IMPLEMENTED",
-    "error": "ERROR",
-    "timeout": "TIMED OUT",
-    "memory": "MEMORY LIMIT",
-    "skipped": "skipped",
-}
-# The field set of results.json (Gradescope's specification, the subset we write).
-RESULT_FIELDS = ("score", "execution_time", "output", "visibility", "tests")
-TEST_FIELDS = ("name", "score", "max_score", "status", "output", "visibility")
-
-
-class GraderError(RuntimeError):
-    """The grader itself could not run (broken harness, missing pytest, ...): no grade was produced."""
-
-
-def problem_of(nodeid: str) -> str | None:
-    """The problem a test belongs to, from its function name; None for ungraded tests.
-
-    >>> problem_of("tests/test_model.py::test_swiglu[batch]")
-    'positionwise_feedforward'
-    >>> problem_of("tests/test_snapshots.py::test_snapshot_drift[linear]") is None
-    True
-    """
-    function = nodeid.split("::")[-1].split("[")[0]
-    return next((p.name for p in PROBLEMS if function.startswith(p.prefixes)), None)
-
-
-@dataclass(frozen=True)
-class TestOutcome:
-    nodeid: str
-    problem: str
-    status: str  # a key of STATUS_LABELS
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class ProblemScore:
-    problem: Problem
-    outcomes: tuple[TestOutcome, ...]
-    evidence: tuple[str, ...] = ()  # forbidden built-ins its code used (see `audit`)
-    zeroed: bool = False  # the evidence counts: the problem scores 0
-
-    @property
-    def counts(self) -> Counter[str]:
-        return Counter(o.status for o in self.outcomes)
-
-    @property
-    def counted(self) -> int:
-        """Tests that count towards the score (skipped ones do not)."""
-        return len(self.outcomes) - self.counts["skipped"]
-
-    @property
-    def score(self) -> float:
-        if self.zeroed or not self.counted:
-            return 0.0
-        return self.problem.points * self.counts["passed"] / self.counted
-
-    def summary(self) -> str:
-        if not self.outcomes:
-            return "NO TESTS COLLECTED: the harness is broken"
-        return ", ".join(
-            f"{n} {STATUS_LABELS[s]}" for s, n in sorted(self.counts.items(), key=lambda kv: kv[0] != "passed")
-        )
-
-    def details(self) -> list[str]:
-        """The built-ins evidence, then one line per test that did not pass (not-implemented ones are summarised)."""
-        verdict = "SCORED 0: used a forbidden torch built-in" if self.zeroed else "WARNING: used a forbidden torch built-in"
-        return [*(f"{verdict}: {line}" for line in self.evidence)] + [
-            f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
-            for o in self.outcomes
-            if o.status not in ("passed", "not_implemented", "skipped")
-        ]
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    problems: tuple[ProblemScore, ...]
-    execution_time: float
-    ungraded: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = field(default=())
-    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
-
-    @property
-    def score(self) -> float:
-        return sum(p.score for p in self.problems)
-
-    @property
-    def max_score(self) -> float:
-        return sum(p.problem.points for p in self.problems)
-
-    @property
-    def outcomes(self) -> dict[str, TestOutcome]:
-        return {o.nodeid: o for p in self.problems for o in p.outcomes}
-
-    def to_gradescope(self) -> dict[str, object]:
-        """The `results.json` payload, in Gradescope's format: exactly the keys `RESULT_FIELDS`.
-
-        `score` (float, the total), `execution_time` (seconds), `output` (total and warnings),
-        `visibility` ("visible") and `tests`: one entry per problem with exactly the keys `TEST_FIELDS`:
-        `name` (the problem), `score`, `max_score` (its points), `status` ("passed" when every counted test
-        passed, else "failed"), `output` (counts per outcome, then one line per failed, errored, timed-out
-        or memory-limited test with the first line of its error) and `visibility`.
-        """
-        tests = [
-            {
-                "name": p.problem.name,
-                "score": round(float(p.score), 4),
-                "max_score": p.problem.points,
-                "status": "passed" if p.outcomes and p.counts["passed"] == p.counted else "failed",
-                "output": "\n".join([p.summary(), *p.details()]),
-                "visibility": "visible",
-            }
-            for p in self.problems
-        ]
-        output = f"Total: {self.score:.2f} / {self.max_score:g}"
-        return {
-            "score": round(float(self.score), 4),
-            "execution_time": round(self.execution_time, 1),
-            "output": "\n".join([output, *self.warnings]),
-            "visibility": "visible",
-            "tests": tests,
-        }
-
-    def write_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write `results.json` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_gradescope(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
-
-    def format_table(self) -> str:
-        width = max(len(p.problem.name) for p in self.problems) if self.problems else 10
-        lines = [f"{'problem':<{width}}   score    max  tests"]
-        for p in self.problems:
-            lines.append(f"{p.problem.name:<{width}}  {p.score:6.2f}  {p.problem.points:5g}  {p.summary()}")
-            lines.extend(f"{'':<{width}}      {line}" for line in p.details())
-        lines.append(f"{'total':<{width}}  {self.score:6.2f}  {self.max_score:5g}  ({self.execution_time:.0f} s)")
-        return "\n".join([*lines, *self.warnings])
 
 
 def default_harness() -> Path:
@@ -310,19 +152,18 @@ def grade(
     (default: CPU count); `problems` restricts grading to some problems; `isolate_each` starts one process
     per test; `builtins` is "zero" (a problem whose code used a forbidden torch built-in scores 0, with the
     evidence) or "warn" (the evidence is only reported); `test_limits` maps test ids to their budget of
-    worker seconds (default: `timings.limits()`, from the reference's committed timings).
-
-    Raises:
-        FileNotFoundError / SubmissionError: the submission is missing or has no `adapters.py`.
-        GraderError: the harness is missing, does not collect, or has a problem without tests.
+    worker seconds (default: `timings.limits()`, from the reference's committed timings). Raises
+    FileNotFoundError / SubmissionError (no submission or no `adapters.py`) and GraderError (a broken harness).
     """
     t0 = time.monotonic()
     selected = _select_problems(problems)
     jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
-    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, ForkServer(Path(tmp)) as server:
+    # NOTE: the stack (the fork server) closes first: no worker outlives the workspace it writes in.
+    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, contextlib.ExitStack() as stack:
         tmp_dir = Path(tmp)
         pristine = _load_harness(harness)
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
+        server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
         nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0), env=env)
         graded = [n for n in nodeids if problem_of(n) in selected]
@@ -330,7 +171,9 @@ def grade(
         if missing:
             raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         server.wait()
-        limits = sandbox.Limits(timeout, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
+        # The pytest process's own guard is looser than any test's worker budget (`timeout` at most): it
+        # only catches the harness itself hanging, the worker budget stops student code first.
+        limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
                                 importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
         run = _Run(pristine, student, tmp_dir, limits, isolate_each)
         run.run_all(graded, jobs)
@@ -362,6 +205,12 @@ def _check_options(jobs: int | None, timeout: float, total_timeout: float, memor
     return jobs
 
 
+def _uses_torch(student: sandbox.Submission) -> bool:
+    """Whether to warm the workers' torch: any submitted file mentions it (the grader's toy tests: none)."""
+    files = [student.adapters, *student.package.rglob("*.py")]
+    return any(b"torch" in path.read_bytes() for path in files)
+
+
 def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
     try:
         return sandbox.Harness.load(harness if harness is not None else default_harness())
@@ -380,7 +229,8 @@ def _worker_env(
     os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
     config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
                           uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
-    limits = {"default": timeout, "tests": timings.limits() if test_limits is None else test_limits}
+    budgets = timings.limits() if test_limits is None else test_limits
+    limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
     return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
 
 

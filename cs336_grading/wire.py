@@ -21,24 +21,37 @@ import mmap
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 MAX_FRAME_BYTES = 1 << 30  # a reply bigger than this is a broken (or hostile) worker
 MAX_DEPTH = 64
 _LEN = struct.Struct(">Q")
-_TORCH_DTYPES = {
-    str(d).removeprefix("torch."): d
-    for d in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-        torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
-    )
-}  # fmt: skip
+_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+                "complex64", "complex128")  # fmt: skip
+# NOTE: torch and numpy are imported only once a value needs them: the grader's own tests of toy
+# submissions (and their fork server) then never pay torch's import.
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _dtype(name: str) -> Any:
+    if name not in _DTYPE_NAMES:
+        raise WireError(f"unknown tensor dtype {name!r}")
+    return getattr(_torch(), name)
 
 
 class WireError(ValueError):
@@ -77,32 +90,24 @@ def encode(
     if isinstance(value, (bytes, bytearray, memoryview)):
         buffers.append(bytes(value))
         return {"$bytes": len(buffers) - 1}
-    if isinstance(value, torch.Tensor):
-        return _encode_tensor(value, buffers)
-    if isinstance(value, np.memmap) and getattr(value, "filename", None) is not None and isinstance(value.base, mmap.mmap):
-        return {"$memmap": map_path(os.fspath(value.filename)), "offset": int(value.offset), "dtype": value.dtype.str,
-                "shape": list(value.shape), "mode": "r"}  # fmt: skip
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise WireError("numpy arrays of Python objects are not carried")
-        buffers.append(np.ascontiguousarray(value).tobytes())
-        return {"$ndarray": len(buffers) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
-    if isinstance(value, np.generic):
-        return enc(value.item())
-    if isinstance(value, torch.Size):
-        return {"$size": [int(d) for d in value]}
+    array = _encode_array(value, buffers, map_path)
+    if array is not None:
+        return array
+    if isinstance(value, (list, tuple)) and value and all(type(v) is bytes for v in value):
+        return _encode_bytes_list(value, buffers)  # a vocabulary's values, a merge: one buffer, not many
     if isinstance(value, tuple):
         return {"$tuple": [enc(v) for v in value]}
     if isinstance(value, list):
+        if value and all(type(v) is tuple and v and all(type(b) is bytes for b in v) for v in value):
+            return {"$tuples": _encode_bytes_list([b for v in value for b in v], buffers),
+                    "arity": [len(v) for v in value]}  # fmt: skip
         return [enc(v) for v in value]
     if isinstance(value, (set, frozenset)):
         return {"$set": [enc(v) for v in value]}
     if isinstance(value, dict):
+        if value and all(type(v) is bytes for v in value.values()):
+            return {"$bytesdict": enc(list(value.keys())), "values": _encode_bytes_list(list(value.values()), buffers)}
         return {"$dict": [[enc(k), enc(v)] for k, v in value.items()]}
-    if isinstance(value, torch.dtype):
-        return {"$dtype": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.device):
-        return {"$device": str(value)}
     if isinstance(value, Path):
         return {"$path": map_path(str(value))}
     if isinstance(value, Iterator) and not isinstance(value, (str, bytes)):
@@ -114,9 +119,53 @@ def encode(
     raise WireError(f"cannot carry a value of type {type(value).__name__}")
 
 
-def _encode_tensor(value: torch.Tensor, buffers: list[bytes]) -> dict[str, Any]:
+def _encode_array(value: Any, buffers: list[bytes], map_path: Callable[[str], str]) -> Any:
+    """Tensors, arrays, memmaps, numpy scalars and torch's small types; None for anything else."""
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")  # NOTE: loaded already if value is one
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return _encode_tensor(value, buffers)
+        if isinstance(value, torch.Size):
+            return {"$size": [int(d) for d in value]}
+        if isinstance(value, torch.dtype):
+            return {"$dtype": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.device):
+            return {"$device": str(value)}
+    if np is None:
+        return None
+    if isinstance(value, np.memmap) and getattr(value, "filename", None) is not None and isinstance(value.base, mmap.mmap):
+        return {"$memmap": map_path(os.fspath(value.filename)), "offset": int(value.offset), "dtype": value.dtype.str,
+                "shape": list(value.shape), "mode": "r"}  # fmt: skip
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise WireError("numpy arrays of Python objects are not carried")
+        buffers.append(np.ascontiguousarray(value).tobytes())
+        return {"$ndarray": len(buffers) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return encode(value.item(), buffers)
+    return None
+
+
+def _encode_bytes_list(items: list[bytes] | tuple[bytes, ...], buffers: list[bytes]) -> dict[str, Any]:
+    buffers.append(b"".join(items))
+    return {"$byteslist": len(buffers) - 1, "lengths": [len(b) for b in items], "tuple": isinstance(items, tuple)}
+
+
+def _decode_bytes_list(value: dict[str, Any], buffers: list[bytes]) -> list[bytes]:
+    raw, lengths = _buffer(buffers, value["$byteslist"]), value.get("lengths")
+    if not isinstance(lengths, list) or sum(int(n) for n in lengths) != len(raw):
+        raise WireError("a byte-string list whose lengths do not add up")
+    items, start = [], 0
+    for n in lengths:
+        items.append(raw[start : start + int(n)])
+        start += int(n)
+    return items
+
+
+def _encode_tensor(value: Any, buffers: list[bytes]) -> dict[str, Any]:
+    torch = _torch()
     name = str(value.dtype).removeprefix("torch.")
-    if name not in _TORCH_DTYPES:
+    if name not in _DTYPE_NAMES:
         raise WireError(f"cannot carry a tensor of dtype {value.dtype}")
     flat = value.detach().to("cpu").contiguous().reshape(-1)
     buffers.append(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
@@ -146,25 +195,20 @@ def decode(
         raise WireError(f"unexpected JSON value of type {type(value).__name__}")
     tag = next(iter(value))
     body = value[tag]
-    if tag == "$tensor":
-        return _decode_tensor(value, _buffer(buffers, body))
-    if tag == "$ndarray":
-        array = np.frombuffer(_buffer(buffers, body), dtype=np.dtype(value["dtype"])).copy()
-        return array.reshape([int(d) for d in value["shape"]])
-    if tag == "$memmap" and memmaps:
-        shape = tuple(int(d) for d in value["shape"])
-        return np.memmap(str(body), dtype=np.dtype(value["dtype"]), mode="r", offset=int(value["offset"]), shape=shape)
+    special = _decode_data(tag, value, buffers, memmaps, dec)
+    if special is not _NOTHING:
+        return special
     simple: dict[str, Callable[[Any], Any]] = {
         "$int": lambda b: int(str(b)),
         "$float": lambda b: float(str(b)),
         "$bytes": lambda b: _buffer(buffers, b),
-        "$size": lambda b: torch.Size([int(d) for d in b]),
+        "$size": lambda b: _torch().Size([int(d) for d in b]),
         "$tuple": lambda b: tuple(dec(v) for v in b),
         "$iter": lambda b: iter([dec(v) for v in b]),
         "$set": lambda b: {dec(v) for v in b},
         "$dict": lambda b: {dec(k): dec(v) for k, v in b},
-        "$dtype": lambda b: _TORCH_DTYPES[str(b)],
-        "$device": lambda b: torch.device(str(b)),
+        "$dtype": lambda b: _dtype(str(b)),
+        "$device": lambda b: _torch().device(str(b)),
         "$path": lambda b: Path(str(b)),
     }
     if tag in simple:
@@ -178,17 +222,45 @@ def decode(
     raise WireError(f"unknown tag {tag!r}")
 
 
+_NOTHING = object()
+
+
+def _decode_data(tag: str, value: dict[str, Any], buffers: list[bytes], memmaps: bool, dec: Callable[[Any], Any]) -> Any:
+    """Tensors, arrays, memmaps and packed byte strings; `_NOTHING` for the other tags."""
+    body = value[tag]
+    if tag == "$tensor":
+        return _decode_tensor(value, _buffer(buffers, body))
+    np = _np() if tag in ("$ndarray", "$memmap") else None
+    if tag == "$ndarray":
+        array = np.frombuffer(_buffer(buffers, body), dtype=np.dtype(value["dtype"])).copy()
+        return array.reshape([int(d) for d in value["shape"]])
+    if tag == "$byteslist":
+        items = _decode_bytes_list(value, buffers)
+        return tuple(items) if value.get("tuple") else items
+    if tag == "$tuples":
+        flat, arity = iter(_decode_bytes_list(body, buffers)), value.get("arity", [])
+        return [tuple(next(flat) for _ in range(int(n))) for n in arity]
+    if tag == "$bytesdict":
+        keys, values = dec(body), _decode_bytes_list(value.get("values", {}), buffers)
+        if not isinstance(keys, list) or len(keys) != len(values):
+            raise WireError("a bytes dictionary whose keys and values do not pair up")
+        return dict(zip(keys, values))
+    if tag == "$memmap" and memmaps:
+        shape = tuple(int(d) for d in value["shape"])
+        return np.memmap(str(body), dtype=np.dtype(value["dtype"]), mode="r", offset=int(value["offset"]), shape=shape)
+    return _NOTHING
+
+
 def _buffer(buffers: list[bytes], index: Any) -> bytes:
     if not isinstance(index, int) or not 0 <= index < len(buffers):
         raise WireError(f"reference to a missing buffer {index!r}")
     return buffers[index]
 
 
-def _decode_tensor(value: dict[str, Any], raw: bytes) -> torch.Tensor:
-    dtype = _TORCH_DTYPES.get(str(value.get("dtype")))
+def _decode_tensor(value: dict[str, Any], raw: bytes) -> Any:
+    torch = _torch()
+    dtype = _dtype(str(value.get("dtype")))
     shape = [int(d) for d in value.get("shape", [])]
-    if dtype is None:
-        raise WireError(f"unknown tensor dtype {value.get('dtype')!r}")
     count = math.prod(shape)
     if len(raw) != count * torch.empty((), dtype=dtype).element_size():
         raise WireError(f"tensor of shape {shape} and dtype {dtype} does not fit its {len(raw)} bytes")

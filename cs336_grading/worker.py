@@ -33,6 +33,7 @@ from typing import Any
 
 from cs336_grading import audit, jail, wire
 
+_LOG: Any = None  # the worker's log file (what the grader reads when it dies), once it has one
 MAX_ITEMS = 20_000_000  # an iterator longer than this is not drained
 _REPLY_TEXT = 4000
 
@@ -103,12 +104,14 @@ def _drain(result: Any) -> Any:
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    """What the grader is told of an exception: type, message, and where in the submission it arose."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}cs336_grading{os.sep}" not in f.filename]
+    where = [f"{os.path.relpath(f.filename)}:{f.lineno} in {f.name}" for f in frames[-3:]]
     return {
         "type": type(exc).__name__,
         "bases": [c.__name__ for c in type(exc).__mro__],
         "message": str(exc)[:_REPLY_TEXT],
-        "traceback": "".join(frames[-6:])[-_REPLY_TEXT:],
+        "traceback": "\n".join(f"at {w}" for w in reversed(where))[-_REPLY_TEXT:],
     }
 
 
@@ -132,27 +135,45 @@ def serve(sock: socket.socket, session: _Session) -> None:
 def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     """In the forked child: redirect output, wall in, import nothing of ours, serve."""
     workspace = str(request["workspace"])
-    log_fd = os.open(os.path.join(workspace, ".worker.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 16)  # NOTE: the fork server's listening socket must not stay reachable
-    faulthandler.enable(file=sys.stderr)
+    # What the submission prints goes nowhere (megabytes of it cost nothing); a crash's traceback goes to
+    # the log that the grader reads when the worker dies.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    log = open(os.path.join(workspace, ".worker.log"), "w")  # noqa: SIM115 - lives as long as the worker
+    os.closerange(3, min(keep, log.fileno()))
+    os.closerange(max(keep, log.fileno()) + 1, 1 << 16)  # NOTE: the fork server's socket must not stay reachable
+    for fd in range(min(keep, log.fileno()) + 1, max(keep, log.fileno())):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    faulthandler.enable(file=log)
+    global _LOG
+    _LOG = log
     walls = jail.enter(workspace, uid=request.get("uid"), memory_mb=request.get("memory_mb"),
                        cpu_s=int(request.get("cpu_s", 600)))  # fmt: skip
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workspace, "PYTHONDONTWRITEBYTECODE": "1",
                        "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp" if walls["filesystem"] else workspace + "/tmp"})  # fmt: skip
     _isolate_imports(workspace)
-    import torch
-
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     session = _Session()
     session.load()
     wire.send(sock, {"ready": walls}, [])
     serve(sock, session)
+
+
+class _Refuse:
+    """A meta-path finder that refuses the grader's and the maintainers' packages (where no jail hides them)."""
+
+    PREFIXES = ("cs336_grading", "oracle", "cs336_lab")
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] in self.PREFIXES:
+            raise ModuleNotFoundError(f"No module named {name!r} (the grader's packages are not the submission's)")
+        return None
 
 
 def _isolate_imports(workspace: str) -> None:
@@ -163,16 +184,45 @@ def _isolate_imports(workspace: str) -> None:
     for name in list(sys.modules):
         if name.split(".")[0] in ("tests", "cs336_basics", "oracle", "cs336_lab"):
             del sys.modules[name]
+    sys.meta_path.insert(0, _Refuse())
     importlib.invalidate_caches()
     Path(workspace, "tmp").mkdir(exist_ok=True)
 
 
 # ------------------------------------------------------------------------------------ the fork server
-def fork_server(path: str) -> None:
-    """Listen on `path`; answer `fork` (a worker, its socket sent back) and `status` (exit status) requests."""
-    import numpy  # noqa: F401 - what every worker needs, imported once
-    import torch  # noqa: F401
+def _warm_up() -> None:
+    """Pay torch's first-use costs once, here, not in every worker: lazy imports (the first optimizer
+    step imports torch._dynamo, ~3 s), autograd, serialisation, and the libraries submissions import."""
+    import io
 
+    import numpy  # noqa: F401 - imported once here, not in every worker
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)  # NOTE: no thread pool may exist when we fork
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    F.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 2])).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    torch.load(buffer)
+    torch.nn.init.trunc_normal_(torch.empty(3, 3))
+    with audit.Watch("warm-up"):
+        torch.softmax(torch.randn(3), 0)
+    for name in ("einops", "jaxtyping", "regex", "tqdm"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def fork_server(path: str, warm: bool = True) -> None:
+    """Listen on `path`; answer `fork` (a worker, its socket sent back) and `status` (exit status) requests."""
+    if warm:
+        _warm_up()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
@@ -229,10 +279,10 @@ def _serve_request(
             try:
                 _child(theirs, header, theirs.fileno())
             except BaseException:  # noqa: BLE001 - the worker's log says why it could not start or serve
-                traceback.print_exc()
+                traceback.print_exc(file=_LOG or sys.stderr)
                 code = 70
             finally:
-                sys.stderr.flush()
+                (_LOG or sys.stderr).flush()
                 os._exit(code)
         theirs.close()
         forked[pid] = header.get("uid")
@@ -257,4 +307,4 @@ def _serve_request(
 
 
 if __name__ == "__main__":
-    fork_server(sys.argv[1])
+    fork_server(sys.argv[1], warm="--cold" not in sys.argv[2:])
