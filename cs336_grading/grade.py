@@ -181,7 +181,7 @@ def grade(
     scores = tuple(
         ProblemScore(
             PROBLEMS_BY_NAME[name],
-            tuple(TestOutcome(n, name, *run.results[n]) for n in graded if problem_of(n) == name),
+            tuple(_outcome(n, name, run) for n in graded if problem_of(n) == name),
             evidence=tuple(evidence.get(name, ())),
             zeroed=builtins == "zero" and bool(evidence.get(name)),
         )
@@ -190,6 +190,14 @@ def grade(
     ungraded = tuple(n for n in nodeids if problem_of(n) is None)
     warnings = tuple(_warnings(limits, evidence, builtins))
     return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+
+
+def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:
+    """A test's outcome; an advisory test's is reported but counts for nothing."""
+    status, message = run.results[nodeid]
+    if run.records.get(nodeid, {}).get("advisory"):
+        return TestOutcome(nodeid, problem, "advisory", f"{STATUS_LABELS[status]}" + (f": {message}" if message else ""))
+    return TestOutcome(nodeid, problem, status, message)
 
 
 def _check_options(jobs: int | None, timeout: float, total_timeout: float, memory_mb: int | None, builtins: str) -> int:
@@ -363,6 +371,11 @@ def _main(args: argparse.Namespace) -> int:
     except GraderError as e:
         log.error("the grader could not run: %s", e)
         return 1
+    except KeyboardInterrupt as e:
+        if str(e) != "signal SIGTERM":
+            raise
+        log.error("terminated (SIGTERM): the test processes, workers and workspace are cleaned up")
+        return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(result.format_table())  # the table is the command's output; the rest is logging

@@ -78,6 +78,7 @@ def _classify(excinfo: pytest.ExceptionInfo[BaseException]) -> tuple[str, str]:
 class _Recorder:
     def __init__(self, client: WorkerClient | None, limits: dict[str, Any]) -> None:
         self.outcomes: dict[str, tuple[str, str]] = {}
+        self.advisory: set[str] = set()  # tests marked `advisory`: reported, worth 0 points
         self.client = client
         self.limits = limits
 
@@ -92,6 +93,8 @@ class _Recorder:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         outcome = yield
         report = outcome.get_result()
+        if item.get_closest_marker("advisory") is not None:
+            self.advisory.add(item.nodeid)
         if call.excinfo is None or item.nodeid in self.outcomes:
             return  # keep the first problem of a test (its call, not a teardown that follows)
         if report.skipped:
@@ -105,6 +108,8 @@ class _Recorder:
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
         status, message = self.outcomes.get(nodeid, ("passed", ""))
         record = {} if self.client is None else self.client.end_test()
+        if nodeid in self.advisory:
+            record["advisory"] = True
         _emit({"event": "result", "nodeid": nodeid, "status": status, "message": message, **record})
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
