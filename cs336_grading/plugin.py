@@ -15,6 +15,7 @@ still knows which test was running when a process is killed:
               | "timeout" | "error" | "skipped", "message": "the useful lines of the failure",
               "worker_seconds": 0.01, "peak_mib": 420.0, "findings": ["run_linear called ..."]}
     {"event": "collect_error", "nodeid": "tests/test_x.py", "message": "ImportError: ..."}
+    {"event": "collected", "nodeids": [the tests it will run], "ungraded": [those it deselected]}
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 from cs336_grading.client import MEMORY_MARKERS, WORKER_ENV, StudentError, WorkerClient, WorkerConfig, WorkerFailure
 
 REPORT_ENV = "CS336_GRADER_REPORT"
+SELECT_ENV = "CS336_GRADED_PREFIXES"  # JSON list: run only tests whose function name starts with one
 LIMITS_ENV = "CS336_TEST_LIMITS"  # JSON {"default": s, "tests": {nodeid: s}}: each test's budget in the worker
 _TIMEOUT_MARKER = "Timeout"  # pytest-timeout fails a test with "Failed: Timeout (>60.0s) from pytest-timeout."
 MAX_MESSAGE_LINES, MAX_MESSAGE_CHARS = 10, 1200
@@ -111,6 +113,17 @@ class _Recorder:
         if nodeid in self.advisory:
             record["advisory"] = True
         _emit({"event": "result", "nodeid": nodeid, "status": status, "message": message, **record})
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Keep the graded tests of the selected problems; tell the grader which tests this process has."""
+        prefixes = tuple(json.loads(os.environ.get(SELECT_ENV) or "[]"))
+        if prefixes:
+            keep = [i for i in items if i.nodeid.split("::")[-1].split("[")[0].startswith(prefixes)]
+            dropped = [i for i in items if i not in keep]
+            if dropped:
+                config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+            _emit({"event": "collected", "nodeids": [i.nodeid for i in keep], "ungraded": [i.nodeid for i in dropped]})
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:

@@ -249,6 +249,8 @@ class ProcessReport:
     records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings, advisory
     in_flight: str | None = None  # the test that was running when the process ended
     collect_errors: list[str] = field(default_factory=list)
+    collected: list[str] = field(default_factory=list)  # a whole file's run: the tests it found
+    ungraded: list[str] = field(default_factory=list)  # ... and those it deselected
     ending: str = "exited"  # "exited" | "timeout" | "deadline" | "crashed"
     detail: str = ""  # signal / exit code and the tail of the output, for crashes
     seconds: float = 0.0
@@ -389,6 +391,9 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))
+        elif event.get("event") == "collected":
+            report.collected = [str(n) for n in event.get("nodeids", [])]
+            report.ungraded = [str(n) for n in event.get("ungraded", [])]
     return offset + len(complete), bool(complete)
 
 
