@@ -304,11 +304,22 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
     run.ctx.barrier()
 
 
+# A weight this large means the run blew up: trained LMs keep theirs within a few units (bf16 would overflow).
+_MAX_HEALTHY_WEIGHT = 1e4
+
+
 def _unhealthy(run: _Run) -> str | None:
-    """Why the model is not worth keeping (non-finite weights, a validation loss above twice that of uniform
-    guessing), or None. A finite loss is not enough: weights of 1e10 still give one, then NaN at once."""
-    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+    """Why the model is not worth keeping (non-finite or exploded weights, a validation loss above twice that
+    of uniform guessing), or None.
+
+    NOTE: a finite loss is not enough: saturated weights of 1e6-1e10 can still score a modest loss on a batch,
+    and give NaN at once on resume or when sampling.
+    """
+    largest = max((float(p.detach().abs().max()) for p in run.model.parameters() if p.numel()), default=0.0)
+    if not math.isfinite(largest):
         return "non-finite weights"
+    if largest > _MAX_HEALTHY_WEIGHT:
+        return f"a weight of magnitude {largest:.3g} > {_MAX_HEALTHY_WEIGHT:.0g}"
     if run.val_step == run.step and run.last_val is not None:
         loss = run.last_val
     else:  # one fixed validation batch; it draws nothing from the training sampler
