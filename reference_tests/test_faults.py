@@ -244,3 +244,49 @@ def test_random_kills_always_leave_a_loadable_checkpoint(data: Path, tmp_path: P
                  "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_run_checkpoint(out / "ckpt_latest.pt")["iteration"] == last + 2
+
+
+# ------------------------------------------------------------------------------------------------ cs336 grade
+
+
+def _processes_inside(directory: Path) -> list[int]:
+    """Processes whose working directory or command line lies under `directory`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(str(directory)) or str(directory) in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
+def test_grade_sigterm_stops_its_test_processes_and_removes_the_workspace(tmp_path: Path) -> None:
+    if "SIGTERM" not in (REPO / "cs336_grading" / "grade.py").read_text():
+        pytest.skip("cs336 grade handles no SIGTERM on this branch yet (the grading wing's rewrite does)")
+    import shutil
+
+    submission = tmp_path / "submission"
+    shutil.copytree(REPO / "cs336_basics", submission / "cs336_basics")
+    (submission / "tests").mkdir()
+    shutil.copy(REPO / "tests" / "adapters.py", submission / "tests" / "adapters.py")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = child_env() | {"TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "cs336_lab.cli", "grade", str(submission), "--out",
+                             str(tmp_path / "results.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(_processes_inside(scratch)) > 0, proc)  # test processes run in the workspace
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    deadline = time.monotonic() + 10
+    while _processes_inside(scratch) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_inside(scratch) == [], "test processes outlived cs336 grade"
+    assert list(scratch.iterdir()) == [], "the workspace was left behind"
