@@ -17,6 +17,10 @@ in `out_dir` (see `run_log.py`):
 The model, loss, optimizer, schedule, clipping and batching are the assignment's, reached through
 `cs336_lab/api.py`, so the loop trains a student's own package as well as ours.
 
+A run stops cleanly on SIGTERM or SIGINT (`stop_signals.py`: finish the step, save, exit) and stops with
+`NonFiniteLossError` when it diverges; a checkpoint is written only for a healthy model, so `ckpt_latest.pt`
+always holds the last healthy step.
+
 Resuming (`resume=True`) restores the model, the optimizer, the step counter, the elapsed time and the batch
 sampler's random state, so a resumed run on the step clock reproduces the losses of an uninterrupted one
 exactly (on the CPU). With `lr_clock="time"` the schedule follows the wall clock, which no resume can replay.
