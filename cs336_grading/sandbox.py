@@ -24,20 +24,20 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+try:
+    import resource
+except ImportError:  # not POSIX: no resource limits (the worker's walls need Linux anyway)
+    resource = None  # type: ignore[assignment]
 
 from cs336_grading.client import MEMORY_MARKERS
 from cs336_grading.plugin import REPORT_ENV
 
-try:  # NOTE: POSIX only; on Windows the memory limit degrades to a warning (see run_guarded)
-    import resource
-except ImportError:  # pragma: no cover - exercised on Windows
-    resource = None  # type: ignore[assignment]
-
-logger = logging.getLogger(__name__)
-
+log = logging.getLogger(__name__)
 PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
 # The `tests/adapters.py` of a grading process: the plugin's proxy replaces it, so it must never run.
@@ -246,9 +246,11 @@ class ProcessReport:
     """What one guarded pytest process left behind."""
 
     results: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (status, message)
-    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
+    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings, advisory
     in_flight: str | None = None  # the test that was running when the process ended
     collect_errors: list[str] = field(default_factory=list)
+    collected: list[str] = field(default_factory=list)  # a whole file's run: the tests it found
+    ungraded: list[str] = field(default_factory=list)  # ... and those it deselected
     ending: str = "exited"  # "exited" | "timeout" | "deadline" | "crashed"
     detail: str = ""  # signal / exit code and the tail of the output, for crashes
     seconds: float = 0.0
@@ -267,20 +269,20 @@ class Limits:
 
 
 def run_guarded(
-    run_dir: Path, nodeids: Sequence[str], limits: Limits, abort: threading.Event | None = None
-) -> ProcessReport:
+    run_dir: Path, nodeids: Sequence[str], limits: Limits | None = None, abort: threading.Event | None = None,
+    **options: Any,
+) -> ProcessReport:  # fmt: skip
     """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
 
     The watchdog kills the process group when a test has run for `timeout` plus a grace period
     (pytest-timeout, when installed, stops most hung tests at `timeout` and the process carries on), when
     no test has started `timeout` + 60 s after launch (imports hang), or when the monotonic `deadline` of
-    the whole grading run passes.
+    the whole grading run passes. `limits` may also be given as its fields (`timeout=...`, ...).
     """
+    limits = limits if limits is not None else Limits(**options)
     report_path = run_dir / ".tmp" / "report.jsonl"
     log_path = run_dir.parent / f"{run_dir.name}.log"
     args = [f"--timeout={limits.timeout:g}", "--timeout-method=signal"] if limits.pytest_timeout else []
-    if resource is None and limits.memory_mb is not None:
-        logger.warning("no RLIMIT on this platform: the %d MB memory limit is not enforced", limits.memory_mb)
     report = ProcessReport()
     started = time.monotonic()
     with open(log_path, "wb") as log:
@@ -291,7 +293,7 @@ def run_guarded(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: _limit_child(limits.memory_mb)) if resource is not None else None,
+            preexec_fn=_limiter(limits.memory_mb),
             start_new_session=True,  # its own process group: killing it also kills worker processes
         )
         _watch(proc, report_path, report, limits, abort)
@@ -302,10 +304,18 @@ def run_guarded(
     return report
 
 
-def _limit_child(memory_mb: int | None) -> None:  # runs in the child between fork and exec
-    if memory_mb is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _limiter(memory_mb: int | None) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec: the memory limit, no core files (None: no RLIMIT here)."""
+    if resource is None:
+        log.warning("no RLIMIT on this platform: the %s MB memory limit is not enforced", memory_mb)
+        return None
+
+    def limit() -> None:
+        if memory_mb is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return limit
 
 
 def _watch(
@@ -377,10 +387,13 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = event.get("nodeid")
         elif event.get("event") == "result":
             report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
-            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings") if k in event}
+            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings", "advisory") if k in event}
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))
+        elif event.get("event") == "collected":
+            report.collected = [str(n) for n in event.get("nodeids", [])]
+            report.ungraded = [str(n) for n in event.get("ungraded", [])]
     return offset + len(complete), bool(complete)
 
 

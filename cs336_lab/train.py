@@ -17,6 +17,10 @@ in `out_dir` (see `run_log.py`):
 The model, loss, optimizer, schedule, clipping and batching are the assignment's, reached through
 `cs336_lab/api.py`, so the loop trains a student's own package as well as ours.
 
+A run stops cleanly on SIGTERM or SIGINT (`stop_signals.py`: finish the step, save, exit) and stops with
+`NonFiniteLossError` when it diverges; a checkpoint is written only for a healthy model, so `ckpt_latest.pt`
+always holds the last healthy step.
+
 Resuming (`resume=True`) restores the model, the optimizer, the step counter, the elapsed time and the batch
 sampler's random state, so a resumed run on the step clock reproduces the losses of an uninterrupted one
 exactly (on the CPU). With `lr_clock="time"` the schedule follows the wall clock, which no resume can replay.
@@ -304,11 +308,22 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
     run.ctx.barrier()
 
 
+# A weight this large means the run blew up: trained LMs keep theirs within a few units (bf16 would overflow).
+_MAX_HEALTHY_WEIGHT = 1e4
+
+
 def _unhealthy(run: _Run) -> str | None:
-    """Why the model is not worth keeping (non-finite weights, a validation loss above twice that of uniform
-    guessing), or None. A finite loss is not enough: weights of 1e10 still give one, then NaN at once."""
-    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+    """Why the model is not worth keeping (non-finite or exploded weights, a validation loss above twice that
+    of uniform guessing), or None.
+
+    NOTE: a finite loss is not enough: saturated weights of 1e6-1e10 can still score a modest loss on a batch,
+    and give NaN at once on resume or when sampling.
+    """
+    largest = max((float(p.detach().abs().max()) for p in run.model.parameters() if p.numel()), default=0.0)
+    if not math.isfinite(largest):
         return "non-finite weights"
+    if largest > _MAX_HEALTHY_WEIGHT:
+        return f"a weight of magnitude {largest:.3g} > {_MAX_HEALTHY_WEIGHT:.0g}"
     if run.val_step == run.step and run.last_val is not None:
         loss = run.last_val
     else:  # one fixed validation batch; it draws nothing from the training sampler
