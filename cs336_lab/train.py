@@ -41,6 +41,7 @@ from cs336_lab import distributed as dist_utils
 from cs336_basics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cs336_lab.config import save_config
 from cs336_basics.data import get_batch, load_training_tokens
+from cs336_basics.init import InitScheme
 from cs336_basics.loss import cross_entropy
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
@@ -75,6 +76,7 @@ class TrainConfig:
     norm_position: Literal["pre", "post"] = "pre"
     position_embedding: Literal["rope", "none"] = field(default="rope", metadata=_help("'none' = NoPE"))
     ffn_type: Literal["swiglu", "silu"] = "swiglu"
+    init: InitScheme = field(default="assignment", metadata=_help("initialisation of every Linear (init.py)"))
     # optimisation
     batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
     grad_accum_steps: int = 1
