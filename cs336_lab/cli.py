@@ -33,6 +33,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_lab.train",  # train
     "cs336_lab.generate",  # generate
     "cs336_lab.accounting",
+    "cs336_lab.compare",  # compare
+    "cs336_lab.sweep",  # sweep
     "cs336_grading.grade",  # the course staff's wing: grade, handout
     "cs336_grading.handout",
 )

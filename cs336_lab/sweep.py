@@ -1,0 +1,212 @@
+"""``cs336 sweep``: train a grid of configs one after another, then compare them.
+
+    cs336 sweep --config base.toml --set lr_max=1e-3,3e-3,1e-2 [--set batch_size=16,64] [--out runs/sweep]
+    cs336 sweep --config configs/sweeps/lr.toml          # the grid can also live in the file's [sweep] table
+
+Each point of the grid (the product of the ``--set`` values) trains into its own directory under the sweep's
+directory (``lr_max=0.01+batch_size=16/``), with the base config and the point's values. A finished point
+leaves ``status.json`` and is skipped when the sweep runs again; a point that was interrupted resumes from its
+checkpoint; a point that diverges is marked ``diverged`` and the sweep carries on: a non-finite loss stops the
+point at once (``NonFiniteLossError``), a finite blow-up (a last validation loss above the first) is marked
+when the point ends. At the
+end ``compare.png`` and ``compare.md`` (``cs336 compare``) sit in the sweep's directory.
+
+A config file may carry, besides the ``cs336 train`` keys, a ``[sweep]`` table: ``out`` (the sweep's
+directory), ``x`` and ``metric`` (of the comparison) and ``grid`` (a table of lists, like ``--set``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cs336_lab.atomic import atomic_write_text
+from cs336_lab.compare import compare
+from cs336_lab.config import from_dict, read_config_file, to_jsonable
+
+logger = logging.getLogger(__name__)
+
+STATUS_NAME = "status.json"
+CHECKPOINT_NAME = "ckpt_latest.pt"  # what `cs336 train` writes in its out_dir (train.py)
+SWEEP_KEYS = ("out", "x", "metric", "grid")
+TrainFn = Callable[[Any], Any]
+
+
+def parse_set(text: str) -> tuple[str, list[Any]]:
+    """``key=v1,v2`` -> ``(key, [v1, v2])``, each value read as a TOML value, else kept as a string.
+
+    >>> parse_set("lr_max=1e-3,3e-3"), parse_set("norm_position=pre,post"), parse_set("d_ff=none,64")
+    (('lr_max', [0.001, 0.003]), ('norm_position', ['pre', 'post']), ('d_ff', [None, 64]))
+    """
+    key, sep, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key or not values.strip():
+        raise ValueError(f"--set expects KEY=VALUE[,VALUE...], got {text!r}")
+    return key, [_parse_value(v.strip()) for v in values.split(",")]
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest.
+
+    >>> grid_points({"a": [1, 2], "b": ["x"]})
+    [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]
+    """
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"sweep grid {key!r}: expected a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+    """The directory name of a grid point: ``key=value`` joined by ``+``, unsafe characters as ``_``.
+
+    >>> point_name({"lr_max": 0.01, "norm_position": "post"})
+    'lr_max=0.01+norm_position=post'
+    """
+    text = "+".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
+
+
+def _read_status(point_dir: Path) -> dict[str, Any] | None:
+    path = point_dir / STATUS_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
+    """The status of a finished run: "diverged" if its last validation loss is above its first, else "done".
+
+    >>> _finished_status([{"val_loss": 6.9}, {"val_loss": 3.1}]), _finished_status([{"val_loss": 6.9}, {"val_loss": 14.0}])
+    ('done', 'diverged')
+    """
+    losses = [r["val_loss"] for r in history if "val_loss" in r]
+    return "diverged" if len(losses) >= 2 and losses[-1] > losses[0] else "done"
+
+
+def run_point(config: Any, train_fn: TrainFn) -> dict[str, Any]:
+    """Train one point (resuming an interrupted one); return its status, also written to status.json."""
+    from cs336_lab.train import NonFiniteLossError
+
+    out_dir = Path(config.out_dir)
+    wanted = to_jsonable(dataclasses.replace(config, resume=False))
+    old = _read_status(out_dir)
+    if old is not None and old.get("config") == wanted:
+        logger.info("%s: already %s, skipped", out_dir.name, old["status"])
+        return old
+    resume = old is None and (out_dir / CHECKPOINT_NAME).is_file()
+    if old is not None:
+        logger.warning("%s: its config changed since it ran: training it again from scratch", out_dir.name)
+    logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
+    status: dict[str, Any] = {"config": wanted}
+    try:
+        result = train_fn(dataclasses.replace(config, resume=resume))
+        status |= {"status": _finished_status(result.history), "final_val_loss": result.final_val_loss,
+                   "best_val_loss": result.best_val_loss, "steps": result.steps}
+    except NonFiniteLossError as err:
+        logger.warning("%s diverged: %s", out_dir.name, err)
+        status |= {"status": "diverged", "error": str(err)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / STATUS_NAME, json.dumps(status, indent=2) + "\n")
+    return status
+
+
+def sweep(
+    base: Mapping[str, Any],
+    grid: Mapping[str, Sequence[Any]],
+    out: str | Path,
+    *,
+    x: str = "steps",
+    metric: str = "val_loss",
+    train_fn: TrainFn | None = None,
+) -> list[dict[str, Any]]:
+    """Train every point of `grid` over the `base` config (``cs336 train`` keys) into `out`/<point>; compare.
+
+    Every point's config is checked before the first one trains, so a typo fails at once. `train_fn`
+    (default: ``cs336_lab.train.train``) is called with each point's ``TrainConfig``.
+    """
+    from cs336_lab.train import TrainConfig, train
+
+    out = Path(out)
+    points = grid_points(grid)
+    configs = []
+    for point in points:
+        values = {**base, **point, "out_dir": str(out / point_name(point))}
+        try:
+            configs.append(from_dict(TrainConfig, values))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"sweep point {point_name(point)}: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(to_jsonable({"base": base, "grid": grid}), indent=2) + "\n")
+    statuses = []
+    for number, config in enumerate(configs, 1):
+        logger.info("sweep point %d/%d: %s", number, len(configs), Path(config.out_dir).name)
+        statuses.append(run_point(config, train_fn or train))
+    done = [c.out_dir for c in configs if (Path(c.out_dir) / "metrics.jsonl").is_file()]
+    if done:
+        table = compare(done, out / "compare.png", x=x, metric=metric, title=f"sweep {out.name}: {metric}")
+        logger.info("comparison in %s and %s:\n%s", out / "compare.png", out / "compare.md", table)
+    return statuses
+
+
+def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A config file's ``cs336 train`` keys and its ``[sweep]`` table (empty when it has none)."""
+    data = read_config_file(path)
+    table = data.pop("sweep", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [sweep] must be a table with keys {SWEEP_KEYS}, got {table!r}")
+    unknown = sorted(set(table) - set(SWEEP_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown [sweep] key(s) {unknown}; expected some of {list(SWEEP_KEYS)}")
+    return data, table
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``cs336 sweep``."""
+    from cs336_lab.compare import METRIC_FIELDS, X_FIELDS
+
+    parser = subparsers.add_parser("sweep", help="train a grid of configs one by one, then compare them",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, metavar="FILE", help="base cs336 train config (TOML/JSON)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a grid axis (repeatable); overrides the file's [sweep] grid for that key")
+    parser.add_argument("--out", default=None, help="the sweep's directory (default: [sweep] out, else runs/sweep)")
+    parser.add_argument("--x", choices=sorted(X_FIELDS), default=None, help="x axis of the comparison")
+    parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default=None, help="metric of the comparison")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    base, table = load_sweep_file(args.config)
+    grid = dict(table.get("grid", {}))
+    grid.update(parse_set(s) for s in args.sets)
+    if not grid:
+        raise ValueError("a sweep needs a grid: give --set KEY=V1,V2 or a [sweep.grid] table in the config file")
+    out = args.out or table.get("out", "runs/sweep")
+    statuses = sweep(base, grid, out, x=args.x or table.get("x", "steps"),
+                     metric=args.metric or table.get("metric", "val_loss"))
+    diverged = sum(s["status"] == "diverged" for s in statuses)
+    logger.info("sweep finished: %d points, %d diverged", len(statuses), diverged)
+    return 0
+
+
+__all__ = ["parse_set", "grid_points", "point_name", "run_point", "sweep", "load_sweep_file", "add_subcommand"]
