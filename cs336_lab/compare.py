@@ -5,7 +5,7 @@
 A run is a directory written by ``cs336 train``: ``config.json`` (its config) and ``metrics.jsonl`` (one
 record per logged step, field names from ``run_log.py``/``train.py``). Each curve is labelled by what differs
 between the configs (``lr_max=0.01``), so a sweep's legend names its grid. A ``status.json`` beside them
-(written by ``cs336 sweep``) marks a run that diverged.
+(written by ``cs336 sweep``) marks a run that diverged and may name it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ NOT_LABELS = frozenset({"out_dir", "resume", "progress", "wandb", "wandb_project
 
 @dataclass
 class Run:
-    """One run directory: its config, its metric records and its sweep status ("done", "diverged"...)."""
+    """One run directory: its config, its metric records, its sweep status ("done", "diverged") and label."""
 
     path: Path
     config: dict[str, Any]
@@ -67,8 +67,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
                 logger.warning("%s line %d is not JSON: skipped", metrics, number)
     config_path, status_path = path / "config.json", path / "status.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    status = json.loads(status_path.read_text(encoding="utf-8")).get("status", "done") if status_path.is_file() else "done"
-    return Run(path=path, config=config, records=records, status=status)
+    status = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else {}
+    return Run(path=path, config=config, records=records, status=status.get("status", "done"),
+               label=status.get("label", ""))
 
 
 def _format_value(value: Any) -> str:
@@ -94,11 +95,11 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def label_runs(runs: Sequence[Run]) -> None:
-    """Set each run's label from what differs between the configs, else from its directory name."""
+    """Label each run: its sweep's name for it, else what differs between the configs, else its directory."""
     keys = differing_keys([r.config for r in runs]) if len(runs) > 1 else []
     for run in runs:
         parts = [f"{k}={_format_value(run.config.get(k))}" for k in keys]
-        run.label = ", ".join(parts) if parts else run.path.name
+        run.label = run.label or (", ".join(parts) if parts else run.path.name)
         if run.status != "done":
             run.label += f" ({run.status})"
 

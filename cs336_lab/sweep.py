@@ -11,8 +11,11 @@ point at once (``NonFiniteLossError``), a finite blow-up (a last validation loss
 when the point ends. At the
 end ``compare.png`` and ``compare.md`` (``cs336 compare``) sit in the sweep's directory.
 
-A config file may carry, besides the ``cs336 train`` keys, a ``[sweep]`` table: ``out`` (the sweep's
-directory), ``x`` and ``metric`` (of the comparison) and ``grid`` (a table of lists, like ``--set``).
+A config file may carry, besides the ``cs336 train`` keys, a ``[sweep]`` table: ``base`` (a config file,
+relative to this one, for the keys this one does not set), ``out`` (the sweep's directory), ``x`` and
+``metric`` (of the comparison), ``grid`` (a table of lists, like ``--set``) and ``points`` (a list of tables,
+``[[sweep.points]]``: points that are not a product, e.g. one per ablation, each with an optional ``name``;
+every listed point is crossed with the grid).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_NAME = "status.json"
 CHECKPOINT_NAME = "ckpt_latest.pt"  # what `cs336 train` writes in its out_dir (train.py)
-SWEEP_KEYS = ("out", "x", "metric", "grid")
+SWEEP_KEYS = ("base", "out", "x", "metric", "grid", "points")
 TrainFn = Callable[[Any], Any]
 
 
@@ -82,7 +85,7 @@ def point_name(point: Mapping[str, Any]) -> str:
     'lr_max=0.01+norm_position=post'
     """
     text = "+".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
 
 
 def _read_status(point_dir: Path) -> dict[str, Any] | None:
@@ -100,8 +103,11 @@ def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
     return "diverged" if len(losses) >= 2 and losses[-1] > losses[0] else "done"
 
 
-def run_point(config: Any, train_fn: TrainFn) -> dict[str, Any]:
-    """Train one point (resuming an interrupted one); return its status, also written to status.json."""
+def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> dict[str, Any]:
+    """Train one point (resuming an interrupted one); return its status, also written to status.json.
+
+    `label`, when given, names the run in comparisons instead of its differing config keys.
+    """
     from cs336_lab.train import NonFiniteLossError
 
     out_dir = Path(config.out_dir)
@@ -114,7 +120,7 @@ def run_point(config: Any, train_fn: TrainFn) -> dict[str, Any]:
     if old is not None:
         logger.warning("%s: its config changed since it ran: training it again from scratch", out_dir.name)
     logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
-    status: dict[str, Any] = {"config": wanted}
+    status: dict[str, Any] = {"config": wanted} | ({"label": label} if label else {})
     try:
         result = train_fn(dataclasses.replace(config, resume=resume))
         status |= {"status": _finished_status(result.history), "final_val_loss": result.final_val_loss,
@@ -127,37 +133,65 @@ def run_point(config: Any, train_fn: TrainFn) -> dict[str, Any]:
     return status
 
 
+def expand_points(
+    grid: Mapping[str, Sequence[Any]] | None = None, points: Sequence[Mapping[str, Any]] | None = None
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """`(directory name, values, named)` of every point: each listed point crossed with the grid's combinations.
+
+    A listed point is a table of values, optionally with a ``name``; a named point's directory name is also
+    its label in the comparison (`named` is True), instead of the config keys that differ.
+
+    >>> expand_points({"lr_max": [0.1]}, [{"name": "post", "norm_position": "post"}, {"d_ff": 64}])
+    [('post+lr_max=0.1', {'norm_position': 'post', 'lr_max': 0.1}, True), ('d_ff=64+lr_max=0.1', {'d_ff': 64, 'lr_max': 0.1}, False)]
+    """
+    expanded = []
+    for listed in points or [{}]:
+        if not isinstance(listed, Mapping):
+            raise ValueError(f"sweep points: expected a table of values per point, got {listed!r}")
+        values = {k: v for k, v in listed.items() if k != "name"}
+        for combo in grid_points(grid or {}):
+            names = [str(listed["name"])] if "name" in listed else ([point_name(values)] if values else [])
+            names += [point_name(combo)] if combo else []
+            name = re.sub(r"[^A-Za-z0-9._=+-]", "_", "+".join(names)) or "base"
+            expanded.append((name, {**values, **combo}, "name" in listed))
+    duplicates = sorted({n for n, _, _ in expanded if sum(m == n for m, _, _ in expanded) > 1})
+    if duplicates:
+        raise ValueError(f"sweep points must have distinct names, got {duplicates} more than once")
+    return expanded
+
+
 def sweep(
     base: Mapping[str, Any],
-    grid: Mapping[str, Sequence[Any]],
+    grid: Mapping[str, Sequence[Any]] | None,
     out: str | Path,
     *,
+    points: Sequence[Mapping[str, Any]] | None = None,
     x: str = "steps",
     metric: str = "val_loss",
     train_fn: TrainFn | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every point of `grid` over the `base` config (``cs336 train`` keys) into `out`/<point>; compare.
+    """Train every point (`expand_points`) over the `base` config (``cs336 train`` keys) into `out`/<name>.
 
     Every point's config is checked before the first one trains, so a typo fails at once. `train_fn`
-    (default: ``cs336_lab.train.train``) is called with each point's ``TrainConfig``.
+    (default: ``cs336_lab.train.train``) is called with each point's ``TrainConfig``. Ends with `compare`.
     """
     from cs336_lab.train import TrainConfig, train
 
     out = Path(out)
-    points = grid_points(grid)
-    configs = []
-    for point in points:
-        values = {**base, **point, "out_dir": str(out / point_name(point))}
+    configs, labels = [], []
+    for name, values, named in expand_points(grid, points):
         try:
-            configs.append(from_dict(TrainConfig, values))
+            configs.append(from_dict(TrainConfig, {**base, **values, "out_dir": str(out / name)}))
         except (TypeError, ValueError) as err:
-            raise type(err)(f"sweep point {point_name(point)}: {err}") from None
+            raise type(err)(f"sweep point {name}: {err}") from None
+        labels.append(name if named else None)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(to_jsonable({"base": base, "grid": grid}), indent=2) + "\n")
+    plan = {"base": base, "grid": grid or {}, "points": points or []}
+    atomic_write_text(out / "sweep.json", json.dumps(to_jsonable(plan), indent=2) + "\n")
     statuses = []
-    for number, config in enumerate(configs, 1):
+    for number, (config, label) in enumerate(zip(configs, labels), 1):
         logger.info("sweep point %d/%d: %s", number, len(configs), Path(config.out_dir).name)
-        statuses.append(run_point(config, train_fn or train))
+        statuses.append(run_point(config, train_fn or train, label=label))
     done = [c.out_dir for c in configs if (Path(c.out_dir) / "metrics.jsonl").is_file()]
     if done:
         table = compare(done, out / "compare.png", x=x, metric=metric, title=f"sweep {out.name}: {metric}")
@@ -166,7 +200,10 @@ def sweep(
 
 
 def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A config file's ``cs336 train`` keys and its ``[sweep]`` table (empty when it has none)."""
+    """A config file's ``cs336 train`` keys and its ``[sweep]`` table (empty when it has none).
+
+    ``[sweep] base = "other.toml"`` (relative to this file) supplies the keys this file does not set.
+    """
     data = read_config_file(path)
     table = data.pop("sweep", {})
     if not isinstance(table, dict):
@@ -174,6 +211,12 @@ def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(table) - set(SWEEP_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown [sweep] key(s) {unknown}; expected some of {list(SWEEP_KEYS)}")
+    if "base" in table:
+        base_path = Path(path).parent / table["base"]
+        base_data = read_config_file(base_path)
+        if "sweep" in base_data:
+            raise ValueError(f"{base_path}: a sweep's base config must not have a [sweep] table of its own")
+        data = {**base_data, **data}
     return data, table
 
 
@@ -192,6 +235,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="the sweep's directory (default: [sweep] out, else runs/sweep)")
     parser.add_argument("--x", choices=sorted(X_FIELDS), default=None, help="x axis of the comparison")
     parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default=None, help="metric of the comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of torch (default: torch's); 1 is fastest for small models on a busy machine")
     parser.set_defaults(func=_run)
 
 
@@ -199,14 +244,20 @@ def _run(args: argparse.Namespace) -> int:
     base, table = load_sweep_file(args.config)
     grid = dict(table.get("grid", {}))
     grid.update(parse_set(s) for s in args.sets)
-    if not grid:
-        raise ValueError("a sweep needs a grid: give --set KEY=V1,V2 or a [sweep.grid] table in the config file")
+    points = table.get("points")
+    if not grid and not points:
+        raise ValueError("a sweep needs points: give --set KEY=V1,V2, or [sweep.grid] / [[sweep.points]] in the file")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = args.out or table.get("out", "runs/sweep")
-    statuses = sweep(base, grid, out, x=args.x or table.get("x", "steps"),
+    statuses = sweep(base, grid, out, points=points, x=args.x or table.get("x", "steps"),
                      metric=args.metric or table.get("metric", "val_loss"))
     diverged = sum(s["status"] == "diverged" for s in statuses)
     logger.info("sweep finished: %d points, %d diverged", len(statuses), diverged)
     return 0
 
 
-__all__ = ["parse_set", "grid_points", "point_name", "run_point", "sweep", "load_sweep_file", "add_subcommand"]
+__all__ = ["parse_set", "grid_points", "point_name", "expand_points", "run_point", "sweep", "load_sweep_file",
+           "add_subcommand"]

@@ -126,3 +126,22 @@ def test_cli_reads_the_grid_from_the_file_and_from_set(base: dict[str, Any], tmp
                      "ffn_type=swiglu+num_layers=1+max_steps=4", "ffn_type=swiglu+num_layers=2+max_steps=4"]
     assert "final train_loss" in (tmp_path / "out" / "compare.md").read_text()
     assert main(["sweep", "--config", str(config), "--set", "no_such_key=1"]) == 2
+
+
+def test_listed_points_are_named_and_crossed_with_the_grid(base: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in base.items()) + "\n")
+    (tmp_path / "ablations.toml").write_text(
+        "max_steps = 4\n[sweep]\nbase = 'base.toml'\n[sweep.grid]\nseed = [0]\n"
+        "[[sweep.points]]\nname = 'baseline'\n[[sweep.points]]\nname = 'post-norm'\nnorm_position = 'post'\n"
+        "[[sweep.points]]\nposition_embedding = 'none'\n"
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", "--config", str(tmp_path / "ablations.toml"), "--out", str(out), "--threads", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "baseline+seed=0", "position_embedding=none+seed=0", "post-norm+seed=0"]
+    config = json.loads((out / "post-norm+seed=0" / "config.json").read_text())
+    assert (config["norm_position"], config["max_steps"], config["d_model"]) == ("post", 4, 16)  # file beats base
+    rows = (out / "compare.md").read_text().splitlines()[2:]
+    # Named points keep their names; the unnamed one is labelled by the keys that differ between the runs.
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| baseline+seed=0", "| post-norm+seed=0", "| norm_position=pre, position_embedding=none"]
