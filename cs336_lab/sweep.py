@@ -103,6 +103,12 @@ def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
     return "diverged" if len(losses) >= 2 and losses[-1] > losses[0] else "done"
 
 
+def _ran_with(out_dir: Path) -> dict[str, Any] | None:
+    """The config an interrupted point ran with (its config.json, `resume` set to False), or None."""
+    path = out_dir / "config.json"
+    return {**json.loads(path.read_text(encoding="utf-8")), "resume": False} if path.is_file() else None
+
+
 def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> dict[str, Any]:
     """Train one point (resuming an interrupted one); return its status, also written to status.json.
 
@@ -116,8 +122,8 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     if old is not None and old.get("config") == wanted:
         logger.info("%s: already %s, skipped", out_dir.name, old["status"])
         return old
-    resume = old is None and (out_dir / CHECKPOINT_NAME).is_file()
-    if old is not None:
+    resume = old is None and (out_dir / CHECKPOINT_NAME).is_file() and _ran_with(out_dir) == wanted
+    if old is not None or (not resume and (out_dir / CHECKPOINT_NAME).is_file()):
         logger.warning("%s: its config changed since it ran: training it again from scratch", out_dir.name)
     logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
     status: dict[str, Any] = {"config": wanted} | ({"label": label} if label else {})

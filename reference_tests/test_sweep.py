@@ -145,3 +145,15 @@ def test_listed_points_are_named_and_crossed_with_the_grid(base: dict[str, Any],
     # Named points keep their names; the unnamed one is labelled by the keys that differ between the runs.
     assert [r.split(" | ")[0] for r in rows] == [
         "| baseline+seed=0", "| post-norm+seed=0", "| norm_position=pre, position_embedding=none"]
+
+
+def test_an_interrupted_point_whose_config_changed_starts_afresh(base: dict[str, Any], tmp_path: Path) -> None:
+    sweep(base, {"seed": [0]}, tmp_path / "s")
+    (tmp_path / "s" / "seed=0" / "status.json").unlink()  # as if killed after its last checkpoint
+    calls: list[Any] = []
+    record = lambda c: calls.append(c) or train(c)  # noqa: E731
+    sweep(base, {"seed": [0]}, tmp_path / "s", train_fn=record)
+    assert calls[-1].resume  # same config: resumed
+    (tmp_path / "s" / "seed=0" / "status.json").unlink()
+    sweep({**base, "lr_max": 1e-2}, {"seed": [0]}, tmp_path / "s", train_fn=record)
+    assert not calls[-1].resume  # another config: the checkpoint is not this point's
