@@ -160,7 +160,8 @@ def compare(run_dirs: Sequence[str | os.PathLike[str]], out: Path, *, x: str = "
             title: str | None = None) -> str:
     """Plot the runs into `out` and write the summary table beside it (`out` with suffix .md); return the table."""
     if x not in X_FIELDS or metric not in METRIC_FIELDS:
-        raise ValueError(f"expected x in {sorted(X_FIELDS)} and metric in {sorted(METRIC_FIELDS)}, got {x!r}, {metric!r}")
+        raise ValueError(f"expected x in {sorted(X_FIELDS)} and metric in {sorted(METRIC_FIELDS)}, "
+                         f"got {x!r} and {metric!r}")
     if not run_dirs:
         raise ValueError("compare needs at least one run directory, got none")
     runs = [load_run(d) for d in run_dirs]

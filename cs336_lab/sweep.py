@@ -5,11 +5,12 @@
 
 Each point of the grid (the product of the ``--set`` values) trains into its own directory under the sweep's
 directory (``lr_max=0.01+batch_size=16/``), with the base config and the point's values. A finished point
-leaves ``status.json`` and is skipped when the sweep runs again; a point that was interrupted resumes from its
-checkpoint; a point that diverges is marked ``diverged`` and the sweep carries on: a non-finite loss stops the
-point at once (``NonFiniteLossError``), a finite blow-up (a last validation loss above the first) is marked
-when the point ends. At the
-end ``compare.png`` and ``compare.md`` (``cs336 compare``) sit in the sweep's directory.
+leaves ``status.json`` and is skipped when the sweep runs again (unless its config changed); a point that was
+interrupted resumes from its checkpoint; a point that diverges is marked ``diverged`` and the sweep carries
+on: a non-finite loss stops the point at once (``NonFiniteLossError``), a finite blow-up (a last validation
+loss above the first) is marked when the point ends. At the end ``compare.png`` and ``compare.md``
+(``cs336 compare``) sit in the sweep's directory. Points run in this process, one after another
+(``--threads 1`` suits small models on a busy CPU).
 
 A config file may carry, besides the ``cs336 train`` keys, a ``[sweep]`` table: ``base`` (a config file,
 relative to this one, for the keys this one does not set), ``out`` (the sweep's directory), ``x`` and
@@ -96,7 +97,7 @@ def _read_status(point_dir: Path) -> dict[str, Any] | None:
 def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
     """The status of a finished run: "diverged" if its last validation loss is above its first, else "done".
 
-    >>> _finished_status([{"val_loss": 6.9}, {"val_loss": 3.1}]), _finished_status([{"val_loss": 6.9}, {"val_loss": 14.0}])
+    >>> _finished_status([{"val_loss": 6.9}, {"val_loss": 3.1}]), _finished_status([{"val_loss": 6.9}, {"val_loss": 9}])
     ('done', 'diverged')
     """
     losses = [r["val_loss"] for r in history if "val_loss" in r]
@@ -147,8 +148,10 @@ def expand_points(
     A listed point is a table of values, optionally with a ``name``; a named point's directory name is also
     its label in the comparison (`named` is True), instead of the config keys that differ.
 
-    >>> expand_points({"lr_max": [0.1]}, [{"name": "post", "norm_position": "post"}, {"d_ff": 64}])
-    [('post+lr_max=0.1', {'norm_position': 'post', 'lr_max': 0.1}, True), ('d_ff=64+lr_max=0.1', {'d_ff': 64, 'lr_max': 0.1}, False)]
+    >>> for point in expand_points({"lr_max": [0.1]}, [{"name": "post", "norm_position": "post"}, {"d_ff": 64}]):
+    ...     print(point)
+    ('post+lr_max=0.1', {'norm_position': 'post', 'lr_max': 0.1}, True)
+    ('d_ff=64+lr_max=0.1', {'d_ff': 64, 'lr_max': 0.1}, False)
     """
     expanded = []
     for listed in points or [{}]:
