@@ -237,3 +237,9 @@ def test_train_flag_sets_the_scheme() -> None:
     config = config_from_args(TrainConfig, args)
     assert config.init == "kaiming_uniform" and config.model_config().init == "kaiming_uniform"
     assert TrainConfig().model_config().init == "assignment"
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    assert doctest.testmod(init).failed == 0

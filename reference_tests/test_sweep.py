@@ -157,3 +157,12 @@ def test_an_interrupted_point_whose_config_changed_starts_afresh(base: dict[str,
     (tmp_path / "s" / "seed=0" / "status.json").unlink()
     sweep({**base, "lr_max": 1e-2}, {"seed": [0]}, tmp_path / "s", train_fn=record)
     assert not calls[-1].resume  # another config: the checkpoint is not this point's
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import cs336_lab.compare
+    import cs336_lab.sweep
+
+    assert doctest.testmod(cs336_lab.sweep).failed == 0 and doctest.testmod(cs336_lab.compare).failed == 0
