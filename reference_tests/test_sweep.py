@@ -67,6 +67,7 @@ class CrashingLM(TransformerLM):
         return super().forward(*args, **kwargs)
 
 
+@pytest.mark.slow  # five short trainings and two plots: about 10 s
 def test_interrupted_sweep_resumes_and_skips_finished_points(base: dict[str, Any], tmp_path: Path) -> None:
     grid = {"lr_max": [1e-3, 1e-2]}
     reference = sweep(base, grid, tmp_path / "whole")
