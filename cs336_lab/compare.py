@@ -180,7 +180,8 @@ def compare(run_dirs: Sequence[str | os.PathLike[str]], out: Path, *, x: str = "
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cs336 compare``."""
     parser = subparsers.add_parser("compare", help="overlay the loss curves of several runs, with a table",
-                                   description=__doc__.split("\n\n")[0])
+                                   description="The curves of several training runs on one plot, and a table of "
+                                   "their final and best values.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by cs336 train")
     parser.add_argument("--x", choices=sorted(X_FIELDS), default="steps", help="x axis (default: steps)")
     parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default="val_loss",

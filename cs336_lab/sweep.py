@@ -237,7 +237,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     from cs336_lab.compare import METRIC_FIELDS, X_FIELDS
 
     parser = subparsers.add_parser("sweep", help="train a grid of configs one by one, then compare them",
-                                   description=__doc__.split("\n\n")[0])
+                                   description="Train a grid of configs one after another, a directory per point, "
+                                   "then compare them.")
     parser.add_argument("--config", required=True, metavar="FILE", help="base cs336 train config (TOML/JSON)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
                         help="a grid axis (repeatable); overrides the file's [sweep] grid for that key")
