@@ -41,7 +41,6 @@ from cs336_lab import distributed as dist_utils
 from cs336_basics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cs336_lab.config import save_config
 from cs336_basics.data import get_batch, load_training_tokens
-from cs336_basics.init import InitScheme
 from cs336_basics.loss import cross_entropy
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW, clip_gradients, get_lr_cosine_schedule
@@ -50,6 +49,9 @@ from cs336_lab.run_log import MetricsLog, bytes_per_token, plot_loss_curve, prog
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "ckpt_latest.pt"
+# NOTE: the schemes of cs336_basics/init.py, spelled out: the handout's kit runs these tools on a student's
+# package, which has no init.py (and a ModelConfig without `init`: model_config() then leaves it out).
+InitChoice = Literal["assignment", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal"]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -76,7 +78,7 @@ class TrainConfig:
     norm_position: Literal["pre", "post"] = "pre"
     position_embedding: Literal["rope", "none"] = field(default="rope", metadata=_help("'none' = NoPE"))
     ffn_type: Literal["swiglu", "silu"] = "swiglu"
-    init: InitScheme = field(default="assignment", metadata=_help("initialisation of every Linear (init.py)"))
+    init: InitChoice = field(default="assignment", metadata=_help("initialisation of every Linear (init.py)"))
     # optimisation
     batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
     grad_accum_steps: int = 1
