@@ -126,7 +126,7 @@ def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str =
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    drawn, starts, lows = [], [], []
+    drawn, highs, lows = [], [], []
     for run in runs:
         xs, ys = run.curve(x, metric)
         finite = [(a, b) for a, b in zip(xs, ys) if math.isfinite(b)]
@@ -135,10 +135,11 @@ def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str =
         ax.plot(*zip(*finite), marker="o" if len(finite) < 30 else None, markersize=3, linewidth=2,
                 label=run.label)
         drawn.append(run.label)
-        starts.append(finite[0][1])
+        # A diverged run must not squash the others: only its first value counts for the y range.
+        highs.append(finite[0][1] if run.status == "diverged" else max(b for _, b in finite))
         lows.append(min(b for _, b in finite))
-    if starts:  # a diverging run must not squash the others: the top is the highest starting value
-        low, high = min(lows), max(starts)
+    if highs:
+        low, high = min(lows), max(highs)
         margin = 0.05 * max(high - low, 1e-3)
         ax.set_ylim(low - margin, high + margin)
     ax.set_xlabel(X_LABELS[x])
