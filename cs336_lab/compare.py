@@ -44,6 +44,7 @@ class Run:
     records: list[dict[str, Any]]
     status: str = "done"
     label: str = ""
+    note: str = ""  # why a diverged run stopped, e.g. "non-finite loss at step 9"
 
     def curve(self, x: str, metric: str) -> tuple[list[float], list[float]]:
         """The (x, y) points of `metric` (a --metric choice) against `x` (a --x choice)."""
@@ -69,7 +70,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     status = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else {}
     return Run(path=path, config=config, records=records, status=status.get("status", "done"),
-               label=status.get("label", ""))
+               label=status.get("label", ""), note=str(status.get("error", "")).split(" (")[0])
 
 
 def _format_value(value: Any) -> str:
@@ -112,8 +113,9 @@ def summary_table(runs: Sequence[Run], metric: str) -> str:
         final = f"{ys[-1]:.4f}" if ys else "–"
         best = f"{min(ys):.4f}" if ys else "–"
         last = run.records[-1] if run.records else {}
+        status = f"{run.status}: {run.note}" if run.note else run.status
         lines.append(f"| {run.label} | {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} "
-                     f"| {run.status} |")
+                     f"| {status} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ def test_diverging_point_is_marked_and_the_sweep_goes_on(base: dict[str, Any], t
     assert "non-finite" in statuses[1]["error"]
     table = (tmp_path / "s" / "compare.md").read_text()
     assert "lr_max=1e+06 (diverged)" in table and table.count("| done |") == 2
+    assert re.search(r"\| diverged: non-finite (loss|gradient norm) at step \d+ \|", table)
     # Run again: nothing retrains, the diverged point included.
     assert sweep({**base, "grad_clip": 0.0, "lr_min": 0.0}, grid, tmp_path / "s", train_fn=pytest.fail) == statuses
 
