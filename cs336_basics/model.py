@@ -4,7 +4,8 @@
 
 A pre-norm block is two residual lines, `x + attn(ln1(x))` then `x + ffn(ln2(x))`. The switches of
 `ModelConfig` give the ablations of the handout: no RMSNorm, post-norm, no position embedding (NoPE) and
-an ungated SiLU feed-forward network.
+an ungated SiLU feed-forward network; `ModelConfig.init` picks the initialisation of every Linear
+(`cs336_basics/init.py`, default: the handout's).
 """
 
 from __future__ import annotations
