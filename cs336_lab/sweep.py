@@ -39,7 +39,6 @@ from cs336_lab.config import from_dict, read_config_file, to_jsonable
 logger = logging.getLogger(__name__)
 
 STATUS_NAME = "status.json"
-CHECKPOINT_NAME = "ckpt_latest.pt"  # what `cs336 train` writes in its out_dir (train.py)
 SWEEP_KEYS = ("base", "out", "x", "metric", "grid", "points")
 TrainFn = Callable[[Any], Any]
 
@@ -115,7 +114,7 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
 
     `label`, when given, names the run in comparisons instead of its differing config keys.
     """
-    from cs336_lab.train import NonFiniteLossError
+    from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError
 
     out_dir = Path(config.out_dir)
     wanted = to_jsonable(dataclasses.replace(config, resume=False))
@@ -130,6 +129,10 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     status: dict[str, Any] = {"config": wanted} | ({"label": label} if label else {})
     try:
         result = train_fn(dataclasses.replace(config, resume=resume))
+        reason = getattr(result, "stop_reason", "")
+        if reason in ("SIGINT", "SIGTERM"):  # train saved and returned: the sweep stops too, resumable
+            raise KeyboardInterrupt(f"{out_dir.name} stopped by {reason} after step {result.steps}; "
+                                    f"run the sweep again to resume it")
         status |= {"status": _finished_status(result.history), "final_val_loss": result.final_val_loss,
                    "best_val_loss": result.best_val_loss, "steps": result.steps}
     except NonFiniteLossError as err:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cs336_basics.model import TransformerLM
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_lab.cli import main
 from cs336_lab.sweep import grid_points, parse_set, point_name, sweep
 from cs336_lab.train import train
@@ -77,7 +79,8 @@ def test_interrupted_sweep_resumes_and_skips_finished_points(base: dict[str, Any
     # The first point finishes; the second is killed in step 6 (forward calls: steps 1-4, the step-4
     # evaluation's 2 batches, step 5, then step 6), after its step-4 checkpoint.
     CrashingLM.calls, CrashingLM.crash_at = -8 - 2 - 2, 8  # the first point's 8 steps and 2 evaluations pass
-    crashing = lambda config: train(config, model_factory=lambda c, d: CrashingLM(c, device=d))  # noqa: E731
+    crashing = lambda config: train(  # noqa: E731
+        config, model_factory=lambda settings, device: CrashingLM(ModelConfig(**settings), device=device))
     with pytest.raises(KeyboardInterrupt):
         sweep(base, grid, tmp_path / "s", train_fn=crashing)
     assert json.loads((first / "status.json").read_text())["status"] == "done"
@@ -169,3 +172,28 @@ def test_docstring_examples() -> None:
     import cs336_lab.sweep
 
     assert doctest.testmod(cs336_lab.sweep).failed == 0 and doctest.testmod(cs336_lab.compare).failed == 0
+
+
+def test_ctrl_c_stops_the_sweep_and_the_point_resumes(base: dict[str, Any], tmp_path: Path) -> None:
+    # A real SIGINT early in the run: `train` finishes its step, saves and returns; the sweep must stop (not mark the
+    # point done and go on), and the next run resumes the point from that checkpoint.
+    calls = {"n": 0}
+
+    class SignallingLM(TransformerLM):
+        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().forward(*args, **kwargs)
+
+    grid = {"lr_max": [1e-3, 1e-2]}
+    signalling = lambda config: train(  # noqa: E731
+        config, model_factory=lambda settings, device: SignallingLM(ModelConfig(**settings), device=device))
+    with pytest.raises(KeyboardInterrupt, match=r"stopped by SIGINT after step \d"):
+        sweep(base, grid, tmp_path / "s", train_fn=signalling)
+    first = tmp_path / "s" / "lr_max=0.001"
+    assert not (first / "status.json").exists() and not (tmp_path / "s" / "lr_max=0.01").exists()
+    resumed: list[Any] = []
+    statuses = sweep(base, grid, tmp_path / "s", train_fn=lambda c: resumed.append(c) or train(c))
+    assert [c.resume for c in resumed] == [True, False] and [s["status"] for s in statuses] == ["done", "done"]
+    assert len(_val_losses(first)) == 2  # steps 4 and 8: the resumed point ran to the end
