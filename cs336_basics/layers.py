@@ -7,13 +7,13 @@ state-dict keys of the assignment, so `load_state_dict` needs no remapping.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from cs336_basics import init
 from cs336_basics.functional import silu
 
 
@@ -69,8 +69,7 @@ class Linear(ShapeCheckedModule):
 
     def reset_parameters(self) -> None:
         """N(0, σ²) with σ² = 2 / (d_in + d_out), truncated at ±3σ."""
-        std = math.sqrt(2.0 / (self.in_features + self.out_features))
-        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3.0 * std, b=3.0 * std)
+        init.assignment_linear_(self.weight)
 
     def forward(self, x: Float[Tensor, " ... d_in"]) -> Float[Tensor, " ... d_out"]:
         # matmul folds the leading dims into one GEMM; `weight.T` is a free view.
@@ -98,7 +97,7 @@ class Embedding(ShapeCheckedModule):
 
     def reset_parameters(self) -> None:
         """N(0, 1) truncated at ±3."""
-        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
+        init.assignment_embedding_(self.weight)
 
     def forward(self, token_ids: Int[Tensor, " ..."]) -> Float[Tensor, " ... d_model"]:
         return self.weight[token_ids]
@@ -129,7 +128,7 @@ class RMSNorm(ShapeCheckedModule):
 
     def reset_parameters(self) -> None:
         """Gain 1: the layer starts as a pure normalisation."""
-        nn.init.ones_(self.weight)
+        init.ones_(self.weight)
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
         in_dtype = x.dtype

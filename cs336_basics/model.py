@@ -4,7 +4,8 @@
 
 A pre-norm block is two residual lines, `x + attn(ln1(x))` then `x + ffn(ln2(x))`. The switches of
 `ModelConfig` give the ablations of the handout: no RMSNorm, post-norm, no position embedding (NoPE) and
-an ungated SiLU feed-forward network.
+an ungated SiLU feed-forward network; `ModelConfig.init` picks the initialisation of every Linear
+(`cs336_basics/init.py`, default: the handout's).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from cs336_basics.attention import KVCache, MultiHeadSelfAttention
 from cs336_basics.checkpoint import strip_compile_prefix
+from cs336_basics.init import LINEAR_SCHEMES, InitScheme, linear_init
 from cs336_basics.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.rope import RotaryPositionalEmbedding
 
@@ -46,6 +48,8 @@ class ModelConfig:
     norm_position: Literal["pre", "post"] = "pre"
     position_embedding: Literal["rope", "none"] = "rope"
     ffn_type: Literal["swiglu", "silu"] = "swiglu"
+    # Initialisation of every Linear (cs336_basics/init.py); "assignment" is the handout's.
+    init: InitScheme = "assignment"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -60,6 +64,7 @@ class ModelConfig:
             "norm_position": ("pre", "post"),
             "position_embedding": ("rope", "none"),
             "ffn_type": ("swiglu", "silu"),
+            "init": tuple(LINEAR_SCHEMES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -211,11 +216,20 @@ class TransformerLM(nn.Module):
             else nn.Identity()
         )
         self.lm_head = Linear(c.d_model, c.vocab_size, device=device, dtype=dtype)
+        # NOTE: every layer has already drawn the handout's initialisation; the default must not draw again,
+        # or the same seed would give other weights than before (demo, snapshots and tests rely on them).
+        if c.init != "assignment":
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Re-initialise every weight as in the handout (see `Linear`, `Embedding`, `RMSNorm`)."""
+        """Re-initialise every weight: each Linear by `config.init`, embeddings and gains as in the handout."""
+        scheme = self.config.init
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
+            if module is self or not hasattr(module, "reset_parameters"):
+                continue
+            if isinstance(module, Linear) and scheme != "assignment":
+                linear_init(scheme)(module.weight)
+            elif scheme == "assignment" or isinstance(module, (Embedding, RMSNorm)):
                 module.reset_parameters()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -176,8 +176,7 @@ def grade(
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
         planned = [u[0] for u in units] if isolate_each else None
         server.wait()
-        # The pytest process's own guard is looser than any test's worker budget (`timeout` at most): it
-        # only catches the harness itself hanging, the worker budget stops student code first.
+        # The pytest process's guard is looser than any worker budget: it only catches the harness hanging.
         limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
                                 importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
         run = _Run(pristine, student, tmp_dir, limits, isolate_each)

@@ -126,6 +126,7 @@ def has(name: str) -> bool:
     return _lookup(name) is not None
 
 
+@lru_cache(maxsize=None)
 def accepts(fn: Callable[..., Any], keyword: str) -> bool:
     """Whether `fn` takes the keyword argument `keyword` (or any keyword, through `**kwargs`)."""
     try:

@@ -35,6 +35,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_lab.generate",  # generate
     "cs336_lab.evaluate",  # evaluate
     "cs336_lab.accounting",
+    "cs336_lab.compare",  # compare
+    "cs336_lab.sweep",  # sweep
     "cs336_grading.grade",  # the course staff's wing: grade, handout
     "cs336_grading.handout",
     "cs336_grading.autograder",
