@@ -146,6 +146,9 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Q: Tensor, K: Tensor, V: Tensor, offset: int, scale: float) -> Tensor:  # noqa: ANN001
         queries = Q.shape[-2]
+        # NOTE: contiguous operands: a tile of a strided view (v sliced out of the fused qkv product) would be
+        # copied by every batched matmul that reads it, once per tile.
+        K, V = K.contiguous(), V.contiguous()
         out = Q.new_empty(*Q.shape[:-1], V.shape[-1])
         q_scaled = Q * scale
         diagonal = torch.ones(_CAUSAL_BLOCK, _CAUSAL_BLOCK, dtype=torch.bool, device=Q.device).triu(diagonal=1)
@@ -165,7 +168,7 @@ class _CausalAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
         Q, K, V, out, *weights = ctx.saved_tensors
-        scale = ctx.scale
+        Q, grad_out, scale = Q.contiguous(), grad_out.contiguous(), ctx.scale
         grad_q, grad_k, grad_v = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
         row_dot = (grad_out * out).sum(dim=-1, keepdim=True)  # rowsum(dO ⊙ O), (..., queries, 1)
         for (a, b, e), p in zip(_tiles(Q.shape[-2], ctx.offset), weights):

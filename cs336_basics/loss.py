@@ -57,7 +57,7 @@ class _CrossEntropy(torch.autograd.Function):
     Autograd would keep the shifted logits and their exponentials and run a chain of elementwise backward
     kernels. Here the forward's exponentials exp(o − max) are kept (one N × vocab tensor, the LM head's
     logits being the largest activation of a small model) with their row sums, and the backward turns them
-    into the gradient with one scaling pass plus a scatter, instead of recomputing the softmax.
+    into the gradient in place with one scaling pass plus a scatter, instead of recomputing the softmax.
     """
 
     @staticmethod
@@ -69,16 +69,21 @@ class _CrossEntropy(torch.autograd.Function):
         row_sum = exp.sum(dim=-1, keepdim=True)  # (N, 1)
         log_normaliser = row_sum.log().squeeze(-1)  # logsumexp - max, (N,)
         target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - row_max.squeeze(-1)  # (N,)
-        ctx.save_for_backward(exp, targets, row_sum)
+        ctx.save_for_backward(logits, targets, row_max, row_sum)
+        # NOTE: kept outside save_for_backward: the first backward turns it into the gradient in place (a fresh
+        # N × vocab tensor costs a pass of page faults); a second backward through a retained graph recomputes.
+        ctx.exp = exp
         return (log_normaliser - target_logit).mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        exp, targets, row_sum = ctx.saved_tensors
-        scale = grad_loss / exp.shape[0]
-        # NOTE: not in place on `exp`: a second backward through a retained graph needs it again.
-        grad = exp * (scale / row_sum)  # softmax · grad / N, (N, vocab)
+        logits, targets, row_max, row_sum = ctx.saved_tensors
+        exp, ctx.exp = ctx.exp, None
+        if exp is None:
+            exp = (logits - row_max).exp_()
+        scale = grad_loss / logits.shape[0]
+        grad = exp.mul_(scale / row_sum)  # softmax · grad / N, (N, vocab)
         grad.scatter_add_(-1, targets.unsqueeze(-1), (-scale).expand(targets.shape[0], 1).to(grad.dtype))
         return grad, None
 
