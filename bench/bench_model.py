@@ -48,6 +48,7 @@ class StepCase:
     seq_len: int
     repeats: int
     compile: bool = False  # torch.compile both models (the optimizers stay eager)
+    goal: str = ">= 1"  # ours / peer throughput
 
 
 def _cases(quick: bool, device: torch.device) -> list[StepCase]:
@@ -59,8 +60,8 @@ def _cases(quick: bool, device: torch.device) -> list[StepCase]:
     if quick:
         return [StepCase("small", SMALL, 2, 64, 2), StepCase("TinyStories", TINYSTORIES, 1, 64, 2)]
     return [
-        StepCase("small", SMALL, 8, SMALL.context_length, 7),
-        StepCase("TinyStories", TINYSTORIES, 4, 256, 5),
+        StepCase("small", SMALL, 8, SMALL.context_length, 7, goal=">= 1.05"),
+        StepCase("TinyStories", TINYSTORIES, 8, 256, 5, goal=">= 1.1"),
         StepCase("TinyStories", TINYSTORIES, 4, 256, 5, compile=True),
     ]
 
@@ -145,7 +146,7 @@ def _training_rows(quick: bool, device: torch.device) -> list[dict[str, Any]]:
         ours_tps, oracle_tps = tokens / seconds["ours"], tokens / seconds["oracle"]
         flops_per_token = training_flops_per_token(case.config, case.seq_len)
         notes = (
-            f"B={case.batch_size} T={case.seq_len}, median of {case.repeats}; "
+            f"B={case.batch_size} T={case.seq_len}, {torch.get_num_threads()} threads, median of {case.repeats}; "
             f"{flops_per_token / 1e6:.1f} MFLOP/token (3x fwd matmuls): "
             f"ours {ours_tps * flops_per_token / 1e9:.1f} GFLOP/s, oracle {oracle_tps * flops_per_token / 1e9:.1f} GFLOP/s"
         )
@@ -156,7 +157,7 @@ def _training_rows(quick: bool, device: torch.device) -> list[dict[str, Any]]:
         row = make_row(
             f"LM training step (fwd+bwd+AdamW), {case.name}, {device.type}" + (", torch.compile" if case.compile else ""),
             "torch-native oracle + torch.optim.AdamW" + (", torch.compile" if case.compile else ""),
-            ours_tps, oracle_tps, "tokens/s", goal=">= 1", notes=notes,
+            ours_tps, oracle_tps, "tokens/s", goal=case.goal, notes=notes,
         )
         # Extra machine-readable fields (the aggregator keeps them in the JSON).
         row |= {
