@@ -21,6 +21,7 @@ pre-token counting must keep memory flat.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -37,8 +38,12 @@ _NUCLEI = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou", "y")
 _CODAS = ("", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "st", "ck", "ll")
 
 
+@functools.lru_cache(maxsize=4)
 def make_lexicon(size: int = LEXICON_SIZE, seed: int = 0) -> np.ndarray:
-    """`size` distinct pseudo-words, most frequent first (shorter words get the lower ranks, as in English)."""
+    """`size` distinct pseudo-words, most frequent first (shorter words get the lower ranks, as in English).
+
+    Cached: do not modify the returned array.
+    """
     rng = np.random.default_rng(seed)
     words: dict[str, None] = {}
     while len(words) < size:
