@@ -5,7 +5,8 @@ ratio with its goal, then written as JSON and Markdown with the machine, version
 `bench/results/` (a time-stamped copy and `latest.*`). A full run of every benchmark also refreshes the
 committed copy `docs/bench/latest.{md,json}`.
 
-The expensive rows are opt-in: `--scale` adds the context-length and corpus-size rows (`bench.bench_context`,
+The expensive rows are opt-in: `--scale` adds the torch.compile training step on a CPU (compiling takes
+minutes there), the context-length and corpus-size rows (`bench.bench_context`,
 `bench.bench_scale`, with log-log growth plots in `docs/bench/`; `--scale-mb` picks the sizes), `--quality`
 the 10-minute quality race (`bench.bench_quality`). `make bench BENCH_FLAGS="--scale"` passes them on.
 """
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     names = args.only or [*BENCHMARKS, *(SCALE_BENCHMARKS if args.scale else ()),
                           *(QUALITY_BENCHMARKS if args.quality else ())]
-    options = {"scale": {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {}}
+    options = {"scale": {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {},
+               "model": {"compile": True} if args.scale else {}}
     results = run_benchmarks(names, quick=args.quick, options=options)
     print(format_table(results["rows"]))
     for name, err in results["errors"].items():

@@ -100,8 +100,10 @@ class _Attention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
-# Query rows per tile of `causal_attention`: the tiles below the diagonal are computed, the ones above skipped.
+# Query rows per tile of `causal_attention` (at least; long sequences get at most `_MAX_TILES` tiles, each
+# tile costing a dozen kernel launches): the blocks below the diagonal are computed, the ones above skipped.
 _CAUSAL_BLOCK = 64
+_MAX_TILES = 8
 
 
 def causal_attention(
@@ -114,7 +116,7 @@ def causal_attention(
 
     `offset` is the number of keys before the first query (cached positions). The same numbers as the
     masked kernel, at about half the matmul work for long sequences: the queries are taken in tiles of
-    `_CAUSAL_BLOCK` rows, and a tile meets only the keys it may see (its row of the triangle), so the
+    `_CAUSAL_BLOCK` rows or more (at most `_MAX_TILES` tiles), and a tile meets only the keys it may see (its row of the triangle), so the
     blocks above the diagonal are never computed; only the diagonal block needs a mask. Each tile holds
     its whole row of keys, so its softmax is exact without an online rescaling.
     """
@@ -130,9 +132,13 @@ def causal_attention(
 
 
 def _tiles(queries: int, offset: int) -> list[tuple[int, int, int]]:
-    """(first query, end query, end key) of every query tile."""
-    return [(a, min(a + _CAUSAL_BLOCK, queries), offset + min(a + _CAUSAL_BLOCK, queries))
-            for a in range(0, queries, _CAUSAL_BLOCK)]
+    """(first query, end query, end key) of every query tile.
+
+    >>> _tiles(150, 2)
+    [(0, 64, 66), (64, 128, 130), (128, 150, 152)]
+    """
+    block = max(_CAUSAL_BLOCK, -(-queries // _MAX_TILES))
+    return [(a, min(a + block, queries), offset + min(a + block, queries)) for a in range(0, queries, block)]
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -151,9 +157,11 @@ class _CausalAttention(torch.autograd.Function):
         K, V = K.contiguous(), V.contiguous()
         out = Q.new_empty(*Q.shape[:-1], V.shape[-1])
         q_scaled = Q * scale
-        diagonal = torch.ones(_CAUSAL_BLOCK, _CAUSAL_BLOCK, dtype=torch.bool, device=Q.device).triu(diagonal=1)
+        tiles = _tiles(queries, offset)
+        block = tiles[0][1]
+        diagonal = torch.ones(block, block, dtype=torch.bool, device=Q.device).triu(diagonal=1)
         weights = []
-        for a, b, e in _tiles(queries, offset):
+        for a, b, e in tiles:
             p = q_scaled[..., a:b, :] @ K[..., :e, :].transpose(-2, -1)  # (..., b - a, e)
             p[..., e - (b - a):].masked_fill_(diagonal[: b - a, : b - a], float("-inf"))
             p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
