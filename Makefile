@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/cs336 demo
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_FLAGS)
 
 grade: install
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip"; exit 2; }

@@ -1,9 +1,14 @@
-"""Run the benchmark suite and write the results: `python -m bench [--quick] [--only NAME ...]`.
+"""Run the benchmark suite and write the results: `python -m bench [--quick] [--only NAME ...] [--scale] [--quality]`.
 
 Every figure is printed beside a named peer doing the same work on the same machine in the same run, as a
 ratio with its goal, then written as JSON and Markdown with the machine, versions, date and git commit to
 `bench/results/` (a time-stamped copy and `latest.*`). A full run of every benchmark also refreshes the
 committed copy `docs/bench/latest.{md,json}`.
+
+The expensive rows are opt-in: `--scale` adds the torch.compile training step on a CPU (compiling takes
+minutes there), the context-length and corpus-size rows (`bench.bench_context`,
+`bench.bench_scale`, with log-log growth plots in `docs/bench/`; `--scale-mb` picks the sizes), `--quality`
+the 10-minute quality race (`bench.bench_quality`). `make bench BENCH_FLAGS="--scale"` passes them on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ BENCHMARKS: dict[str, str] = {
     "tokenizer": "bench.bench_tokenizer",
     "model": "bench.bench_model",
 }
+# Expensive benchmarks, run only when asked for (`--scale`, `--quality`, or by name with `--only`).
+SCALE_BENCHMARKS: dict[str, str] = {"context": "bench.bench_context", "scale": "bench.bench_scale"}
+QUALITY_BENCHMARKS: dict[str, str] = {"quality": "bench.bench_quality"}
+ALL_BENCHMARKS = BENCHMARKS | SCALE_BENCHMARKS | QUALITY_BENCHMARKS
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCS_DIR = REPO_ROOT / "docs" / "bench"
 
@@ -41,18 +50,18 @@ def _check_rows(module_name: str, rows: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def run_benchmarks(names: list[str], *, quick: bool) -> dict[str, Any]:
+def run_benchmarks(names: list[str], *, quick: bool, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the named benchmarks (short names or dotted module paths); a failing one is recorded, not fatal."""
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
     for name in names:
-        module_name = BENCHMARKS.get(name, name)
+        module_name = ALL_BENCHMARKS.get(name, name)
         logger.info("running %s%s ...", module_name, " (quick)" if quick else "")
         start = time.perf_counter()
         try:
             module = importlib.import_module(module_name)
-            new_rows = _check_rows(module_name, module.run(quick=quick))
+            new_rows = _check_rows(module_name, module.run(quick=quick, **(options or {}).get(name, {})))
         except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others
             logger.error("%s failed:\n%s", module_name, traceback.format_exc())
             errors[name] = f"{type(err).__name__}: {err}"
@@ -72,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes, few repeats)")
     parser.add_argument(
         "--only", action="append", metavar="NAME",
-        help=f"run only this benchmark (one of {', '.join(BENCHMARKS)}, or a module path); repeatable",
+        help=f"run only this benchmark (one of {', '.join(ALL_BENCHMARKS)}, or a module path); repeatable",
     )
+    parser.add_argument(
+        "--scale", action="store_true",
+        help="also the scale rows: context length 128-1024, BPE and encode_file at corpus sizes (tens of minutes)",
+    )
+    parser.add_argument("--scale-mb", default=None, metavar="MB,MB,...",
+                        help="corpus sizes of the scale rows in MB (default 250,500,1000,2000)")
+    parser.add_argument("--quality", action="store_true",
+                        help="also the quality row: two 10-minute training runs side by side (bench.quality)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"results directory ({RESULTS_DIR})")
     parser.add_argument(
         "--docs-dir", type=Path, default=None,
@@ -92,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
-    names = args.only or list(BENCHMARKS)
-    results = run_benchmarks(names, quick=args.quick)
+    names = args.only or [*BENCHMARKS, *(SCALE_BENCHMARKS if args.scale else ()),
+                          *(QUALITY_BENCHMARKS if args.quality else ())]
+    options = {"scale": {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {},
+               "model": {"compile": True} if args.scale else {}}
+    results = run_benchmarks(names, quick=args.quick, options=options)
     print(format_table(results["rows"]))
     for name, err in results["errors"].items():
         print(f"FAILED {name}: {err}")

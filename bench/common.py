@@ -30,7 +30,8 @@ from typing import Any
 from cs336_lab.atomic import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
+# The shared data sets (`../shared/data` beside the checkout; `CS336_SHARED_DATA` points elsewhere, e.g. from a worktree).
+SHARED_DATA = Path(os.environ.get("CS336_SHARED_DATA") or REPO_ROOT / ".." / "shared" / "data")
 
 ROW_KEYS = ("work", "peer", "ours", "peer_value", "unit", "ratio", "goal", "met", "notes")
 

@@ -54,9 +54,10 @@ def cross_entropy_by_composition(logits: Float[Tensor, " n vocab_size"], targets
 class _CrossEntropy(torch.autograd.Function):
     """`cross_entropy_by_composition` with a hand-written backward: d loss / d logits = (softmax − onehot) / N.
 
-    Autograd would keep the shifted logits and their exponentials, two (N × vocab) tensors, and run a chain of
-    elementwise backward kernels; here only the logits and the N log-normalisers are kept, and the gradient is
-    built in one exp pass plus a scatter. The LM head's logits are the largest activation of a small model.
+    Autograd would keep the shifted logits and their exponentials and run a chain of elementwise backward
+    kernels. Here the forward's exponentials exp(o − max) are kept (one N × vocab tensor, the LM head's
+    logits being the largest activation of a small model) with their row sums, and the backward turns them
+    into the gradient in place with one scaling pass plus a scatter, instead of recomputing the softmax.
     """
 
     @staticmethod
@@ -64,18 +65,27 @@ class _CrossEntropy(torch.autograd.Function):
         # NOTE: everything is taken relative to the row max: logsumexp itself (≈ max) minus the target logit
         # would cancel catastrophically for logits around 1e4 that differ by 1e-2.
         row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
-        log_normaliser = (logits - row_max).exp_().sum(dim=-1).log_()  # logsumexp - max, (N,)
+        exp = (logits - row_max).exp_()  # (N, vocab)
+        row_sum = exp.sum(dim=-1, keepdim=True)  # (N, 1)
+        log_normaliser = row_sum.log().squeeze(-1)  # logsumexp - max, (N,)
         target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - row_max.squeeze(-1)  # (N,)
-        ctx.save_for_backward(logits, targets, row_max, log_normaliser)
+        ctx.save_for_backward(logits, targets, row_max, row_sum)
+        # NOTE: kept outside save_for_backward: the first backward turns it into the gradient in place (a fresh
+        # N × vocab tensor costs a pass of page faults); a second backward through a retained graph recomputes.
+        ctx.exp = exp
         return (log_normaliser - target_logit).mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        logits, targets, row_max, log_normaliser = ctx.saved_tensors
-        grad = (logits - row_max).sub_(log_normaliser.unsqueeze(-1)).exp_()  # softmax, (N, vocab)
-        grad.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=grad.dtype).unsqueeze(-1))
-        return grad.mul_(grad_loss / logits.shape[0]), None
+        logits, targets, row_max, row_sum = ctx.saved_tensors
+        exp, ctx.exp = ctx.exp, None
+        if exp is None:
+            exp = (logits - row_max).exp_()
+        scale = grad_loss / logits.shape[0]
+        grad = exp.mul_(scale / row_sum)  # softmax · grad / N, (N, vocab)
+        grad.scatter_add_(-1, targets.unsqueeze(-1), (-scale).expand(targets.shape[0], 1).to(grad.dtype))
+        return grad, None
 
 
 def perplexity(logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor, " ..."]) -> float:

@@ -28,6 +28,32 @@ def rope_angles(d_k: int, max_seq_len: int, theta: float, device: torch.device |
     return torch.outer(positions, inv_freq).float()
 
 
+def _swap_pairs(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+class _Rotate(torch.autograd.Function):
+    """The pair rotation as `x ⊙ c + swap(x) ⊙ s` with c = (cos, cos, ...) and s = (−sin, sin, ...): the same
+    products and sums as the pairwise formula (so the same numbers), in full-width passes. A rotation's
+    transpose is the rotation by the opposite angle, so the backward is `g ⊙ c + swap(g ⊙ s)`; autograd
+    through the pairwise formula would run a dozen half-width kernels and a stack.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos_full: Tensor, sin_full: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(cos_full, sin_full)
+        ctx.x_shape = x.shape
+        return x * cos_full + _swap_pairs(x) * sin_full
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        cos_full, sin_full = ctx.saved_tensors
+        grad = grad_out * cos_full + _swap_pairs(grad_out * sin_full)
+        return grad.sum_to_size(ctx.x_shape), None, None
+
+
 class RotaryPositionalEmbedding(nn.Module):
     """Rotates adjacent pairs of the last dimension of queries or keys by position-dependent angles.
 
@@ -98,6 +124,11 @@ class RotaryPositionalEmbedding(nn.Module):
                         f"token positions must lie in [0, {self.max_seq_len}) (max_seq_len), got [{low}, {high}]"
                     )
             cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k/2)
+        if x.dtype == cos.dtype and x.dtype in (torch.float32, torch.float64):
+            # Full-width tables (cos, cos, ...) and (-sin, sin, ...): x·cos + swap(x)·sin, see `_Rotate`.
+            cos_full = cos.repeat_interleave(2, dim=-1)
+            sin_full = torch.stack((-sin, sin), dim=-1).flatten(-2)
+            return _Rotate.apply(x, cos_full, sin_full)
         compute_dtype = torch.promote_types(x.dtype, cos.dtype)
         pairs = x.to(compute_dtype).unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
         x_even, x_odd = pairs[..., 0], pairs[..., 1]

@@ -1,0 +1,90 @@
+"""The scale benchmarks' pieces: the Zipf corpus, growth exponents and plots, the measured jobs, `--scale`."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import bench.__main__ as bench_main
+import bench.growth as growth
+from bench.growth import fit_exponent, plot_growth
+from bench.zipf_corpus import EOT, make_lexicon, write_zipf_corpus
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(growth).failed == 0
+
+
+def test_fit_exponent_needs_two_sizes() -> None:
+    assert fit_exponent([3.0, 3.0], [1.0, 2.0]) is None
+    assert fit_exponent([1.0, 10.0, 100.0], [5.0, 5.0, 5.0]) == pytest.approx(0.0)
+
+
+def test_zipf_corpus_is_deterministic_sized_and_separated(tmp_path: Path) -> None:
+    a = write_zipf_corpus(tmp_path / "a.txt", 200_000, seed=3).read_bytes()
+    b = write_zipf_corpus(tmp_path / "b.txt", 200_000, seed=3).read_bytes()
+    c = write_zipf_corpus(tmp_path / "c.txt", 200_000, seed=4).read_bytes()
+    assert a == b and a != c
+    assert 200_000 <= len(a) < 400_000  # whole documents: a little more than asked
+    text = a.decode("ascii")
+    docs = [d for d in text.split(f"\n{EOT}\n") if d]
+    assert len(docs) >= 50 and all(d[0].isupper() and d.endswith(".") for d in docs)
+
+
+def test_zipf_corpus_heaps_law_distinct_words_grow_sublinearly(tmp_path: Path) -> None:
+    words = write_zipf_corpus(tmp_path / "z.txt", 400_000).read_text().replace(EOT, " ").lower().split()
+    half = len(set(words[: len(words) // 2]))
+    full = len(set(words))
+    assert half < full < 2 * half  # more distinct words with more text, but fewer than twice as many
+
+
+def test_lexicon_words_are_distinct() -> None:
+    lexicon = make_lexicon(2_000, seed=1)
+    assert len(set(lexicon.tolist())) == 2_000
+
+
+def test_plot_growth_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = plot_growth(tmp_path / "g.png", "t", "size", [("s", {"ours": ([1, 2, 4], [1, 2, 4])})])
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_scale_jobs_agree_on_a_small_corpus(tmp_path: Path) -> None:
+    """ours and tiktoken produce the same number of tokens; memory and times are measured."""
+    pytest.importorskip("psutil")
+    pytest.importorskip("tiktoken")
+    from bench.bench_scale import measure
+
+    corpus = write_zipf_corpus(tmp_path / "z.txt", 100_000)
+    tok = tmp_path / "tok.pkl"
+    bpe = measure(["bpe-ours", str(corpus), "400", str(tok)])
+    assert bpe["vocab"] == 400 and bpe["peak_rss"] > 0 and bpe["wall_s"] >= bpe["seconds"] > 0
+    ours = measure(["encode-ours", str(corpus), str(tok), str(tmp_path / "ids.npy")])
+    peer = measure(["encode-tiktoken", str(corpus), str(tok)])
+    assert ours["tokens"] == peer["tokens"] > 0
+
+
+def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "fake_scale.py").write_text(textwrap.dedent(
+        """
+        from bench.common import make_row
+
+        def run(quick=False, sizes_mb=None):
+            return [make_row("scaled", "peer", 1.0, 1.0, "s", notes=f"sizes={sizes_mb}")]
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(bench_main, "BENCHMARKS", {})
+    monkeypatch.setattr(bench_main, "SCALE_BENCHMARKS", {"scale": "fake_scale"})
+    monkeypatch.setattr(bench_main, "ALL_BENCHMARKS", {"scale": "fake_scale"})
+    out = tmp_path / "out"
+    assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--out-dir", str(out), "--docs-dir", str(out)]) == 0
+    rows = json.loads((out / "latest.json").read_text())["rows"]
+    assert [r["notes"] for r in rows] == ["sizes=[1.0, 2.5]"]
+    assert bench_main.main(["--out-dir", str(out), "--docs-dir", str(out)]) == 0  # without --scale: nothing
+    assert json.loads((out / "latest.json").read_text())["rows"] == []
