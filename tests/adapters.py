@@ -317,6 +317,12 @@ def run_get_batch(
 
     Returns:
         (x, y), both int64 (batch_size, context_length) on `device`, with y = x shifted by one token.
+
+    Raises:
+        ValueError or RuntimeError: the dataset has fewer than context_length + 1 tokens (what numpy,
+            Python or torch raise for an empty range of starts).
+        RuntimeError or AssertionError: the device does not exist or is unavailable (what torch itself
+            raises: RuntimeError, or AssertionError from a torch built without CUDA).
     """
     return impl.get_batch(dataset, batch_size, context_length, device)
 
@@ -382,7 +388,10 @@ def run_save_checkpoint(
     iteration: int,
     out: str | os.PathLike | BinaryIO | IO[bytes],
 ) -> None:
-    """Serialise the model, the optimizer and the iteration number to `out` (a path or a binary file)."""
+    """Serialise the model, the optimizer and the iteration number to `out` (a path or a binary file).
+
+    `optimizer` is any `torch.optim.Optimizer` (the tests use torch's AdamW, so this is graded on its own).
+    """
     impl.save_checkpoint(model, optimizer, iteration, out)
 
 

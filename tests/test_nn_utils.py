@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cs336_grading.expected import training as known
+from tests.hints import hinted
 
 from .adapters import run_cross_entropy, run_gradient_clipping
 
@@ -54,7 +55,8 @@ def test_cross_entropy_matches_torch(shape: tuple[int, ...], scale: float) -> No
     logits, targets = _random_logits(shape, scale, seed=len(shape) * 100 + int(scale))
     actual = run_cross_entropy(logits, targets)
     assert actual.shape == torch.Size([]), f"expected a scalar, got shape {tuple(actual.shape)}"
-    torch.testing.assert_close(actual, known.cross_entropy(logits, targets), **CE_TOL)
+    with hinted("cross_entropy", actual, inputs=logits, targets=targets):
+        torch.testing.assert_close(actual, known.cross_entropy(logits, targets), **CE_TOL)
 
 
 def test_cross_entropy_extreme_values_stay_finite() -> None:
@@ -63,8 +65,9 @@ def test_cross_entropy_extreme_values_stay_finite() -> None:
     logits = (torch.randint(0, 3, (16, 40), generator=generator).float() - 1) * 1e4
     targets = torch.randint(0, 40, (16,), generator=generator)
     actual = run_cross_entropy(logits, targets)
-    assert torch.isfinite(actual), f"loss on ±1e4 logits is not finite: {actual}"
-    torch.testing.assert_close(actual, known.cross_entropy(logits, targets), **CE_TOL)
+    with hinted("cross_entropy", actual, inputs=logits, targets=targets):
+        assert torch.isfinite(actual), f"loss on ±1e4 logits is not finite: {actual}"
+        torch.testing.assert_close(actual, known.cross_entropy(logits, targets), **CE_TOL)
 
 
 @settings(max_examples=20, deadline=None)
@@ -133,10 +136,12 @@ def test_gradient_clipping_above_the_limit(grad_scale: float, max_l2_norm: float
     expected = _clone_with_grads(params)
     total_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
     assert total_norm > max_l2_norm, "test setup: the gradients must start above the limit"
+    before = [p.grad.clone() for p in params[:3]]
     run_gradient_clipping(params, max_l2_norm)
     torch.nn.utils.clip_grad_norm_(expected, max_l2_norm)
-    for p, e in zip(params[:3], expected[:3], strict=True):
-        torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7)
+    with hinted("clipping", [p.grad for p in params[:3]], grads=before, max_l2_norm=max_l2_norm):
+        for p, e in zip(params[:3], expected[:3], strict=True):
+            torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7)
     assert params[3].grad is None, "a parameter without a gradient must stay without one"
     clipped_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
     # max / (norm + 1e-6) * norm lands just under the limit.
@@ -148,8 +153,9 @@ def test_gradient_clipping_below_the_limit_changes_nothing() -> None:
     before = [p.grad.clone() for p in params[:3]]
     total_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
     run_gradient_clipping(params, float(total_norm) * 2)
-    for p, b in zip(params[:3], before, strict=True):
-        torch.testing.assert_close(p.grad, b, rtol=0, atol=0)
+    with hinted("clipping", [p.grad for p in params[:3]], grads=before, max_l2_norm=float(total_norm) * 2):
+        for p, b in zip(params[:3], before, strict=True):
+            torch.testing.assert_close(p.grad, b, rtol=0, atol=0)
     assert params[3].grad is None
 
 

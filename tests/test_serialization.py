@@ -1,4 +1,8 @@
-"""Graded tests of checkpointing: save after N steps, reload into fresh objects, continue identically."""
+"""Graded tests of checkpointing: save after N steps, reload into fresh objects, continue identically.
+
+The optimizer is torch's own AdamW: checkpointing is graded on its own, whether or not the student's
+AdamW works (any `torch.optim.Optimizer` must round-trip through save/load).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from .adapters import get_adamw_cls, run_load_checkpoint, run_save_checkpoint
+from .adapters import run_load_checkpoint, run_save_checkpoint
 
 
 class _TinyNet(torch.nn.Module):
@@ -27,7 +31,7 @@ class _TinyNet(torch.nn.Module):
 def _fresh(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = _TinyNet()
-    optimizer = get_adamw_cls()(model.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     return model, optimizer
 
 
