@@ -328,7 +328,10 @@ def run_get_batch(
 
 
 def run_softmax(in_features: Float[Tensor, " ..."], dim: int) -> Float[Tensor, " ..."]:
-    """Numerically stable softmax of `in_features` over dimension `dim`."""
+    """Numerically stable softmax of `in_features` over dimension `dim`.
+
+    Values are checked to float32 accuracy (also for float64 input); no output dtype is required.
+    """
     return impl.softmax(in_features, dim)
 
 
@@ -418,7 +421,10 @@ def get_tokenizer(
 
     Returns:
         An object with `encode(str) -> list[int]`, `encode_iterable(Iterable[str]) -> Iterator[int]` and
-        `decode(list[int]) -> str`.
+        `decode(list[int]) -> str`. Ids are checked against tiktoken built from the same vocabulary and
+        merges; of overlapping special tokens the longest wins; bytes that do not form valid UTF-8 decode
+        to U+FFFD. `encode_iterable` streams: its peak memory must not grow with the input (8x the input
+        may grow the peak by at most 1 MiB).
     """
     return impl.Tokenizer(vocab, merges, special_tokens)
 
@@ -438,5 +444,9 @@ def run_train_bpe(
 
     Returns:
         (vocab, merges): token id -> bytes, and the merges in the order they were learned.
+
+    Speed (graded): merges update the pair counts incrementally. 100 extra merges on a 0.8 MB corpus must
+    cost less than 50 naive recounts of every pair of every word, timed in the same test (the upstream
+    suite's form of this: under 1.5 s on its corpus.en with vocab_size 500).
     """
     return impl.train_bpe(input_path, vocab_size, special_tokens, **kwargs)
