@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cs336_grading.expected import training as expected
-from cs336_grading.expected.training import ADAMW_ATOL, ADAMW_STEPS, adamw_scenario, assert_adamw_matches_torch  # noqa: F401
+from cs336_grading.expected.training import ADAMW_ATOL, adamw_scenario, assert_adamw_matches_torch  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------
 # Adapters (same names and parameters as tests/adapters.py)

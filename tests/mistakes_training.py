@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cs336_grading.expected.training import adamw_scenario
 from tests.hints import mistake
+from tests.scenarios import adamw_trajectory
 
 # ------------------------------------------------------------------------------------------ cross-entropy
 
@@ -116,7 +116,7 @@ def _wrong_adamw(*, coupled: bool = False, bias_correction: bool = True, shared_
 
 def _adamw_mistake(name: str, says: str, **options: bool) -> None:
     def fn(**_: Any) -> list[list[Tensor]]:
-        return adamw_scenario(_wrong_adamw(**options))
+        return adamw_trajectory(_wrong_adamw(**options))
 
     fn.__name__ = name
     mistake("adamw", says)(fn)

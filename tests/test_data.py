@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.measure import peak_rss_growth
+
 from .adapters import run_get_batch
 
 
@@ -115,18 +117,14 @@ def test_get_batch_on_a_memmap(tmp_path: Path, dtype: type) -> None:
 
 
 def test_get_batch_reads_only_the_sampled_windows(tmp_path: Path) -> None:
-    psutil = pytest.importorskip("psutil")
     # A 512 MB sparse file of uint16 tokens (no disk space used): reading it all would add its size to the
-    # resident memory, sampling a few windows touches a few pages.
+    # resident memory, sampling a few windows touches a few pages (resident memory as the OS reports it).
     path = tmp_path / "big.bin"
     num_tokens = 256 * 2**20
     with open(path, "wb") as handle:
         handle.truncate(num_tokens * 2)
     dataset = np.memmap(path, dtype=np.uint16, mode="r", shape=(num_tokens,))
-    process = psutil.Process()
     run_get_batch(dataset, 2, 4, "cpu")  # warm-up: lazy torch/numpy initialisation is not the dataset
-    before = process.memory_info().rss
-    x, _ = run_get_batch(dataset, 32, 64, "cpu")
-    grown = process.memory_info().rss - before
+    (x, _), grown = peak_rss_growth(lambda: run_get_batch(dataset, 32, 64, "cpu"))
     assert x.shape == (32, 64)
     assert grown < 128 * 2**20, f"get_batch grew resident memory by {grown / 2**20:.0f} MB on a 512 MB memmap"

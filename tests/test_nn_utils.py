@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cs336_grading.expected import training as known
+
+from tests import scenarios
 from tests.hints import hinted
 
-from .adapters import run_cross_entropy, run_gradient_clipping
+from .adapters import run_cross_entropy
 
 # NOTE: a float32 loss is a mean over N positions; summing in a different order changes the last bits by up
 # to ~sqrt(N) ulps, so a relative tolerance of 1e-5 accepts every correct float32 implementation (the
@@ -87,43 +89,32 @@ def test_cross_entropy_property(leading: list[int], vocab: int, scale: float, sh
 
 def test_cross_entropy_gradient_matches_torch() -> None:
     logits, targets = _random_logits((3, 5, 30), 2.0, seed=11)
-    ours = logits.clone().requires_grad_(True)
-    theirs = logits.clone().requires_grad_(True)
-    run_cross_entropy(ours, targets).backward()
-    known.cross_entropy(theirs, targets).backward()
+    _, grad = scenarios.run("cross_entropy_with_grad", logits, targets)
+    _, expected = scenarios.cross_entropy_with_grad(logits, targets, loss_fn=known.cross_entropy)
     # Gradients are softmax - onehot divided by N: entries of size ~1/N, float32 rounding ~1e-7 of that.
-    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("case", ["flat", "seq", "large"], ids=str)
 def test_cross_entropy_snapshot(case: str, load_snapshot: Callable[[str], dict[str, np.ndarray]]) -> None:
     snapshot = load_snapshot("training_cross_entropy")
-    logits = torch.from_numpy(snapshot[f"{case}_logits"]).requires_grad_(True)
-    loss = run_cross_entropy(logits, torch.from_numpy(snapshot[f"{case}_targets"]))
+    logits = torch.from_numpy(snapshot[f"{case}_logits"])
+    loss, grad = scenarios.run("cross_entropy_with_grad", logits, torch.from_numpy(snapshot[f"{case}_targets"]))
     # npz stores the scalar loss as shape (1,)
-    torch.testing.assert_close(loss.detach().reshape(1), torch.from_numpy(snapshot[f"{case}_loss"]), **CE_TOL)
-    loss.backward()
-    torch.testing.assert_close(logits.grad, torch.from_numpy(snapshot[f"{case}_grad"]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.reshape(1), torch.from_numpy(snapshot[f"{case}_loss"]), **CE_TOL)
+    torch.testing.assert_close(grad, torch.from_numpy(snapshot[f"{case}_grad"]), rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- gradient clipping
 
 
-def _parameters_with_gradients(grad_scale: float) -> list[torch.nn.Parameter]:
-    """Four parameters of different shapes: three with gradients, one without (it must be skipped)."""
+def _parameters_with_gradients(grad_scale: float) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Four parameters' values and gradients, of different shapes: the last has no gradient (skip it)."""
     generator = torch.Generator().manual_seed(3)
     shapes = [(5, 4), (4,), (3, 2, 2), (6,)]
-    params = [torch.nn.Parameter(torch.randn(*shape, generator=generator)) for shape in shapes]
-    for p in params[:3]:
-        p.grad = torch.randn(p.shape, generator=generator) * grad_scale
-    return params  # params[3].grad is None
-
-
-def _clone_with_grads(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    clones = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    for clone, p in zip(clones, params, strict=True):
-        clone.grad = None if p.grad is None else p.grad.clone()
-    return clones
+    values = [torch.randn(*shape, generator=generator) for shape in shapes]
+    grads: list[torch.Tensor | None] = [torch.randn(v.shape, generator=generator) * grad_scale for v in values[:3]]
+    return values, [*grads, None]
 
 
 @pytest.mark.parametrize(
@@ -132,57 +123,46 @@ def _clone_with_grads(params: list[torch.nn.Parameter]) -> list[torch.nn.Paramet
     ids=["far-above", "above", "above-large-grads"],
 )
 def test_gradient_clipping_above_the_limit(grad_scale: float, max_l2_norm: float) -> None:
-    params = _parameters_with_gradients(grad_scale)
-    expected = _clone_with_grads(params)
-    total_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
+    values, grads = _parameters_with_gradients(grad_scale)
+    total_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads[:3]]))
     assert total_norm > max_l2_norm, "test setup: the gradients must start above the limit"
-    before = [p.grad.clone() for p in params[:3]]
-    run_gradient_clipping(params, max_l2_norm)
-    torch.nn.utils.clip_grad_norm_(expected, max_l2_norm)
-    with hinted("clipping", [p.grad for p in params[:3]], grads=before, max_l2_norm=max_l2_norm):
-        for p, e in zip(params[:3], expected[:3], strict=True):
-            torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7)
-    assert params[3].grad is None, "a parameter without a gradient must stay without one"
-    clipped_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
+    clipped = scenarios.run("clip_gradients", values, grads, max_l2_norm)
+    expected = scenarios.clip_gradients(values, grads, max_l2_norm, clip=known.clip_gradients)
+    with hinted("clipping", clipped[:3], grads=grads[:3], max_l2_norm=max_l2_norm):
+        for got, want in zip(clipped[:3], expected[:3], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert clipped[3] is None, "a parameter without a gradient must stay without one"
+    clipped_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in clipped[:3]]))
     # max / (norm + 1e-6) * norm lands just under the limit.
     assert clipped_norm <= max_l2_norm * (1 + 1e-5), f"clipped norm {clipped_norm} exceeds {max_l2_norm}"
 
 
 def test_gradient_clipping_below_the_limit_changes_nothing() -> None:
-    params = _parameters_with_gradients(0.01)
-    before = [p.grad.clone() for p in params[:3]]
-    total_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params[:3]]))
-    run_gradient_clipping(params, float(total_norm) * 2)
-    with hinted("clipping", [p.grad for p in params[:3]], grads=before, max_l2_norm=float(total_norm) * 2):
-        for p, b in zip(params[:3], before, strict=True):
-            torch.testing.assert_close(p.grad, b, rtol=0, atol=0)
-    assert params[3].grad is None
+    values, grads = _parameters_with_gradients(0.01)
+    total_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads[:3]]))
+    clipped = scenarios.run("clip_gradients", values, grads, float(total_norm) * 2)
+    with hinted("clipping", clipped[:3], grads=grads[:3], max_l2_norm=float(total_norm) * 2):
+        for got, before in zip(clipped[:3], grads[:3], strict=True):
+            torch.testing.assert_close(got, before, rtol=0, atol=0)
+    assert clipped[3] is None
 
 
 def test_gradient_clipping_uses_the_global_norm() -> None:
     # Hand-worked: gradients (3, 0) and (0, 4) have global norm 5; the limit 1 scales both by 1/(5 + 1e-6).
-    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
-    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])
-    run_gradient_clipping(iter([a, b]), 1.0)  # a one-shot iterator, like model.parameters()
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
+    # A one-shot iterator, like model.parameters().
+    a, b = scenarios.run("clip_gradients", [torch.zeros(2), torch.zeros(2)], grads, 1.0, one_shot=True)
     scale = 1.0 / (5.0 + 1e-6)
-    torch.testing.assert_close(a.grad, torch.tensor([3.0 * scale, 0.0]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(b.grad, torch.tensor([0.0, 4.0 * scale]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(a, torch.tensor([3.0 * scale, 0.0]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(b, torch.tensor([0.0, 4.0 * scale]), rtol=1e-6, atol=0)
 
 
 def test_gradient_clipping_on_a_model_matches_torch() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
-    model[2].bias.requires_grad_(False)  # a frozen parameter: no gradient, must be skipped
-    reference = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
-    reference.load_state_dict(model.state_dict())
-    reference[2].bias.requires_grad_(False)
-    inputs = torch.randn(10, 6) * 10
-    for net in (model, reference):
-        net(inputs).pow(2).sum().backward()
-    run_gradient_clipping(model.parameters(), 0.5)
-    known.clip_gradients(reference.parameters(), 0.5)
-    for (name, p), e in zip(model.named_parameters(), reference.parameters(), strict=True):
-        if e.grad is None:
-            assert p.grad is None, f"{name}: a frozen parameter got a gradient"
+    clipped = scenarios.run("clip_on_a_model", 0.5)
+    expected = scenarios.clip_on_a_model(0.5, clip=known.clip_gradients)
+    assert [name for name, _ in clipped] == [name for name, _ in expected], "expected the model's parameters"
+    for (name, got), (_, want) in zip(clipped, expected, strict=True):
+        if want is None:
+            assert got is None, f"{name}: a frozen parameter got a gradient"
         else:
-            torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")

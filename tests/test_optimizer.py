@@ -8,42 +8,43 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cs336_grading.expected import training as known
+
+from tests import scenarios
 from tests.hints import hinted
 
-from .adapters import get_adamw_cls, run_get_lr_cosine_schedule
+from .adapters import run_get_lr_cosine_schedule
 
 # ----------------------------------------------------------------------------- AdamW
 
 
 def test_adamw_is_an_optimizer() -> None:
-    assert issubclass(get_adamw_cls(), torch.optim.Optimizer)
+    assert "torch.optim.optimizer.Optimizer" in scenarios.run("optimizer_ancestry")
 
 
 def test_adamw_matches_torch_trajectory() -> None:
     # Two groups with different settings, a frozen parameter, a parameter whose gradients start late and a
     # learning rate changed mid-run; every parameter compared after every step. See known.ADAMW_ATOL for
     # the measured margins: both decay orders pass, coupled L2 / no bias correction / a shared step fail.
-    adamw = get_adamw_cls()
-    with hinted("adamw", lambda: known.adamw_scenario(adamw)):
-        known.assert_adamw_matches_torch(adamw)
+    actual = scenarios.run("adamw_trajectory")
+    with hinted("adamw", actual):
+        known.assert_trajectories_match(actual, scenarios.adamw_trajectory(torch.optim.AdamW))
 
 
 def test_adamw_first_step_hand_worked() -> None:
     # After one step m̂ = g and v̂ = g², so every coordinate moves by lr · g/(|g| + ε') ≈ lr · sign(g),
     # whatever the ε placement; then decoupled decay shrinks θ by lr·λ·θ (before or after: O(lr²) apart).
     lr, weight_decay = 0.1, 0.5
-    theta = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    theta.grad = torch.tensor([0.5, -4.0, 0.0])
-    optimizer = get_adamw_cls()([theta], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
-    optimizer.step()
+    hyperparameters = {"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": weight_decay}
+    (theta,) = scenarios.run(
+        "adamw_steps", [torch.tensor([1.0, -2.0, 3.0])], [[torch.tensor([0.5, -4.0, 0.0])]], hyperparameters
+    )
     adam = torch.tensor([1.0 - lr, -2.0 + lr, 3.0])
     decay_after = adam * (1 - lr * weight_decay)
     decay_before = torch.tensor([1.0, -2.0, 3.0]) * (1 - lr * weight_decay) - torch.tensor([lr, -lr, 0.0])
     low, high = torch.minimum(decay_after, decay_before), torch.maximum(decay_after, decay_before)
-    assert torch.all(theta.detach() >= low - 1e-6) and torch.all(theta.detach() <= high + 1e-6), (
+    assert torch.all(theta >= low - 1e-6) and torch.all(theta <= high + 1e-6), (
         f"after one step expected between {decay_after.tolist()} and {decay_before.tolist()}, got {theta.tolist()}"
     )
 
@@ -51,72 +52,36 @@ def test_adamw_first_step_hand_worked() -> None:
 def test_adamw_snapshot(load_snapshot: Callable[[str], dict[str, np.ndarray]]) -> None:
     snapshot = load_snapshot("training_adamw")
     lr, beta1, beta2, eps, weight_decay = snapshot["hyperparameters"].tolist()
-    weight = torch.nn.Parameter(torch.from_numpy(snapshot["weight0"]).clone())
-    bias = torch.nn.Parameter(torch.from_numpy(snapshot["bias0"]).clone())
-    optimizer = get_adamw_cls()([weight, bias], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
-    inputs, targets = torch.from_numpy(snapshot["inputs"]), torch.from_numpy(snapshot["targets"])
-    for step in range(inputs.shape[0]):
-        optimizer.zero_grad()
-        F.mse_loss(inputs[step] @ weight.T + bias, targets[step]).backward()
-        optimizer.step()
+    hyperparameters = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
+    weights, biases = scenarios.run(
+        "adamw_linear_regression", torch.from_numpy(snapshot["weight0"]), torch.from_numpy(snapshot["bias0"]),
+        torch.from_numpy(snapshot["inputs"]), torch.from_numpy(snapshot["targets"]), hyperparameters,
+    )  # fmt: skip
+    assert len(weights) == len(biases) == snapshot["inputs"].shape[0], "expected one result per step"
+    for step, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
         # Same margin as the trajectory test: correct variants agree to <= 4e-6 here, mistakes are >= 3e-4 off.
         expected_weight = torch.from_numpy(snapshot["expected_weights"][step])
-        torch.testing.assert_close(weight.detach(), expected_weight, rtol=0, atol=known.ADAMW_ATOL)
+        torch.testing.assert_close(
+            weight, expected_weight, rtol=0, atol=known.ADAMW_ATOL, msg=lambda m, s=step: f"step {s}, weight: {m}"
+        )
         expected_bias = torch.from_numpy(snapshot["expected_biases"][step])
-        torch.testing.assert_close(bias.detach(), expected_bias, rtol=0, atol=known.ADAMW_ATOL)
-
-
-def _quadratic_setup(optimizer_cls: type) -> tuple[torch.nn.Parameter, torch.optim.Optimizer, torch.Tensor]:
-    theta = torch.nn.Parameter(torch.tensor([1.0, -1.0, 0.5, 2.0]))
-    optimizer = optimizer_cls([theta], lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
-    target = torch.tensor([0.3, 0.2, -0.4, 1.0])
-    return theta, optimizer, target
+        torch.testing.assert_close(
+            bias, expected_bias, rtol=0, atol=known.ADAMW_ATOL, msg=lambda m, s=step: f"step {s}, bias: {m}"
+        )
 
 
 def test_adamw_step_accepts_a_closure() -> None:
-    theta, optimizer, target = _quadratic_setup(get_adamw_cls())
-    reference, reference_optimizer, _ = _quadratic_setup(torch.optim.AdamW)
-    for param, opt in ((theta, optimizer), (reference, reference_optimizer)):
-
-        def closure(param: torch.nn.Parameter = param, opt: torch.optim.Optimizer = opt) -> torch.Tensor:
-            opt.zero_grad()
-            loss = ((param - target) ** 2).sum()
-            loss.backward()
-            return loss
-
-        for _ in range(5):
-            loss = opt.step(closure)
-            assert loss is not None, "step(closure) must return the closure's loss"
-    torch.testing.assert_close(theta.detach(), reference.detach(), rtol=0, atol=known.ADAMW_ATOL)
+    theta, returned = scenarios.run("adamw_with_closure", 5)
+    reference, _ = scenarios.adamw_with_closure(5, optimizer_cls=torch.optim.AdamW)
+    assert None not in returned, f"step(closure) must return the closure's loss, got {returned}"
+    torch.testing.assert_close(theta, reference, rtol=0, atol=known.ADAMW_ATOL)
 
 
 def test_adamw_state_dict_round_trip() -> None:
     """Stopping after 10 steps, reloading the state into a fresh optimizer and continuing is seamless."""
-    adamw = get_adamw_cls()
-
-    def loss_of(theta: torch.nn.Parameter, target: torch.Tensor) -> torch.Tensor:
-        return ((theta - target) ** 2).sum() + theta.pow(4).sum()
-
-    theta, optimizer, target = _quadratic_setup(adamw)
-    for _ in range(20):
-        optimizer.zero_grad()
-        loss_of(theta, target).backward()
-        optimizer.step()
-
-    resumed, first_optimizer, _ = _quadratic_setup(adamw)
-    for _ in range(10):
-        first_optimizer.zero_grad()
-        loss_of(resumed, target).backward()
-        first_optimizer.step()
-    state = first_optimizer.state_dict()
-    fresh_optimizer = adamw([resumed], lr=123.0, betas=(0.5, 0.5), eps=1.0, weight_decay=9.0)  # overwritten
-    fresh_optimizer.load_state_dict(state)
-    for _ in range(10):
-        fresh_optimizer.zero_grad()
-        loss_of(resumed, target).backward()
-        fresh_optimizer.step()
+    uninterrupted, resumed = scenarios.run("adamw_state_dict_resume")
     # The same float32 operations in the same order: the trajectories are identical.
-    torch.testing.assert_close(resumed.detach(), theta.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(resumed, uninterrupted, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- cosine schedule

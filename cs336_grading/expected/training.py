@@ -56,60 +56,26 @@ def cosine_schedule(
 # the correct variants and 30x below the nearest mistake; reference_tests/test_training_primitives.py
 # proves it with these variants written as small optimizers.
 ADAMW_ATOL = 1e-4
-ADAMW_STEPS = 60
-_LATE_START = 10  # a parameter that first receives a gradient at this step (exposes a shared step count)
-_LR_CHANGE = 30  # every group's lr is halved here, as a schedule would (exposes an lr cached in __init__)
 
 
-def adamw_scenario(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> list[list[Tensor]]:
-    """Train a tiny network with `optimizer_cls` and return every parameter after every step.
-
-    Two parameter groups with different lr, betas, eps and weight decay; a frozen parameter (never has a
-    gradient, so it must never move, not even by weight decay); a parameter that starts receiving gradients
-    only at step `_LATE_START`; the learning rates halved at step `_LR_CHANGE`.
-    """
-    generator = torch.Generator().manual_seed(0)
-    w1 = torch.nn.Parameter(torch.randn(8, 6, generator=generator) * 0.4)
-    b1 = torch.nn.Parameter(torch.randn(8, generator=generator) * 0.1)
-    w2 = torch.nn.Parameter(torch.randn(4, 8, generator=generator) * 0.35)
-    b2 = torch.nn.Parameter(torch.randn(4, generator=generator) * 0.1)
-    late = torch.nn.Parameter(torch.randn(4, generator=generator))
-    frozen = torch.nn.Parameter(torch.randn(3, generator=generator), requires_grad=False)
-    inputs = torch.randn(ADAMW_STEPS, 16, 6, generator=generator)
-    targets = torch.randn(ADAMW_STEPS, 16, 4, generator=generator)
-    params = [w1, w2, frozen, b1, b2, late]
-    optimizer = optimizer_cls(
-        [
-            {"params": [w1, w2, frozen]},
-            {"params": [b1, b2, late], "lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-10, "weight_decay": 0.0},
-        ],
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.1,
-    )
-    trajectory = []
-    for step in range(ADAMW_STEPS):
-        if step == _LR_CHANGE:
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.5
-        optimizer.zero_grad(set_to_none=True)
-        out = torch.tanh(inputs[step] @ w1.T + b1) @ w2.T + b2
-        if step >= _LATE_START:
-            out = out + late
-        F.mse_loss(out, targets[step]).backward()
-        optimizer.step()
-        trajectory.append([p.detach().clone() for p in params])
-    return trajectory
-
-
-def assert_adamw_matches_torch(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> None:
-    """The graded comparison: `optimizer_cls` follows torch.optim.AdamW's trajectory within ADAMW_ATOL."""
-    expected = adamw_scenario(torch.optim.AdamW)
-    actual = adamw_scenario(optimizer_cls)
+def assert_trajectories_match(actual: list[list[Tensor]], expected: list[list[Tensor]]) -> None:
+    """The graded comparison: a trajectory (parameters after each step) within ADAMW_ATOL of torch's."""
     names = ["w1", "w2", "frozen", "b1", "b2", "late"]
+    assert len(actual) == len(expected), f"expected {len(expected)} steps, got {len(actual)}"
     for step, (got_params, want_params) in enumerate(zip(actual, expected, strict=True)):
         for name, got, want in zip(names, got_params, want_params, strict=True):
             torch.testing.assert_close(
                 got, want, rtol=0, atol=ADAMW_ATOL, msg=lambda m, s=step, n=name: f"step {s}, {n}: {m}"
             )
+
+
+def adamw_scenario(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> list[list[Tensor]]:
+    """The AdamW scenario of the graded tests (`tests/scenarios.py`, shipped to the worker) run here."""
+    from tests.scenarios import adamw_trajectory  # NOTE: the harness, importable in checkouts and workspaces
+
+    return adamw_trajectory(optimizer_cls)
+
+
+def assert_adamw_matches_torch(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> None:
+    """`optimizer_cls` follows torch.optim.AdamW's trajectory on the scenario within ADAMW_ATOL."""
+    assert_trajectories_match(adamw_scenario(optimizer_cls), adamw_scenario(torch.optim.AdamW))
