@@ -40,7 +40,7 @@ def test_softmax_matches_snapshot(dim: int, load_snapshot) -> None:
     snap = load_snapshot("model_softmax")
     x = _t(snap["in_features"])
     actual = run_softmax(x, dim)
-    with hinted("softmax", actual, x=x, dim=dim):
+    with hinted("softmax", actual, snap[f"dim{dim}.expected"], x=x, dim=dim):
         assert_close(actual, snap[f"dim{dim}.expected"], tol=2e-6, dtype=torch.float32, what=f"softmax(dim={dim})")
 
 
@@ -48,7 +48,7 @@ def test_softmax_is_stable_for_huge_inputs(load_snapshot) -> None:
     snap = load_snapshot("model_softmax")
     x = _t(snap["stable.in_features"])
     actual = run_softmax(x, -1)
-    with hinted("softmax", actual, x=x, dim=-1):
+    with hinted("softmax", actual, snap["stable.expected"], x=x, dim=-1):
         assert_close(actual, snap["stable.expected"], tol=2e-5, dtype=torch.float32, what="softmax of ±100-offset rows")
 
 
@@ -57,7 +57,7 @@ def test_softmax_bf16(load_snapshot) -> None:
     snap = load_snapshot("model_softmax")
     x = _t(snap["bf16.in_features"]).bfloat16()
     actual = run_softmax(x, -1)
-    with hinted("softmax", actual, x=x, dim=-1):
+    with hinted("softmax", actual, snap["bf16.expected"], x=x, dim=-1):
         assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, what="bf16 softmax")
 
 
@@ -105,11 +105,11 @@ def test_silu_matches_snapshot(case: str, load_snapshot) -> None:
     if case == "bf16":
         x = x.bfloat16()
         actual = run_silu(x)
-        with hinted("silu", actual, x=x):
+        with hinted("silu", actual, snap["bf16.expected"], x=x):
             assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, atol=1e-30, what="bf16 SiLU")
     else:
         actual = run_silu(x)
-        with hinted("silu", actual, x=x):
+        with hinted("silu", actual, snap["float32.expected"], x=x):
             assert_close(actual, snap["float32.expected"], tol=1e-6, atol=1e-6, dtype=torch.float32, what="SiLU")
 
 

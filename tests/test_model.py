@@ -80,7 +80,7 @@ def test_linear_matches_snapshot(case: str, load_snapshot) -> None:
     weights, x = _t(snap[f"{case}.weights"], bf16), _t(snap[f"{case}.in_features"], bf16)
     actual = run_linear(24, 40, weights, x)
     # bf16 in: a bf16 or a float32 result is correct (only RMSNorm states a dtype); see the advisory test.
-    with hinted("linear", actual, weights=weights, x=x):
+    with hinted("linear", actual, snap[f"{case}.expected"], weights=weights, x=x):
         assert_close(actual, snap[f"{case}.expected"], tol=BF16_EPS if bf16 else 1e-6, dtype=None if bf16 else
                      torch.float32, what=f"linear {case}")  # fmt: skip
 
@@ -112,7 +112,7 @@ def test_rmsnorm_matches_snapshot(case: str, eps: float, bf16: bool, load_snapsh
     weights, x = _t(snap[f"{case}.weights"], bf16), _t(snap[f"{case}.in_features"], bf16)
     actual = run_rmsnorm(32, eps, weights, x)
     dtype = torch.bfloat16 if bf16 else torch.float32  # the stated rule: returned in the input dtype
-    with hinted("rmsnorm", actual, eps=eps, weights=weights, x=x):
+    with hinted("rmsnorm", actual, snap[f"{case}.expected"], eps=eps, weights=weights, x=x):
         assert_close(actual, snap[f"{case}.expected"], tol=BF16_EPS if bf16 else 1e-6, dtype=dtype,
                      what=f"rmsnorm {case}")  # fmt: skip
 
@@ -126,7 +126,7 @@ def test_rmsnorm_float16_upcasts() -> None:
     actual = run_rmsnorm(16, 1e-5, weights, x)
     xd = x.double()
     expected = xd / torch.sqrt(xd.square().mean(-1, keepdim=True) + 1e-5) * weights.double()
-    with hinted("rmsnorm", actual, eps=1e-5, weights=weights, x=x):
+    with hinted("rmsnorm", actual, expected, eps=1e-5, weights=weights, x=x):
         assert_close(actual, expected, tol=2.0**-10, dtype=torch.float16, what="float16 rmsnorm")
 
 
@@ -143,7 +143,7 @@ def test_swiglu_matches_snapshot(load_snapshot) -> None:
     snap = load_snapshot("model_swiglu")
     w1, w2, w3, x = _t(snap["w1"]), _t(snap["w2"]), _t(snap["w3"]), _t(snap["in_features"])
     actual = run_swiglu(32, 48, w1, w2, w3, x)
-    with hinted("swiglu", actual, w1=w1, w2=w2, w3=w3, x=x):
+    with hinted("swiglu", actual, snap["expected"], w1=w1, w2=w2, w3=w3, x=x):
         assert_close(actual, snap["expected"], tol=2e-6, dtype=torch.float32, what="swiglu")
 
 
@@ -156,7 +156,7 @@ def test_rope_matches_snapshot(case: str, load_snapshot) -> None:
     snap = load_snapshot("model_rope")
     x, positions = _t(snap[f"{case}.in_query_or_key"], bf16), _t(snap[f"{case}.token_positions"])
     actual = run_rope(d_k, theta, max_seq_len, x, positions)
-    with hinted("rope", actual, x=x, theta=theta, positions=positions):
+    with hinted("rope", actual, snap[f"{case}.expected"], x=x, theta=theta, positions=positions):
         if bf16:
             # float32 cos/sin buffers promote a bf16 input to a float32 result: as correct as bf16.
             assert_close(actual, snap[f"{case}.expected"], tol=BF16_EPS, what="bf16 rope")
@@ -187,13 +187,13 @@ def test_scaled_dot_product_attention_matches_snapshot(case: str, load_snapshot)
         actual = run_scaled_dot_product_attention(q, k, v, mask)
         # Q·Kᵀ is rounded to bf16 (|scores| ≲ 4, so ±2^-7) before exp(), which turns that absolute error
         # into a relative error of the weights: 2^-6 leaves room for every bf16 implementation.
-        with hinted("sdpa", actual, Q=q, K=k, V=v, mask=mask):
+        with hinted("sdpa", actual, snap["bf16.expected"], Q=q, K=k, V=v, mask=mask):
             assert_close(actual, snap["bf16.expected"], tol=2.0**-6, what="bf16 attention")
         return
     mask = {"masked": _t(snap["mask"]), "shared_mask": _t(snap["shared_mask"]), "no_mask": None}[case]
     q, k, v = _t(snap["Q"]), _t(snap["K"]), _t(snap["V"])
     actual = run_scaled_dot_product_attention(q, k, v, mask)
-    with hinted("sdpa", actual, Q=q, K=k, V=v, mask=mask):
+    with hinted("sdpa", actual, snap[f"{case}.expected"], Q=q, K=k, V=v, mask=mask):
         assert_close(actual, snap[f"{case}.expected"], tol=2e-6, dtype=torch.float32, what=f"attention {case}")
 
 
@@ -226,7 +226,7 @@ def test_multihead_self_attention_matches_snapshot(case: str, load_snapshot) -> 
             d_model, num_heads, MHA["max_seq_len"], theta, *weights, x, positions
         )
     inputs = dict(zip(("wq", "wk", "wv", "wo"), weights)) | {"x": x, "num_heads": num_heads, "theta": theta}
-    with hinted("mha", actual, **inputs, positions=positions):
+    with hinted("mha", actual, snap[f"{case}.expected"], **inputs, positions=positions):
         assert_close(actual, snap[f"{case}.expected"], tol=2e-6, dtype=torch.float32, what=f"attention {case}")
 
 
@@ -252,7 +252,8 @@ def test_transformer_block_matches_snapshot(load_snapshot) -> None:
     actual = run_transformer_block(
         BLOCK["d_model"], BLOCK["num_heads"], BLOCK["d_ff"], BLOCK["max_seq_len"], BLOCK["theta"], weights, x
     )
-    with hinted("block", actual, weights=weights, x=x, num_heads=BLOCK["num_heads"], theta=BLOCK["theta"]):
+    with hinted("block", actual, snap["expected"], weights=weights, x=x, num_heads=BLOCK["num_heads"],
+                theta=BLOCK["theta"]):  # fmt: skip
         assert_close(actual, snap["expected"], tol=2e-6, dtype=torch.float32, what="transformer block")
 
 
@@ -271,7 +272,7 @@ def test_transformer_lm_matches_snapshot(case: str, load_snapshot) -> None:
     data = "short" if bf16 else case
     weights, ids = _weights(snap, bf16), _t(snap[f"{data}.in_indices"])
     actual = _lm(weights, ids)
-    with hinted("lm", actual, config=LM, weights=weights, ids=ids):
+    with hinted("lm", actual, snap[f"{data}.expected"], config=LM, weights=weights, ids=ids):
         if bf16:
             # Every op of two blocks rounds to bf16 (2^-8 relative each); errors of ~1% of the logit scale are
             # expected, a wrong architecture is off by ~100%.

@@ -27,9 +27,9 @@ def test_adamw_matches_torch_trajectory() -> None:
     # Two groups with different settings, a frozen parameter, a parameter whose gradients start late and a
     # learning rate changed mid-run; every parameter compared after every step. See known.ADAMW_ATOL for
     # the measured margins: both decay orders pass, coupled L2 / no bias correction / a shared step fail.
-    actual = scenarios.run("adamw_trajectory")
-    with hinted("adamw", actual):
-        known.assert_trajectories_match(actual, scenarios.adamw_trajectory(torch.optim.AdamW))
+    actual, expected = scenarios.run("adamw_trajectory"), scenarios.adamw_trajectory(torch.optim.AdamW)
+    with hinted("adamw", actual, expected):
+        known.assert_trajectories_match(actual, expected)
 
 
 def test_adamw_first_step_hand_worked() -> None:
@@ -108,14 +108,14 @@ def _lr(it: int, **overrides: float) -> float:
 )
 def test_get_lr_cosine_schedule_key_points(it: int, expected: float) -> None:
     actual = _lr(it)
-    with hinted("cosine", actual, it=it, **SCHEDULE):
+    with hinted("cosine", actual, expected, it=it, **SCHEDULE):
         assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_get_lr_cosine_schedule_whole_curve() -> None:
     expected = [known.cosine_schedule(it, **SCHEDULE) for it in range(25)]
     actual = [_lr(it) for it in range(25)]
-    with hinted("cosine", actual, its=list(range(25)), **SCHEDULE):
+    with hinted("cosine", actual, expected, its=list(range(25)), **SCHEDULE):
         assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
     # The known table of the CS336 handout's own test (same parameters).
     handout = [0, 0.14285714285714285, 0.2857142857142857, 0.42857142857142855, 0.5714285714285714,

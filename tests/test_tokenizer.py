@@ -11,6 +11,7 @@ is checked too.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,7 @@ TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def small_bpe(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+def small_vocabulary(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The oracle-trained vocabulary: ids 0-255 bytes, then one per merge, then `<|endoftext|>`."""
     merges = merges_from_text((fixtures_dir / "bpe_small_merges.txt").read_text(encoding="utf-8"))
     vocab = {i: bytes([i]) for i in range(256)}
@@ -58,27 +58,41 @@ def small_bpe(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, b
     return vocab, merges
 
 
+def tiktoken_ids(bpe: tuple[dict[int, bytes], list[tuple[bytes, bytes]]], specials: list[str]) -> Callable:
+    """text -> tiktoken's ids (as ids of `bpe`'s vocabulary), with `specials` (none: treated as text)."""
+    encoding, to_vocab = tiktoken_encoding(*bpe, specials)
+    if specials:
+        return lambda text: [to_vocab[r] for r in encoding.encode(text, allowed_special="all")]
+    return lambda text: [to_vocab[r] for r in encoding.encode(text, disallowed_special=())]
+
+
+@pytest.fixture(scope="module")
+def small_bpe(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    return small_vocabulary(fixtures_dir)
+
+
 @pytest.fixture(scope="module")
 def small_tiktoken(small_bpe):
-    encoding, to_vocab = tiktoken_encoding(*small_bpe, [ENDOFTEXT])
-    return lambda text: [to_vocab[r] for r in encoding.encode(text, allowed_special="all")]
+    return tiktoken_ids(small_bpe, [ENDOFTEXT])
 
 
 @pytest.mark.parametrize("text", list(TEXTS.values()), ids=list(TEXTS))
 def test_tokenizer_matches_tiktoken(small_bpe, small_tiktoken, text: str) -> None:
     tokenizer = get_tokenizer(*small_bpe, [ENDOFTEXT])
-    ids = tokenizer.encode(text)
-    with hinted("encode", ids, vocab=small_bpe[0], merges=small_bpe[1], special_tokens=[ENDOFTEXT], text=text):
-        assert ids == small_tiktoken(text)
+    ids, expected = tokenizer.encode(text), small_tiktoken(text)
+    with hinted("encode", ids, expected, vocab=small_bpe[0], merges=small_bpe[1], special_tokens=[ENDOFTEXT],
+                text=text):  # fmt: skip
+        assert ids == expected
     assert tokenizer.decode(ids) == text
 
 
 def test_tokenizer_matches_tiktoken_on_corpus(small_bpe, small_tiktoken, fixtures_dir: Path) -> None:
     text = (fixtures_dir / "bpe_corpus_medium.txt").read_bytes().decode("utf-8")
     tokenizer = get_tokenizer(*small_bpe, [ENDOFTEXT])
-    ids = tokenizer.encode(text)
-    with hinted("encode", ids, vocab=small_bpe[0], merges=small_bpe[1], special_tokens=[ENDOFTEXT], text=text):
-        assert ids == small_tiktoken(text)
+    ids, expected = tokenizer.encode(text), small_tiktoken(text)
+    with hinted("encode", ids, expected, vocab=small_bpe[0], merges=small_bpe[1], special_tokens=[ENDOFTEXT],
+                text=text):  # fmt: skip
+        assert ids == expected
     assert tokenizer.decode(ids) == text
 
 
@@ -133,8 +147,7 @@ def _assert_ids_with_specials(tokenizer, ids: list[int], text: str, specials: li
 
 @pytest.fixture(scope="module")
 def plain_tiktoken(small_bpe):
-    encoding, to_vocab = tiktoken_encoding(*small_bpe)
-    return lambda text: [to_vocab[r] for r in encoding.encode(text, disallowed_special=())]
+    return tiktoken_ids(small_bpe, [])
 
 
 def test_tokenizer_overlapping_special_tokens_take_the_longest(small_bpe, plain_tiktoken) -> None:
