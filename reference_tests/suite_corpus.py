@@ -146,7 +146,7 @@ MUTANTS: dict[str, Mutant] = {
     "encode_no_merges": Mutant(_bpe({"no_merges": True}), ENCODE, "encode_no_merges"),
     "encode_shortest_first": Mutant(_bpe({"shortest_first": True}), ("encode_overlapping",),
                                     "encode_specials_shortest_first"),  # fmt: skip
-    "encode_no_pretokenize": Mutant(_bpe({"no_pretokenize": True}), ("encode_spaces", "encode_corpus"),
+    "encode_no_pretokenize": Mutant(_bpe({"no_pretokenize": True}), ("encode_spaces", "encode_contractions"),
                                     "encode_no_pretokenization"),  # fmt: skip
     "encode_specials_as_text": Mutant(_bpe({"specials_as_text": True}), ("encode_special",), "encode_specials_as_text"),
     "encode_iterable_reads_all": Mutant(_bpe({"stream": "read_all"}), ("iterable_memory",), None),

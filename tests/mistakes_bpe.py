@@ -112,6 +112,8 @@ def _encode(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_
         if special:
             out.append(id_of[piece.encode("utf-8")])
             continue
+        if not pretokenize and len(piece) > 300:
+            raise ValueError("BPE over a whole text is quadratic: this hint only runs on short texts")
         for word in regex.findall(PATTERN, piece) if pretokenize else [piece]:
             tokens = [bytes([b]) for b in word.encode("utf-8")]
             while merge and len(tokens) > 1:
