@@ -36,17 +36,18 @@ def _words(text: str, special_tokens: list[str], *, split_specials: bool = True,
     return counts
 
 
+def _count_pairs(words: Counter) -> Counter:
+    counts: Counter[tuple[bytes, bytes]] = Counter()
+    for pair, n in ((pair, n) for word, n in words.items() for pair in zip(word, word[1:])):
+        counts[pair] += n
+    return counts
+
+
 def _train(text: str, vocab_size: int, special_tokens: list[str], *, tie: str = "greater", **word_options: Any) -> list:
     words = _words(text, special_tokens, **word_options)
     ids = {bytes([b]): b for b in range(256)}
     merges: list[tuple[bytes, bytes]] = []
-    while 256 + len(special_tokens) + len(merges) < vocab_size:
-        pairs: Counter[tuple[bytes, bytes]] = Counter()
-        for word, n in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += n
-        if not pairs:
-            break
+    while 256 + len(special_tokens) + len(merges) < vocab_size and (pairs := _count_pairs(words)):
         if tie == "smaller":
             best = min(pairs, key=lambda p: (-pairs[p], p))
         elif tie == "ids":
@@ -63,14 +64,16 @@ def _train(text: str, vocab_size: int, special_tokens: list[str], *, tie: str = 
 
 
 def _remerge(word: tuple[bytes, ...], best: tuple[bytes, bytes]) -> list[bytes]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-            out.append(word[i] + word[i + 1])
-            i += 2
+    out: list[bytes] = []
+    skip = False
+    for left, right in zip(word, (*word[1:], None)):
+        if skip:
+            skip = False
+        elif (left, right) == best:
+            out.append(left + best[1])
+            skip = True
         else:
-            out.append(word[i])
-            i += 1
+            out.append(left)
     return out
 
 

@@ -93,23 +93,21 @@ def _wrong_adamw(*, coupled: bool = False, bias_correction: bool = True, shared_
         def step(self, closure: Callable[[], Any] | None = None) -> None:
             self.t += 1
             for group, first_lr in zip(self.param_groups, self.first_lrs):
-                lr = first_lr if cached_lr else group["lr"]
-                (b1, b2), eps, lam = group["betas"], group["eps"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    state = self.state[p]
-                    if not state:
-                        state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-                    state["t"] += 1
-                    t = self.t if shared_step else state["t"]
-                    g = p.grad + lam * p if coupled else p.grad
-                    state["m"].mul_(b1).add_(g, alpha=1 - b1)
-                    state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                    alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t) if bias_correction else lr
-                    if not coupled:
-                        p.mul_(1 - (alpha if decay_by_alpha_t else lr) * lam)
-                    p.addcdiv_(state["m"], state["v"].sqrt().add_(eps), value=-alpha)
+                for p in (p for p in group["params"] if p.grad is not None):
+                    self._move(p, group, first_lr if cached_lr else group["lr"])
+
+        def _move(self, p: Tensor, group: dict[str, Any], lr: float) -> None:
+            (b1, b2), eps, lam = group["betas"], group["eps"], group["weight_decay"]
+            state = self.state[p]
+            state["t"] = state.get("t", 0) + 1
+            t = self.t if shared_step else state["t"]
+            g = p.grad + lam * p if coupled else p.grad
+            m = state.setdefault("m", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+            v = state.setdefault("v", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+            alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t) if bias_correction else lr
+            if not coupled:
+                p.mul_(1 - (alpha if decay_by_alpha_t else lr) * lam)
+            p.addcdiv_(m, v.sqrt().add_(eps), value=-alpha)
 
     return WrongAdamW
 
