@@ -170,7 +170,7 @@ def _bpe_checks() -> dict[str, Callable[[Fixtures], None]]:
         "iterable_long_300": lambda fx: t.test_tokenizer_encode_iterable_long_input(fx.bpe, fx.tik, fx.dir, 1),
         "iterable_file": lambda fx: t.test_tokenizer_encode_iterable_file_object(fx.bpe, fx.tik, fx.dir),
         "iterable_memory": lambda fx: t.test_tokenizer_encode_iterable_memory_does_not_grow_with_the_input(
-            fx.bpe, fx.dir, fx.tmp
+            fx.bpe, fx.tik, fx.dir, fx.tmp
         ),
         "train_hand": lambda fx: b.test_train_bpe_hand_worked(fx.tmp),
         "train_tie": lambda fx: b.test_train_bpe_tie_break_compares_bytes_not_ids(fx.tmp),
