@@ -121,6 +121,7 @@ def _training_checks() -> dict[str, Callable[[Fixtures], None]]:
         "ce_3d": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1.0),
         "ce_scaled": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1000.0),
         "ce_extreme": lambda fx: n.test_cross_entropy_extreme_values_stay_finite(),
+        "ce_property": lambda fx: n.test_cross_entropy_property(),
         "ce_grad": lambda fx: n.test_cross_entropy_gradient_matches_torch(),
         "ce_snapshot": lambda fx: n.test_cross_entropy_snapshot("seq", fx.snap),
         "clip_above": lambda fx: n.test_gradient_clipping_above_the_limit(1.0, 1.0),
@@ -165,6 +166,10 @@ def _bpe_checks() -> dict[str, Callable[[Fixtures], None]]:
             fx.bpe, fx.plain
         ),
         "encode_added_special": lambda fx: t.test_tokenizer_adds_missing_special_tokens(fx.bpe, fx.plain),
+        "encode_random": lambda fx: t.test_tokenizer_matches_tiktoken_random_text(small_bpe=fx.bpe, small_tiktoken=fx.tik),
+        "iterable_any_chunking": lambda fx: t.test_tokenizer_encode_iterable_any_chunking(
+            small_bpe=fx.bpe, small_tiktoken=fx.tik
+        ),
         "decode_malformed": lambda fx: t.test_tokenizer_decode_malformed_bytes_become_replacement_characters(fx.bpe),
         "iterable_long_7": lambda fx: t.test_tokenizer_encode_iterable_long_input(fx.bpe, fx.tik, fx.dir, 0),
         "iterable_long_300": lambda fx: t.test_tokenizer_encode_iterable_long_input(fx.bpe, fx.tik, fx.dir, 1),
@@ -179,6 +184,7 @@ def _bpe_checks() -> dict[str, Callable[[Fixtures], None]]:
         "train_specials": lambda fx: b.test_train_bpe_special_tokens_are_never_merged(fx.dir),
         "train_overlapping": lambda fx: b.test_train_bpe_overlapping_special_tokens(fx.tmp),
         "train_speed": lambda fx: b.test_train_bpe_merges_are_incremental(fx.tmp),
+        "train_random": lambda fx: b.test_train_bpe_random_corpora(tmp_path=fx.tmp),
     }
 
 
