@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 
-.PHONY: install test test-reference test-oracle test-own test-fast snapshots demo bench grade handout clean
+.PHONY: install test test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ bench: install
 grade: install
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip"; exit 2; }
 	$(BIN)/cs336 grade "$(SUBMISSION)"
+
+## Each graded test's time budget: grade the reference twice and keep its worker seconds (cs336_grading/timings.json).
+timings: install
+	$(BIN)/python -m cs336_grading.timings .
 
 handout: install
 	$(BIN)/cs336 handout "$(HANDOUT_DIR)"

@@ -6,17 +6,20 @@
 
 How a run goes:
 1. The submission (directory or zip) is unpacked into a temporary directory: its `cs336_basics/` and
-   `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated).
-2. The test ids are collected once from the pristine harness (with its own adapters), so a submission
-   that does not even import cannot hide tests. Tests whose function name starts with no problem's prefix
-   (`test_snapshot_drift`, `test_fixture_drift`: integrity checks of the harness itself) are not run.
-3. Each test file runs in its own pytest process, in a fresh throw-away workspace, under a memory limit
-   (RLIMIT_AS) and a per-test watchdog. When a test hangs, crashes the process or exhausts the memory,
-   that test alone is charged, and the file's remaining tests resume in a new process. When a process
-   changed a harness file, its tests are re-run one process each, and the test that did it gets an error.
-   This costs one interpreter start-up (~3 s with torch) per file instead of per test, and still gives
-   every test the isolation the grade needs.
-4. A problem scores `points * passed / (tests - skipped)`.
+   `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated). The fork server of the
+   run's workers starts (`worker.py`), and the worker template is laid out: the submission and the
+   harness's scenarios, nothing else.
+2. The test ids are collected once from the pristine harness, whose `tests.adapters` is the plugin's proxy:
+   the submission is not imported, so it cannot hide tests. Tests whose function name starts with no
+   problem's prefix (integrity checks of the harness itself) are not run.
+3. Each test file runs in its own pytest process (trusted: no student code ever runs there), in a fresh
+   throw-away workspace. Every call into the submission goes to a sandboxed worker (`client.py`, `jail.py`)
+   and is charged to the test's budget of worker seconds (`timings.py`: scaled from the reference's time);
+   a hang, a crash, a memory blow-up, a skip or an exit from student code fails that test alone, with
+   its reason, and the next test gets a fresh worker (forked in milliseconds). When a process changed a
+   harness file, its tests are re-run one process each, and the test that did it gets an error.
+4. The from-scratch audit (`audit.py`): evidence from the submitted files and from what each test saw run.
+   A problem scores `points * passed / (tests - skipped)`, or 0 when it used a forbidden built-in.
 
 Memory: the limit is on address space, not resident memory; importing torch alone maps ~1 GiB and each
 thread reserves stack, so the default (6 GiB) leaves ample margin for every graded test while stopping
@@ -29,203 +32,104 @@ there (not verified on a GPU; Gradescope's autograders are CPU-only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_grading import audit, timings
+from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
+    PROBLEMS,
+    PROBLEMS_BY_NAME,
+    RESULT_FIELDS,
+    STATUS_LABELS,
+    TEST_FIELDS,
+    GraderError,
+    GradeResult,
+    Problem,
+    ProblemScore,
+    TestOutcome,
+    problem_of,
+)
 from cs336_grading import sandbox as sandbox
+from cs336_grading.client import WORKER_ENV, ForkServer, WorkerConfig
+from cs336_grading.plugin import LIMITS_ENV
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_MB = 6144
 DEFAULT_TOTAL_TIMEOUT_S = 1800.0
-
-
-@dataclass(frozen=True)
-class Problem:
-    name: str
-    points: float
-    prefixes: tuple[str, ...]
-
-
-PROBLEMS: tuple[Problem, ...] = (
-    Problem("linear", 1, ("test_linear",)),
-    Problem("embedding", 1, ("test_embedding",)),
-    Problem("rmsnorm", 1, ("test_rmsnorm",)),
-    Problem("positionwise_feedforward", 2, ("test_swiglu", "test_silu")),
-    Problem("rope", 2, ("test_rope",)),
-    Problem("softmax", 1, ("test_softmax",)),
-    Problem("scaled_dot_product_attention", 5, ("test_scaled_dot_product_attention",)),
-    Problem("multihead_self_attention", 5, ("test_multihead_self_attention",)),
-    Problem("transformer_block", 3, ("test_transformer_block",)),
-    Problem("transformer_lm", 3, ("test_transformer_lm",)),
-    Problem("cross_entropy", 2, ("test_cross_entropy",)),
-    Problem("adamw", 2, ("test_adamw",)),
-    Problem("learning_rate_schedule", 1, ("test_get_lr_cosine_schedule",)),
-    Problem("gradient_clipping", 1, ("test_gradient_clipping",)),
-    Problem("data_loading", 2, ("test_get_batch",)),
-    Problem("checkpointing", 1, ("test_checkpointing",)),
-    Problem("train_bpe", 15, ("test_train_bpe",)),
-    Problem("tokenizer", 15, ("test_tokenizer",)),
-)
-PROBLEMS_BY_NAME = {p.name: p for p in PROBLEMS}
-
-# Outcome of one test, and how the table shows it.
-STATUS_LABELS = {
-    "passed": "passed",
-    "failed": "FAILED",
-    "not_implemented": "NOT IMPLEMENTED",
-    "error": "ERROR",
-    "timeout": "TIMED OUT",
-    "memory": "MEMORY LIMIT",
-    "skipped": "skipped",
-}
-# The field set of results.json (Gradescope's specification, the subset we write).
-RESULT_FIELDS = ("score", "execution_time", "output", "visibility", "tests")
-TEST_FIELDS = ("name", "score", "max_score", "status", "output", "visibility")
-
-
-class GraderError(RuntimeError):
-    """The grader itself could not run (broken harness, missing pytest, ...): no grade was produced."""
-
-
-def problem_of(nodeid: str) -> str | None:
-    """The problem a test belongs to, from its function name; None for ungraded tests.
-
-    >>> problem_of("tests/test_model.py::test_swiglu[batch]")
-    'positionwise_feedforward'
-    >>> problem_of("tests/test_snapshots.py::test_snapshot_drift[linear]") is None
-    True
-    """
-    function = nodeid.split("::")[-1].split("[")[0]
-    return next((p.name for p in PROBLEMS if function.startswith(p.prefixes)), None)
-
-
-@dataclass(frozen=True)
-class TestOutcome:
-    nodeid: str
-    problem: str
-    status: str  # a key of STATUS_LABELS
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class ProblemScore:
-    problem: Problem
-    outcomes: tuple[TestOutcome, ...]
-
-    @property
-    def counts(self) -> Counter[str]:
-        return Counter(o.status for o in self.outcomes)
-
-    @property
-    def counted(self) -> int:
-        """Tests that count towards the score (skipped ones do not)."""
-        return len(self.outcomes) - self.counts["skipped"]
-
-    @property
-    def score(self) -> float:
-        return self.problem.points * self.counts["passed"] / self.counted if self.counted else 0.0
-
-    def summary(self) -> str:
-        if not self.outcomes:
-            return "NO TESTS COLLECTED: the harness is broken"
-        return ", ".join(
-            f"{n} {STATUS_LABELS[s]}" for s, n in sorted(self.counts.items(), key=lambda kv: kv[0] != "passed")
-        )
-
-    def details(self) -> list[str]:
-        """One line per test that did not pass (not-implemented ones are summarised, not listed)."""
-        return [
-            f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
-            for o in self.outcomes
-            if o.status not in ("passed", "not_implemented", "skipped")
-        ]
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    problems: tuple[ProblemScore, ...]
-    execution_time: float
-    ungraded: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def score(self) -> float:
-        return sum(p.score for p in self.problems)
-
-    @property
-    def max_score(self) -> float:
-        return sum(p.problem.points for p in self.problems)
-
-    @property
-    def outcomes(self) -> dict[str, TestOutcome]:
-        return {o.nodeid: o for p in self.problems for o in p.outcomes}
-
-    def to_gradescope(self) -> dict[str, object]:
-        """The `results.json` payload, in Gradescope's format: exactly the keys `RESULT_FIELDS`.
-
-        `score` (float, the total), `execution_time` (seconds), `output` (total and warnings),
-        `visibility` ("visible") and `tests`: one entry per problem with exactly the keys `TEST_FIELDS`:
-        `name` (the problem), `score`, `max_score` (its points), `status` ("passed" when every counted test
-        passed, else "failed"), `output` (counts per outcome, then one line per failed, errored, timed-out
-        or memory-limited test with the first line of its error) and `visibility`.
-        """
-        tests = [
-            {
-                "name": p.problem.name,
-                "score": round(float(p.score), 4),
-                "max_score": p.problem.points,
-                "status": "passed" if p.outcomes and p.counts["passed"] == p.counted else "failed",
-                "output": "\n".join([p.summary(), *p.details()]),
-                "visibility": "visible",
-            }
-            for p in self.problems
-        ]
-        output = f"Total: {self.score:.2f} / {self.max_score:g}"
-        return {
-            "score": round(float(self.score), 4),
-            "execution_time": round(self.execution_time, 1),
-            "output": "\n".join([output, *self.warnings]),
-            "visibility": "visible",
-            "tests": tests,
-        }
-
-    def write_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write `results.json` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_gradescope(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
-
-    def format_table(self) -> str:
-        width = max(len(p.problem.name) for p in self.problems) if self.problems else 10
-        lines = [f"{'problem':<{width}}   score    max  tests"]
-        for p in self.problems:
-            lines.append(f"{p.problem.name:<{width}}  {p.score:6.2f}  {p.problem.points:5g}  {p.summary()}")
-            lines.extend(f"{'':<{width}}      {line}" for line in p.details())
-        lines.append(f"{'total':<{width}}  {self.score:6.2f}  {self.max_score:5g}  ({self.execution_time:.0f} s)")
-        return "\n".join([*lines, *self.warnings])
+WORKER_UID_BASE = 200_000  # workers run as 200000 + (their pytest process id mod 100000), when root
 
 
 def default_harness() -> Path:
     """The pristine grading tests shipped with this package (`cs336_grading.harness`, the project's `tests/`)."""
     return Path(str(importlib.resources.files("cs336_grading.harness")))
+
+
+@dataclass
+class _Run:
+    """The state of one grading run that its steps share."""
+
+    pristine: sandbox.Harness
+    student: sandbox.Submission
+    tmp: Path
+    limits: sandbox.Limits
+    isolate_each: bool
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
+    abort: threading.Event = field(default_factory=threading.Event)  # on error or Ctrl-C: kill the processes
+
+    def run_unit(self, ids: list[str], counter: Iterator[int]) -> list[list[str]]:
+        """Run `ids` in one process; record outcomes; return the units still to run."""
+        if time.monotonic() > self.limits.deadline:
+            self.results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
+            return []
+        run_dir = self.tmp / f"run-{next(counter):04d}"
+        sandbox.build_workspace(run_dir, self.pristine, None, sandbox.GUARD_ADAPTERS)
+        report = sandbox.run_guarded(run_dir, ids, self.limits, abort=self.abort)
+        tampered = self.pristine.tampered(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        self.records.update(report.records)
+        if tampered:
+            if len(ids) > 1:
+                return [[n] for n in ids]  # find out which test did it
+            self.results[ids[0]] = ("error", f"the test modified the grading harness ({', '.join(tampered[:3])})")
+            return []
+        return _settle(ids, report, self.results, self.limits.timeout)
+
+    def run_all(self, graded: list[str], jobs: int) -> None:
+        by_file: dict[str, list[str]] = {}
+        for nodeid in graded:
+            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
+        units = deque([[n] for n in graded] if self.isolate_each else sorted(by_file.values(), key=len, reverse=True))
+        counter = iter(range(1, 1 << 30))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            running: set[Future[list[list[str]]]] = set()
+            try:
+                while units or running:
+                    while units and len(running) < jobs:
+                        running.add(pool.submit(self.run_unit, units.popleft(), counter))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        units.extend(future.result())
+            except BaseException:
+                self.abort.set()
+                raise
 
 
 def grade(
@@ -238,21 +142,57 @@ def grade(
     jobs: int | None = None,
     problems: Iterable[str] | None = None,
     isolate_each: bool = False,
+    builtins: str = "zero",
+    test_limits: dict[str, float] | None = None,
 ) -> GradeResult:
     """Grade `submission` (a directory or a `.zip`); see the module docstring.
 
-    `timeout` is per test (seconds), `memory_mb` the address-space limit of each test process (None: no
-    limit), `total_timeout` bounds the whole run, `jobs` test processes run at once (default: CPU count),
-    `problems` restricts grading to some problems, and `isolate_each` starts one process per test
-    (slower by the ~3 s interpreter start-up per test, immune to tests that corrupt each other's state).
-
-    Raises:
-        FileNotFoundError / SubmissionError: the submission is missing or has no `adapters.py`.
-        GraderError: the harness is missing, does not collect, or has a problem without tests.
+    `timeout` bounds each test's pytest process (seconds), `memory_mb` the address space of each test and
+    worker process (None: no limit), `total_timeout` the whole run; `jobs` test processes run at once
+    (default: CPU count); `problems` restricts grading to some problems; `isolate_each` starts one process
+    per test; `builtins` is "zero" (a problem whose code used a forbidden torch built-in scores 0, with the
+    evidence) or "warn" (the evidence is only reported); `test_limits` maps test ids to their budget of
+    worker seconds (default: `timings.limits()`, from the reference's committed timings). Raises
+    FileNotFoundError / SubmissionError (no submission or no `adapters.py`) and GraderError (a broken harness).
     """
     t0 = time.monotonic()
-    deadline = t0 + total_timeout
     selected = _select_problems(problems)
+    jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
+    # NOTE: the stack (the fork server) closes first: no worker outlives the workspace it writes in.
+    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, contextlib.ExitStack() as stack:
+        tmp_dir = Path(tmp)
+        pristine = _load_harness(harness)
+        student = sandbox.unpack_submission(submission, tmp_dir / "submission")
+        server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
+        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
+        nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0), env=env)
+        graded = [n for n in nodeids if problem_of(n) in selected]
+        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
+        if missing:
+            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
+        server.wait()
+        # The pytest process's own guard is looser than any test's worker budget (`timeout` at most): it
+        # only catches the harness itself hanging, the worker budget stops student code first.
+        limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
+                                importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
+        run = _Run(pristine, student, tmp_dir, limits, isolate_each)
+        run.run_all(graded, jobs)
+        evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
+    scores = tuple(
+        ProblemScore(
+            PROBLEMS_BY_NAME[name],
+            tuple(TestOutcome(n, name, *run.results[n]) for n in graded if problem_of(n) == name),
+            evidence=tuple(evidence.get(name, ())),
+            zeroed=builtins == "zero" and bool(evidence.get(name)),
+        )
+        for name in selected
+    )
+    ungraded = tuple(n for n in nodeids if problem_of(n) is None)
+    warnings = tuple(_warnings(limits, evidence, builtins))
+    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+
+
+def _check_options(jobs: int | None, timeout: float, total_timeout: float, memory_mb: int | None, builtins: str) -> int:
     if importlib.util.find_spec("pytest") is None:
         raise GraderError("pytest is not installed in the grader's environment")
     jobs = jobs or os.cpu_count() or 1
@@ -260,75 +200,60 @@ def grade(
         raise ValueError(
             f"expected positive jobs, timeouts and memory, got {jobs=} {timeout=} {total_timeout=} {memory_mb=}"
         )
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    use_pytest_timeout = importlib.util.find_spec("pytest_timeout") is not None
+    if builtins not in ("zero", "warn"):
+        raise ValueError(f"expected builtins 'zero' or 'warn', got {builtins!r}")
+    return jobs
 
-    with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp:
-        tmp_dir = Path(tmp)
-        try:
-            pristine = sandbox.Harness.load(harness if harness is not None else default_harness())
-        except FileNotFoundError as e:
-            raise GraderError(f"{e}; pass the pristine tests with --harness") from e
-        student = sandbox.unpack_submission(submission, tmp_dir / "submission")
-        nodeids = _collect(pristine, student, tmp_dir / "collect", timeout=max(timeout, 120.0))
-        graded = [n for n in nodeids if problem_of(n) in selected]
-        ungraded = tuple(n for n in nodeids if problem_of(n) is None)
-        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
-        if missing:
-            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
 
-        by_file: dict[str, list[str]] = {}
-        for nodeid in graded:
-            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
-        units = deque([[n] for n in graded] if isolate_each else sorted(by_file.values(), key=len, reverse=True))
-        results: dict[str, tuple[str, str]] = {}
-        counter = iter(range(1, 1 << 30))
+def _uses_torch(student: sandbox.Submission) -> bool:
+    """Whether to warm the workers' torch: any submitted file mentions it (the grader's toy tests: none)."""
+    files = [student.adapters, *student.package.rglob("*.py")]
+    return any(b"torch" in path.read_bytes() for path in files)
 
-        def run_unit(ids: list[str]) -> list[list[str]]:
-            """Run `ids` in one process; record outcomes; return the units still to run."""
-            if time.monotonic() > deadline:
-                results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
-                return []
-            run_dir = tmp_dir / f"run-{next(counter):04d}"
-            sandbox.build_workspace(run_dir, pristine, student.package, student.adapters.read_bytes())
-            report = sandbox.run_guarded(
-                run_dir, ids, timeout=timeout, memory_mb=memory_mb, deadline=deadline, threads=threads,
-                pytest_timeout=use_pytest_timeout, abort=abort,
-            )  # fmt: skip
-            tampered = pristine.tampered(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if tampered:
-                if len(ids) > 1:
-                    return [[n] for n in ids]  # find out which test did it
-                results[ids[0]] = ("error", f"the test modified the grading harness ({', '.join(tampered[:3])})")
-                return []
-            return _settle(ids, report, results, timeout)
 
-        abort = threading.Event()  # on any error or Ctrl-C, the workers kill their test processes
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            running: set[Future[list[list[str]]]] = set()
-            try:
-                while units or running:
-                    while units and len(running) < jobs:
-                        running.add(pool.submit(run_unit, units.popleft()))
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        units.extend(future.result())
-            except BaseException:
-                abort.set()
-                raise
+def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
+    try:
+        return sandbox.Harness.load(harness if harness is not None else default_harness())
+    except FileNotFoundError as e:
+        raise GraderError(f"{e}; pass the pristine tests with --harness") from e
 
-    scores = tuple(
-        ProblemScore(
-            PROBLEMS_BY_NAME[name],
-            tuple(TestOutcome(n, name, *results[n]) for n in graded if problem_of(n) == name),
-        )
-        for name in selected
-    )
-    warnings = (
-        [] if use_pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed after the timeout"]
-    )
-    return GradeResult(scores, time.monotonic() - t0, ungraded, tuple(warnings))
+
+def _worker_env(
+    tmp: Path, pristine: sandbox.Harness, student: sandbox.Submission, server: ForkServer,
+    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None,
+) -> dict[str, str]:  # fmt: skip
+    """The environment that points a pytest process at the workers and gives each test its budget."""
+    template = sandbox.build_worker_template(tmp / "worker", pristine, student)
+    (tmp / "ws").mkdir()
+    os.chmod(tmp / "ws", 0o711)
+    os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
+    config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
+                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
+    budgets = timings.limits() if test_limits is None else test_limits
+    limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
+    return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
+
+
+def _evidence(static: list[tuple[str, str]], records: dict[str, dict]) -> dict[str, list[str]]:
+    """Forbidden built-ins per problem: what the files use (static) and what the tests saw run (dynamic)."""
+    evidence: dict[str, list[str]] = {}
+    for problem, line in static:
+        evidence.setdefault(problem, []).append(line)
+    for nodeid, record in sorted(records.items()):
+        problem = problem_of(nodeid)
+        for line in record.get("findings", []):
+            if problem is not None and line not in evidence.get(problem, []):
+                evidence.setdefault(problem, []).append(str(line)[:300])
+    return {problem: lines[:5] for problem, lines in evidence.items()}
+
+
+def _warnings(limits: sandbox.Limits, evidence: dict[str, list[str]], builtins: str) -> list[str]:
+    warnings = [] if limits.pytest_timeout else ["note: pytest-timeout is not installed; hung tests are killed"]
+    if builtins == "warn":
+        warnings += [f"warning: {p} used forbidden built-ins: {'; '.join(lines)}" for p, lines in evidence.items()]
+    elif "?" in evidence:
+        warnings += [f"note: forbidden built-ins of no graded problem: {'; '.join(evidence['?'])}"]
+    return warnings
 
 
 def _select_problems(problems: Iterable[str] | None) -> list[str]:
@@ -341,12 +266,11 @@ def _select_problems(problems: Iterable[str] | None) -> list[str]:
     return [p.name for p in PROBLEMS if p.name in selected]
 
 
-def _collect(pristine: sandbox.Harness, student: sandbox.Submission, run_dir: Path, *, timeout: float) -> list[str]:
-    """Collect the test ids with the harness's own adapters (and whatever `cs336_basics` is installed)."""
-    adapters = pristine.adapters if pristine.adapters is not None else student.adapters.read_bytes()
-    sandbox.build_workspace(run_dir, pristine, None, adapters)
+def _collect(pristine: sandbox.Harness, run_dir: Path, *, timeout: float, env: dict[str, str]) -> list[str]:
+    """Collect the test ids from the pristine harness (the submission is not imported: the proxy stands in)."""
+    sandbox.build_workspace(run_dir, pristine, None, sandbox.GUARD_ADAPTERS)
     try:
-        return sandbox.collect_nodeids(run_dir, timeout=timeout)
+        return sandbox.collect_nodeids(run_dir, timeout=timeout, env=env)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         raise GraderError(str(e)) from e
     finally:
@@ -407,15 +331,26 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
+    parser.add_argument(
+        "--builtins", choices=("zero", "warn"), default="zero",
+        help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
+    )  # fmt: skip
     parser.set_defaults(func=_main)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _main(args: argparse.Namespace) -> int:
     problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
+    # SIGTERM (a batch system, `timeout`) cleans up like Ctrl-C: test processes, workers, the workspace.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = grade(
             args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
             total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
+            builtins=args.builtins,
         )  # fmt: skip
     except sandbox.SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.
@@ -428,6 +363,8 @@ def _main(args: argparse.Namespace) -> int:
     except GraderError as e:
         log.error("the grader could not run: %s", e)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(result.format_table())  # the table is the command's output; the rest is logging
     log.info("wrote %s", result.write_json(args.out))
     return 0

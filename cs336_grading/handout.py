@@ -142,6 +142,7 @@ def student_pyproject(*, dependencies: list[str], dev: list[str], requires_pytho
         '"cs336_grading.harness" = "tests"',
         "",
         "[tool.setuptools.package-data]",
+        '"cs336_grading" = ["timings.json"]',
         '"cs336_grading.handout_files" = ["Makefile", "README.md"]',
         '"cs336_grading.harness" = ["*.py"]',
         '"cs336_grading.harness._snapshots" = ["*.npz"]',

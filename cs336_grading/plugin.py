@@ -1,31 +1,40 @@
-"""A tiny pytest plugin that reports each test's outcome to the grader, one JSON line per event.
+"""The pytest plugin of a grading process: reports each test's outcome to the grader, one JSON line per
+event, and (under `cs336 grade`) routes every call into student code to the sandboxed worker.
 
 The grader loads it into every pytest process it starts with `-p cs336_grading.plugin`: it is imported from
-wherever the grading package is installed, never from the workspace (which holds the student's package). It
-needs nothing but the standard library and pytest.
+wherever the grading package is installed, never from the workspace. With `CS336_WORKER` set (see
+`client.WorkerConfig`), `tests.adapters` becomes a proxy module whose functions run in the worker,
+`tests.scenarios.run` forwards there, and `tests.measure` reads the worker's memory: this process, where
+the assertions run, never imports the submission.
 
 Events, appended to the file named by `CS336_GRADER_REPORT` and flushed one by one, so that the grader
 still knows which test was running when a process is killed:
 
     {"event": "start", "nodeid": "tests/test_x.py::test_linear"}
     {"event": "result", "nodeid": ..., "status": "passed" | "failed" | "not_implemented" | "memory"
-              | "timeout" | "error" | "skipped", "message": "first line of the failure", "duration": 0.1}
+              | "timeout" | "error" | "skipped", "message": "the useful lines of the failure",
+              "worker_seconds": 0.01, "peak_mib": 420.0, "findings": ["run_linear called ..."]}
     {"event": "collect_error", "nodeid": "tests/test_x.py", "message": "ImportError: ..."}
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
+import types
 from typing import Any
 
 import pytest
 
-REPORT_ENV = "CS336_GRADER_REPORT"
+from cs336_grading.client import MEMORY_MARKERS, WORKER_ENV, StudentError, WorkerClient, WorkerConfig, WorkerFailure
 
-# Substrings of allocation failures that are not a MemoryError (torch raises RuntimeError).
-_MEMORY_MARKERS = ("can't allocate memory", "cannot allocate memory", "DefaultCPUAllocator", "out of memory")
+REPORT_ENV = "CS336_GRADER_REPORT"
+LIMITS_ENV = "CS336_TEST_LIMITS"  # JSON {"default": s, "tests": {nodeid: s}}: each test's budget in the worker
 _TIMEOUT_MARKER = "Timeout"  # pytest-timeout fails a test with "Failed: Timeout (>60.0s) from pytest-timeout."
+MAX_MESSAGE_LINES, MAX_MESSAGE_CHARS = 10, 1200
+_FAILURE_STATUS = {"timeout": "timeout", "memory": "memory", "died": "error", "abort": "error"}
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -37,20 +46,27 @@ def _emit(record: dict[str, Any]) -> None:
         f.flush()
 
 
-def _first_line(text: str, limit: int = 300) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:limit]
-    return ""
+def useful_lines(text: str) -> str:
+    """The first lines of a failure that say what went wrong (element, got, expected, tolerance, step).
+
+    >>> useful_lines("AssertionError: step 3: Tensor-likes are not close!\\n\\nMismatched elements: 1 / 4\\n")
+    'AssertionError: step 3: Tensor-likes are not close! | Mismatched elements: 1 / 4'
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[:MAX_MESSAGE_LINES])[:MAX_MESSAGE_CHARS]
 
 
 def _classify(excinfo: pytest.ExceptionInfo[BaseException]) -> tuple[str, str]:
     """(status, message) of a test whose setup or call raised `excinfo`."""
     exc = excinfo.value
-    message = _first_line(f"{type(exc).__name__}: {exc}")
+    message = useful_lines(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, WorkerFailure):
+        return _FAILURE_STATUS[exc.kind], useful_lines(str(exc))
+    if isinstance(exc, StudentError):
+        return "error", useful_lines(str(exc))
     if isinstance(exc, NotImplementedError):
         return "not_implemented", message
-    if isinstance(exc, MemoryError) or any(m in str(exc) for m in _MEMORY_MARKERS):
+    if isinstance(exc, MemoryError) or any(m in str(exc) for m in MEMORY_MARKERS):
         return "memory", message
     if excinfo.typename == "Failed" and _TIMEOUT_MARKER in str(exc):
         return "timeout", message
@@ -60,12 +76,17 @@ def _classify(excinfo: pytest.ExceptionInfo[BaseException]) -> tuple[str, str]:
 
 
 class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, client: WorkerClient | None, limits: dict[str, Any]) -> None:
         self.outcomes: dict[str, tuple[str, str]] = {}
+        self.client = client
+        self.limits = limits
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         _emit({"event": "start", "nodeid": nodeid})
+        if self.client is not None:
+            budget = self.limits.get("tests", {}).get(nodeid, self.limits.get("default", 60.0))
+            self.client.begin_test(nodeid, float(budget))
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
@@ -74,7 +95,7 @@ class _Recorder:
         if call.excinfo is None or item.nodeid in self.outcomes:
             return  # keep the first problem of a test (its call, not a teardown that follows)
         if report.skipped:
-            self.outcomes[item.nodeid] = ("skipped", _first_line(str(call.excinfo.value)))
+            self.outcomes[item.nodeid] = ("skipped", useful_lines(str(call.excinfo.value)))
         elif report.failed:
             status, message = _classify(call.excinfo)
             if call.when != "call" and status == "failed":
@@ -83,7 +104,8 @@ class _Recorder:
 
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
         status, message = self.outcomes.get(nodeid, ("passed", ""))
-        _emit({"event": "result", "nodeid": nodeid, "status": status, "message": message})
+        record = {} if self.client is None else self.client.end_test()
+        _emit({"event": "result", "nodeid": nodeid, "status": status, "message": message, **record})
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -92,6 +114,40 @@ class _Recorder:
             lines = [line[1:].strip() for line in longrepr.splitlines() if line.startswith("E ")]
             _emit({"event": "collect_error", "nodeid": report.nodeid, "message": (lines or [longrepr])[-1][:300]})
 
+    def pytest_unconfigure(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _install_proxies(client: WorkerClient) -> None:
+    """`tests.adapters` -> the worker; `tests.scenarios.run` and `tests.measure` -> the worker too."""
+
+    class Adapters(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                return client.call("adapters", name, args, kwargs)
+
+            forward.__name__ = forward.__qualname__ = name
+            return forward
+
+    package = importlib.import_module("tests")
+    proxy = Adapters("tests.adapters", "the submission's adapters, called in the sandboxed worker")
+    sys.modules["tests.adapters"] = proxy
+    package.adapters = proxy  # type: ignore[attr-defined]
+    for module, attribute, value in (("tests.scenarios", "REMOTE", client), ("tests.measure", "WORKER_PID", client.pid)):
+        try:
+            setattr(importlib.import_module(module), attribute, value)
+        except ModuleNotFoundError:
+            pass  # a harness without scenarios (the grader's own tests use tiny ones)
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(_Recorder(), "cs336_grader_recorder")
+    client = None
+    if os.environ.get(WORKER_ENV):
+        client = WorkerClient(WorkerConfig.from_env())
+        _install_proxies(client)
+    limits = json.loads(os.environ.get(LIMITS_ENV) or "{}")
+    config.pluginmanager.register(_Recorder(client, limits), "cs336_grader_recorder")

@@ -4,13 +4,12 @@ A grading run never touches the pristine harness: every pytest process gets a fr
 
     run-0007/
         pyproject.toml            # the harness's pytest settings (markers, warning filters)
-        cs336_basics/             # the student's package (shadows the installed reference)
         tests/                    # a fresh copy of the pristine tests, fixtures and snapshots
-        tests/adapters.py         # the student's adapters
+        tests/adapters.py         # a guard: the plugin's proxy to the worker stands in for it
 
 written from the harness held in memory, compared with it byte for byte when the process ends, then
-deleted: anything a submission writes is discarded, a submission that edits a snapshot or fixture is
-caught, and no file on disk that a submission could reach feeds the workspaces of later tests.
+deleted. The pytest process never imports student code: that runs in workers (`worker.py`), each in a
+copy of the worker template (`build_worker_template`), which holds the submission and the scenarios only.
 """
 
 from __future__ import annotations
@@ -29,12 +28,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_grading.client import MEMORY_MARKERS
 from cs336_grading.plugin import REPORT_ENV
 
 PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
-# What a crashed process prints when an allocation outside Python failed (RLIMIT_AS in C++ code).
-_MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory")
+# The `tests/adapters.py` of a grading process: the plugin's proxy replaces it, so it must never run.
+GUARD_ADAPTERS = (
+    b'"""Under `cs336 grade`, `tests.adapters` is the proxy to the sandboxed worker (cs336_grading.plugin)."""\n'
+    b'raise ImportError("the grading process never imports the submission; the plugin\'s proxy is missing")\n'
+)
 
 
 class SubmissionError(ValueError):
@@ -187,6 +190,29 @@ def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapt
     (run_dir / ".tmp").mkdir()
 
 
+# The harness files a worker gets beside the submission: procedures and inputs, never an expected value.
+WORKER_HARNESS_FILES = ("tests/scenarios.py",)
+
+
+def build_worker_template(dest: Path, harness: Harness, submission: Submission) -> Path:
+    """The workspace every worker starts from: the student's package and adapters, and the scenarios.
+
+    dest/
+        cs336_basics/           # the student's package
+        tests/__init__.py       # empty
+        tests/adapters.py       # the student's adapters
+        tests/scenarios.py      # the harness's scenarios (drive adapters; hold no answers)
+    """
+    (dest / "tests").mkdir(parents=True)
+    shutil.copytree(submission.package, dest / "cs336_basics", ignore=_IGNORED)
+    (dest / "tests" / "__init__.py").write_bytes(b"")
+    shutil.copyfile(submission.adapters, dest / "tests" / "adapters.py")
+    for rel in WORKER_HARNESS_FILES:
+        if rel in harness.files:
+            (dest / rel).write_bytes(harness.files[rel])
+    return dest
+
+
 def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
     return [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q", "--no-header",
@@ -197,8 +223,8 @@ def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def subprocess_env(run_dir: Path, report: Path, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def subprocess_env(run_dir: Path, report: Path, threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(run_dir), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["TMPDIR"] = str(run_dir / ".tmp")
@@ -213,6 +239,7 @@ class ProcessReport:
     """What one guarded pytest process left behind."""
 
     results: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (status, message)
+    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
     in_flight: str | None = None  # the test that was running when the process ended
     collect_errors: list[str] = field(default_factory=list)
     ending: str = "exited"  # "exited" | "timeout" | "deadline" | "crashed"
@@ -220,16 +247,20 @@ class ProcessReport:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What guards one pytest process (see `run_guarded`)."""
+
+    timeout: float  # seconds per test
+    memory_mb: int | None  # address space of the process
+    deadline: float  # monotonic end of the whole grading run
+    threads: int
+    pytest_timeout: bool  # pytest-timeout is installed
+    env: dict[str, str] = field(default_factory=dict)  # added to the process's environment
+
+
 def run_guarded(
-    run_dir: Path,
-    nodeids: Sequence[str],
-    *,
-    timeout: float,
-    memory_mb: int | None,
-    deadline: float,
-    threads: int,
-    pytest_timeout: bool,
-    abort: threading.Event | None = None,
+    run_dir: Path, nodeids: Sequence[str], limits: Limits, abort: threading.Event | None = None
 ) -> ProcessReport:
     """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
 
@@ -238,65 +269,74 @@ def run_guarded(
     no test has started `timeout` + 60 s after launch (imports hang), or when the monotonic `deadline` of
     the whole grading run passes.
     """
-    grace = min(10.0, 1.0 + timeout / 2)
     report_path = run_dir / ".tmp" / "report.jsonl"
     log_path = run_dir.parent / f"{run_dir.name}.log"
-    args = [f"--timeout={timeout:g}", "--timeout-method=signal"] if pytest_timeout else []
-    limit = None if memory_mb is None else memory_mb * 1024 * 1024
-
-    def limit_resources() -> None:  # runs in the child between fork and exec
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
+    args = [f"--timeout={limits.timeout:g}", "--timeout-method=signal"] if limits.pytest_timeout else []
     report = ProcessReport()
     started = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             pytest_command(run_dir, [*args, *nodeids]),
             cwd=run_dir,
-            env=subprocess_env(run_dir, report_path, threads),
+            env=subprocess_env(run_dir, report_path, limits.threads, limits.env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=limit_resources,
+            preexec_fn=lambda: _limit_child(limits.memory_mb),
             start_new_session=True,  # its own process group: killing it also kills worker processes
         )
-        offset, last_event = 0, time.monotonic()
-        while True:
-            code = proc.poll()
-            offset, changed = _read_events(report_path, offset, report)
-            now = time.monotonic()
-            if changed:
-                last_event = now
-            if code is not None:
-                break
-            allowance = timeout + (grace if report.results or report.in_flight else 60.0)
-            if abort is not None and abort.is_set():
-                _kill_group(proc)
-                proc.wait()
-                raise RuntimeError("grading was interrupted")
-            if now > deadline or now - last_event > allowance:
-                report.ending = "deadline" if now > deadline else "timeout"
-                _kill_group(proc)
-                proc.wait()
-                _read_events(report_path, offset, report)
-                break
-            time.sleep(0.05)
+        _watch(proc, report_path, report, limits, abort)
     report.seconds = time.monotonic() - started
     output = log_path.read_text(errors="replace")
     log_path.unlink()
-    if report.ending == "exited" and (proc.returncode < 0 or report.in_flight is not None):
-        report.ending = "crashed"
-        how = (
-            f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        )
-        memory = any(marker in output[-2000:] for marker in _MEMORY_MARKERS)
-        why = _crash_summary(output.replace(f"{run_dir}{os.sep}", ""))
-        report.detail = ("memory: " if memory else "") + f"the test process died ({how})" + (f": {why}" if why else "")
-    elif report.ending == "exited" and len(report.results) < len(nodeids) and not report.collect_errors:
-        report.detail = next((line.strip() for line in reversed(output.splitlines()) if "ERROR" in line), output[-300:])
+    _explain_ending(report, proc.returncode, output.replace(f"{run_dir}{os.sep}", ""), len(nodeids))
     return report
+
+
+def _limit_child(memory_mb: int | None) -> None:  # runs in the child between fork and exec
+    if memory_mb is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], report_path: Path, report: ProcessReport, limits: Limits,
+    abort: threading.Event | None,
+) -> None:  # fmt: skip
+    """Follow the report while the process runs; kill it on a hang, the deadline or an abort."""
+    grace = min(10.0, 1.0 + limits.timeout / 2)
+    offset, last_event = 0, time.monotonic()
+    while True:
+        code = proc.poll()
+        offset, changed = _read_events(report_path, offset, report)
+        now = time.monotonic()
+        last_event = now if changed else last_event
+        if code is not None:
+            return
+        if abort is not None and abort.is_set():
+            _kill_group(proc)
+            proc.wait()
+            raise RuntimeError("grading was interrupted")
+        allowance = limits.timeout + (grace if report.results or report.in_flight else 60.0)
+        if now > limits.deadline or now - last_event > allowance:
+            report.ending = "deadline" if now > limits.deadline else "timeout"
+            _kill_group(proc)
+            proc.wait()
+            _read_events(report_path, offset, report)
+            return
+        time.sleep(0.05)
+
+
+def _explain_ending(report: ProcessReport, returncode: int, output: str, expected: int) -> None:
+    """Say why a process ended early: its signal or exit code and the tail of what it printed."""
+    if report.ending == "exited" and (returncode < 0 or report.in_flight is not None):
+        report.ending = "crashed"
+        how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+        memory = any(marker in output[-2000:] for marker in MEMORY_MARKERS)
+        why = _crash_summary(output)
+        report.detail = ("memory: " if memory else "") + f"the test process died ({how})" + (f": {why}" if why else "")
+    elif report.ending == "exited" and len(report.results) < expected and not report.collect_errors:
+        report.detail = next((line.strip() for line in reversed(output.splitlines()) if "ERROR" in line), output[-300:])
 
 
 def _crash_summary(output: str) -> str:
@@ -328,6 +368,7 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = event.get("nodeid")
         elif event.get("event") == "result":
             report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
+            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings") if k in event}
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))
@@ -341,9 +382,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def collect_nodeids(run_dir: Path, *, timeout: float) -> list[str]:
+def collect_nodeids(run_dir: Path, *, timeout: float, env: dict[str, str] | None = None) -> list[str]:
     """Node ids of every test of the workspace (`pytest --collect-only -q`)."""
-    env = subprocess_env(run_dir, run_dir / ".tmp" / "collect.jsonl", threads=1)
+    env = subprocess_env(run_dir, run_dir / ".tmp" / "collect.jsonl", threads=1, extra=env)
     proc = subprocess.run(
         pytest_command(run_dir, ["--collect-only", "tests"]),
         cwd=run_dir, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,

@@ -275,7 +275,8 @@ def test_a_crash_costs_that_test_only(tmp_path: Path, fake_harness: Path) -> Non
 
 
 def test_overwriting_fixtures_cannot_change_the_judgement(tmp_path: Path, fake_harness: Path) -> None:
-    # The linear code rewrites the fixture that the rmsnorm test reads (and would make it pass).
+    # The linear code rewrites the fixture that the rmsnorm test reads (and would make it pass). The worker
+    # has no harness file to write (its workspace holds the submission only): the write itself fails.
     package = "from pathlib import Path\n" + GOOD_PACKAGE.replace(
         "return 2 * x", "Path('tests/fixtures/words.txt').write_text('hacked')\n    return 2 * x"
     ).replace("return text.upper()", "return 'HELLO WORLD' if text == 'hacked' else 'no'")
@@ -284,8 +285,7 @@ def test_overwriting_fixtures_cannot_change_the_judgement(tmp_path: Path, fake_h
     assert {p: p.read_bytes() for p in fake_harness.rglob("*") if p.is_file()} == before
     assert statuses(result)["test_rmsnorm"] == "failed"
     assert {statuses(result)[f"test_linear[{x}]"] for x in (1, 2, 3)} == {"error"}
-    assert "modified the grading harness" in result.outcomes["tests/test_fake.py::test_linear[1]"].message
-    assert problem_scores(result) == {"linear": 0, "softmax": 1, "rmsnorm": 0}
+    assert "No such file" in result.outcomes["tests/test_fake.py::test_linear[1]"].message
 
 
 def test_writing_outside_the_workspace_cannot_reach_later_tests(tmp_path: Path, fake_harness: Path) -> None:

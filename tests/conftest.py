@@ -14,6 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Under `cs336 grade` the property tests draw the same examples every time: a regrade gives the same grade.
+settings.register_profile("grading", derandomize=True, database=None, print_blob=False)
+if os.environ.get("CS336_GRADING"):
+    settings.load_profile("grading")
 
 # The tests' tensors are small: one thread is faster than a pool that spins on a shared 2-core machine.
 torch.set_num_threads(int(os.environ.get("CS336_TEST_THREADS", "1")))

@@ -1,0 +1,208 @@
+"""The from-scratch audit: did a submission use the torch built-ins that the assignment asks students to write?
+
+Two looks, both naming their evidence ("run_linear called torch.nn.functional.linear, cs336_basics/layers.py:12"):
+- static (`scan`, in the grader): imports and attribute uses of forbidden names in the submitted files,
+  resolved through the file's own import aliases (`import torch.nn.functional as F` ... `F.softmax(x)`);
+- dynamic (`Watch`, in the worker around every call): a `TorchFunctionMode` sees each torch function that
+  runs; when the innermost Python frame outside torch belongs to the submission and the function is
+  forbidden (or torch code of a forbidden module, e.g. `torch/optim/adamw.py`, ran it for the submission),
+  the call is evidence; and the AdamW class's ancestry may hold no torch optimizer but `Optimizer`.
+
+Allowed, and never evidence: `nn.Parameter`, the containers (`Module`, `ModuleList`, ...), `Optimizer`,
+`torch.nn.init.trunc_normal_`, plain tensor maths (`torch.exp`, `torch.sigmoid`, `einsum`, ...). Harness
+code (`tests/scenarios.py` builds models from `torch.nn`) is never evidence either.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# The built-in each forbidden name stands for -> the problem whose solution it replaces.
+REPLACES = {
+    "linear": "linear", "Linear": "linear", "Bilinear": "linear",
+    "embedding": "embedding", "Embedding": "embedding",
+    "rms_norm": "rmsnorm", "RMSNorm": "rmsnorm", "layer_norm": "rmsnorm", "LayerNorm": "rmsnorm",
+    "silu": "positionwise_feedforward", "SiLU": "positionwise_feedforward", "glu": "positionwise_feedforward",
+    "softmax": "softmax", "Softmax": "softmax", "softmin": "softmax",
+    "scaled_dot_product_attention": "scaled_dot_product_attention",
+    "multi_head_attention_forward": "multihead_self_attention", "MultiheadAttention": "multihead_self_attention",
+    "TransformerEncoderLayer": "transformer_block", "TransformerDecoderLayer": "transformer_block",
+    "Transformer": "transformer_lm", "TransformerEncoder": "transformer_lm",
+    "cross_entropy": "cross_entropy", "CrossEntropyLoss": "cross_entropy", "log_softmax": "cross_entropy",
+    "nll_loss": "cross_entropy", "NLLLoss": "cross_entropy",
+    "AdamW": "adamw", "Adam": "adamw", "adamw": "adamw", "adam": "adamw", "_fused_adamw_": "adamw",
+    "lr_scheduler": "learning_rate_schedule", "CosineAnnealingLR": "learning_rate_schedule",
+    "clip_grad_norm_": "gradient_clipping", "clip_grad_norm": "gradient_clipping",
+}  # fmt: skip
+_ALLOWED_NN = {"Module", "ModuleList", "ModuleDict", "Sequential", "ParameterList", "ParameterDict",
+               "Parameter", "Buffer", "init", "parameter", "modules", "utils"}  # fmt: skip
+# torch source files whose code does a forbidden job (relative to torch's package directory).
+_FORBIDDEN_FILES = ("nn/functional.py", "nn/modules/", "optim/", "nn/utils/clip_grad.py")
+_ALLOWED_FILES = ("nn/modules/module.py", "nn/modules/container.py", "optim/optimizer.py", "nn/modules/__init__.py")
+
+
+def _is_forbidden_path(dotted: str) -> str | None:
+    """The forbidden built-in a dotted torch name uses, if any: "torch.nn.functional.softmax" -> "softmax"."""
+    parts = dotted.split(".")
+    if parts[0] != "torch" or len(parts) < 2:
+        return None
+    last = parts[-1]
+    if parts[1:3] == ["nn", "functional"] and len(parts) > 3:
+        return last
+    if parts[1] == "optim" and len(parts) > 2 and last not in ("Optimizer", "optimizer"):
+        return last
+    if parts[1] == "nn" and len(parts) > 2 and parts[2] not in _ALLOWED_NN and parts[2] != "functional":
+        return last
+    if parts[1:3] == ["nn", "utils"] and last.startswith("clip_grad"):
+        return last
+    if len(parts) == 2 and last in ("softmax", "log_softmax", "embedding", "rms_norm", "layer_norm",
+                                    "_fused_adamw_", "_fused_adam_", "scaled_dot_product_attention"):  # fmt: skip
+        return last
+    return None
+
+
+def _problem_of(dotted: str) -> str | None:
+    """The problem whose solution a forbidden dotted torch name replaces (None: not forbidden)."""
+    name = _is_forbidden_path(dotted)
+    if name is None:
+        return None
+    if dotted.startswith("torch.optim."):
+        return "learning_rate_schedule" if "lr_scheduler" in dotted else "adamw"
+    return REPLACES.get(name)
+
+
+def scan(package: Path, adapters: Path) -> list[tuple[str, str]]:
+    """Static evidence in the submitted files: (problem, "uses torch.nn.functional.softmax, FILE:LINE")."""
+    findings = []
+    root = package.parent
+    for path in sorted([*package.rglob("*.py"), adapters]):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue  # an unparsable file fails its tests by itself
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else "tests/adapters.py"
+        for dotted, line in _uses(tree):
+            problem = _problem_of(dotted)
+            if problem is not None:
+                findings.append((problem, f"uses {dotted}, {rel}:{line}"))
+    return findings
+
+
+def _uses(tree: ast.AST) -> list[tuple[str, int]]:
+    """Dotted torch names a module imports or uses, resolved through its import aliases."""
+    aliases: dict[str, str] = {}
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                found.append((f"{node.module}.{a.name}", node.lineno))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and not isinstance(getattr(node, "parent", None), ast.Attribute):
+            chain = _chain(node)
+            if chain and chain[0] in aliases:
+                found.append((".".join([aliases[chain[0]], *chain[1:]]), node.lineno))
+        elif isinstance(node, ast.Name) and node.id in aliases and isinstance(node.ctx, ast.Load):
+            found.append((aliases[node.id], node.lineno))
+    return found
+
+
+def _chain(node: ast.Attribute) -> list[str] | None:
+    parts: list[str] = []
+    current: ast.AST = node
+    while isinstance(current, ast.Attribute):
+        parts.append(current.attr)
+        current = current.value
+    return [current.id, *reversed(parts)] if isinstance(current, ast.Name) else None
+
+
+# ------------------------------------------------------------------------------------ dynamic (worker)
+def _forbidden_functions() -> dict[Any, str]:
+    import torch
+    import torch.nn.functional as F
+
+    table: dict[Any, str] = {}
+    for name, value in vars(F).items():
+        if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") in (
+            "torch.nn.functional", "torch._C._nn", None
+        ):  # fmt: skip
+            table[value] = f"torch.nn.functional.{name}"
+    for name, value in vars(torch._C._nn).items():
+        if callable(value) and not name.startswith("_"):
+            table.setdefault(value, f"torch.nn.functional.{name}")
+    for owner, prefix in ((torch, "torch"), (torch.Tensor, "torch.Tensor")):
+        for name in ("softmax", "log_softmax", "embedding", "rms_norm", "layer_norm", "_fused_adamw_", "_fused_adam_"):
+            if hasattr(owner, name):
+                table[getattr(owner, name)] = f"{prefix}.{name}"
+    return table
+
+
+class Watch:
+    """Around one call in the worker: records forbidden torch use by the submission (see the module doc)."""
+
+    _table: dict[Any, str] | None = None
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+        self.findings: list[str] = []
+        self._mode: Any = None
+
+    def __enter__(self) -> Watch:
+        if "torch" not in sys.modules:
+            return self  # code that never imported torch uses none of its built-ins
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        if Watch._table is None:
+            Watch._table = _forbidden_functions()
+        torch_dir = os.path.dirname(torch.__file__) + os.sep
+        submission = (os.path.join(os.getcwd(), "cs336_basics") + os.sep, os.path.join(os.getcwd(), "tests", "adapters.py"))
+        watch = self
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                watch._inspect(func, torch_dir, submission)
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+
+    def _inspect(self, func: Any, torch_dir: str, submission: tuple[str, str]) -> None:
+        frame = sys._getframe(2)
+        via = None
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(submission[0]) or filename == submission[1]:
+                name = (Watch._table or {}).get(func) or via
+                if name is not None and len(self.findings) < 20:
+                    where = os.path.relpath(filename)
+                    self.findings.append(f"{self.call} called {name}, {where}:{frame.f_lineno}")
+                return
+            if filename.startswith(torch_dir):
+                rel = filename[len(torch_dir) :].replace(os.sep, "/")
+                if rel.startswith(_FORBIDDEN_FILES) and not rel.startswith(_ALLOWED_FILES):
+                    via = f"torch/{rel} ({frame.f_code.co_name})"
+            elif not filename.startswith("<") and "site-packages" not in filename and "/lib/python" not in filename:
+                return  # harness code (the scenarios): never evidence
+            frame = frame.f_back
+
+    def check_optimizer(self, cls: type | None) -> None:
+        """The AdamW class may descend from no torch optimizer but `torch.optim.Optimizer`."""
+        import torch
+
+        for base in getattr(cls, "__mro__", ())[1:]:
+            module = getattr(base, "__module__", "")
+            if module.startswith("torch.optim") and base is not torch.optim.Optimizer:
+                self.findings.append(f"{self.call}: the optimizer class derives from {module}.{base.__qualname__}")
