@@ -34,7 +34,7 @@ def run_linear(
         in_features: input tensor (..., d_in).
 
     Returns:
-        The output (..., d_out).
+        The output (..., d_out). For bf16 inputs a bf16 or a float32 result is accepted (bf16 is advisory).
     """
     layer = impl.Linear(d_in, d_out, device=weights.device, dtype=weights.dtype)
     layer.load_state_dict({"weight": weights})
@@ -102,7 +102,7 @@ def run_scaled_dot_product_attention(
         mask: optional boolean mask broadcastable to (..., queries, keys); True means "may attend".
 
     Returns:
-        The attention output (..., queries, d_v).
+        The attention output (..., queries, d_v). For bf16 inputs a bf16 or a float32 result is accepted.
     """
     return impl.scaled_dot_product_attention(Q, K, V, mask)
 
@@ -199,7 +199,8 @@ def run_rope(
         token_positions: positions (..., sequence_length).
 
     Returns:
-        The rotated tensor, same shape.
+        The rotated tensor, same shape. For bf16 input a bf16 or a float32 result is accepted (float32
+        cos/sin buffers promote it; bf16 out is advisory).
     """
     rope = impl.RotaryPositionalEmbedding(theta, d_k, max_seq_len, device=in_query_or_key.device)
     return rope(in_query_or_key, token_positions)
@@ -261,7 +262,8 @@ def run_transformer_lm(
         in_indices: token ids (batch_size, sequence_length), sequence_length <= context_length.
 
     Returns:
-        Logits (batch_size, sequence_length, vocab_size).
+        Logits (batch_size, sequence_length, vocab_size). Graded in float32; a bf16 forward (bf16 weights,
+        bf16 logits) is advisory, worth 0 points.
     """
     config = impl.ModelConfig(
         vocab_size=vocab_size,
@@ -300,7 +302,7 @@ def run_rmsnorm(
 
 
 def run_silu(in_features: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
-    """SiLU `x * sigmoid(x)`, elementwise."""
+    """SiLU `x * sigmoid(x)`, elementwise. For bf16 input a bf16 or a float32 result is accepted."""
     return impl.silu(in_features)
 
 
