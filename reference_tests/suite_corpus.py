@@ -153,7 +153,8 @@ MUTANTS: dict[str, Mutant] = {
     "encode_iterable_per_chunk": Mutant(_bpe({"stream": "per_chunk"}), ("iterable_long_7",), None),
     "decode_strict": Mutant(_bpe({"strict_decode": True}), ("decode_malformed",), None, True),
 }
-SLOW_MUTANTS = {"train_naive_recount", "encode_iterable_reads_all"}
+SLOW_MUTANTS = {"train_naive_recount", "encode_iterable_reads_all", "encode_no_merges", "train_ties_smaller",
+                "train_no_pretokenization", "train_whitespace_split"}  # fmt: skip
 
 # ------------------------------------------------------------------------------------------- rewrites
 
