@@ -55,7 +55,7 @@ def prepare_data(cache: Path = CACHE) -> tuple[Path, Path, Path]:
     """Train the 4,096-token tokenizer and encode train/valid once; return (tokenizer dir, train.npy, valid.npy)."""
     from cs336_basics.bpe_trainer import train_bpe
     from cs336_lab.parallel_encode import encode_file
-    from cs336_basics.tokenizer import Tokenizer, save_bpe
+    from cs336_lab.tokenizer_files import load_tokenizer, save_tokenizer
 
     tok_dir, train_npy, valid_npy = cache / "tokenizer", cache / "train.npy", cache / "valid.npy"
     if not (DATA_DIR / "train.txt").is_file():
@@ -63,9 +63,9 @@ def prepare_data(cache: Path = CACHE) -> tuple[Path, Path, Path]:
     if not (tok_dir / "vocab.json").is_file():
         start = time.perf_counter()
         vocab, merges = train_bpe(DATA_DIR / "train.txt", VOCAB_SIZE, [EOS])
-        save_bpe(vocab, merges, tok_dir, special_tokens=[EOS])
+        save_tokenizer(vocab, merges, tok_dir, special_tokens=[EOS])
         logger.info("trained the %d-token BPE in %.0f s", len(vocab), time.perf_counter() - start)
-    tokenizer = Tokenizer.from_directory(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     for src, dst in ((DATA_DIR / "train.txt", train_npy), (DATA_DIR / "valid.txt", valid_npy)):
         if not dst.is_file():
             start = time.perf_counter()
@@ -105,7 +105,10 @@ def _oracle_factories() -> tuple[Any, Any]:
     from cs336_basics.model import TransformerLM
     from oracle.model import OracleTransformerLM
 
-    def model_factory(mc: Any, device: torch.device) -> torch.nn.Module:
+    from cs336_basics.model import ModelConfig
+
+    def model_factory(settings: dict[str, Any], device: torch.device) -> torch.nn.Module:
+        mc = ModelConfig(**settings)
         ours = TransformerLM(mc, device=device)  # built under the loop's seed: the same initial weights
         oracle = OracleTransformerLM(mc.vocab_size, mc.context_length, mc.d_model, mc.num_layers, mc.num_heads,
                                      mc.d_ff, mc.rope_theta, mc.eps).to(device)
@@ -147,7 +150,7 @@ def run_side(side: str, budget_s: float, steps: int | None = None) -> dict[str, 
     result = train(config, model_factory=model_factory, optimizer_factory=optimizer_factory)
     torch.manual_seed(config.seed)
     build = model_factory or default_model_factory
-    model = build(config.model_config(), torch.device("cpu"))
+    model = build(config.model_settings(), torch.device("cpu"))
     load_checkpoint(Path(config.out_dir) / "ckpt_latest.pt", model)
     val = full_validation_loss(model, valid_npy, config.context_length)
     bpt = bytes_per_token(tok_dir, load_tokens(valid_npy))

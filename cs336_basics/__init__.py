@@ -45,8 +45,6 @@ _EXPORTS: dict[str, str] = {
     # tokenizer
     "train_bpe": "bpe_trainer",
     "Tokenizer": "tokenizer",
-    "save_bpe": "tokenizer",
-    "load_bpe": "tokenizer",
     # decoding
     "generate": "decoding",
     "complete": "decoding",

@@ -3,7 +3,7 @@
 The algorithm (Sennrich et al. 2016, byte-level as in GPT-2):
 
 1. Split the corpus on the special tokens, cut every piece into GPT-2 pre-tokens, count the pre-tokens.
-   Large files are cut at safe boundaries (`pretokenize.find_chunk_boundaries`) and counted in parallel.
+   Large files are cut at safe boundaries (`chunking.find_chunk_boundaries`) and counted in parallel.
 2. Start from one token per byte. Repeatedly merge the most frequent adjacent pair of tokens, counted over
    all pre-tokens weighted by their frequency; ties go to the lexicographically greater pair of byte
    strings, e.g. `(b"s", b"t")` beats `(b"e", b"s")`. Pairs never span two pre-tokens.
@@ -27,7 +27,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .pretokenize import count_pretokens, find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
+from .chunking import default_workers, find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
+from .pretokenize import count_pretokens
 
 __all__ = ["train_bpe", "count_file_pretokens", "learn_merges"]
 
@@ -90,7 +91,7 @@ def count_file_pretokens(
 ) -> Counter[str]:
     """Count the pre-tokens of a UTF-8 file, reading it chunk by chunk, in parallel when it is large."""
     if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = default_workers()
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     size = os.path.getsize(path)

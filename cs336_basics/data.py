@@ -158,26 +158,3 @@ def load_tokens(path: str | os.PathLike, *, dtype: npt.DTypeLike | None = None) 
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"{path} must hold a 1-d array of integer token ids, got {tokens.dtype} {tokens.shape}")
     return tokens
-
-
-def load_training_tokens(path: str, name: str, *, context_length: int, vocab_size: int) -> npt.NDArray:
-    """`load_tokens(path)` for a training run, checked to be long enough and to fit the vocabulary.
-
-    `name` ("train_data", "valid_data") names the setting in the error messages.
-    """
-    if not path:
-        raise ValueError(f"{name} is required: expected the path of a .npy token array, got ''")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{name}: no such file {path}")
-    tokens = load_tokens(path)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
-    if len(tokens) <= context_length:
-        raise ValueError(f"{name} has {len(tokens)} tokens, need more than context_length={context_length}")
-    # A token id outside the vocabulary would fail deep inside the embedding (a device assert on CUDA). Scanning
-    # a memory-mapped corpus of billions of tokens costs seconds per GB, so big arrays are checked by a prefix.
-    largest = int(np.asarray(tokens[:50_000_000]).max())
-    if largest >= vocab_size:
-        raise ValueError(f"{name} holds token id {largest}, expected ids < vocab_size={vocab_size}: "
-                         "does --vocab-size match the tokenizer?")
-    return tokens

@@ -19,11 +19,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from cs336_basics.attention import KVCache, MultiHeadSelfAttention
+from cs336_basics.checkpoint import strip_compile_prefix
 from cs336_basics.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.rope import RotaryPositionalEmbedding
-
-_COMPILE_PREFIX = "_orig_mod."
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -268,5 +266,4 @@ class TransformerLM(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """`nn.Module.load_state_dict`, also accepting keys prefixed `_orig_mod.` by `torch.compile`."""
-        state_dict = {k.removeprefix(_COMPILE_PREFIX): v for k, v in state_dict.items()}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(strip_compile_prefix(dict(state_dict)), strict=strict, assign=assign)

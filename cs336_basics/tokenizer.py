@@ -5,17 +5,8 @@ and turn each pre-token into ids by BPE: start from its UTF-8 bytes and repeated
 that was learned earliest. Applying the lowest-ranked pair first gives exactly the result of replaying the
 merges in the order they were learned, and a pre-token always gives the same ids, so they are cached.
 
-Saved format (one directory, written by `save_bpe` / `Tokenizer.save`, read by `load_bpe`,
-`Tokenizer.from_directory` and `Tokenizer.from_files`):
-
-- `vocab.json`: `{"format": "cs336-bpe", "version": 1, "special_tokens": [...], "vocab": {"<id>": "<token>"}}`.
-  Token bytes are shown with GPT-2's byte-to-unicode table: every byte is one printable character (the
-  printable ASCII and Latin-1 bytes stand for themselves, the others are shifted to U+0100 and up, so a
-  space is `Ġ` and a newline `Ċ`). The file is unambiguous and still readable: b" the" is `Ġthe`.
-- `merges.txt`: the line `#version: cs336-bpe 1`, then one merge a line, in learned order: the two tokens
-  in the same notation separated by one space (the notation has no spaces of its own).
-
-`Tokenizer.from_files` also reads GPT-2's own `vocab.json` (token -> id) and `merges.txt`.
+`Tokenizer.from_files` reads a vocabulary and merges saved in the tools' format (`cs336_lab/tokenizer_files.py`:
+`vocab.json` with GPT-2's byte-to-unicode notation, `merges.txt` one merge a line) or in GPT-2's own files.
 """
 
 from __future__ import annotations
@@ -30,12 +21,7 @@ from pathlib import Path
 
 from .pretokenize import blocks, last_safe_cut, pretokens, special_tokens_regex
 
-__all__ = ["Tokenizer", "save_bpe", "load_bpe", "bytes_to_unicode"]
-
-FORMAT_NAME = "cs336-bpe"
-FORMAT_VERSION = 1
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
+__all__ = ["Tokenizer"]
 
 # encode_iterable encodes its input in pieces of about this many characters.
 _ITERABLE_BUFFER_CHARS = 1 << 14
@@ -48,39 +34,11 @@ _NO_MERGE = 1 << 80  # greater than every packed (rank, id)
 
 
 @lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table from each byte to one printable unicode character.
-
-    >>> table = bytes_to_unicode()
-    >>> table[ord("a")], table[ord(" ")], table[ord("\\n")]
-    ('a', 'Ġ', 'Ċ')
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_bytes() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def _to_text(token: bytes) -> str:
-    table = bytes_to_unicode()
-    return "".join([table[b] for b in token])
-
-
-def _from_text(text: str) -> bytes:
-    inverse = _unicode_to_bytes()
-    try:
-        return bytes([inverse[c] for c in text])
-    except KeyError as e:
-        raise ValueError(f"token {text!r} contains {e.args[0]!r}, which is not in the byte-to-unicode table") from None
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: the printable character that stands for each byte -> the byte."""
+    direct = [*range(33, 127), *range(161, 173), *range(174, 256)]  # printable ASCII and Latin-1 stand for themselves
+    shifted = [b for b in range(256) if b not in direct]  # the rest become U+0100, U+0101, ... in byte order
+    return {chr(b): b for b in direct} | {chr(256 + i): b for i, b in enumerate(shifted)}
 
 
 class _BPECache(dict):
@@ -165,19 +123,21 @@ class Tokenizer:
     def from_files(
         cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike, special_tokens: list[str] | None = None
     ) -> Tokenizer:
-        """Load a vocabulary and merges saved by `save_bpe` (or in GPT-2's own format)."""
-        vocab, saved_special = _read_vocab(Path(vocab_filepath))
-        merges = _read_merges(Path(merges_filepath))
-        return cls(vocab, merges, saved_special if special_tokens is None else special_tokens)
+        """Load a vocabulary and merges saved by `cs336 train-bpe` (or in GPT-2's own format).
 
-    @classmethod
-    def from_directory(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer saved by `save` (or `save_bpe`) into `directory`."""
-        return cls(*load_bpe(directory))
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write `vocab.json` and `merges.txt` (see the module docstring) into `directory`."""
-        save_bpe(self.vocab, self.merges, directory, self.special_tokens)
+        Special tokens default to those the vocabulary file lists.
+        """
+        data = json.loads(Path(vocab_filepath).read_text(encoding="utf-8"))
+        table = _byte_of_char()
+        as_bytes = lambda text: bytes([table[c] for c in text])  # noqa: E731
+        if data.get("format") == "cs336-bpe":  # {"vocab": {id: token}, "special_tokens": [...]}
+            vocab = {int(i): as_bytes(token) for i, token in data["vocab"].items()}
+            special_tokens = data.get("special_tokens", []) if special_tokens is None else special_tokens
+        else:  # GPT-2: {token: id}
+            vocab = {i: as_bytes(token) for token, i in data.items()}
+        lines = Path(merges_filepath).read_text(encoding="utf-8").splitlines()
+        merges = [tuple(map(as_bytes, line.split(" "))) for line in lines if line and not line.startswith("#version")]
+        return cls(vocab, merges, special_tokens)  # type: ignore[arg-type]
 
     @property
     def vocab_size(self) -> int:
@@ -322,70 +282,3 @@ class Tokenizer:
                 f"cannot decode token id {bad!r}: expected an int id in the vocabulary of {len(self.vocab)} tokens"
             ) from None
         return raw.decode("utf-8", errors="replace")
-
-
-# -------------------------------------------------------------------- the saved format
-def save_bpe(
-    vocab: dict[int, bytes],
-    merges: list[tuple[bytes, bytes]],
-    directory: str | os.PathLike,
-    special_tokens: Iterable[str] = (),
-) -> None:
-    """Write `vocab.json` and `merges.txt` into `directory` (created if needed); each write is atomic."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "special_tokens": list(special_tokens),
-        "vocab": {str(i): _to_text(vocab[i]) for i in sorted(vocab)},
-    }
-    _write_text_atomically(directory / VOCAB_FILE, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
-    lines = [f"#version: {FORMAT_NAME} {FORMAT_VERSION}"]
-    lines += [f"{_to_text(left)} {_to_text(right)}" for left, right in merges]
-    _write_text_atomically(directory / MERGES_FILE, "\n".join(lines) + "\n")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    # A reader never sees half a file: write beside the target, then rename over it.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_bpe(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
-    """Read what `save_bpe` wrote: `(vocab, merges, special_tokens)`."""
-    directory = Path(directory)
-    vocab, special_tokens = _read_vocab(directory / VOCAB_FILE)
-    return vocab, _read_merges(directory / MERGES_FILE), special_tokens or []
-
-
-def _read_vocab(path: Path) -> tuple[dict[int, bytes], list[str] | None]:
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, got {data.get('version')!r}")
-        vocab = {int(i): _from_text(token) for i, token in data["vocab"].items()}
-        return vocab, list(data.get("special_tokens", []))
-    if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):  # GPT-2: token -> id
-        return {i: _from_text(token) for token, i in data.items()}, None
-    raise ValueError(f"{path}: expected a {FORMAT_NAME} vocabulary or a GPT-2 vocab.json (token -> id)")
-
-
-def _read_merges(path: Path) -> list[tuple[bytes, bytes]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"merges file {str(path)!r} does not exist")
-    merges = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line or line.startswith("#version"):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected two tokens separated by one space, got {line!r}")
-        merges.append((_from_text(parts[0]), _from_text(parts[1])))
-    return merges

@@ -35,6 +35,11 @@ WORKER_ENV = "CS336_WORKER"
 # What a worker's output says when an allocation failed outside Python (RLIMIT_AS in C++ code).
 MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory",
                   "DefaultCPUAllocator", "out of memory")  # fmt: skip
+CALL_SHARE, CALL_FLOOR_S = 0.4, 1.5  # the most of a test's budget that one call may use, and its floor
+# A function that already hung in SUSPECT_AFTER tests of this process gets SUSPECT_S per call from then on:
+# a submission that hangs everywhere grades in minutes, and a correct one never comes near (its calls
+# take milliseconds where this applies).
+SUSPECT_AFTER, SUSPECT_S = 1, 0.5
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -108,6 +113,7 @@ class WorkerClient:
         self._names = count()
         self._start_failure: WorkerFailure | None = None
         self.walls: dict[str, bool] = {}
+        self.hangs: dict[str, int] = {}  # function -> tests of this process in which it timed out
         # One user id per pytest process: killing "every process of the uid" then spares the other jobs.
         self.uid = None if config.uid is None else config.uid + os.getpid() % 100_000
         self.begin_test("", float("inf"))
@@ -174,10 +180,17 @@ class WorkerClient:
 
     def _receive(self, what: str, started: float) -> tuple[dict[str, Any], list[bytes]]:
         assert self._sock is not None
-        left = self.budget_s - self.spent_s
+        # One call may use a share of the test's budget: a property test's examples are many small calls,
+        # so a hang in the first one need not wait for the whole budget.
+        left = min(self.budget_s - self.spent_s, max(CALL_FLOOR_S, CALL_SHARE * self.budget_s))
+        suspect = self.hangs.get(what, 0) >= SUSPECT_AFTER
+        left = min(left, SUSPECT_S) if suspect else left
         ready, _, _ = select.select([self._sock], [], [], max(0.0, left) if left < 1e6 else None)
         if not ready:
-            self._fail("timeout", f"{what} did not return within the test's limit of {self.budget_s:.3g} s")
+            self.hangs[what] = self.hangs.get(what, 0) + 1
+            limit = f"{left:.3g} s" + (f" (it hung in {SUSPECT_AFTER} earlier tests)" if suspect else "")
+            limit += f" (the test's: {self.budget_s:.3g} s)"
+            self._fail("timeout", f"{what} did not return within its limit of {limit}")
         try:
             self._sock.settimeout(max(0.5, left - (time.monotonic() - started)) if left < 1e6 else None)
             return wire.receive(self._sock)

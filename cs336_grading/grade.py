@@ -38,6 +38,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,7 +67,7 @@ from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s caller
 )
 from cs336_grading import sandbox as sandbox
 from cs336_grading.client import WORKER_ENV, ForkServer, WorkerConfig
-from cs336_grading.plugin import LIMITS_ENV
+from cs336_grading.plugin import LIMITS_ENV, SELECT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class _Run:
     isolate_each: bool
     results: dict[str, tuple[str, str]] = field(default_factory=dict)
     records: dict[str, dict] = field(default_factory=dict)
+    graded: list[str] = field(default_factory=list)  # test ids, as the file processes collected them
+    ungraded: list[str] = field(default_factory=list)
     abort: threading.Event = field(default_factory=threading.Event)  # on error or Ctrl-C: kill the processes
 
     def run_unit(self, ids: list[str], counter: Iterator[int]) -> list[list[str]]:
@@ -105,6 +108,12 @@ class _Run:
         tampered = self.pristine.tampered(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         self.records.update(report.records)
+        if len(ids) == 1 and "::" not in ids[0]:  # a whole test file: its tests are known now
+            if not report.collected and report.collect_errors:
+                raise GraderError(f"the harness does not collect: {ids[0]}: {report.collect_errors[0]}")
+            ids = report.collected
+            self.graded.extend(ids)
+            self.ungraded.extend(report.ungraded)
         if tampered:
             if len(ids) > 1:
                 return [[n] for n in ids]  # find out which test did it
@@ -112,11 +121,8 @@ class _Run:
             return []
         return _settle(ids, report, self.results, self.limits.timeout)
 
-    def run_all(self, graded: list[str], jobs: int) -> None:
-        by_file: dict[str, list[str]] = {}
-        for nodeid in graded:
-            by_file.setdefault(nodeid.split("::")[0], []).append(nodeid)
-        units = deque([[n] for n in graded] if self.isolate_each else sorted(by_file.values(), key=len, reverse=True))
+    def run_all(self, units: deque[list[str]], jobs: int) -> None:
+        """Run the units (whole test files, or test ids) `jobs` at a time, re-queueing what they left."""
         counter = iter(range(1, 1 << 30))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             running: set[Future[list[list[str]]]] = set()
@@ -165,31 +171,41 @@ def grade(
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
-        nodeids = _collect(pristine, tmp_dir / "collect", timeout=max(timeout, 120.0), env=env)
-        graded = [n for n in nodeids if problem_of(n) in selected]
-        missing = [name for name in selected if not any(problem_of(n) == name for n in graded)]
-        if missing:
-            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
+        prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
+        env[SELECT_ENV] = json.dumps(prefixes)
+        units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
+        planned = [u[0] for u in units] if isolate_each else None
         server.wait()
-        # The pytest process's own guard is looser than any test's worker budget (`timeout` at most): it
-        # only catches the harness itself hanging, the worker budget stops student code first.
+        # The pytest process's guard is looser than any worker budget: it only catches the harness hanging.
         limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
                                 importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
         run = _Run(pristine, student, tmp_dir, limits, isolate_each)
-        run.run_all(graded, jobs)
+        run.run_all(units, jobs)
+        graded = planned if planned is not None else run.graded
+        missing = [name for name in selected if not any(problem_of(n) == name for n in run.results)]
+        if missing:
+            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
     scores = tuple(
         ProblemScore(
             PROBLEMS_BY_NAME[name],
-            tuple(TestOutcome(n, name, *run.results[n]) for n in graded if problem_of(n) == name),
+            tuple(_outcome(n, name, run) for n in graded if problem_of(n) == name),
             evidence=tuple(evidence.get(name, ())),
             zeroed=builtins == "zero" and bool(evidence.get(name)),
         )
         for name in selected
     )
-    ungraded = tuple(n for n in nodeids if problem_of(n) is None)
+    ungraded = tuple(sorted(set(run.ungraded)))
     warnings = tuple(_warnings(limits, evidence, builtins))
     return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+
+
+def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:
+    """A test's outcome; an advisory test's is reported but counts for nothing."""
+    status, message = run.results[nodeid]
+    if run.records.get(nodeid, {}).get("advisory"):
+        return TestOutcome(nodeid, problem, "advisory", f"{STATUS_LABELS[status]}" + (f": {message}" if message else ""))
+    return TestOutcome(nodeid, problem, status, message)
 
 
 def _check_options(jobs: int | None, timeout: float, total_timeout: float, memory_mb: int | None, builtins: str) -> int:
@@ -264,6 +280,20 @@ def _select_problems(problems: Iterable[str] | None) -> list[str]:
     if unknown or not selected:
         raise ValueError(f"expected problem names among {', '.join(PROBLEMS_BY_NAME)}, got {selected}")
     return [p.name for p in PROBLEMS if p.name in selected]
+
+
+def _units(
+    pristine: sandbox.Harness, tmp: Path, env: dict[str, str], isolating: list[str] | None, timeout: float
+) -> deque[list[str]]:
+    """What the pytest processes run: every test file whole (it collects itself), or, isolating each test
+    of the problems `isolating`, every test id (collected first; the submission is not imported)."""
+    if isolating is not None:
+        nodeids = _collect(pristine, tmp / "collect", timeout=max(timeout, 120.0), env=env)
+        return deque([n] for n in nodeids if problem_of(n) in isolating)
+    files = [rel for rel in pristine.files if re.fullmatch(r"tests/(.+/)?test_[^/]*\.py", rel)]
+    if not files:
+        raise GraderError("the harness has no test files")
+    return deque([f] for f in sorted(files, key=lambda f: -len(pristine.files[f])))  # the biggest first
 
 
 def _collect(pristine: sandbox.Harness, run_dir: Path, *, timeout: float, env: dict[str, str]) -> list[str]:
@@ -363,6 +393,11 @@ def _main(args: argparse.Namespace) -> int:
     except GraderError as e:
         log.error("the grader could not run: %s", e)
         return 1
+    except KeyboardInterrupt as e:
+        if str(e) != "signal SIGTERM":
+            raise
+        log.error("terminated (SIGTERM): the test processes, workers and workspace are cleaned up")
+        return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(result.format_table())  # the table is the command's output; the rest is logging

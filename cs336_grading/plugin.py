@@ -15,6 +15,7 @@ still knows which test was running when a process is killed:
               | "timeout" | "error" | "skipped", "message": "the useful lines of the failure",
               "worker_seconds": 0.01, "peak_mib": 420.0, "findings": ["run_linear called ..."]}
     {"event": "collect_error", "nodeid": "tests/test_x.py", "message": "ImportError: ..."}
+    {"event": "collected", "nodeids": [the tests it will run], "ungraded": [those it deselected]}
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 from cs336_grading.client import MEMORY_MARKERS, WORKER_ENV, StudentError, WorkerClient, WorkerConfig, WorkerFailure
 
 REPORT_ENV = "CS336_GRADER_REPORT"
+SELECT_ENV = "CS336_GRADED_PREFIXES"  # JSON list: run only tests whose function name starts with one
 LIMITS_ENV = "CS336_TEST_LIMITS"  # JSON {"default": s, "tests": {nodeid: s}}: each test's budget in the worker
 _TIMEOUT_MARKER = "Timeout"  # pytest-timeout fails a test with "Failed: Timeout (>60.0s) from pytest-timeout."
 MAX_MESSAGE_LINES, MAX_MESSAGE_CHARS = 10, 1200
@@ -78,6 +80,7 @@ def _classify(excinfo: pytest.ExceptionInfo[BaseException]) -> tuple[str, str]:
 class _Recorder:
     def __init__(self, client: WorkerClient | None, limits: dict[str, Any]) -> None:
         self.outcomes: dict[str, tuple[str, str]] = {}
+        self.advisory: set[str] = set()  # tests marked `advisory`: reported, worth 0 points
         self.client = client
         self.limits = limits
 
@@ -92,6 +95,8 @@ class _Recorder:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         outcome = yield
         report = outcome.get_result()
+        if item.get_closest_marker("advisory") is not None:
+            self.advisory.add(item.nodeid)
         if call.excinfo is None or item.nodeid in self.outcomes:
             return  # keep the first problem of a test (its call, not a teardown that follows)
         if report.skipped:
@@ -105,7 +110,20 @@ class _Recorder:
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
         status, message = self.outcomes.get(nodeid, ("passed", ""))
         record = {} if self.client is None else self.client.end_test()
+        if nodeid in self.advisory:
+            record["advisory"] = True
         _emit({"event": "result", "nodeid": nodeid, "status": status, "message": message, **record})
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Keep the graded tests of the selected problems; tell the grader which tests this process has."""
+        prefixes = tuple(json.loads(os.environ.get(SELECT_ENV) or "[]"))
+        if prefixes:
+            keep = [i for i in items if i.nodeid.split("::")[-1].split("[")[0].startswith(prefixes)]
+            dropped = [i for i in items if i not in keep]
+            if dropped:
+                config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+            _emit({"event": "collected", "nodeids": [i.nodeid for i in keep], "ungraded": [i.nodeid for i in dropped]})
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -144,9 +162,20 @@ def _install_proxies(client: WorkerClient) -> None:
             pass  # a harness without scenarios (the grader's own tests use tiny ones)
 
 
+def _undumpable() -> None:
+    """No process of our user may ptrace this one or read its memory (a worker without a user id of its own)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
 def pytest_configure(config: pytest.Config) -> None:
     client = None
     if os.environ.get(WORKER_ENV):
+        _undumpable()
         client = WorkerClient(WorkerConfig.from_env())
         _install_proxies(client)
     limits = json.loads(os.environ.get(LIMITS_ENV) or "{}")

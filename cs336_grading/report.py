@@ -55,7 +55,9 @@ STATUS_LABELS = {
     "timeout": "TIMED OUT",
     "memory": "MEMORY LIMIT",
     "skipped": "skipped",
+    "advisory": "advisory (0 points)",
 }
+UNCOUNTED = ("skipped", "advisory")  # statuses outside a problem's denominator: harness skips, advisory tests
 # The field set of results.json (Gradescope's specification, the subset we write).
 RESULT_FIELDS = ("score", "execution_time", "output", "visibility", "tests")
 TEST_FIELDS = ("name", "score", "max_score", "status", "output", "visibility")
@@ -99,7 +101,7 @@ class ProblemScore:
     @property
     def counted(self) -> int:
         """Tests that count towards the score (skipped ones do not)."""
-        return len(self.outcomes) - self.counts["skipped"]
+        return len(self.outcomes) - sum(self.counts[s] for s in UNCOUNTED)
 
     @property
     def score(self) -> float:
@@ -121,6 +123,7 @@ class ProblemScore:
             f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
             for o in self.outcomes
             if o.status not in ("passed", "not_implemented", "skipped")
+            and not (o.status == "advisory" and o.message.startswith(STATUS_LABELS["passed"]))
         ]
 
 

@@ -15,33 +15,36 @@ copy of the worker template (`build_worker_template`), which holds the submissio
 from __future__ import annotations
 
 import json
+import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+try:
+    import resource
+except ImportError:  # not POSIX: no resource limits (the worker's walls need Linux anyway)
+    resource = None  # type: ignore[assignment]
 
 from cs336_grading.client import MEMORY_MARKERS
+from cs336_grading.submission import IGNORED as _IGNORED
+from cs336_grading.submission import Submission, SubmissionError, unpack_submission  # noqa: F401 - the API
 from cs336_grading.plugin import REPORT_ENV
 
+log = logging.getLogger(__name__)
 PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
 # The `tests/adapters.py` of a grading process: the plugin's proxy replaces it, so it must never run.
 GUARD_ADAPTERS = (
     b'"""Under `cs336 grade`, `tests.adapters` is the proxy to the sandboxed worker (cs336_grading.plugin)."""\n'
     b'raise ImportError("the grading process never imports the submission; the plugin\'s proxy is missing")\n'
 )
-
-
-class SubmissionError(ValueError):
-    """The submission is not a gradable layout (e.g. it has no `adapters.py`)."""
 
 
 @dataclass(frozen=True)
@@ -98,84 +101,6 @@ class Harness:
 
 def _is_ignored(path: Path) -> bool:
     return any(part in {"__pycache__", ".pytest_cache", ".hypothesis"} for part in path.parts) or path.suffix == ".pyc"
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A normalised copy of a student's code: `package/` (`cs336_basics`) and `adapters.py`."""
-
-    package: Path
-    adapters: Path
-
-
-def unpack_submission(source: str | os.PathLike[str], dest: Path) -> Submission:
-    """Copy a submission (directory or `.zip`) into `dest/` as `cs336_basics/` + `adapters.py`.
-
-    Tolerates a top folder (`hw1/cs336_basics/...`), an `adapters.py` outside `tests/` and missing
-    `__init__.py` files; a submission without a `cs336_basics/` gets an empty package. Only those two
-    things are copied (a directory may be a whole checkout, virtual environment included).
-    """
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"submission {source} does not exist")
-    raw = None
-    if source.is_dir():
-        root = source
-    elif zipfile.is_zipfile(source):
-        raw = dest / "raw"
-        _safe_extract(source, raw)
-        root = raw
-    else:
-        raise SubmissionError(f"expected a directory or a .zip file as submission, got {source}")
-    packages, adapters = _find_submission_parts(root)
-    if not adapters:
-        raise SubmissionError(f"the submission {source} has no tests/adapters.py")
-    package = dest / "cs336_basics"
-    if packages:
-        shutil.copytree(packages[0], package, ignore=_IGNORED)
-    else:
-        package.mkdir(parents=True)
-    # Without __init__.py the directory is a namespace package, and the installed reference would win.
-    for directory in [package, *(p for p in package.rglob("*") if p.is_dir())]:
-        if directory == package or any(directory.glob("*.py")):
-            (directory / "__init__.py").touch(exist_ok=True)
-    shutil.copyfile(adapters[0], dest / "adapters.py")
-    if raw is not None:
-        shutil.rmtree(raw)
-    return Submission(package=package, adapters=dest / "adapters.py")
-
-
-def _find_submission_parts(root: Path, max_depth: int = 4) -> tuple[list[Path], list[Path]]:
-    """(`cs336_basics` directories, `adapters.py` files) under `root`, the most plausible first."""
-    packages: list[Path] = []
-    adapters: list[Path] = []
-    for current, dirs, files in os.walk(root):
-        here = Path(current)
-        depth = len(here.relative_to(root).parts)
-        dirs[:] = sorted(
-            d for d in dirs
-            if depth < max_depth and not d.startswith((".", "__")) and d not in ("site-packages", "node_modules")
-        )  # fmt: skip
-        if here.name == "cs336_basics" and here != root:
-            packages.append(here)
-            dirs[:] = []  # a student's package may hold an adapters.py of its own: not the one we want
-        elif "adapters.py" in files:
-            adapters.append(here / "adapters.py")
-
-    def rank(p: Path) -> tuple[bool, int, str]:
-        return (p.parent.name != "tests", len(p.relative_to(root).parts), str(p))
-
-    return sorted(packages, key=lambda p: (len(p.relative_to(root).parts), str(p))), sorted(adapters, key=rank)
-
-
-def _safe_extract(archive: Path, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.infolist():
-            target = (dest / member.filename).resolve()
-            if dest.resolve() not in target.parents and target != dest.resolve():
-                raise SubmissionError(f"zip member {member.filename!r} would be extracted outside the workspace")
-        zf.extractall(dest)
 
 
 def build_workspace(run_dir: Path, harness: Harness, package: Path | None, adapters: bytes) -> None:
@@ -239,9 +164,11 @@ class ProcessReport:
     """What one guarded pytest process left behind."""
 
     results: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (status, message)
-    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
+    records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings, advisory
     in_flight: str | None = None  # the test that was running when the process ended
     collect_errors: list[str] = field(default_factory=list)
+    collected: list[str] = field(default_factory=list)  # a whole file's run: the tests it found
+    ungraded: list[str] = field(default_factory=list)  # ... and those it deselected
     ending: str = "exited"  # "exited" | "timeout" | "deadline" | "crashed"
     detail: str = ""  # signal / exit code and the tail of the output, for crashes
     seconds: float = 0.0
@@ -260,15 +187,17 @@ class Limits:
 
 
 def run_guarded(
-    run_dir: Path, nodeids: Sequence[str], limits: Limits, abort: threading.Event | None = None
-) -> ProcessReport:
+    run_dir: Path, nodeids: Sequence[str], limits: Limits | None = None, abort: threading.Event | None = None,
+    **options: Any,
+) -> ProcessReport:  # fmt: skip
     """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
 
     The watchdog kills the process group when a test has run for `timeout` plus a grace period
     (pytest-timeout, when installed, stops most hung tests at `timeout` and the process carries on), when
     no test has started `timeout` + 60 s after launch (imports hang), or when the monotonic `deadline` of
-    the whole grading run passes.
+    the whole grading run passes. `limits` may also be given as its fields (`timeout=...`, ...).
     """
+    limits = limits if limits is not None else Limits(**options)
     report_path = run_dir / ".tmp" / "report.jsonl"
     log_path = run_dir.parent / f"{run_dir.name}.log"
     args = [f"--timeout={limits.timeout:g}", "--timeout-method=signal"] if limits.pytest_timeout else []
@@ -282,7 +211,7 @@ def run_guarded(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _limit_child(limits.memory_mb),
+            preexec_fn=_limiter(limits.memory_mb),
             start_new_session=True,  # its own process group: killing it also kills worker processes
         )
         _watch(proc, report_path, report, limits, abort)
@@ -293,10 +222,18 @@ def run_guarded(
     return report
 
 
-def _limit_child(memory_mb: int | None) -> None:  # runs in the child between fork and exec
-    if memory_mb is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _limiter(memory_mb: int | None) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec: the memory limit, no core files (None: no RLIMIT here)."""
+    if resource is None:
+        log.warning("no RLIMIT on this platform: the %s MB memory limit is not enforced", memory_mb)
+        return None
+
+    def limit() -> None:
+        if memory_mb is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return limit
 
 
 def _watch(
@@ -368,10 +305,13 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = event.get("nodeid")
         elif event.get("event") == "result":
             report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
-            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings") if k in event}
+            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings", "advisory") if k in event}
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))
+        elif event.get("event") == "collected":
+            report.collected = [str(n) for n in event.get("nodeids", [])]
+            report.ungraded = [str(n) for n in event.get("ungraded", [])]
     return offset + len(complete), bool(complete)
 
 

@@ -20,12 +20,16 @@ from typing import Any
 
 import torch
 
-from cs336_basics.model import ModelConfig
+from cs336_lab import api
+
+# The accounting is arithmetic on the reference's `ModelConfig`, an optional extra of the package (api.py):
+# without it `cs336 accounting` says so and the trainer reports no MFU.
+ModelConfig: Any = api.get("ModelConfig") if api.has("ModelConfig") else None
 
 # The GPT-2 shapes of the handout's accounting problem (vocab 50,257, context 1,024) with this architecture.
 # NOTE: d_ff = 4 * d_model, as the handout's GPT-2 XL accounting question states (d_ff 6,400 for d_model 1,600),
 # not the ~8/3 * d_model SwiGLU default, so that answers can be checked against the handout's numbers.
-PRESETS: dict[str, ModelConfig] = {
+PRESETS: dict[str, ModelConfig] = {} if ModelConfig is None else {
     "gpt2-small": ModelConfig(
         vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=3072
     ),
@@ -295,6 +299,9 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default: context_length)")
     parser.add_argument("--bytes-per-element", type=int, default=4, help="4 for float32 (default), 2 for bf16")
     parser.add_argument("--peak-flops", type=float, default=None, help="hardware peak FLOP/s for time estimates")
+    if ModelConfig is None:
+        parser.set_defaults(func=lambda args: api.get("ModelConfig", needed_for="cs336 accounting"))
+        return parser
     add_dataclass_arguments(parser, ModelConfig)
     parser.set_defaults(func=_handle)
     return parser

@@ -1,26 +1,69 @@
-"""Atomic file writes: a reader sees either the old file or the whole new one, never half of it.
+"""Atomic, durable file writes: a reader sees either the old file or the whole new one, never half of it.
 
 The trick is the usual one: write a temporary file in the same directory (so that it lies on the same file
-system), then `os.replace` it onto the target, which POSIX and Windows both do in one step. If anything fails
-before the rename, the temporary file is deleted and the old file is left exactly as it was.
+system), flush it to the disk (`fsync`), then `os.replace` it onto the target, which POSIX and Windows both do
+in one step, and finally `fsync` the directory so that the rename itself survives a power cut. If anything
+fails before the rename, the temporary file is deleted and the old file is left exactly as it was.
 
     atomic_write_text(out_dir / "config.json", json.dumps(config) + "\\n")
     with atomic_open(out_dir / "train.txt") as f:      # for output written piece by piece
         for story in stories:
             f.write(story)
 
-NOTE: the temporary file comes from `tempfile.mkstemp`, so the new file gets mode 0600 (owner only), not the
-0644 that `open` would give; `checkpoint.py` writes its own temporary file for that reason.
+Temporary files are named `.NAME.<pid>.<random>.tmp` (hidden, and easy to sweep: `TEMP_GLOB`) and are created
+with `open(..., "x")`, so the new file gets the usual permissions (0644 under the common umask), not mkstemp's 0600.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+#: What every temporary file of this module looks like, for `Path.glob`.
+TEMP_GLOB = ".*.tmp"
+
+
+def temp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A fresh temporary name beside `path` (same directory, so that the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prepare_directory(path: str | os.PathLike[str], what: str = "output directory") -> Path:
+    """Create the directory `path` (and its parents) for output; `ValueError` when a file stands in the way.
+
+    `what` names the setting in the message, e.g. "--out-dir".
+    """
+    path = Path(path)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            where = "" if ancestor == path else f" (at {ancestor})"
+            raise ValueError(f"{what} {path}: expected a directory, found a file{where}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Rename the finished (and already fsynced) `tmp` onto `path`, durably."""
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
 
 
 @contextmanager
@@ -35,14 +78,18 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: An
     if mode == "w":
         open_kwargs.setdefault("encoding", "utf-8")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise ValueError(f"output file {path}: expected a file path, found a directory")
+    prepare_directory(path.parent)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
             yield f
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        commit(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -65,4 +112,5 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "commit", "fsync_directory", "prepare_directory",
+           "temp_path", "TEMP_GLOB"]

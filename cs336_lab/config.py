@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from cs336_lab.atomic import atomic_write_text  # re-exported: older callers import it from here
+from cs336_lab.atomic import atomic_write_text
 
 T = TypeVar("T")
 
@@ -85,6 +85,13 @@ def _type_name(tp: Any) -> str:
     return f"{name} or None" if optional else name
 
 
+# Scalar field type -> (the Python types a config file may give for it, the conversion to the field's type).
+_SCALARS: dict[Any, tuple[tuple[type, ...], Any]] = {
+    bool: ((bool,), bool), int: ((int,), int), float: ((int, float), float), str: ((str,), str),
+    Path: ((str, os.PathLike), Path),
+}
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check a value read from a config file against a field type; return it in the field's type.
 
@@ -123,29 +130,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise bad()
         return _validate(base, value, where=f"{where}.")  # stays a dict until `_construct`
-    if base is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    if base is Path:
-        if not isinstance(value, (str, os.PathLike)):
-            raise bad()
-        return Path(value)
     if base is Any:
         return value
-    raise TypeError(f"{where}: unsupported field type {_type_name(tp)}")  # a programming error, not user input
+    if base not in _SCALARS:
+        raise TypeError(f"{where}: unsupported field type {_type_name(tp)}")  # a programming error, not user input
+    accepted, convert = _SCALARS[base]
+    if not isinstance(value, accepted) or (base is not bool and isinstance(value, bool)):
+        raise bad()
+    return convert(value)
 
 
 def _validate(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
@@ -268,6 +260,19 @@ def _parse_scalar(tp: Any, optional: bool) -> Any:
     return convert
 
 
+def _help_text(f: dataclasses.Field) -> str:
+    """A flag's help: the field's ``metadata["help"]`` followed by its default."""
+    if f.default is not dataclasses.MISSING:
+        default_text = f"default: {to_jsonable(f.default)!r}"
+    elif f.default_factory is not dataclasses.MISSING:
+        default_text = f"default: {to_jsonable(f.default_factory())!r}"
+    else:
+        default_text = "required"
+    help_text = f.metadata.get("help", "")
+    help_text = f"{help_text} ({default_text})" if help_text else f"({default_text})"
+    return help_text.replace("%", "%%")
+
+
 def add_dataclass_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
@@ -301,16 +306,7 @@ def add_dataclass_arguments(
         if _is_dataclass_type(base):
             add_dataclass_arguments(parser, base, prefix=f"{prefix}{f.name}.", add_config_flag=False)
             continue
-        if f.default is not dataclasses.MISSING:
-            default_text = f"default: {to_jsonable(f.default)!r}"
-        elif f.default_factory is not dataclasses.MISSING:
-            default_text = f"default: {to_jsonable(f.default_factory())!r}"
-        else:
-            default_text = "required"
-        help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} ({default_text})" if help_text else f"({default_text})"
-        help_text = help_text.replace("%", "%%")
-        kwargs: dict[str, Any] = {"dest": dest, "default": UNSET, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": dest, "default": UNSET, "help": _help_text(f)}
         origin = get_origin(base)
         if base is bool and not optional:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

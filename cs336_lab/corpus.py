@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cs336_lab.atomic import atomic_open
+from cs336_lab.atomic import atomic_open, prepare_directory
 
 logger = logging.getLogger(__name__)
 
@@ -309,8 +309,7 @@ def write_corpus(
     for name, value in (("num_train", num_train), ("num_valid", num_valid)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_directory(out_dir, "--out")
     files = CorpusFiles(train=out / "train.txt", valid=out / "valid.txt")
     for path, count, start in ((files.train, num_train, 0), (files.valid, num_valid, num_train)):
         with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:

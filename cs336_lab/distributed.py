@@ -19,7 +19,7 @@ A training loop needs a handful of calls, and the same code runs unchanged in a 
             cross_entropy(model(x), y).backward()              # DDP all-reduces on the last micro-step only
     loss = all_reduce_mean(loss, ctx)                          # the same number on every rank, for logging
     if ctx.is_main:
-        save_checkpoint(unwrap_model(model), ...)              # keys without "module." / "_orig_mod."
+        save_run_checkpoint(path, model, ...)                 # unwrap_model: keys without "module." / "_orig_mod."
     cleanup(ctx)
 
 Backends: NCCL on CUDA (each rank owns `cuda:{LOCAL_RANK}`), gloo on CPU. With `torch.compile`, wrap first
@@ -97,6 +97,27 @@ class DistributedContext:
         """True when collectives actually talk to other ranks."""
         return self.world_size > 1
 
+    # The small interface a training loop needs: each is the identity (or a no-op) in a single process.
+    def seed(self, seed: int) -> int:
+        """This rank's seed for its batches (see `rank_seed`)."""
+        return rank_seed(seed, self)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model to train: DDP-wrapped when there are several ranks (see `wrap_model`)."""
+        return wrap_model(model, self)
+
+    def means(self, values: list[float]) -> list[float]:
+        """The mean over all ranks of each of a few floats (see `all_reduce_means`)."""
+        return all_reduce_means(values, self)
+
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order (see `all_gather_object`)."""
+        return all_gather_object(obj, self)
+
+    def barrier(self) -> None:
+        """Wait for every rank (see `barrier`)."""
+        barrier(self)
+
 
 def _env_int(name: str) -> int:
     raw = os.environ[name]
@@ -107,7 +128,11 @@ def _env_int(name: str) -> int:
 
 
 def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.device:
-    """Map the user's device string to this rank's device: "auto" picks CUDA when present, else CPU."""
+    """Map the user's device string to this rank's device: "auto" picks CUDA when present, else CPU.
+
+    NOTE: the tools' one home for device names ("auto", one GPU per rank). `cs336_basics.data` checks the
+    device given to `get_batch` by itself: the assignment stands alone and never imports the tools.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"

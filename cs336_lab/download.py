@@ -3,7 +3,7 @@
 ``cs336 download tinystories`` writes ``data/tinystories/TinyStoriesV2-GPT4-{train,valid}.txt``;
 ``cs336 download owt`` writes ``data/owt/owt_{train,valid}.txt``. Each file is fetched into ``NAME.part``
 (an interrupted download resumes from there with an HTTP ``Range`` request), its size is checked against the
-server's ``Content-Length`` (and the optional known size/sha256 below), ``.gz`` files are decompressed, and
+server's ``Content-Length`` (``fetch`` also takes a known size or sha256), ``.gz`` files are decompressed, and
 the final name appears only at the end, by an atomic rename: a file with the final name is always complete.
 Only the standard library is used (``urllib``); the base URL can be changed, e.g. for a mirror or a test server.
 """
@@ -24,6 +24,9 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from cs336_lab.atomic import atomic_open, prepare_directory
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +36,9 @@ CHUNK_SIZE = 1 << 20
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file of a dataset: its path under the base URL and, optionally, its known size and sha256."""
+    """A file of a dataset: its path under the base URL."""
 
     path: str
-    size: int | None = None
-    sha256: str | None = None
 
     @property
     def filename(self) -> str:
@@ -107,45 +108,56 @@ def fetch(
         logger.warning("%s is larger than the expected %d bytes; starting over", part, expected_size)
         part.unlink()
         offset = 0
+    response, total = _request(url, part, offset, timeout)
+    if response is not None:
+        with response:
+            total = _receive(response, url, part, offset, expected_size)
+    _check_and_commit(part, dest, expected_size if expected_size is not None else total, sha256)
+    return dest
 
+
+def _request(url: str, part: Path, offset: int, timeout: float) -> tuple[Any, int | None]:
+    """Open ``url`` from byte ``offset``: (response, None), or (None, total) when the part is already whole."""
     request = urllib.request.Request(url, headers={"User-Agent": "cs336-basics"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout), None
     except urllib.error.HTTPError as err:
         total = _content_range_total(err.headers.get("Content-Range")) if err.headers else None
         if err.code == 416 and total is not None and total == offset:  # the part was already complete
-            response = None
-        elif err.code == 416:  # the partial file does not fit the remote file (it changed?)
+            return None, total
+        if err.code == 416:  # the partial file does not fit the remote file (it changed?)
             raise DownloadError(f"GET {url}: {part} does not match the remote file; delete it to start over") from None
-        else:
-            raise DownloadError(f"GET {url} failed: HTTP {err.code} {err.reason}") from None
+        raise DownloadError(f"GET {url} failed: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError) as err:
         raise DownloadError(f"GET {url} failed: {getattr(err, 'reason', err)}") from None
 
-    if response is not None:
-        with response:
-            status = response.status
-            length = response.headers.get("Content-Length")
-            if status == 206:
-                total = _content_range_total(response.headers.get("Content-Range"))
-                start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-                if start is None or int(start.group(1)) != offset:
-                    raise DownloadError(f"GET {url}: asked for bytes from {offset}, got {start and start.group(0)!r}")
-                mode = "ab"
-                logger.info("resuming %s at %.1f MB", dest.name, offset / 1e6)
-            elif status == 200:
-                total, mode = (int(length) if length is not None else None), "wb"  # no resume: start over
-                offset = 0
-            else:
-                raise DownloadError(f"GET {url}: unexpected HTTP status {status}")
-            if expected_size is not None and total is not None and total != expected_size:
-                raise DownloadError(f"{url}: expected {expected_size} bytes, server reports {total}")
-            _stream(response, part, mode, offset, total)
 
+def _receive(response: Any, url: str, part: Path, offset: int, expected_size: int | None) -> int | None:
+    """Append (206) or write afresh (200) the response body to ``part``; return the remote size if known."""
+    status = response.status
+    if status == 206:
+        total = _content_range_total(response.headers.get("Content-Range"))
+        start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+        if start is None or int(start.group(1)) != offset:
+            raise DownloadError(f"GET {url}: asked for bytes from {offset}, got {start and start.group(0)!r}")
+        mode = "ab"
+        logger.info("resuming %s at %.1f MB", part.name, offset / 1e6)
+    elif status == 200:
+        length = response.headers.get("Content-Length")
+        total, mode, offset = (int(length) if length is not None else None), "wb", 0  # no resume: start over
+    else:
+        raise DownloadError(f"GET {url}: unexpected HTTP status {status}")
+    if expected_size is not None and total is not None and total != expected_size:
+        raise DownloadError(f"{url}: expected {expected_size} bytes, server reports {total}")
+    _stream(response, part, mode, offset, total)
+    return total
+
+
+def _check_and_commit(part: Path, dest: Path, want: int | None, sha256: str | None) -> None:
+    """Check the finished ``part`` against the expected size and sha256, then rename it to ``dest``."""
     size = part.stat().st_size
-    want = expected_size if expected_size is not None else total
     if want is not None and size != want:
         raise DownloadError(
             f"{dest.name}: expected {want} bytes, got {size} (partial file kept at {part}; run again to resume)"
@@ -155,7 +167,6 @@ def fetch(
         raise DownloadError(f"{dest.name}: expected sha256 {sha256}, got {actual} (deleted the download)")
     os.replace(part, dest)
     logger.info("downloaded %s (%.1f MB)", dest, size / 1e6)
-    return dest
 
 
 def _stream(response, part: Path, mode: str, offset: int, total: int | None) -> None:
@@ -179,17 +190,11 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None) -> 
 def gunzip(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     """Decompress ``src`` into ``dest`` atomically (``dest`` appears only once complete)."""
     src, dest = Path(src), Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
     try:
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with gzip.open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
             shutil.copyfileobj(fin, fout, CHUNK_SIZE)
-        os.replace(tmp, dest)
     except (OSError, EOFError, zlib.error) as err:
-        tmp.unlink(missing_ok=True)
         raise DownloadError(f"{src} is not a valid gzip file ({err})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 
@@ -209,7 +214,7 @@ def download_dataset(
     unknown = [s for s in splits if s not in files]
     if unknown:
         raise ValueError(f"unknown split(s) {', '.join(unknown)} for {name}; expected some of {', '.join(files)}")
-    out = Path(out_dir)
+    out = prepare_directory(out_dir, "--out")
     results = []
     for split in splits:
         remote = files[split]
@@ -220,7 +225,7 @@ def download_dataset(
             continue
         url = base_url.rstrip("/") + "/" + remote.path
         logger.info("downloading %s", url)
-        raw = fetch(url, out / remote.filename, expected_size=remote.size, sha256=remote.sha256, timeout=timeout)
+        raw = fetch(url, out / remote.filename, timeout=timeout)
         if raw != final:
             logger.info("decompressing %s", raw.name)
             gunzip(raw, final)

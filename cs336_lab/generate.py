@@ -1,12 +1,14 @@
-"""`cs336 generate`: rebuild a model from a checkpoint and complete prompts with it.
+"""`cs336 generate`: rebuild a model from a run checkpoint and complete prompts with it.
 
     cs336 generate --checkpoint runs/demo/ckpt_latest.pt --prompt "Once upon a time" --seed 0
+
+The model is the package's `TransformerLM`, built from the config stored in the checkpoint (see `api.py`);
+sampling is in `sampling.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cs336_basics.decoding import EOS_TOKEN, complete
+from cs336_lab import api
+from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint
+from cs336_lab.sampling import EOS_TOKEN, check_sampling, complete
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +28,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
 
     Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config).
     """
-    from cs336_basics.checkpoint import load_checkpoint, read_checkpoint
-    from cs336_basics.model import ModelConfig, TransformerLM
-
-    payload = read_checkpoint(checkpoint, map_location="cpu")
+    payload = read_run_checkpoint(checkpoint, map_location="cpu")
     config = payload.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {checkpoint} stores no config: cannot tell which model to build")
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_config = ModelConfig.from_dict({k: v for k, v in config.items() if k in names})
-    model = TransformerLM(model_config, device=torch.device(device))
-    load_checkpoint(checkpoint, model, map_location=device)
+    model = api.build_model(api.model_settings(config), torch.device(device))
+    load_run_checkpoint(payload, model)
     return model.eval(), config
 
 
@@ -60,19 +59,21 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cs336_basics.tokenizer import Tokenizer
+    from cs336_lab.cli import USER_ERRORS
+    from cs336_lab.tokenizer_files import load_tokenizer
 
     try:
+        check_sampling(args.temperature, args.top_p, args.max_new_tokens)
         model, config = load_model(args.checkpoint, device=args.device)
         tokenizer_dir = args.tokenizer or config.get("tokenizer_dir")
         if not tokenizer_dir:
             raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
-        tokenizer = Tokenizer.from_directory(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
         prompts = args.prompt or [EOS_TOKEN]
         texts = complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                          use_kv_cache=args.use_kv_cache)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         logger.error("%s", err)
         return 2
     for prompt, text in zip(prompts, texts):

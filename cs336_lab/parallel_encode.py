@@ -1,25 +1,31 @@
 """Tokenize a large text file in parallel into a `.npy` array of token ids that training memory-maps.
 
 The file is cut at places where cutting cannot change the ids (the start of a special token, or a
-non-space followed by a space: `pretokenize.find_chunk_boundaries`); worker processes encode the chunks
-and the results are written in order. The array is `uint16` when every id fits (any vocabulary of at most
+non-space followed by a space: the package's `find_chunk_boundaries`, an optional extra of `api.py`); worker
+processes encode the chunks with the package's `Tokenizer` and the results are written in order. A package
+without the chunking extras is encoded in this process, streamed through `Tokenizer.encode_iterable`. The array is `uint16` when every id fits (any vocabulary of at most
 65,536 tokens), `uint32` otherwise. Memory stays bounded: chunks are read one at a time by the workers and
 their ids streamed to a temporary file, which becomes the `.npy` only once complete (atomic rename).
 """
 
 from __future__ import annotations
 
+import multiprocessing.context
 import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from cs336_basics.pretokenize import find_chunk_boundaries, progress_bar, read_chunk_text, worker_context
-from cs336_basics.tokenizer import Tokenizer
+from cs336_lab import api
+from cs336_lab.atomic import commit, prepare_directory, temp_path
+from cs336_lab.threads import usable_cores
+
+Tokenizer = Any  # the package's Tokenizer (see api.py)
+_CHUNKING = ("find_chunk_boundaries", "read_chunk_text", "worker_context")
 
 __all__ = ["encode_file", "token_dtype"]
 
@@ -54,38 +60,15 @@ def encode_file(
     if not input_path.is_file():
         raise FileNotFoundError(f"input file {str(input_path)!r} does not exist or is not a file")
     if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = usable_cores()
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     dtype = token_dtype(max(tokenizer.vocab) + 1)
-    size = input_path.stat().st_size
-    # A few chunks per worker even for modest files, so that no worker idles while another finishes.
-    num_chunks = max(4 * num_workers, -(-size // _TARGET_CHUNK_BYTES))
-    with open(input_path, "rb") as f:
-        bounds = find_chunk_boundaries(f, num_chunks, tokenizer.special_tokens)
-    jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]
-
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(show_progress, total=size, unit="B", unit_scale=True, desc="encoding")
-    raw_fd, raw_path = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".raw")
-    npy_path = raw_path[: -len(".raw")] + ".npy"
+    prepare_directory(output_path.parent)
+    raw_path, npy_path = temp_path(output_path, ".raw"), temp_path(output_path, ".npy")
     try:
-        count = 0
-        with os.fdopen(raw_fd, "wb") as raw, bar:
-            if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
-                _init_worker(tokenizer)
-                try:
-                    count = _drain(map(_encode_chunk, jobs), jobs, raw, bar)
-                finally:
-                    _init_worker(None)
-            else:
-                with ProcessPoolExecutor(
-                    min(num_workers, len(jobs)),
-                    mp_context=worker_context(),
-                    initializer=_init_worker,
-                    initargs=(tokenizer,),
-                ) as pool:
-                    count = _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
+        with open(raw_path, "xb") as raw:
+            count = _encode_to(raw, input_path, tokenizer, dtype, num_workers, show_progress)
         # Copy the raw ids behind a .npy header, block by block, then rename into place.
         source = np.memmap(raw_path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
         target = np.lib.format.open_memmap(npy_path, mode="w+", dtype=dtype, shape=(count,))
@@ -94,12 +77,62 @@ def encode_file(
             target[start : start + block] = source[start : start + block]
         target.flush()
         del source, target
-        os.replace(npy_path, output_path)
+        with open(npy_path, "rb+") as f:
+            os.fsync(f.fileno())
+        commit(npy_path, output_path)
     finally:
-        for leftover in (raw_path, npy_path):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        raw_path.unlink(missing_ok=True)
+        npy_path.unlink(missing_ok=True)
     return count
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The package's multiprocessing context for chunk workers (fork when safe, else spawn)."""
+    return api.get("worker_context")()
+
+
+def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.dtype, num_workers: int,
+               show_progress: bool) -> int:
+    """Write the ids of the file to `raw` in order (in worker processes when it pays); return their number."""
+    size = input_path.stat().st_size
+    bar = _progress(show_progress, size)
+    with bar:
+        if not all(api.has(name) for name in _CHUNKING):  # no chunking extras: stream it in this process
+            with open(input_path, encoding="utf-8") as lines:
+                ids = np.fromiter(tokenizer.encode_iterable(lines), dtype=dtype)
+            raw.write(ids.tobytes())
+            bar.update(size)
+            return len(ids)
+        # A few chunks per worker even for modest files, so that no worker idles while another finishes.
+        num_chunks = max(4 * num_workers, -(-size // _TARGET_CHUNK_BYTES))
+        with open(input_path, "rb") as f:
+            bounds = api.get("find_chunk_boundaries")(f, num_chunks, tokenizer.special_tokens)
+        jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]
+        if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
+            _init_worker(tokenizer)
+            try:
+                return _drain(map(_encode_chunk, jobs), jobs, raw, bar)
+            finally:
+                _init_worker(None)
+        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=worker_context(),
+                                 initializer=_init_worker, initargs=(tokenizer,)) as pool:
+            return _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
+
+
+class _NoProgress(nullcontext):
+    """Stands in for a tqdm bar when none is wanted."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _progress(show: bool, total: int) -> Any:
+    """A tqdm bar over `total` bytes, or a silent stand-in."""
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="encoding")
 
 
 def _drain(results: Iterator[np.ndarray], jobs: list[tuple[str, int, int, str]], raw: BinaryIO, bar: Any) -> int:
@@ -121,5 +154,5 @@ def _encode_chunk(job: tuple[str, int, int, str]) -> np.ndarray:
     """The ids of the bytes `[start, end)` of a file (runs in a worker process)."""
     path, start, end, dtype = job
     assert _worker_tokenizer is not None
-    text = read_chunk_text(path, start, end)
+    text = api.get("read_chunk_text")(path, start, end)
     return np.asarray(_worker_tokenizer.encode(text), dtype=dtype)

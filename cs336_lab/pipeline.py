@@ -1,120 +1,22 @@
-"""From text to a trained model: the ``train-bpe``, ``tokenize`` and ``demo`` sub-commands.
+"""From text to token arrays, the first two steps of the pipeline: ``cs336 train-bpe`` and ``cs336 tokenize``.
 
-``cs336 demo`` runs the whole pipeline on the bundled synthetic corpus, on a laptop CPU in under 5 minutes:
+    cs336 train-bpe data/train.txt --vocab-size 10000 --out data/tokenizer     # vocab.json + merges.txt
+    cs336 tokenize --tokenizer data/tokenizer --out-dir data/tokens data/train.txt data/valid.txt
 
-    corpus/{train,valid}.txt     synthetic children's stories (``corpus.py``)
-    tokenizer/                   a byte-level BPE tokenizer trained on corpus/train.txt
-    tokens/{train,valid}.npy     the corpus as token ids
-    model/                       ``cs336 train`` outputs: config.json, ckpt_latest.pt, metrics.jsonl, loss_curve.png
-    samples.txt                  completions of a few prompts
-
-A step whose outputs exist and whose settings are unchanged (``steps.json``) is skipped, so a second run
-only prints the summary again; ``--force`` redoes everything. The training settings are
-``demo_train_config()``, the same as ``configs/demo.toml``.
+Training is the package's `train_bpe` and encoding its `Tokenizer` (through `cs336_lab/api.py`); the tokenizer
+files are the tools' format (`tokenizer_files.py`) and the token arrays `.npy` files (`parallel_encode.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
 import logging
-import math
-import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from cs336_lab.atomic import atomic_write_text
-from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
 
 logger = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
-
-# The demo model and optimiser, tuned for 2.5 minutes of 2 CPU cores (`configs/demo.toml` mirrors this).
-DEMO_TRAINING: dict[str, Any] = {
-    "context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "d_ff": 384, "rope_theta": 10_000.0,
-    "batch_size": 16, "max_steps": 4_000, "lr_max": 3e-3, "lr_min": 3e-4, "warmup_steps": 100,
-    "lr_clock": "time", "weight_decay": 0.1, "betas": (0.9, 0.95), "grad_clip": 1.0,
-    "max_time_s": 150.0, "eval_every": 50, "eval_batches": 10, "log_every": 50, "checkpoint_every": 1_000,
-    "seed": 0,
-}
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of ``cs336 demo``; every field is a flag (``--max-time-s 60``)."""
-
-    out: str = field(default="runs/demo", metadata=_help("directory of everything the demo writes"))
-    force: bool = field(default=False, metadata=_help("redo every step even if its outputs exist"))
-    num_train_stories: int = 20_000
-    num_valid_stories: int = 1_000
-    corpus_seed: int = 0
-    vocab_size: int = field(default=1_024, metadata=_help("BPE vocabulary size, special token included"))
-    max_time_s: float = field(default=150.0, metadata=_help("wall-clock budget of the training step"))
-    max_steps: int = field(default=4_000, metadata=_help("step budget of the training step"))
-    device: str = field(default="auto", metadata=_help("auto, cpu, cuda, mps"))
-    prompts: tuple[str, ...] = ("Once upon a time", "One day, Lily found a", "Tom was scared of the dark.")
-    max_new_tokens: int = 80
-    temperature: float = 0.8
-    top_p: float = 0.95
-    num_workers: int | None = field(default=None, metadata=_help("processes for BPE training and tokenizing"))
-    threads: int | None = field(default=None, metadata=_help(
-        "CPU threads for training and sampling; none = time 1 thread against all cores, take the faster"))
-    progress: bool = field(default=True, metadata=_help("progress bars"))
-
-
-def demo_train_config(out: str | Path, *, vocab_size: int = 1_024, **overrides: Any):
-    """The ``TrainConfig`` of the demo's training step, reading and writing under ``out``."""
-    from cs336_lab.train import TrainConfig
-
-    out = Path(out)
-    settings = {**DEMO_TRAINING, **overrides}
-    if "warmup_steps" not in overrides:  # keep warm-up a small fraction of a shortened run
-        settings["warmup_steps"] = min(settings["warmup_steps"], settings["max_steps"] // 10)
-    return TrainConfig(
-        train_data=str(out / "tokens" / "train.npy"), valid_data=str(out / "tokens" / "valid.npy"),
-        tokenizer_dir=str(out / "tokenizer"), out_dir=str(out / "model"), vocab_size=vocab_size, **settings,
-    )
-
-
-# ------------------------------------------------------------------------------------- pipeline steps
-
-
-def fastest_thread_count(max_threads: int | None = None, repeats: int = 10) -> int:
-    """1 or ``max_threads`` (default: the cores we may use), whichever multiplies small matrices faster now.
-
-    NOTE: on a busy machine, torch's intra-op threads wait for each other and a training step with 2 threads on
-    2 shared cores was measured 4-10x slower than with 1; on an idle machine 2 threads are ~1.5x faster.
-    """
-    import torch
-
-    if max_threads is None:
-        max_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if max_threads <= 1:
-        return 1
-    previous = torch.get_num_threads()
-    a, w = torch.randn(2048, 128), torch.randn(384, 128)
-    seconds = {}
-    try:
-        for n in (max_threads, 1, max_threads, 1):  # interleaved, best of two: less sensitive to a passing burst
-            torch.set_num_threads(n)
-            a @ w.T  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                a @ w.T
-            seconds[n] = min(seconds.get(n, math.inf), time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return min(seconds, key=lambda n: (seconds[n], n))
 
 
 def train_tokenizer(
@@ -122,15 +24,23 @@ def train_tokenizer(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
-    from cs336_basics.bpe_trainer import train_bpe
-    from cs336_basics.tokenizer import save_bpe
+    from cs336_lab import api
+    from cs336_lab.atomic import prepare_directory
+    from cs336_lab.tokenizer_files import save_tokenizer
 
-    if not Path(input_path).is_file():
-        raise FileNotFoundError(f"no such training text: {input_path}")
-    vocab, merges = train_bpe(str(input_path), vocab_size, list(special_tokens), num_workers=num_workers,
-                              show_progress=show_progress)
-    save_bpe(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
+    _check_text_file(input_path, "training text")
+    if Path(input_path).stat().st_size == 0:
+        raise ValueError(f"training text {input_path}: expected some text to learn merges from, got an empty file")
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1 (or left out: all cores), got {num_workers}")
+    prepare_directory(out_dir, "--out")
+    vocab, merges = api.train_bpe(str(input_path), vocab_size, list(special_tokens), num_workers=num_workers,
+                                  show_progress=show_progress)
+    save_tokenizer(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
     logger.info("tokenizer: %d tokens, %d merges -> %s", len(vocab), len(merges), out_dir)
+    if len(vocab) < vocab_size:
+        logger.warning("asked for %d tokens, got %d: the text has no more pairs to merge (a larger corpus gives more)",
+                       vocab_size, len(vocab))
     return len(vocab), len(merges)
 
 
@@ -139,14 +49,14 @@ def tokenize_files(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}."""
+    from cs336_lab.atomic import prepare_directory
     from cs336_lab.parallel_encode import encode_file
-    from cs336_basics.tokenizer import Tokenizer
+    from cs336_lab.tokenizer_files import load_tokenizer
 
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such input file(s): {', '.join(missing)}")
-    tokenizer = Tokenizer.from_directory(tokenizer_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path in inputs:
+        _check_text_file(path, "input text")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    prepare_directory(out_dir, "--out-dir")
     counts = {}
     for path in inputs:
         output = Path(out_dir) / (Path(path).stem + ".npy")
@@ -155,136 +65,14 @@ def tokenize_files(
     return counts
 
 
-class _Steps:
-    """Runs a pipeline step unless its outputs exist and its settings equal those recorded in steps.json.
-
-    Steps must be run in pipeline order: once one runs, every later one runs too (its inputs changed).
-    """
-
-    def __init__(self, out: Path, force: bool) -> None:
-        self.path, self.stale = out / "steps.json", force
-        self.timings: dict[str, float] = {}
-        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() and not force else {}
-        self.checked: list[str] = []
-
-    def run(self, name: str, settings: dict[str, Any], outputs: Sequence[Path], fn: Callable[[], Any]) -> bool:
-        settings = json.loads(json.dumps(settings, default=str))
-        up_to_date = self.done.get(name) == settings and all(p.exists() for p in outputs)
-        self.checked.append(name)
-        if up_to_date and not self.stale:
-            logger.info("%s: up to date, skipping (--force redoes it)", name)
-            return False
-        self.stale = True
-        # Forget this step and every later one before starting: a crash must not leave them marked as done.
-        self.done = {k: v for k, v in self.done.items() if k in self.checked[:-1]}
-        atomic_write_text(self.path, json.dumps(self.done, indent=2) + "\n")
-        start = time.perf_counter()
-        fn()
-        self.timings[name] = time.perf_counter() - start
-        logger.info("%s: done in %.1f s", name, self.timings[name])
-        self.done[name] = settings
-        atomic_write_text(self.path, json.dumps(self.done, indent=2) + "\n")
-        return True
-
-
-@contextlib.contextmanager
-def _cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch CPU threads (default: ``fastest_thread_count()``), then restore the old count."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or fastest_thread_count())
-    logger.info("using %d CPU thread(s)", torch.get_num_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@dataclass
-class DemoResult:
-    out: Path
-    val_curve: list[tuple[int, float]]  # (step, validation loss)
-    num_parameters: int
-    steps: int
-    samples: list[str]
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per step run this time
-
-
-def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
-    """Corpus -> tokenizer -> tokens -> model -> samples under ``config.out`` (see the module docstring)."""
-    from cs336_lab.corpus import write_corpus
-    from cs336_lab.generate import complete, load_model
-    from cs336_basics.tokenizer import Tokenizer
-    from cs336_lab.train import train
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(out, config.force)
-    corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
-    texts = [corpus_dir / "train.txt", corpus_dir / "valid.txt"]
-    arrays = [tokens_dir / "train.npy", tokens_dir / "valid.npy"]
-    steps.run("corpus", {"train": config.num_train_stories, "valid": config.num_valid_stories,
-                         "seed": config.corpus_seed}, texts,
-              lambda: write_corpus(corpus_dir, num_train=config.num_train_stories,
-                                   num_valid=config.num_valid_stories, seed=config.corpus_seed))
-    steps.run("tokenizer", {"vocab_size": config.vocab_size}, [tok_dir],
-              lambda: train_tokenizer(texts[0], tok_dir, vocab_size=config.vocab_size,
-                                      num_workers=config.num_workers, show_progress=config.progress))
-    steps.run("tokens", {}, arrays,
-              lambda: tokenize_files(tok_dir, texts, tokens_dir, num_workers=config.num_workers,
-                                     show_progress=config.progress))
-    tokenizer = Tokenizer.from_directory(tok_dir)
-    # The model's vocabulary is exactly the tokenizer's: a small corpus may stop BPE short of --vocab-size, and
-    # NOTE: a padded vocabulary would let sampling pick ids that the tokenizer cannot decode.
-    train_config = demo_train_config(out, vocab_size=tokenizer.vocab_size,
-                                     max_time_s=config.max_time_s, max_steps=config.max_steps, device=config.device,
-                                     progress=config.progress, **train_overrides)
-    ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
-    model_settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
-    with _cpu_threads(config.threads):
-        steps.run("model", model_settings, [ckpt], lambda: train(train_config))
-        model, _ = load_model(ckpt, device="cpu")
-        completions = complete(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_p=config.top_p, seed=0)
-    samples = [p + c for p, c in zip(config.prompts, completions)]
-    atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
-    history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]
-    val_curve = [(int(r["step"]), float(r["val_loss"])) for r in history if "val_loss" in r]
-    return DemoResult(out=out, val_curve=val_curve, num_parameters=model.num_parameters(),
-                      steps=history[-1]["step"] if history else 0, samples=samples, timings=steps.timings)
-
-
-def format_summary(result: DemoResult, points: int = 6) -> str:
-    """The validation-loss curve in a few lines, then the samples."""
-    lines = [f"== demo: {result.num_parameters / 1e6:.2f} M parameters, {result.steps} steps; outputs in {result.out}"]
-    curve = result.val_curve
-    if curve:
-        (s0, l0), (s1, l1) = curve[0], curve[-1]
-        best_step, best = min(curve, key=lambda sl: sl[1])
-        lines.append(f"validation loss (nats/token): first {l0:.3f} (step {s0}), last {l1:.3f} (step {s1}), "
-                     f"best {best:.3f} (step {best_step}); perplexity {math.exp(l1):.1f}")
-        picks = sorted({round(i * (len(curve) - 1) / max(points - 1, 1)) for i in range(points)})
-        lines.append("  " + "  ".join(f"step {curve[i][0]}: {curve[i][1]:.3f}" for i in picks))
-    if result.timings:
-        lines.append("time: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in result.timings.items()))
-    lines.append("== samples")
-    for sample in result.samples:
-        lines += [sample.strip(), "--"]
-    return "\n".join(lines)
+def _check_text_file(path: str | Path, what: str) -> None:
+    """`FileNotFoundError` naming what was expected and what is there instead."""
+    if not Path(path).is_file():
+        found = "a directory" if Path(path).is_dir() else "nothing"
+        raise FileNotFoundError(f"{what} {path}: expected a text file, found {found}")
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    config = config_from_args(DemoConfig, args)
-    start = time.perf_counter()
-    result = run_demo(config)
-    save_config(config, Path(config.out) / "demo_config.json")
-    print(format_summary(result))  # the demo's output proper, on stdout
-    logger.info("demo finished in %.0f s", time.perf_counter() - start)
-    return 0
 
 
 def _run_train_bpe(args: argparse.Namespace) -> int:
@@ -300,12 +88,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``demo``, ``train-bpe`` and ``tokenize``."""
-    p = subparsers.add_parser("demo", help="the whole pipeline on the synthetic corpus (CPU, < 5 min)",
-                              description=__doc__.split("\n\n")[1])
-    add_dataclass_arguments(p, DemoConfig)
-    p.set_defaults(func=_run_demo)
-
+    """Register ``train-bpe`` and ``tokenize``."""
     p = subparsers.add_parser("train-bpe", help="train a byte-level BPE tokenizer on a text file")
     p.add_argument("input", type=Path, help="training text (documents separated by <|endoftext|>)")
     p.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, bytes and special tokens included")

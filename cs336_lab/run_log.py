@@ -12,20 +12,17 @@ training loop stays cheap and W&B stays optional.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cs336_lab.atomic import atomic_write_text
-
-if TYPE_CHECKING:
-    from cs336_lab.train import TrainConfig
+from cs336_lab.atomic import atomic_write_text, commit, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +56,9 @@ def bytes_per_token(tokenizer_dir: str | os.PathLike[str], tokens: np.ndarray, c
     Bits per byte = (nats per token) / ln 2 / (bytes per token): a loss that does not depend on the tokenizer.
     Each token counts the bytes of its vocabulary entry, so the total is the byte length of the decoded text.
     """
-    from cs336_basics.tokenizer import load_bpe
+    from cs336_lab.tokenizer_files import read_tokenizer
 
-    vocab, _, _ = load_bpe(tokenizer_dir)
+    vocab, _, _ = read_tokenizer(tokenizer_dir)
     lengths = np.zeros(max(vocab) + 1, dtype=np.int64)
     for token_id, token_bytes in vocab.items():
         lengths[token_id] = len(token_bytes)
@@ -90,28 +87,94 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | 
     ax.legend()
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     # NOTE: savefig picks the format from the suffix, so the temporary file must end in .png too.
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = temp_path(path, ".tmp.png")
+    try:
+        fig.savefig(tmp)
+        commit(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
-def progress_bar(config: TrainConfig, initial: int) -> Any:
-    """A tqdm bar over the run's steps, starting at `initial` (the resumed step)."""
+def progress_bar(total: int, initial: int) -> Any:
+    """A tqdm bar over a run's `total` steps, starting at `initial` (the resumed step)."""
     from tqdm.auto import tqdm
 
     # disable=None: no bar when stderr is not a terminal (CI logs, files), where each refresh would be a line.
-    return tqdm(total=config.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=None)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=None)
 
 
-def start_wandb(config: TrainConfig) -> Any:
-    """A Weights & Biases run for `config`, or None (with a warning) when wandb is not installed."""
+def start_wandb(project: str, config: dict[str, Any], out_dir: str) -> Any:
+    """A Weights & Biases run, or None (with a warning) when wandb is not installed."""
     try:
         import wandb
     except ImportError:
         logger.warning("wandb=True but the wandb package is not installed: logging to metrics.jsonl only")
         return None
-    return wandb.init(project=config.wandb_project, config=dataclasses.asdict(config), dir=config.out_dir)
+    return wandb.init(project=project, config=config, dir=out_dir)
 
 
-__all__ = ["MetricsLog", "bytes_per_token", "plot_loss_curve", "progress_bar", "start_wandb"]
+class RunLog:
+    """Everything a run shows and leaves beside its checkpoints, on the main rank only (silent elsewhere).
+
+    `record(...)` builds a step's record (with the throughput since the last record), `write` appends it to
+    metrics.jsonl and W&B, `tick` moves the progress bar, `plot` redraws the loss curve; `close` finishes.
+    """
+
+    def __init__(self, out_dir: Path, *, enabled: bool, max_steps: int, start_step: int, resume: bool,
+                 progress: bool, wandb: tuple[str, dict[str, Any]] | None = None) -> None:
+        self.out_dir, self.enabled = out_dir, enabled
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=enabled)
+        self.progress = progress_bar(max_steps, start_step) if enabled and progress else None
+        self.wandb = start_wandb(wandb[0], wandb[1], str(out_dir)) if enabled and wandb else None
+        self.plotted = 0
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        if enabled:
+            self.metrics.start(keep_until_step=start_step if resume else -1)
+
+    def count_tokens(self, tokens: int) -> float:
+        """Add a step's tokens to the throughput window; return the tokens/s of the window so far."""
+        self.window_tokens += tokens
+        return self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+
+    def restart_window(self) -> None:
+        """Start a new throughput window (after a logged step's evaluation and checkpoint)."""
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a step's record to metrics.jsonl (and W&B)."""
+        if self.enabled:
+            self.metrics.write(record)
+            if self.wandb is not None:
+                self.wandb.log(record, step=record["step"])
+
+    def tick(self, loss: float, lr: float) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+
+    def plot(self) -> None:
+        """Redraw loss_curve.png (a plot costs ~0.2 s, so it is drawn with each checkpoint and at the end)."""
+        if self.enabled and len(self.metrics.records) != self.plotted:
+            plot_loss_curve(self.metrics.records, self.out_dir / "loss_curve.png")
+            self.plotted = len(self.metrics.records)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.metrics.records
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.plot()
+
+
+__all__ = ["MetricsLog", "RunLog", "bytes_per_token", "plot_loss_curve", "progress_bar", "start_wandb"]

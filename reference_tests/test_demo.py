@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from cs336_lab import pipeline
+from cs336_lab import demo
 from cs336_lab.cli import main
 from cs336_lab.config import load_config
-from cs336_lab.pipeline import (
+from cs336_lab.demo import (
     DEMO_TRAINING,
     DemoConfig,
     demo_train_config,
-    fastest_thread_count,
     format_summary,
     run_demo,
 )
+from cs336_lab.threads import fastest_thread_count
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "batch_size": 4,
@@ -50,9 +50,9 @@ def test_demo_writes_every_stage(demo_run):
     assert [s.startswith(p) for s, p in zip(result.samples, ["Once upon a time", "Tom"])] == [True, True]
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["d_model"] == 32
-    from cs336_basics.tokenizer import Tokenizer
+    from cs336_lab.tokenizer_files import load_tokenizer
 
-    assert saved["vocab_size"] == Tokenizer.from_directory(out / "tokenizer").vocab_size
+    assert saved["vocab_size"] == load_tokenizer(out / "tokenizer").vocab_size
 
 
 def test_summary_reports_the_curve_and_samples(demo_run):
@@ -93,7 +93,7 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
 
 
 def test_configs_demo_toml_mirrors_the_demo():
-    from cs336_lab.train import TrainConfig
+    from cs336_lab.train_config import TrainConfig
 
     from_file = load_config(TrainConfig, REPO / "configs" / "demo.toml")
     built = demo_train_config("runs/demo", vocab_size=DemoConfig().vocab_size)
@@ -104,13 +104,13 @@ def test_configs_demo_toml_mirrors_the_demo():
 
 @pytest.mark.parametrize("name", ["demo", "tinystories", "owt"])
 def test_ready_configs_load(name):
-    from cs336_lab.train import TrainConfig
+    from cs336_lab.train_config import TrainConfig
 
     load_config(TrainConfig, REPO / "configs" / f"{name}.toml")
 
 
 def test_tinystories_config_is_the_handouts():
-    from cs336_lab.train import TrainConfig
+    from cs336_lab.train_config import TrainConfig
 
     c = load_config(TrainConfig, REPO / "configs" / "tinystories.toml")
     assert (c.vocab_size, c.context_length, c.d_model, c.d_ff, c.num_layers, c.num_heads, c.rope_theta) == (
@@ -130,7 +130,7 @@ def test_failed_step_is_not_marked_done(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "train_tokenizer", broken)
+    monkeypatch.setattr(demo, "train_tokenizer", broken)
     (tmp_path / "steps.json").write_text(json.dumps({"corpus": {}, "tokenizer": {"vocab_size": 300}, "model": {}}))
     with pytest.raises(RuntimeError, match="disk full"):
         run_demo(tiny_config(tmp_path, num_train_stories=5, num_valid_stories=2))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cs336_lab.generate as generate_mod
-from cs336_basics.checkpoint import save_checkpoint
+from cs336_lab.run_checkpoint import save_run_checkpoint
 from cs336_basics.decoding import complete, generate, sample_next_token, top_p_filter
 from cs336_lab.generate import load_model
 from cs336_basics.model import ModelConfig, TransformerLM
@@ -155,11 +155,11 @@ def test_empty_prompt_is_an_error(model: TransformerLM) -> None:
 
 @pytest.fixture(scope="module")
 def byte_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cs336_basics.tokenizer import save_bpe
+    from cs336_lab.tokenizer_files import save_tokenizer
 
     directory = tmp_path_factory.mktemp("tok")
     vocab = {i: bytes([i]) for i in range(256)} | {256: b"<|endoftext|>"}
-    save_bpe(vocab, [], directory, special_tokens=["<|endoftext|>"])
+    save_tokenizer(vocab, [], directory, special_tokens=["<|endoftext|>"])
     return directory
 
 
@@ -168,16 +168,16 @@ def byte_checkpoint(tmp_path_factory: pytest.TempPathFactory, byte_tokenizer_dir
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
-    save_checkpoint(TransformerLM(config), None, 0, path,
-                    config=config.to_dict() | {"tokenizer_dir": str(byte_tokenizer_dir), "batch_size": 4})
+    save_run_checkpoint(path, TransformerLM(config), None, 0,
+                        config=config.to_dict() | {"tokenizer_dir": str(byte_tokenizer_dir), "batch_size": 4})
     return path
 
 
 def test_complete_returns_text_per_prompt(byte_checkpoint: Path, byte_tokenizer_dir: Path) -> None:
-    from cs336_basics.tokenizer import Tokenizer
+    from cs336_lab.tokenizer_files import load_tokenizer
 
     model, config = load_model(byte_checkpoint)
-    tokenizer = Tokenizer.from_directory(byte_tokenizer_dir)
+    tokenizer = load_tokenizer(byte_tokenizer_dir)
     texts = complete(model, tokenizer, ["ab", "hello"], max_new_tokens=5, temperature=0.0)
     ids = generate(model, [tokenizer.encode("ab"), tokenizer.encode("hello")], max_new_tokens=5, temperature=0.0,
                    eos_id=256)

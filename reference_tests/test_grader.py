@@ -432,3 +432,107 @@ def test_docstring_examples() -> None:
     import doctest
 
     assert doctest.testmod(grader).failed == 0
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+def test_every_graded_test_has_a_committed_time_budget() -> None:
+    # A test without one gets the --timeout default (a minute): regenerate with `make timings`.
+    import subprocess
+    import sys
+
+    from cs336_grading import timings
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "tests"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    graded = {line.strip() for line in out.splitlines() if "::" in line and problem_of(line.strip())}
+    missing = sorted(graded - set(timings.reference_seconds()))
+    assert not missing, f"no committed timing for {len(missing)} graded tests (run `make timings`): {missing[:5]}"
+    assert all(limit >= timings.FLOOR_S for limit in timings.limits().values())
+
+
+def test_results_are_the_same_on_regrade(tmp_path: Path, fake_harness: Path) -> None:
+    submission = make_submission(tmp_path / "s")
+    first, second = (grade_fake(submission, fake_harness).to_gradescope() for _ in range(2))
+    first.pop("execution_time"), second.pop("execution_time")
+    assert first == second
+
+
+@pytest.mark.slow
+def test_property_tests_give_the_same_grade_every_time(tmp_path: Path) -> None:
+    # A submission that is wrong on rare inputs: derandomized examples find the same ones every run.
+    student = tmp_path / "student"
+    shutil.copytree(REPO / "cs336_basics", student / "cs336_basics", ignore=shutil.ignore_patterns("__pycache__"))
+    (student / "tests").mkdir()
+    adapters = (REPO / "tests" / "adapters.py").read_text() + textwrap.dedent(
+        """
+
+        def run_cross_entropy(inputs, targets):
+            loss = impl.cross_entropy(inputs, targets)
+            return loss * 1.01 if inputs.shape[-1] % 7 == 3 else loss
+        """
+    )
+    (student / "tests" / "adapters.py").write_text(adapters)
+    runs = [grade(student, problems=["cross_entropy"], jobs=2).to_gradescope() for _ in range(2)]
+    for run in runs:
+        run.pop("execution_time")
+    assert runs[0] == runs[1]
+    assert runs[0]["score"] < 2
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+def test_the_static_audit_finds_nothing_in_the_reference() -> None:
+    from cs336_grading import audit
+
+    assert audit.scan(REPO / "cs336_basics", REPO / "tests" / "adapters.py") == []
+
+
+def test_the_static_audit_names_forbidden_uses_and_spares_allowed_ones(tmp_path: Path) -> None:
+    from cs336_grading import audit
+
+    package = write_tree(tmp_path, {
+        "cs336_basics/__init__.py": "",
+        "cs336_basics/ok.py": textwrap.dedent(
+            """
+            import torch
+            import torch.nn as nn
+            from torch import einsum
+            import torch.nn.functional as F          # an import alone is no use
+            class Block(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.w = nn.Parameter(torch.empty(3, 3))
+                    self.layers = nn.ModuleList([])
+                    nn.init.trunc_normal_(self.w)
+                def forward(self, x):
+                    return torch.sigmoid(x) * torch.exp(x) + einsum("ij,jk->ik", x, self.w)
+            def softmax(x, dim):                      # the student's own softmax, called by name
+                return x.exp() / x.exp().sum(dim, keepdim=True)
+            """
+        ),
+        "cs336_basics/bad.py": textwrap.dedent(
+            """
+            import torch
+            from torch.nn.functional import scaled_dot_product_attention
+            from torch import nn
+            import torch.nn.functional as F
+            def linear(x, w):
+                return F.linear(x, w)
+            layer = nn.Embedding(3, 4)
+            opt = torch.optim.AdamW
+            clip = torch.nn.utils.clip_grad_norm_
+            """
+        ),
+        "tests/adapters.py": "import torch\ndef run_softmax(x, dim):\n    return torch.softmax(x, dim)\n",
+    })  # fmt: skip
+    findings = audit.scan(package / "cs336_basics", package / "tests" / "adapters.py")
+    assert {problem for problem, _ in findings} == {
+        "scaled_dot_product_attention", "linear", "embedding", "adamw", "gradient_clipping", "softmax"
+    }, findings  # fmt: skip
+    assert all("ok.py" not in line for _, line in findings)
+    assert ("linear", "uses torch.nn.functional.linear, cs336_basics/bad.py:7") in findings

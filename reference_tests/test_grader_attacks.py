@@ -313,9 +313,12 @@ def test_a_submission_that_hangs_everywhere_grades_in_under_three_minutes(tmp_pa
     hang = "import signal\n    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT})\n    while True:\n        pass"
     names = [line.split("(")[0][4:] for line in (REPO / "tests" / "adapters.py").read_text().splitlines() if line.startswith("def ")]
     student = _reference_with(tmp_path, {n: f"def {n}(*args, **kwargs):\n    {hang}" for n in names})
+    # NOTE: 3 minutes on this 2-core machine when it is not oversubscribed; shared by more runnable processes
+    # than twice its cores, everything (the reference's grading too) slows down in proportion.
+    bound = 180 * max(1.0, os.getloadavg()[0] / (2 * (os.cpu_count() or 1)))
     started = time.monotonic()
     result = grade(student, jobs=2)
-    assert time.monotonic() - started < 180, result.format_table()
+    assert time.monotonic() - started < bound, result.format_table()
     assert result.score == 0 and len(result.problems) == len(PROBLEMS)
 
 
@@ -331,7 +334,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, harness: Path) -> None:
     )  # fmt: skip
     time.sleep(8)
     proc.terminate()
-    assert proc.wait(timeout=30) != 0
+    assert proc.wait(timeout=30) == 143
     time.sleep(1)
     assert list((tmp_path / "tmp").iterdir()) == [], "the grading workspace was left behind"
     ps = subprocess.run(["ps", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout

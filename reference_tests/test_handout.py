@@ -131,8 +131,10 @@ def test_handout_makefile_has_only_student_targets(kit: Path) -> None:
         for line in makefile.splitlines()
         if line and not line[0].isspace() and ":" in line and "=" not in line
     }
-    assert {"install", "test", "submission"} <= targets
-    assert not targets & {"grade", "handout", "demo", "snapshots", "bench"}
+    # `make grade` grades the kit itself, exactly as the staff do (same worker, limits, points and report).
+    assert {"install", "test", "submission", "grade"} <= targets
+    assert "cs336 grade .\n" in makefile
+    assert not targets & {"handout", "demo", "snapshots", "bench", "timings"}
     assert "\n\t" in makefile  # recipes are tab-indented
 
 

@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 import cs336_basics.bpe_trainer as bpe_trainer
 import cs336_lab.parallel_encode as parallel_encode
 import cs336_basics.tokenizer as tokenizer_module
-from cs336_basics import Tokenizer, load_bpe, save_bpe, train_bpe
+from cs336_basics import Tokenizer, train_bpe
+from cs336_lab.tokenizer_files import load_tokenizer, read_tokenizer, save_tokenizer
 from cs336_lab.parallel_encode import encode_file
 import cs336_basics.pretokenize as pretokenize_module
+from cs336_basics.chunking import find_chunk_boundaries
 from cs336_basics.pretokenize import (
     GPT2_REGEX,
     count_pretokens,
-    find_chunk_boundaries,
     last_safe_cut,
     pretokenize,
     pretokens,
@@ -213,10 +214,10 @@ def test_encode_iterable_flushes_correctly(
 
 # ------------------------------------------------------------------------------------------ files
 def test_save_and_load_round_trip(tmp_path: Path, small_tokenizer: Tokenizer) -> None:
-    small_tokenizer.save(tmp_path / "tok")
-    vocab, merges, specials = load_bpe(tmp_path / "tok")
+    save_tokenizer(small_tokenizer.vocab, small_tokenizer.merges, tmp_path / "tok", small_tokenizer.special_tokens)
+    vocab, merges, specials = read_tokenizer(tmp_path / "tok")
     assert (vocab, merges, specials) == (small_tokenizer.vocab, small_tokenizer.merges, [EOT])
-    again = Tokenizer.from_directory(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
     text = (FIXTURES / "bpe_corpus_small.txt").read_text(encoding="utf-8")
     assert again.encode(text) == small_tokenizer.encode(text)
     files = Tokenizer.from_files(tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt")
@@ -226,13 +227,13 @@ def test_save_and_load_round_trip(tmp_path: Path, small_tokenizer: Tokenizer) ->
 def test_saved_format_is_human_readable(tmp_path: Path) -> None:
     vocab = {i: bytes([i]) for i in range(256)} | {256: b" t", 257: b" the", 258: b"\n\n", 259: "é".encode()}
     merges = [(b" ", b"t"), (b" t", b"he"), (b"\n", b"\n"), (b"\xc3", b"\xa9")]
-    save_bpe(vocab, merges, tmp_path, [EOT])
+    save_tokenizer(vocab, merges, tmp_path, [EOT])
     saved = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
     assert saved["format"] == "cs336-bpe" and saved["version"] == 1 and saved["special_tokens"] == [EOT]
     assert saved["vocab"]["257"] == "Ġthe" and saved["vocab"]["258"] == "ĊĊ" and saved["vocab"]["259"] == "Ã©"
     lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert lines == ["#version: cs336-bpe 1", "Ġ t", "Ġt he", "Ċ Ċ", "Ã ©"]
-    assert load_bpe(tmp_path) == (vocab, merges, [EOT])
+    assert read_tokenizer(tmp_path) == (vocab, merges, [EOT])
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -243,12 +244,12 @@ def test_from_files_reads_gpt2_format() -> None:
     assert tok.encode("Hello world<|endoftext|>") == [15496, 995, 50256]
 
 
-def test_load_bpe_errors(tmp_path: Path) -> None:
+def test_read_tokenizer_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="vocab.json"):
-        load_bpe(tmp_path)
+        read_tokenizer(tmp_path)
     (tmp_path / "vocab.json").write_text('{"format": "cs336-bpe", "version": 99, "vocab": {}}')
     with pytest.raises(ValueError, match="version 1, got 99"):
-        load_bpe(tmp_path)
+        read_tokenizer(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,129 @@
+"""`TrainConfig`, everything that defines a training run (one `cs336 train` flag per field), and `TrainResult`.
+
+The model fields carry the handout's names (`vocab_size`, `context_length`, `d_model`, `num_layers`,
+`num_heads`, `d_ff`, `rope_theta`) and the ablation switches of the reference's `ModelConfig`; every other
+field belongs to the trainer. A value that cannot work is refused here, before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cs336_lab import api
+
+CHECKPOINT_NAME = "ckpt_latest.pt"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; `cs336 train` has one flag per field."""
+
+    # data
+    train_data: str = field(default="", metadata=_help("training tokens, a 1-d .npy array"))
+    valid_data: str = field(default="", metadata=_help("validation tokens, a 1-d .npy array"))
+    tokenizer_dir: str | None = field(default=None, metadata=_help("tokenizer directory: bits/byte and samples"))
+    # model (maps onto ModelConfig)
+    vocab_size: int = 10_000
+    context_length: int = 256
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 16
+    d_ff: int | None = field(default=None, metadata=_help("feed-forward width; none = about 8/3 d_model"))
+    rope_theta: float = 10_000.0
+    use_rmsnorm: bool = field(default=True, metadata=_help("ablation: --no-use-rmsnorm drops every RMSNorm"))
+    norm_position: Literal["pre", "post"] = "pre"
+    position_embedding: Literal["rope", "none"] = field(default="rope", metadata=_help("'none' = NoPE"))
+    ffn_type: Literal["swiglu", "silu"] = "swiglu"
+    init: str = field(default="assignment", metadata=_help("weight initialisation scheme (the package's ModelConfig)"))
+    # optimisation
+    batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
+    grad_accum_steps: int = 1
+    max_steps: int = 5_000
+    max_time_s: float | None = field(default=None, metadata=_help("wall-clock budget; stops cleanly"))
+    lr_max: float = 1e-3
+    lr_min: float = 1e-4
+    warmup_steps: int = 100
+    lr_clock: Literal["steps", "time"] = field(
+        default="steps", metadata=_help("'time': the schedule follows elapsed/max_time_s instead of step/max_steps")
+    )
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
+    grad_clip: float = field(default=1.0, metadata=_help("global L2 norm limit; 0 = no clipping"))
+    # evaluation, logging, checkpoints
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 1_000
+    out_dir: str = "runs/train"
+    resume: bool = field(default=False, metadata=_help("continue from out_dir/ckpt_latest.pt"))
+    seed: int = 0
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    wandb: bool = field(default=False, metadata=_help("also log to Weights & Biases (if installed)"))
+    wandb_project: str = "cs336-basics"
+    # hardware
+    device: str = field(default="auto", metadata=_help("auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps"))
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto", metadata=_help("auto = bf16 autocast on CUDA, fp32 elsewhere")
+    )
+    compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    peak_flops: float | None = field(
+        default=None, metadata=_help("peak FLOP/s of one device, for MFU; none = the known peak of the GPU")
+    )
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
+                    "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
+        if not 0 <= self.lr_min <= self.lr_max:
+            raise ValueError(f"expected 0 <= lr_min <= lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.max_time_s is not None and self.max_time_s <= 0:
+            raise ValueError(f"max_time_s must be positive or None, got {self.max_time_s}")
+        if self.lr_clock == "time" and self.max_time_s is None:
+            raise ValueError("lr_clock='time' needs max_time_s, got max_time_s=None")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"peak_flops must be positive or None, got {self.peak_flops}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+
+    def model_settings(self) -> dict[str, Any]:
+        """The model fields of this config (what `cs336_lab.api.build_model` takes)."""
+        return api.model_settings(dataclasses.asdict(self))
+
+    def model_config(self) -> Any:
+        """The reference's `ModelConfig` for this run (an optional extra of the package, see `api.py`)."""
+        return api.get("ModelConfig", needed_for="TrainConfig.model_config")(**self.model_settings())
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the final numbers plus every logged record (also in metrics.jsonl)."""
+
+    steps: int
+    tokens_seen: int
+    final_val_loss: float | None
+    best_val_loss: float | None
+    final_val_bpb: float | None
+    elapsed_s: float
+    out_dir: Path
+    history: list[dict[str, Any]]
+    stop_reason: str = "max_steps"  # or "max_time_s", "SIGTERM", "SIGINT"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the run diverges (a non-finite loss or gradient norm, or an unhealthy model at a checkpoint);
+    the last healthy checkpoint is left intact."""
+
+
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "CHECKPOINT_NAME"]
