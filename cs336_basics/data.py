@@ -21,6 +21,10 @@ from torch import Tensor
 Batch = tuple[Int[Tensor, " batch context_length"], Int[Tensor, " batch context_length"]]
 
 
+class DeviceError(ValueError, RuntimeError):
+    """An invalid or unavailable device. A RuntimeError, as torch raises (and upstream tests expect)."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """`torch.device(device)`, checked to exist on this machine (so a typo fails here, not mid-run).
 
@@ -30,14 +34,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
+        raise DeviceError(f"expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
     if resolved.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = resolved.index if resolved.index is not None else 0
         if index >= available:
-            raise ValueError(f"device {device!r} requested but this machine has {available} CUDA device(s)")
+            raise DeviceError(f"device {device!r} requested but this machine has {available} CUDA device(s)")
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available on this machine")
+        raise DeviceError(f"device {device!r} requested but MPS is not available on this machine")
     return resolved
 
 

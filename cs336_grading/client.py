@@ -44,7 +44,13 @@ _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterr
 
 
 class StudentError(Exception):
-    """Student code raised an ordinary exception; its type, message and innermost frames are kept."""
+    """Student code raised an ordinary exception; its type, message and innermost frames are kept.
+
+    `bases`: the names of the student's exception class and its ancestors (tests that accept only some
+    exception types check them).
+    """
+
+    bases: tuple[str, ...] = ()
 
 
 class WorkerFailure(BaseException):
@@ -209,7 +215,9 @@ class WorkerClient:
         if kind in _ABORTS or "Exception" not in bases:
             return WorkerFailure("abort", f"{text} (only the harness may skip, exit or interrupt a test)")
         where = str(error.get("traceback", ""))[-1500:]
-        return StudentError(f"{text}\n{where}".rstrip())
+        student_error = StudentError(f"{text}\n{where}".rstrip())
+        student_error.bases = tuple(bases)
+        return student_error
 
     def _fail(self, kind: str, message: str, raise_: bool = True) -> None:
         self._note_peak()

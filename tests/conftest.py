@@ -32,6 +32,7 @@ FIXTURE_DIR = TESTS_DIR / "fixtures"
 def pytest_configure(config: pytest.Config) -> None:
     # The harness carries its own settings: installed as package data it has no pyproject.toml beside it.
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "advisory: good practice checked for information, worth 0 points")
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:jaxtyping.*")
 
 

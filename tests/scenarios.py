@@ -217,7 +217,8 @@ class _TinyNet(torch.nn.Module):
 def _fresh(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = _TinyNet()
-    optimizer = _adamw(None)(model.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    # torch's AdamW, not the student's: checkpointing is graded on its own (issue 13).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     return model, optimizer
 
 

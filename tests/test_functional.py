@@ -8,8 +8,10 @@ rounded to float32. Tolerances, with u = 2^-24 the float32 unit roundoff:
 - softmax with huge offsets (±100, -200): 2e-5. A log-sum-exp formulation rounds lse ≈ 200 to 2^-16.
 - SiLU, float32: 1e-6 relative (a few ulp for exp, one add, one divide, one multiply) + 1e-6 absolute
   (values of order 1; below that an `x / (1 + exp(-x))` and an `x * sigmoid(x)` legitimately differ).
-- bf16 inputs: the output must stay bf16 and lie within one bf16 ulp (2^-7 relative), i.e. at most two
-  roundings away from the exact answer; the bf16 softmax adds 2^-7·max p for the exp of a rounded input.
+- bf16 inputs: the output (bf16 or float32: no dtype is stated) must lie within one bf16 ulp (2^-7
+  relative) of the exact answer; the bf16 softmax adds 2^-7·max p for the exp of a rounded input. That a
+  bf16 input gives a bf16 output is advisory (0 points).
+- float64 inputs (the property test): float32 accuracy suffices; nothing requires computing in float64.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests.cases import SOFTMAX_DIMS
 from tests.compare import BF16_EPS, assert_close
+from tests.hints import hinted
 
 from .adapters import run_silu, run_softmax
 
@@ -35,20 +38,37 @@ def _t(array: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("dim", SOFTMAX_DIMS, ids=lambda d: f"dim{d}")
 def test_softmax_matches_snapshot(dim: int, load_snapshot) -> None:
     snap = load_snapshot("model_softmax")
-    actual = run_softmax(_t(snap["in_features"]), dim)
-    assert_close(actual, snap[f"dim{dim}.expected"], tol=2e-6, dtype=torch.float32, what=f"softmax(dim={dim})")
+    x = _t(snap["in_features"])
+    actual = run_softmax(x, dim)
+    with hinted("softmax", actual, snap[f"dim{dim}.expected"], x=x, dim=dim):
+        assert_close(actual, snap[f"dim{dim}.expected"], tol=2e-6, dtype=torch.float32, what=f"softmax(dim={dim})")
 
 
 def test_softmax_is_stable_for_huge_inputs(load_snapshot) -> None:
     snap = load_snapshot("model_softmax")
-    actual = run_softmax(_t(snap["stable.in_features"]), -1)
-    assert_close(actual, snap["stable.expected"], tol=2e-5, dtype=torch.float32, what="softmax of ±100-offset rows")
+    x = _t(snap["stable.in_features"])
+    actual = run_softmax(x, -1)
+    with hinted("softmax", actual, snap["stable.expected"], x=x, dim=-1):
+        assert_close(actual, snap["stable.expected"], tol=2e-5, dtype=torch.float32, what="softmax of ±100-offset rows")
 
 
-def test_softmax_bf16_stays_bf16(load_snapshot) -> None:
+def test_softmax_bf16(load_snapshot) -> None:
+    # A bf16 or a float32 result is correct (no dtype is stated); bf16 out is advisory, below.
     snap = load_snapshot("model_softmax")
-    actual = run_softmax(_t(snap["bf16.in_features"]).bfloat16(), -1)
-    assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, dtype=torch.bfloat16, what="bf16 softmax")
+    x = _t(snap["bf16.in_features"]).bfloat16()
+    actual = run_softmax(x, -1)
+    with hinted("softmax", actual, snap["bf16.expected"], x=x, dim=-1):
+        assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, what="bf16 softmax")
+
+
+@pytest.mark.advisory
+@pytest.mark.parametrize("op", ["softmax", "silu"])
+def test_bf16_in_bf16_out(op: str, load_snapshot) -> None:
+    """Advisory (0 points): a bf16 input gives a bf16 result. Good practice, not a requirement."""
+    snap = load_snapshot(f"model_{op}")
+    x = _t(snap["bf16.in_features"]).bfloat16()
+    actual = run_softmax(x, -1) if op == "softmax" else run_silu(x)
+    assert actual.dtype == torch.bfloat16, f"{op}: bf16 in gave {actual.dtype} out"
 
 
 def test_softmax_hand_worked() -> None:
@@ -66,12 +86,16 @@ def test_softmax_hand_worked() -> None:
     shift=st.floats(-30, 30, width=32),
 )
 def test_softmax_properties(rows: list[list[float]], shift: float) -> None:
-    """Rows sum to 1, entries lie in [0, 1], and adding a constant to a row changes nothing."""
+    """Rows sum to 1, entries lie in [0, 1], and adding a constant to a row changes nothing.
+
+    The input is float64, but nothing requires computing in float64: a float32 softmax rounds x + c
+    (|x + c| <= 80) by up to 80·2^-24 ≈ 5e-6, so the tolerances are float32's (2e-5), not float64's.
+    """
     x = torch.tensor(rows, dtype=torch.float64)
     p = run_softmax(x, -1)
     assert torch.all((p >= 0) & (p <= 1))
-    assert_close(p.sum(-1), np.ones(len(rows)), tol=1e-12, what="row sums")
-    assert_close(run_softmax(x + shift, -1), p, tol=1e-12, atol=1e-12, what="softmax(x + c)")
+    assert_close(p.sum(-1), np.ones(len(rows)), tol=2e-5, what="row sums")
+    assert_close(run_softmax(x + shift, -1), p, tol=2e-5, atol=2e-5, what="softmax(x + c)")
 
 
 @pytest.mark.parametrize("case", ["float32", "bf16"])
@@ -79,10 +103,14 @@ def test_silu_matches_snapshot(case: str, load_snapshot) -> None:
     snap = load_snapshot("model_silu")
     x = _t(snap[f"{case}.in_features"])
     if case == "bf16":
-        actual = run_silu(x.bfloat16())
-        assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, atol=1e-30, dtype=torch.bfloat16, what="bf16 SiLU")
+        x = x.bfloat16()
+        actual = run_silu(x)
+        with hinted("silu", actual, snap["bf16.expected"], x=x):
+            assert_close(actual, snap["bf16.expected"], tol=BF16_EPS, atol=1e-30, what="bf16 SiLU")
     else:
-        assert_close(run_silu(x), snap["float32.expected"], tol=1e-6, atol=1e-6, dtype=torch.float32, what="SiLU")
+        actual = run_silu(x)
+        with hinted("silu", actual, snap["float32.expected"], x=x):
+            assert_close(actual, snap["float32.expected"], tol=1e-6, atol=1e-6, dtype=torch.float32, what="SiLU")
 
 
 def test_silu_hand_worked() -> None:

@@ -12,6 +12,7 @@ import torch
 from cs336_grading.expected import training as known
 
 from tests import scenarios
+from tests.hints import hinted
 
 from .adapters import run_get_lr_cosine_schedule
 
@@ -26,7 +27,9 @@ def test_adamw_matches_torch_trajectory() -> None:
     # Two groups with different settings, a frozen parameter, a parameter whose gradients start late and a
     # learning rate changed mid-run; every parameter compared after every step. See known.ADAMW_ATOL for
     # the measured margins: both decay orders pass, coupled L2 / no bias correction / a shared step fail.
-    known.assert_trajectories_match(scenarios.run("adamw_trajectory"), scenarios.adamw_trajectory(torch.optim.AdamW))
+    actual, expected = scenarios.run("adamw_trajectory"), scenarios.adamw_trajectory(torch.optim.AdamW)
+    with hinted("adamw", actual, expected):
+        known.assert_trajectories_match(actual, expected)
 
 
 def test_adamw_first_step_hand_worked() -> None:
@@ -104,13 +107,16 @@ def _lr(it: int, **overrides: float) -> float:
     ids=["t=0", "t=Tw-1", "t=Tw", "t=mid", "t=Tc", "t=Tc+1", "t=far"],
 )
 def test_get_lr_cosine_schedule_key_points(it: int, expected: float) -> None:
-    assert _lr(it) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    actual = _lr(it)
+    with hinted("cosine", actual, expected, it=it, **SCHEDULE):
+        assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_get_lr_cosine_schedule_whole_curve() -> None:
     expected = [known.cosine_schedule(it, **SCHEDULE) for it in range(25)]
     actual = [_lr(it) for it in range(25)]
-    assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    with hinted("cosine", actual, expected, its=list(range(25)), **SCHEDULE):
+        assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
     # The known table of the CS336 handout's own test (same parameters).
     handout = [0, 0.14285714285714285, 0.2857142857142857, 0.42857142857142855, 0.5714285714285714,
                0.7142857142857143, 0.8571428571428571, 1.0, 0.9887175604818206, 0.9554359905560885,

@@ -1,6 +1,8 @@
 """Graded tests of checkpointing: save after N steps, reload into fresh objects, continue identically.
 
 The training and the save/load round trips run as scenarios (`tests/scenarios.py`), where student code runs.
+The optimizer is torch's own AdamW: checkpointing is graded on its own, whether or not the student's AdamW
+works (any `torch.optim.Optimizer` must round-trip through save/load).
 """
 
 from __future__ import annotations
