@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 
-.PHONY: install test test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install test test-slow test-all test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml
 test: install
 	$(PYTEST) tests
 	$(PYTEST) -p oracle.use_oracle tests
-	$(PYTEST) reference_tests
+	$(PYTEST) -m "not slow" reference_tests
+
+## The reference tests marked slow: whole submissions graded end to end (attacks, batches, the Gradescope
+## run), fault injection, sweeps, the student-package run. CI runs them after `make test`.
+test-slow: install
+	$(PYTEST) -m slow reference_tests
+
+test-all: test test-slow
 
 test-reference: install
 	$(PYTEST) tests

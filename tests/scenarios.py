@@ -301,11 +301,5 @@ def count_encode_iterable(tokenizer: Any, path: Path) -> int:
         return _count(tokenizer.encode_iterable(f))
 
 
-def count_encode_whole_file(tokenizer: Any, path: Path) -> int:
-    """The same count by reading the whole file and encoding it at once (what streaming avoids)."""
-    with open(path, encoding="utf-8") as f:
-        return _count(iter(tokenizer.encode(f.read())))
-
-
 def _count(ids: Iterable[int] | Iterator[int]) -> int:
     return sum(1 for _ in ids)

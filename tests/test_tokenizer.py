@@ -265,10 +265,9 @@ def test_tokenizer_encode_iterable_memory_does_not_grow_with_the_input(
         f"+{peak_small / 2**20:.1f} and +{peak_large / 2**20:.1f} MiB); a streaming encoder's peak must not grow "
         "with the input (allowed: 2 MiB)"
     )
-    # The bound matters: reading everything first grows far beyond it.
-    _, read_small = peak_rss_growth(lambda: scenarios.run("count_encode_whole_file", tokenizer, small))
-    _, read_large = peak_rss_growth(lambda: scenarios.run("count_encode_whole_file", tokenizer, large))
-    assert read_large - read_small > 2 * margin
+    # NOTE: that the bound matters (an encoder that reads everything first fails it) is proved by the mutant
+    # `encode_iterable_reads_all` in reference_tests, not here: memory the process already holds from earlier
+    # tests can hide part of a whole-file read, and such a control must never cost a correct student a point.
 
 
 # ---------------------------------------------------------------------------------------- GPT-2
