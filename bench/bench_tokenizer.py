@@ -142,86 +142,94 @@ def _load_encoder() -> tuple[Tokenizer, str]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
     have_data = PYDOCS.exists()
     big_source = PYDOCS if have_data else BUNDLED
     big_label = "pydocs train" if have_data else "bundled corpus, repeated"
     with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
         workdir = Path(tmp)
-        # --- training
-        if quick:
-            big = _prefix_file(big_source, workdir, 1_000_000, "big.txt")
-        else:
-            big = PYDOCS if have_data else _prefix_file(BUNDLED, workdir, 10_000_000, "big.txt")
-        rows.append(_training_row(big, 10_000 if not quick else 2_000, "<= 1", 1, big_label))
-        small = _prefix_file(big_source, workdir, 130_000, "small.txt")
-        rows.append(_training_row(small, 500, "<= 1.5", 5 if not quick else 2, big_label + " prefix"))
-
-        # --- encoding
+        rows = _training_rows(quick, have_data, big_source, big_label, workdir)
         tokenizer, vocab_label = _load_encoder()
         encoding, rank_to_id = _tiktoken_for(tokenizer)
         sample_path = _prefix_file(big_source, workdir, 300_000 if quick else 3_000_000, "sample.txt")
-        sample = sample_path.read_bytes().decode("utf-8")  # no newline translation: the bytes encode_file sees
-        repeats = 3 if not quick else 2
-        # A fresh tokenizer for each timed run (built beforehand): the pre-token cache starts cold.
-        fresh = [Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT]) for _ in range(repeats + 1)]
-        ours_ids: list[int] = []
-
-        def ours_encode() -> None:
-            ours_ids[:] = fresh.pop().encode(sample)
-
-        times, cpu = _timed(
-            {"ours": ours_encode, "tiktoken": lambda: encoding.encode(sample, allowed_special="all")},
-            repeats=repeats,
-            warmup=1,
-        )
-        n_bytes = len(sample.encode("utf-8"))
-        warm = tokenizer.encode(sample)  # fills the cache
-        start = time.perf_counter()
-        tokenizer.encode(sample)
-        warm_rate = n_bytes / (time.perf_counter() - start)
-        assert warm == ours_ids, "cold and warm encodings differ"
-        rows.append(
-            make_row(
-                f"encode, one process, {vocab_label} ({n_bytes / 1e6:.1f} MB)",
-                "tiktoken, one thread",
-                n_bytes / times["ours"],
-                n_bytes / times["tiktoken"],
-                "bytes/s",
-                goal=">= 0.6",
-                notes=f"fresh tokenizer (cold pre-token cache); warm cache: {warm_rate / 1e6:.2f} MB/s; "
-                f"CPU s ours {cpu['ours']:.2f} vs tiktoken {cpu['tiktoken']:.2f}",
-            )
-        )
-
-        # --- parallel file encoding
-        out = workdir / "ids.npy"
-        fresh_for_file = Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT])
-        expected: list[int] = []
-        times, cpu = _timed(
-            {
-                "ours": lambda: encode_file(sample_path, out, fresh_for_file),
-                "tiktoken": lambda: expected.extend(encoding.encode(sample, allowed_special="all")),
-            },
-            repeats=1,
-            warmup=0,
-        )
-        # tiktoken's ids are its ranks: map them to our ids before comparing.
-        same = np.array_equal(np.load(out), rank_to_id[np.asarray(expected, dtype=np.int64)])
-        rows.append(
-            make_row(
-                f"encode a file to .npy, {_cores()} processes ({n_bytes / 1e6:.1f} MB)",
-                "tiktoken, one thread, in memory",
-                n_bytes / times["ours"],
-                n_bytes / times["tiktoken"],
-                "bytes/s",
-                goal=">= 1",
-                notes="ours: fresh tokenizer, reads the file, writes the .npy; "
-                f"CPU s ours {cpu['ours']:.2f} (all processes) vs tiktoken {cpu['tiktoken']:.2f}"
-                + f"; ids identical to tiktoken's: {'yes' if same else 'NO'}",
-            )
-        )
+        rows.append(_encode_row(tokenizer, vocab_label, encoding, sample_path, repeats=3 if not quick else 2))
+        rows.append(_encode_file_row(tokenizer, encoding, rank_to_id, sample_path, workdir / "ids.npy"))
     return rows
+
+
+def _training_rows(
+    quick: bool, have_data: bool, big_source: Path, big_label: str, workdir: Path
+) -> list[dict[str, Any]]:
+    if quick:
+        big = _prefix_file(big_source, workdir, 1_000_000, "big.txt")
+    else:
+        big = PYDOCS if have_data else _prefix_file(BUNDLED, workdir, 10_000_000, "big.txt")
+    small = _prefix_file(big_source, workdir, 130_000, "small.txt")
+    return [
+        _training_row(big, 10_000 if not quick else 2_000, "<= 1", 1, big_label),
+        _training_row(small, 500, "<= 1.5", 5 if not quick else 2, big_label + " prefix"),
+    ]
+
+
+def _encode_row(tokenizer: Any, vocab_label: str, encoding: Any, sample_path: Path, repeats: int) -> dict[str, Any]:
+    sample = sample_path.read_bytes().decode("utf-8")  # no newline translation: the bytes encode_file sees
+    # A fresh tokenizer for each timed run (built beforehand): the pre-token cache starts cold.
+    fresh = [Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT]) for _ in range(repeats + 1)]
+    ours_ids: list[int] = []
+
+    def ours_encode() -> None:
+        ours_ids[:] = fresh.pop().encode(sample)
+
+    times, cpu = _timed(
+        {"ours": ours_encode, "tiktoken": lambda: encoding.encode(sample, allowed_special="all")},
+        repeats=repeats,
+        warmup=1,
+    )
+    n_bytes = len(sample.encode("utf-8"))
+    warm = tokenizer.encode(sample)  # fills the cache
+    start = time.perf_counter()
+    tokenizer.encode(sample)
+    warm_rate = n_bytes / (time.perf_counter() - start)
+    assert warm == ours_ids, "cold and warm encodings differ"
+    return make_row(
+        f"encode, one process, {vocab_label} ({n_bytes / 1e6:.1f} MB)",
+        "tiktoken, one thread",
+        n_bytes / times["ours"],
+        n_bytes / times["tiktoken"],
+        "bytes/s",
+        goal=">= 0.6",
+        notes=f"fresh tokenizer (cold pre-token cache); warm cache: {warm_rate / 1e6:.2f} MB/s; "
+        f"CPU s ours {cpu['ours']:.2f} vs tiktoken {cpu['tiktoken']:.2f}",
+    )
+
+
+def _encode_file_row(
+    tokenizer: Any, encoding: Any, rank_to_id: np.ndarray, sample_path: Path, out: Path
+) -> dict[str, Any]:
+    sample = sample_path.read_bytes().decode("utf-8")
+    n_bytes = len(sample.encode("utf-8"))
+    fresh_for_file = Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT])
+    expected: list[int] = []
+    times, cpu = _timed(
+        {
+            "ours": lambda: encode_file(sample_path, out, fresh_for_file),
+            "tiktoken": lambda: expected.extend(encoding.encode(sample, allowed_special="all")),
+        },
+        repeats=1,
+        warmup=0,
+    )
+    # tiktoken's ids are its ranks: map them to our ids before comparing.
+    same = np.array_equal(np.load(out), rank_to_id[np.asarray(expected, dtype=np.int64)])
+    return make_row(
+        f"encode a file to .npy, {_cores()} processes ({n_bytes / 1e6:.1f} MB)",
+        "tiktoken, one thread, in memory",
+        n_bytes / times["ours"],
+        n_bytes / times["tiktoken"],
+        "bytes/s",
+        goal=">= 1",
+        notes="ours: fresh tokenizer, reads the file, writes the .npy; "
+        f"CPU s ours {cpu['ours']:.2f} (all processes) vs tiktoken {cpu['tiktoken']:.2f}"
+        + f"; ids identical to tiktoken's: {'yes' if same else 'NO'}",
+    )
 
 
 def main() -> None:
