@@ -12,11 +12,14 @@ fails before the rename, the temporary file is deleted and the old file is left 
 
 Temporary files are named `.NAME.<pid>.<random>.tmp` (hidden, and easy to sweep: `TEMP_GLOB`) and are created
 with `open(..., "x")`, so the new file gets the usual permissions (0644 under the common umask), not mkstemp's 0600.
+A process killed with SIGKILL (or by the OOM killer) mid-write cannot delete its temporary file; the next run
+in that directory calls `sweep_temp_files`, which removes those whose writer is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +33,40 @@ TEMP_GLOB = ".*.tmp"
 def temp_path(path: Path, suffix: str = ".tmp") -> Path:
     """A fresh temporary name beside `path` (same directory, so that the final rename is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what `temp_path` makes
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files in `directory` that this module made for writers that no longer run.
+
+    A temporary file names its writer's pid; one whose process is gone (killed mid-write) is debris, one
+    whose pid is alive (this process, a concurrent writer, or an unrelated process that reused the pid) is
+    kept. Returns the deleted paths. POSIX only (elsewhere nothing is deleted); pids are those of this
+    machine, so do not share one output directory between writers on several hosts.
+    """
+    removed: list[Path] = []
+    if os.name != "posix":
+        return removed
+    for path in Path(directory).glob(TEMP_GLOB):
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:
@@ -113,4 +150,4 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "commit", "fsync_directory", "prepare_directory",
-           "temp_path", "TEMP_GLOB"]
+           "sweep_temp_files", "temp_path", "TEMP_GLOB"]

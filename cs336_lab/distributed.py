@@ -20,6 +20,7 @@ A training loop needs a handful of calls, and the same code runs unchanged in a 
     loss = all_reduce_mean(loss, ctx)                          # the same number on every rank, for logging
     if ctx.is_main:
         save_run_checkpoint(path, model, ...)                 # unwrap_model: keys without "module." / "_orig_mod."
+    del model                                                  # no DDP module may outlive the group
     cleanup(ctx)
 
 Backends: NCCL on CUDA (each rank owns `cuda:{LOCAL_RANK}`), gloo on CPU. With `torch.compile`, wrap first
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -327,8 +329,14 @@ def barrier(ctx: DistributedContext) -> None:
 
 
 def cleanup(ctx: DistributedContext) -> None:
-    """Leave the process group at the end of a run (no-op in a single process or when already gone)."""
+    """Leave the process group at the end of a run (no-op in a single process or when already gone).
+
+    Drop every DDP-wrapped model first: a DDP module still alive when its group is destroyed, or when the
+    process exits, can abort the process in gloo's teardown (`train` does so; `gc.collect` here frees the
+    reference cycles that keep a dropped wrapper alive).
+    """
     if ctx.is_distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -38,6 +38,7 @@ import logging
 import math
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 from cs336_lab import api
-from cs336_lab.atomic import prepare_directory
+from cs336_lab.atomic import prepare_directory, sweep_temp_files
 from cs336_lab.batches import BatchSampler, autocast, evaluate, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
@@ -113,11 +114,20 @@ def train(
     """
     owns_group = not torch.distributed.is_initialized()  # leave a caller's process group alone at the end
     ctx = init_distributed(config.device)
+    run: _Run | None = None
     try:
         run = _set_up(config, ctx, model_factory or default_model_factory,
                       optimizer_factory or default_optimizer_factory)
         return _loop(run)
+    except BaseException as exc:
+        if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
+            traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
+        # NOTE: DDP's reducer holds the process group; a group destroyed (or a process ending) while a DDP
+        # module is still alive aborts one rank in about one run in three on a loaded machine ("terminate
+        # called without an active exception", exit -6). `cleanup` collects the dropped wrapper first.
+        run = None
         if owns_group:
             cleanup(ctx)
 
@@ -179,6 +189,8 @@ def _loop(run: _Run) -> TrainResult:
     out_dir = Path(config.out_dir)
     if ctx.is_main:
         prepare_directory(out_dir, "out_dir")
+        for debris in sweep_temp_files(out_dir):  # a killed earlier run's half-written file
+            logger.info("removed %s, left by a killed run", debris.name)
         save_config(config, out_dir / "config.json")
     log = RunLog(out_dir, enabled=ctx.is_main, max_steps=config.max_steps, start_step=run.step,
                  resume=config.resume, progress=config.progress,

@@ -140,6 +140,7 @@ def main(argv: list[str]) -> int:
         result["compiled_grads"] = probe["grads"]
 
     torch.save(result, out_dir / f"rank{ctx.rank}.pt")
+    del model  # a DDP module alive at teardown can abort the process (see `cleanup`)
     cleanup(ctx)
     return 0
 

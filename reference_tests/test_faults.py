@@ -222,21 +222,28 @@ def test_a_tokenizer_that_falls_short_of_the_vocabulary_says_so(data: Path, tmp_
 @pytest.mark.slow
 def test_random_kills_always_leave_a_loadable_checkpoint(data: Path, tmp_path: Path) -> None:
     """SIGKILL, SIGTERM or SIGINT at a random moment, eight times: each time the newest checkpoint loads, the
-    run resumes from it, and no temporary file is left behind."""
+    run resumes from it, and no temporary file is left behind (a SIGKILL mid-write leaves one, which the
+    resumed run removes)."""
     rng = random.Random(17)
     out = tmp_path / "run"
     base = train_args(data, out, "--max-steps", "100000", "--checkpoint-every", "1")
     last = 0
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f".ckpt_latest.pt.{int(gone.stdout)}.0123abcd.tmp").write_bytes(b"half a checkpoint")  # a dead writer's
     for attempt in range(8):
+        debris = list(out.glob(TEMP_GLOB))  # only a SIGKILL mid-write leaves any: the next run removes it
         proc = start(*base, *(["--resume"] if attempt else []))
         # step last+2 logged: the checkpoint of step last+1 is on disk (a step logs, then saves)
         wait_for(lambda: bool(metric_steps(out)) and metric_steps(out)[-1] >= last + 2, proc)
+        assert not [p for p in debris if p.exists()], "the resumed run kept a killed run's temporary files"
         time.sleep(rng.uniform(0.0, 0.6))
         sig = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT), stderr[-3000:]
-        assert not list(out.glob(TEMP_GLOB)), f"temporary files left after {sig.name}"
+        if sig != signal.SIGKILL:  # a graceful stop deletes its own; SIGKILL gives no chance to
+            assert not list(out.glob(TEMP_GLOB)), f"temporary files left after {sig.name}"
         iteration = read_run_checkpoint(out / "ckpt_latest.pt")["iteration"]
         assert iteration > last, f"attempt {attempt} ({sig.name}): the resumed run made no progress"
         last = iteration
@@ -244,6 +251,7 @@ def test_random_kills_always_leave_a_loadable_checkpoint(data: Path, tmp_path: P
                  "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_run_checkpoint(out / "ckpt_latest.pt")["iteration"] == last + 2
+    assert not list(out.glob(TEMP_GLOB))
 
 
 # ------------------------------------------------------------------------------------------------ cs336 grade
