@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scale-mb", default=None, metavar="MB,MB,...",
                         help="corpus sizes of the scale rows in MB (default 250,500,1000,2000)")
+    parser.add_argument("--scale-encode-max-mb", type=float, default=None, metavar="MB",
+                        help="leave out the encode_file scale rows above this corpus size (default: none)")
     parser.add_argument("--quality", action="store_true",
                         help="also the quality row: two 10-minute training runs side by side (bench.quality)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"results directory ({RESULTS_DIR})")
@@ -111,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = args.only or [*BENCHMARKS, *(SCALE_BENCHMARKS if args.scale else ()),
                           *(QUALITY_BENCHMARKS if args.quality else ())]
-    options = {"scale": {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {},
-               "model": {"compile": True} if args.scale else {}}
+    scale: dict[str, Any] = {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {}
+    if args.scale_encode_max_mb is not None:
+        scale["encode_max_mb"] = args.scale_encode_max_mb
+    options = {"scale": scale, "model": {"compile": True} if args.scale else {}}
     results = run_benchmarks(names, quick=args.quick, options=options)
     print(format_table(results["rows"]))
     for name, err in results["errors"].items():

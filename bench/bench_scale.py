@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import REPO_ROOT, format_table, make_row
 from bench.growth import exponent_text, fit_exponent, plot_growth, series_of
-from bench.zipf_corpus import write_zipf_corpus
+from bench.zipf_corpus import write_zipf_corpora
 
 DEFAULT_SIZES_MB = (250, 500, 1000, 2000)
 VOCAB_SIZE = 10_000
@@ -103,22 +103,30 @@ def _plot(name: str, title: str, rows: list[dict[str, Any]], peer_name: str, doc
     plot_growth(docs_dir / f"growth_{name}.png", title, "corpus size (MB)", panels)
 
 
-def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path | None = DOCS_DIR) -> list[dict]:
-    """BPE and encode rows at each size, then a growth row for each; plots into `docs_dir` (None: no plots)."""
+def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path | None = DOCS_DIR,
+        encode_max_mb: float | None = None) -> list[dict]:
+    """BPE and encode rows at each size, then a growth row for each; plots into `docs_dir` (None: no plots).
+
+    `encode_max_mb` leaves out the encode rows above that size (both sides encode at ~2-4 MB/s on one core:
+    2 GB takes about ten minutes each).
+    """
     sizes = sorted(sizes_mb or ([2, 4] if quick else DEFAULT_SIZES_MB))
     bpe_rows: list[dict[str, Any]] = []
     encode_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         work = Path(tmp)
         tokenizer = work / "tokenizer.pkl"
-        for i, size_mb in enumerate(sizes):
-            corpus = write_zipf_corpus(work / f"zipf_{size_mb:g}mb.txt", int(size_mb * 1e6))
+        corpora = write_zipf_corpora({work / f"zipf_{size_mb:g}mb.txt": int(size_mb * 1e6) for size_mb in sizes})
+        for i, (size_mb, corpus) in enumerate(zip(sizes, corpora)):
             save = [str(tokenizer)] if i == 0 else []
             ours, peer = _pair(i, ["bpe-ours", str(corpus), str(VOCAB_SIZE), *save],
                                ["bpe-hf", str(corpus), str(VOCAB_SIZE)])
             bpe_rows.append(_row(f"train BPE, {VOCAB_SIZE} vocab", size_mb, ours, peer, "HF tokenizers BpeTrainer",
                                  f"wall incl. start-up ours {ours['wall_s']:.1f} s vs {peer['wall_s']:.1f} s"))
             out = work / "ids.npy"
+            if encode_max_mb is not None and size_mb > encode_max_mb:
+                corpus.unlink()
+                continue
             ours, peer = _pair(i, ["encode-ours", str(corpus), str(tokenizer), str(out)],
                                ["encode-tiktoken", str(corpus), str(tokenizer)])
             if ours["tokens"] != peer["tokens"]:
@@ -128,10 +136,12 @@ def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path
                                     f"{ours['tokens']:,} tokens (same count as tiktoken)"))
             corpus.unlink()
             out.unlink(missing_ok=True)
-    rows = [*bpe_rows, _growth_row("train BPE", "HF tokenizers", bpe_rows),
-            *encode_rows, _growth_row("encode_file", "tiktoken", encode_rows)]
+    rows = [*bpe_rows, _growth_row("train BPE", "HF tokenizers", bpe_rows), *encode_rows]
+    if len(encode_rows) > 1:
+        rows.append(_growth_row("encode_file", "tiktoken", encode_rows))
     if docs_dir is not None and len(sizes) > 1:
         _plot("bpe", f"train BPE ({VOCAB_SIZE} vocab), Zipf corpus", bpe_rows, "HF tokenizers", docs_dir)
+    if docs_dir is not None and len(encode_rows) > 1:
         _plot("encode", "encode to token ids, Zipf corpus", encode_rows, "tiktoken", docs_dir)
     return rows
 
@@ -139,10 +149,12 @@ def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default=None, help="comma-separated corpus sizes in MB (250,500,1000,2000)")
+    parser.add_argument("--encode-max-mb", type=float, default=None, help="no encode rows above this size")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes_mb.split(",")] if args.sizes_mb else None
-    print(format_table(run(sizes_mb=sizes, docs_dir=None if args.no_plots else DOCS_DIR)))
+    print(format_table(run(sizes_mb=sizes, docs_dir=None if args.no_plots else DOCS_DIR,
+                           encode_max_mb=args.encode_max_mb)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -86,19 +87,32 @@ def _document(rng: np.random.Generator, lexicon: np.ndarray, cdf: np.ndarray) ->
 
 def write_zipf_corpus(path: str | os.PathLike[str], num_bytes: int, *, seed: int = 0) -> Path:
     """Write about `num_bytes` of documents (whole documents, so a little more) to `path`, atomically."""
-    if num_bytes <= 0:
-        raise ValueError(f"num_bytes must be positive, got {num_bytes}")
-    path = Path(path)
+    return write_zipf_corpora({Path(path): num_bytes}, seed=seed)[0]
+
+
+def write_zipf_corpora(sizes: dict[Path, int], *, seed: int = 0) -> list[Path]:
+    """Several sizes of the same corpus in one pass: each file is byte for byte what `write_zipf_corpus(path,
+    num_bytes, seed=seed)` writes (the stream is the same; a smaller file is a prefix of a larger one), but
+    the documents are generated once, for the largest. Returns the paths in the order given."""
+    if not sizes:
+        raise ValueError("no corpus to write: expected at least one path and size")
+    bad = {str(p): n for p, n in sizes.items() if n <= 0}
+    if bad:
+        raise ValueError(f"num_bytes must be positive, got {bad}")
     lexicon = make_lexicon(seed=seed)
     cdf = _zipf_cdf(len(lexicon), ZIPF_EXPONENT)
     rng = np.random.default_rng(seed + 1)
     written = 0
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        while written < num_bytes:
+    with ExitStack() as stack:
+        files = [(stack.enter_context(atomic_open(p, "w", encoding="utf-8", newline="\n")), n)
+                 for p, n in sizes.items()]
+        while written < max(sizes.values()):
             batch = "".join(_document(rng, lexicon, cdf) + f"\n{EOT}\n" for _ in range(200))
-            f.write(batch)
+            for f, num_bytes in files:
+                if written < num_bytes:
+                    f.write(batch)
             written += len(batch)  # ASCII: characters = bytes
-    return path
+    return list(sizes)
 
 
 def main(argv: list[str] | None = None) -> None:

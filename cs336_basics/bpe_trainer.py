@@ -123,16 +123,17 @@ def _count_chunk(job: tuple[str, int, int, list[str]]) -> Counter[str]:
     return count_pretokens(text, special_tokens)
 
 
-class _Descending:
-    """Wraps a pair of byte strings so that heapq's min-heap pops the lexicographically greatest first."""
+def _descending_key(token: bytes) -> tuple[int, ...]:
+    """A key that sorts byte strings in reverse lexicographic order: `a > b` iff `key(a) < key(b)`.
 
-    __slots__ = ("key",)
+    Each byte b becomes 255 - b and a final 256 stands for "the string ends here", above every byte, so a
+    proper prefix (lexicographically smaller) gets the greater key. Tuples of ints compare in C: a heap of
+    them breaks count ties without calling back into Python.
 
-    def __init__(self, key: tuple[bytes, bytes]) -> None:
-        self.key = key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return self.key > other.key
+    >>> sorted([b"ab", b"a", b"b", b"abc"], key=_descending_key)
+    [b'b', b'abc', b'ab', b'a']
+    """
+    return (*(255 - b for b in token), 256)
 
 
 def learn_merges(
@@ -144,6 +145,7 @@ def learn_merges(
     [(b's', b't'), (b'e', b'st'), (b'o', b'w')]
     """
     token_bytes: list[bytes] = [bytes([i]) for i in range(256)]  # internal ids: byte value, then 256 + merge
+    tie_keys = [_descending_key(token) for token in token_bytes]  # ties go to the greater pair of byte strings
     words: list[list[int]] = [list(word) for word in word_counts]
     freqs: list[int] = list(word_counts.values())
 
@@ -154,8 +156,8 @@ def learn_merges(
             pair_counts[pair] += freq
             pair_words[pair].add(index)
 
-    def entry(pair: tuple[int, int], count: int) -> tuple[int, _Descending, tuple[int, int]]:
-        return (-count, _Descending((token_bytes[pair[0]], token_bytes[pair[1]])), pair)
+    def entry(pair: tuple[int, int], count: int) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, int]]:
+        return (-count, tie_keys[pair[0]], tie_keys[pair[1]], pair)
 
     heap = [entry(pair, count) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
@@ -163,7 +165,7 @@ def learn_merges(
     merges: list[tuple[bytes, bytes]] = []
     bar = progress_bar(show_progress, total=num_merges, unit="merge", desc="merging")
     while len(merges) < num_merges and heap:
-        neg_count, _, pair = heapq.heappop(heap)
+        neg_count, _, _, pair = heapq.heappop(heap)
         count = pair_counts.get(pair, 0)
         if count != -neg_count:  # stale: the count dropped since this entry was pushed
             if count > 0:
@@ -172,6 +174,7 @@ def learn_merges(
         left, right = pair
         new_id = len(token_bytes)
         token_bytes.append(token_bytes[left] + token_bytes[right])
+        tie_keys.append(_descending_key(token_bytes[-1]))
         merges.append((token_bytes[left], token_bytes[right]))
         bar.update()
 

@@ -12,7 +12,7 @@ import pytest
 import bench.__main__ as bench_main
 import bench.growth as growth
 from bench.growth import fit_exponent, plot_growth
-from bench.zipf_corpus import EOT, make_lexicon, write_zipf_corpus
+from bench.zipf_corpus import EOT, make_lexicon, write_zipf_corpora, write_zipf_corpus
 
 
 def test_doctests() -> None:
@@ -33,6 +33,17 @@ def test_zipf_corpus_is_deterministic_sized_and_separated(tmp_path: Path) -> Non
     text = a.decode("ascii")
     docs = [d for d in text.split(f"\n{EOT}\n") if d]
     assert len(docs) >= 50 and all(d[0].isupper() and d.endswith(".") for d in docs)
+
+
+def test_zipf_corpora_in_one_pass_equal_separate_writes(tmp_path: Path) -> None:
+    sizes = {tmp_path / "big.txt": 300_000, tmp_path / "small.txt": 70_000, tmp_path / "mid.txt": 150_000}
+    assert write_zipf_corpora(sizes, seed=2) == list(sizes)
+    for path, num_bytes in sizes.items():
+        alone = write_zipf_corpus(tmp_path / f"alone_{num_bytes}.txt", num_bytes, seed=2).read_bytes()
+        assert path.read_bytes() == alone
+    assert len((tmp_path / "small.txt").read_bytes()) < len((tmp_path / "big.txt").read_bytes())
+    with pytest.raises(ValueError, match="positive"):
+        write_zipf_corpora({tmp_path / "x.txt": 0})
 
 
 def test_zipf_corpus_heaps_law_distinct_words_grow_sublinearly(tmp_path: Path) -> None:
@@ -74,8 +85,8 @@ def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, m
         """
         from bench.common import make_row
 
-        def run(quick=False, sizes_mb=None):
-            return [make_row("scaled", "peer", 1.0, 1.0, "s", notes=f"sizes={sizes_mb}")]
+        def run(quick=False, sizes_mb=None, encode_max_mb=None):
+            return [make_row("scaled", "peer", 1.0, 1.0, "s", notes=f"sizes={sizes_mb} encode={encode_max_mb}")]
         """
     ))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -85,6 +96,21 @@ def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, m
     out = tmp_path / "out"
     assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--out-dir", str(out), "--docs-dir", str(out)]) == 0
     rows = json.loads((out / "latest.json").read_text())["rows"]
-    assert [r["notes"] for r in rows] == ["sizes=[1.0, 2.5]"]
+    assert [r["notes"] for r in rows] == ["sizes=[1.0, 2.5] encode=None"]
+    assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--scale-encode-max-mb", "1", "--out-dir", str(out),
+                            "--docs-dir", str(out)]) == 0
+    assert [r["notes"] for r in json.loads((out / "latest.json").read_text())["rows"]] == ["sizes=[1.0, 2.5] encode=1.0"]
     assert bench_main.main(["--out-dir", str(out), "--docs-dir", str(out)]) == 0  # without --scale: nothing
     assert json.loads((out / "latest.json").read_text())["rows"] == []
+
+
+@pytest.mark.slow
+def test_scale_run_leaves_out_encode_rows_above_the_cap() -> None:
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("tiktoken")
+    from bench.bench_scale import run
+
+    rows = run(sizes_mb=[0.05, 0.1], docs_dir=None, encode_max_mb=0.05)
+    works = [r["work"] for r in rows]
+    assert sum("train BPE, 10000 vocab, Zipf corpus" in w for w in works) == 2
+    assert [w for w in works if w.startswith("encode_file")] == ["encode_file to .npy, 2 processes, Zipf corpus 0.05 MB"]
