@@ -310,3 +310,35 @@ def test_long_word_bpe_equals_the_simple_loop(
     simple = [tok._bpe(w) for w in words]
     monkeypatch.setattr(tokenizer_module, "_LONG_WORD", 0)
     assert [tok._bpe(w) for w in words] == simple
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would include the forked pytest image.
+_RSS_CHILD = """
+import sys
+from cs336_basics import Tokenizer
+from cs336_lab.parallel_encode import encode_file
+tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"<|endoftext|>"}, [], ["<|endoftext|>"])
+count = encode_file(sys.argv[1], sys.argv[2], tok, num_workers=1)
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(count, peak_kib * 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
+def test_encode_file_memory_does_not_grow_with_the_corpus(tmp_path: Path) -> None:
+    """Peak RSS encoding 60 MB is within 40 MiB of encoding 20 MB (both in 4 MB chunks; byte-level ids: 2 bytes
+    a byte of text). Copying the ids through memory maps grew it by ~150 MiB here, 1.3 GB for a 1 GB corpus."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for mb in (20, 60):
+        text = tmp_path / f"in{mb}.txt"
+        text.write_text(("the cat sat on a mat. " * 45 + "\n<|endoftext|>\n") * (mb * 1_000_000 // 1004))
+        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(text), str(tmp_path / f"ids{mb}.npy")],
+                             capture_output=True, text=True, timeout=300, check=True)
+        count, peaks[mb] = map(int, out.stdout.split())
+        assert count == len(np.load(tmp_path / f"ids{mb}.npy", mmap_mode="r")) > mb * 900_000
+        text.unlink()
+    assert peaks[60] - peaks[20] < 40 << 20, f"peak RSS {peaks[20] >> 20} MiB at 20 MB, {peaks[60] >> 20} MiB at 60 MB"
