@@ -125,7 +125,7 @@ def train(
         raise
     finally:
         # NOTE: DDP's reducer holds the process group; a group destroyed (or a process ending) while a DDP
-        # module is still alive aborts one rank in about one run in three on a loaded machine ("terminate
+        # module is still alive aborts a rank now and then on a loaded machine (6 of 40 two-rank runs: "terminate
         # called without an active exception", exit -6). `cleanup` collects the dropped wrapper first.
         run = None
         if owns_group:

@@ -99,7 +99,8 @@ def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, m
     assert [r["notes"] for r in rows] == ["sizes=[1.0, 2.5] encode=None"]
     assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--scale-encode-max-mb", "1", "--out-dir", str(out),
                             "--docs-dir", str(out)]) == 0
-    assert [r["notes"] for r in json.loads((out / "latest.json").read_text())["rows"]] == ["sizes=[1.0, 2.5] encode=1.0"]
+    notes = [r["notes"] for r in json.loads((out / "latest.json").read_text())["rows"]]
+    assert notes == ["sizes=[1.0, 2.5] encode=1.0"]
     assert bench_main.main(["--out-dir", str(out), "--docs-dir", str(out)]) == 0  # without --scale: nothing
     assert json.loads((out / "latest.json").read_text())["rows"] == []
 
@@ -113,4 +114,5 @@ def test_scale_run_leaves_out_encode_rows_above_the_cap() -> None:
     rows = run(sizes_mb=[0.05, 0.1], docs_dir=None, encode_max_mb=0.05)
     works = [r["work"] for r in rows]
     assert sum("train BPE, 10000 vocab, Zipf corpus" in w for w in works) == 2
-    assert [w for w in works if w.startswith("encode_file")] == ["encode_file to .npy, 2 processes, Zipf corpus 0.05 MB"]
+    encode_rows = [w for w in works if w.startswith("encode_file")]
+    assert encode_rows == ["encode_file to .npy, 2 processes, Zipf corpus 0.05 MB"]
