@@ -178,26 +178,42 @@ def learn_merges(
         merges.append((token_bytes[left], token_bytes[right]))
         bar.update()
 
-        grown: set[tuple[int, int]] = set()  # pairs with the new token: their counts only grew
-        for index in pair_words.pop(pair):
-            word = words[index]
-            merged = _merge_word(word, left, right, new_id)
-            if len(merged) == len(word):
-                continue  # the index was stale: this word lost the pair to an earlier merge
-            freq = freqs[index]
-            for old in zip(word, word[1:]):
-                pair_counts[old] -= freq
-            for new in zip(merged, merged[1:]):
-                pair_counts[new] += freq
-                if new_id in new:
-                    pair_words[new].add(index)
-                    grown.add(new)
-            words[index] = merged
-        del pair_counts[pair]
-        for new in grown:
+        for new in _apply_merge(pair, new_id, words, freqs, pair_counts, pair_words):
             heapq.heappush(heap, entry(new, pair_counts[new]))
     bar.close()
     return merges
+
+
+def _apply_merge(
+    pair: tuple[int, int],
+    new_id: int,
+    words: list[list[int]],
+    freqs: list[int],
+    pair_counts: dict[tuple[int, int], int],
+    pair_words: dict[tuple[int, int], set[int]],
+) -> set[tuple[int, int]]:
+    """Merge `pair` into `new_id` in every word that holds it, updating the counts and the index in place.
+
+    Returns the pairs with the new token: their counts only grew, so they need fresh heap entries.
+    """
+    left, right = pair
+    grown: set[tuple[int, int]] = set()
+    for index in pair_words.pop(pair):
+        word = words[index]
+        merged = _merge_word(word, left, right, new_id)
+        if len(merged) == len(word):
+            continue  # the index was stale: this word lost the pair to an earlier merge
+        freq = freqs[index]
+        for old in zip(word, word[1:]):
+            pair_counts[old] -= freq
+        for new in zip(merged, merged[1:]):
+            pair_counts[new] += freq
+            if new_id in new:
+                pair_words[new].add(index)
+                grown.add(new)
+        words[index] = merged
+    del pair_counts[pair]
+    return grown
 
 
 def _merge_word(word: list[int], left: int, right: int, new_id: int) -> list[int]:
