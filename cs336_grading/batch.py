@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -102,15 +103,43 @@ def wants_batch(paths: Sequence[str], out_dir: str | None) -> bool:
 def fingerprint(source: Path, settings: dict[str, Any]) -> str:
     """A hash of the submission's files and the grading settings: a change in either means grading again."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    files = [source] if source.is_file() else sorted(
-        p for p in source.rglob("*") if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(source).parts)
-    )  # fmt: skip
-    for path in files:
-        digest.update(path.relative_to(source).as_posix().encode() if path != source else b"")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    for name, path in _fingerprinted(source):
+        digest.update(name.encode())
+        try:  # NOTE: a student's file: never through a link (but the zip we were given), never blocking on a FIFO
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if name else 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    digest.update(b"<not a regular file>")
+                    continue
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            digest.update(f"<unreadable: {e.strerror}>".encode())
     return digest.hexdigest()
+
+
+def _fingerprinted(source: Path) -> list[tuple[str, Path]]:
+    """(name, path) of every file of a submission, walked with `lstat` (a link is named, not followed)."""
+    if not source.is_dir():
+        return [("", source)]
+    found: list[tuple[str, Path]] = []
+    pending = [source]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = Path(entry.path).relative_to(source).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in _SKIP_DIRS:
+                    pending.append(Path(entry.path))
+            elif entry.is_symlink():
+                found.append((f"{rel} -> {os.readlink(entry.path)}", Path(os.devnull)))
+            else:
+                found.append((rel, Path(entry.path)))
+    return sorted(found)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -152,7 +181,9 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
         payload, flags, status = result.to_gradescope(), outcome_flags(result), "graded"
     except sandbox.SubmissionError as e:  # the student's fault: a zero grade that says why
         zero = grader.GradeResult(problems=(), execution_time=0.0, warnings=(f"ungradable submission: {e}",))
-        payload, flags, status = zero.to_gradescope(), ["ungradable"], "ungradable"
+        payload, flags, status, reason = zero.to_gradescope(), ["ungradable"], "ungradable", " ".join(str(e).split())
+    else:
+        reason = ""
     if settings.get("leaderboard"):
         from cs336_grading.leaderboard import add_to_results
 
@@ -161,6 +192,7 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
     state = {
         "student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": status,
         "flags": flags, "seconds": round(time.monotonic() - t0, 1), "score": payload["score"],
+        **({"reason": reason} if reason else {}),
     }  # fmt: skip
     write_json(out / STATE, state)
     return state
@@ -304,7 +336,12 @@ def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[
         rows.append({"student": state["student"], **{p: points.get(p, "") for p in problems},
                      "total": payload.get("score", ""), **{k: entry[k] for k in board}, "seconds": state["seconds"],
                      "flags": ";".join(state["flags"]), "status": state["status"]})  # fmt: skip
+    # Why a submission was refused (one line), in a column of its own when any was.
+    if any(state.get("reason") for state in states):
+        for row, state in zip(rows, states):
+            row["reason"] = str(state.get("reason", ""))
     columns = ["student", *problems, "total", *board, "seconds", "flags", "status"]
+    columns += ["reason"] if any("reason" in row for row in rows) else []
     return columns, sorted(rows, key=lambda r: r["student"])
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -40,6 +42,11 @@ CALL_SHARE, CALL_FLOOR_S = 0.4, 1.5  # the most of a test's budget that one call
 # a submission that hangs everywhere grades in minutes, and a correct one never comes near (its calls
 # take milliseconds where this applies).
 SUSPECT_AFTER, SUSPECT_S = 1, 0.5
+# No wait on a worker is unbounded: a call outside any test (no budget) still ends after MAX_CALL_S, and a
+# reply must arrive whole by the call's deadline (a worker trickling bytes cannot keep the grader reading).
+MAX_CALL_S = 600.0
+CONTROL_TIMEOUT_S = 30.0  # the fork server answers in milliseconds; it is never left to hang a test
+LOG_TAIL_BYTES = 3000  # the most of a dead worker's log that the grader reads
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -159,8 +166,12 @@ class WorkerClient:
         started = time.monotonic()
         try:
             assert self._sock is not None
-            wire.send(self._sock, header, buffers)
-            reply, out = self._receive(what, started)
+            self._sock.settimeout(max(self._call_limit(what)[0], 0.5))  # a worker that reads nothing
+            try:
+                wire.send(self._sock, header, buffers)
+            except TimeoutError:
+                self._fail("timeout", f"{what} did not take its arguments within the test's limit")
+            reply, out = self._receive(what)
         except WorkerFailure:
             raise
         except BaseException:
@@ -178,22 +189,27 @@ class WorkerClient:
             self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
             raise AssertionError("unreachable") from e
 
-    def _receive(self, what: str, started: float) -> tuple[dict[str, Any], list[bytes]]:
-        assert self._sock is not None
+    def _call_limit(self, what: str) -> tuple[float, bool]:
+        """(the seconds one call of `what` may take now, whether it is a suspect that hung before)."""
         # One call may use a share of the test's budget: a property test's examples are many small calls,
         # so a hang in the first one need not wait for the whole budget.
-        left = min(self.budget_s - self.spent_s, max(CALL_FLOOR_S, CALL_SHARE * self.budget_s))
+        left = min(self.budget_s - self.spent_s, max(CALL_FLOOR_S, CALL_SHARE * self.budget_s), MAX_CALL_S)
         suspect = self.hangs.get(what, 0) >= SUSPECT_AFTER
-        left = min(left, SUSPECT_S) if suspect else left
-        ready, _, _ = select.select([self._sock], [], [], max(0.0, left) if left < 1e6 else None)
+        return (min(left, SUSPECT_S) if suspect else left), suspect
+
+    def _receive(self, what: str) -> tuple[dict[str, Any], list[bytes]]:
+        assert self._sock is not None
+        left, suspect = self._call_limit(what)
+        waited_from = time.monotonic()
+        ready, _, _ = select.select([self._sock], [], [], max(0.0, left))
         if not ready:
             self.hangs[what] = self.hangs.get(what, 0) + 1
             limit = f"{left:.3g} s" + (f" (it hung in {SUSPECT_AFTER} earlier tests)" if suspect else "")
             limit += f" (the test's: {self.budget_s:.3g} s)"
             self._fail("timeout", f"{what} did not return within its limit of {limit}")
         try:
-            self._sock.settimeout(max(0.5, left - (time.monotonic() - started)) if left < 1e6 else None)
-            return wire.receive(self._sock)
+            # The whole reply by the call's limit (at least half a second once it has begun).
+            return wire.receive(self._sock, deadline=max(waited_from + left, time.monotonic() + 0.5))
         except (EOFError, OSError) as e:
             if isinstance(e, TimeoutError):
                 self._fail("timeout", f"{what} did not finish its reply within the test's limit")
@@ -260,7 +276,8 @@ class WorkerClient:
         try:
             if not ready:
                 raise TimeoutError
-            self.walls = dict(wire.receive(self._sock)[0].get("ready", {}))
+            deadline = time.monotonic() + self.config.start_timeout_s
+            self.walls = dict(wire.receive(self._sock, deadline=deadline)[0].get("ready", {}))
         except (EOFError, OSError, wire.WireError) as e:
             why = f"did not start within {self.config.start_timeout_s:g} s" if isinstance(e, TimeoutError) else ""
             kind, message = ("timeout", f"the worker {why}") if why else self._death("the submission's import")
@@ -271,6 +288,7 @@ class WorkerClient:
     def _connect(self) -> socket.socket:
         if self._control is None:
             self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._control.settimeout(CONTROL_TIMEOUT_S)
             self._control.connect(self.config.server)
         return self._control
 
@@ -283,18 +301,32 @@ class WorkerClient:
             return {}
 
     def _inbox(self, path: str) -> str:
-        """A file argument, linked into the worker's workspace (the only files a jailed worker sees)."""
+        """A file argument, put in the worker's inbox (the only files a jailed worker sees).
+
+        NOTE: the worker owns its workspace and may plant links in it, or swap `inbox/` for a link: the inbox
+        is opened without following a link, the name (random) is created here and never reused, and a copy
+        is written through the descriptor of that new file. Nothing is opened by a path the worker wrote.
+        """
         source = Path(path)
-        if self._workspace is None or not source.is_file() or source.is_relative_to(self._workspace):
+        if self._workspace is None or source.is_relative_to(self._workspace) or not source.is_file():
             return path
-        target = self._workspace / "inbox" / f"{next(self._names)}-{source.name}"
+        name = f"{secrets.token_hex(8)}-{source.name}"
         try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
-        if self.uid is not None:
-            os.chmod(target, os.stat(target).st_mode | 0o444)
-        return str(target)
+            inbox = _open_dir(self._workspace, "inbox")
+        except OSError as e:
+            self._fail("died", f"the worker replaced its inbox/ folder ({e.strerror}): file arguments cannot reach it")
+            raise AssertionError("unreachable") from e
+        try:
+            os.link(source, name, dst_dir_fd=inbox)  # creates `name`: never an existing entry
+            if self.uid is not None:
+                os.chmod(source, os.stat(source).st_mode | 0o444)  # the grader's own file (the same inode)
+        except OSError:  # another filesystem: a copy, into a file created here
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=inbox)
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        finally:
+            os.close(inbox)
+        return str(self._workspace / "inbox" / name)
 
     def _note_peak(self) -> None:
         try:
@@ -305,10 +337,8 @@ class WorkerClient:
             pass
 
     def _log_tail(self) -> str:
-        try:
-            data = (self._workspace / ".worker.log").read_bytes()[-3000:]  # type: ignore[operator]
-        except OSError:
-            return ""
+        """The fatal lines of a dead worker's log, read as a regular file it owns, never through a link."""
+        data = _read_tail(self._workspace, ".worker.log", {os.geteuid(), self.uid}, LOG_TAIL_BYTES)
         lines = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
         fatal = next((i for i, line in enumerate(lines) if "Fatal Python error" in line), None)
         chosen = lines[fatal : fatal + 4] if fatal is not None else lines[-3:]
@@ -328,6 +358,8 @@ class WorkerClient:
             self._sock.close()
         self._sock, self._pid = None, None
         if self._workspace is not None:
+            # NOTE: rmtree works by descriptors here (it never follows a link the worker planted).
+            assert shutil.rmtree.avoids_symlink_attacks or os.name != "posix"
             shutil.rmtree(self._workspace, ignore_errors=True)
 
     def close(self) -> None:
@@ -335,6 +367,38 @@ class WorkerClient:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+def _open_dir(parent: Path, name: str) -> int:
+    """A descriptor of the directory `parent/name`, refusing a link at either step (OSError)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    top = os.open(parent, flags)
+    try:
+        return os.open(name, flags, dir_fd=top)
+    finally:
+        os.close(top)
+
+
+def _read_tail(directory: Path | None, name: str, owners: set[int | None], limit: int) -> bytes:
+    """The last `limit` bytes of `directory/name` if it is a regular file with one link, owned by one of
+    `owners`; else nothing. Never follows a link, never blocks on a FIFO, never reads more than `limit`."""
+    if directory is None:
+        return b""
+    try:
+        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=top)
+        finally:
+            os.close(top)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid not in owners:
+                return b""
+            return os.pread(fd, limit, max(0, info.st_size - limit))
+        finally:
+            os.close(fd)
+    except OSError:
+        return b""
 
 
 class ForkServer:

@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,31 +280,47 @@ def send(sock: socket.socket, header: dict[str, Any], buffers: list[bytes]) -> N
     sock.sendall(b"".join(parts))
 
 
-def receive(sock: socket.socket, limit: int = MAX_FRAME_BYTES) -> tuple[dict[str, Any], list[bytes]]:
-    """Read one frame; raises EOFError when the peer closed, WireError when the frame is malformed."""
+def receive(
+    sock: socket.socket, limit: int = MAX_FRAME_BYTES, deadline: float | None = None
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame; raises EOFError when the peer closed, WireError when the frame is malformed.
+
+    `deadline` (a `time.monotonic()` value): the whole frame must have arrived by then, else TimeoutError
+    (a peer that sends one byte at a time cannot keep the reader waiting past it).
+    """
     total = 0
 
     def chunk() -> bytes:
         nonlocal total
-        (size,) = _LEN.unpack(_exactly(sock, _LEN.size))
+        (size,) = _LEN.unpack(_exactly(sock, _LEN.size, deadline))
         total += size
         if total > limit:
             raise WireError(f"a frame of more than {limit} bytes")
-        return _exactly(sock, size)
+        return _exactly(sock, size, deadline)
 
+    previous = sock.gettimeout()
     try:
-        header = json.loads(chunk())
-    except ValueError as e:
-        raise WireError(f"the header is not JSON: {e}") from e
-    count = header.get("buffers") if isinstance(header, dict) else None
-    if not isinstance(count, int) or count < 0:
-        raise WireError("the header does not say how many buffers follow")
-    return header, [chunk() for _ in range(count)]
+        try:
+            header = json.loads(chunk())
+        except ValueError as e:
+            raise WireError(f"the header is not JSON: {e}") from e
+        count = header.get("buffers") if isinstance(header, dict) else None
+        if not isinstance(count, int) or count < 0:
+            raise WireError("the header does not say how many buffers follow")
+        return header, [chunk() for _ in range(count)]
+    finally:
+        if deadline is not None:
+            sock.settimeout(previous)
 
 
-def _exactly(sock: socket.socket, size: int) -> bytes:
+def _exactly(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
     data = bytearray()
     while len(data) < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the frame did not arrive in time ({len(data)} of {size} bytes)")
+            sock.settimeout(left)
         piece = sock.recv(min(size - len(data), 1 << 20))
         if not piece:
             raise EOFError("the peer closed the connection")
