@@ -22,7 +22,6 @@ import select
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import wire
+from cs336_grading import untrusted, wire
 
 WORKER_ENV = "CS336_WORKER"
 # What a worker's output says when an allocation failed outside Python (RLIMIT_AS in C++ code).
@@ -312,7 +311,7 @@ class WorkerClient:
             return path
         name = f"{secrets.token_hex(8)}-{source.name}"
         try:
-            inbox = _open_dir(self._workspace, "inbox")
+            inbox = untrusted.open_dir(self._workspace, "inbox")
         except OSError as e:
             self._fail("died", f"the worker replaced its inbox/ folder ({e.strerror}): file arguments cannot reach it")
             raise AssertionError("unreachable") from e
@@ -338,7 +337,7 @@ class WorkerClient:
 
     def _log_tail(self) -> str:
         """The fatal lines of a dead worker's log, read as a regular file it owns, never through a link."""
-        data = _read_tail(self._workspace, ".worker.log", {os.geteuid(), self.uid}, LOG_TAIL_BYTES)
+        data = untrusted.read_tail(self._workspace, ".worker.log", {os.geteuid(), self.uid}, LOG_TAIL_BYTES)
         lines = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
         fatal = next((i for i, line in enumerate(lines) if "Fatal Python error" in line), None)
         chosen = lines[fatal : fatal + 4] if fatal is not None else lines[-3:]
@@ -367,38 +366,6 @@ class WorkerClient:
         if self._control is not None:
             self._control.close()
             self._control = None
-
-
-def _open_dir(parent: Path, name: str) -> int:
-    """A descriptor of the directory `parent/name`, refusing a link at either step (OSError)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    top = os.open(parent, flags)
-    try:
-        return os.open(name, flags, dir_fd=top)
-    finally:
-        os.close(top)
-
-
-def _read_tail(directory: Path | None, name: str, owners: set[int | None], limit: int) -> bytes:
-    """The last `limit` bytes of `directory/name` if it is a regular file with one link, owned by one of
-    `owners`; else nothing. Never follows a link, never blocks on a FIFO, never reads more than `limit`."""
-    if directory is None:
-        return b""
-    try:
-        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=top)
-        finally:
-            os.close(top)
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid not in owners:
-                return b""
-            return os.pread(fd, limit, max(0, info.st_size - limit))
-        finally:
-            os.close(fd)
-    except OSError:
-        return b""
 
 
 class ForkServer:

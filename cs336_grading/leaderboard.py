@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cs336_grading import untrusted
+
 METRICS = ("bits_per_byte", "loss")
 FOLDER = "leaderboard"
 _STANDARD = {"use_rmsnorm": True, "norm_position": "pre", "position_embedding": "rope", "ffn_type": "swiglu"}
@@ -107,9 +109,13 @@ class LeaderboardResult:
 
 
 def find_folder(root: Path, max_depth: int = 3) -> Path | None:
-    """The submission's `leaderboard/` folder: the shallowest one under `root`."""
+    """The submission's `leaderboard/` folder: the shallowest one under `root` (reached through no link)."""
+    inside = root.resolve()
     for depth in range(max_depth + 1):
-        found = sorted(p for p in root.glob("/".join(["*"] * depth + [FOLDER])) if p.is_dir())
+        found = sorted(
+            p for p in root.glob("/".join(["*"] * depth + [FOLDER]))
+            if not p.is_symlink() and p.is_dir() and p.resolve().parent.is_relative_to(inside)
+        )  # fmt: skip
         if found:
             return found[0]
     return None
@@ -124,7 +130,10 @@ def score(config: LeaderboardConfig, submission: Path, *, text: str | None = Non
     if folder is None:
         return LeaderboardResult(None, f"leaderboard: not entered (no {FOLDER}/ folder in the submission)")
     try:
-        details = _check_and_score(config, folder, text)
+        with tempfile.TemporaryDirectory(prefix="cs336-leaderboard-") as tmp:
+            # The student's files are read once, as regular files, into a folder of the grader's own.
+            copied = _copy_folder(folder, Path(tmp), config.max_checkpoint_bytes + 64 * 2**20)
+            details = _check_and_score(config, copied, text)
     except RuleError as e:
         return LeaderboardResult(None, f"leaderboard: no entry: {e}")
     except Exception as e:  # hostile files must never cost the student the grade itself
@@ -217,6 +226,31 @@ def _extract_folder(archive: Path, dest: Path, max_bytes: int) -> None:
             if dest.resolve() not in target.parents:
                 raise RuleError(f"zip member {member.filename!r} would be extracted outside the workspace")
             zf.extract(member, dest)
+
+
+def _copy_folder(folder: Path, dest: Path, max_bytes: int) -> Path:
+    """Copy the regular files at the top of `folder` into `dest/leaderboard/`; a link, FIFO or device there
+    is a RuleError (never followed, never opened), and so is more than `max_bytes` in all."""
+    target = dest / FOLDER
+    target.mkdir()
+    left = max_bytes
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                fd = untrusted.open_regular(entry.path)
+            except OSError as e:
+                kind = untrusted.kind_of(entry.path)
+                why = f"is {kind}: only regular files are read" if kind else f"cannot be read ({e.strerror})"
+                raise RuleError(f"{FOLDER}/{entry.name} {why}") from None
+            with os.fdopen(fd, "rb") as src, open(target / entry.name, "wb") as out:
+                while block := src.read(min(1 << 20, left + 1)):
+                    left -= len(block)
+                    if left < 0:
+                        raise RuleError(f"the {FOLDER}/ folder holds more than {max_bytes:,} bytes")
+                    out.write(block)
+    return target
 
 
 def add_to_results(payload: dict[str, Any], config_path: Path, source: Path, *, text: str | None = None) -> LeaderboardResult:

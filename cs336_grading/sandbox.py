@@ -33,6 +33,7 @@ try:
 except ImportError:  # not POSIX: no resource limits (the worker's walls need Linux anyway)
     resource = None  # type: ignore[assignment]
 
+from cs336_grading import untrusted
 from cs336_grading.client import MEMORY_MARKERS
 from cs336_grading.submission import IGNORED as _IGNORED
 from cs336_grading.submission import Submission, SubmissionError, unpack_submission  # noqa: F401 - the API
@@ -91,12 +92,16 @@ class Harness:
                 (root / rel).write_bytes(content)
 
     def tampered(self, root: Path) -> list[str]:
-        """Harness files under `root` that were modified or deleted since `write`."""
-        return [
-            rel
-            for rel, content in self.files.items()
-            if rel != "tests/adapters.py" and (not (root / rel).is_file() or (root / rel).read_bytes() != content)
-        ]
+        """Harness files under `root` that were modified, deleted, or swapped for a link or a FIFO since `write`."""
+        return [rel for rel, content in self.files.items() if rel != "tests/adapters.py" and _changed(root / rel, content)]
+
+
+def _changed(path: Path, content: bytes) -> bool:
+    """Whether `path` no longer holds `content` as a regular file (read without following a link, bounded)."""
+    try:
+        return untrusted.read_regular(path, len(content)) != content
+    except OSError:
+        return True
 
 
 def _is_ignored(path: Path) -> bool:

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cs336_grading import untrusted
+
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "__MACOSX", ".DS_Store")
 # Caps on what unpacking reads. A real submission is well under 1 MB of code: these leave room for
 # notebooks and small data files, and stop a bomb before it is extracted.
@@ -35,8 +37,6 @@ MAX_RATIO = 100  # inflated / compressed bytes, per zip member and for the whole
 RATIO_FLOOR_BYTES = 1 << 20  # ... this many inflated bytes (a tiny file of blanks compresses 500x, harmlessly)
 MAX_SCANNED = 200_000  # directory entries looked at while finding the parts of a directory submission
 _SKIPPED_DIRS = ("site-packages", "node_modules")
-_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}  # fmt: skip
 _CHUNK = 1 << 20
 
 
@@ -75,7 +75,7 @@ def unpack_submission(source: str | os.PathLike[str], dest: Path) -> Submission:
         _safe_extract(source, raw)
         root = raw
     else:
-        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "a file")
+        kind = untrusted.KINDS.get(stat.S_IFMT(info.st_mode), "a file")
         raise SubmissionError(f"expected a directory or a .zip file as submission, got {kind}: {source.name}")
     packages, adapters = _find_submission_parts(root)
     if not adapters:
@@ -150,9 +150,9 @@ class _Budget:
 def _copy_tree(source: Path, dest: Path, budget: _Budget, depth: int) -> None:
     """Copy the regular files and directories under `source`; anything else refuses the submission."""
     name = f"{source.name}/"
-    kind = _kind(source)
-    if kind:
-        raise SubmissionError(f"refused: {name} is {kind}")
+    kind = untrusted.kind_of(source)
+    if kind != "a directory":
+        raise SubmissionError(f"refused: {name} is {kind or 'a file'}")
     if depth > MAX_DEPTH:
         raise SubmissionError(f"refused: folders nested deeper than {MAX_DEPTH} levels (at {name})")
     dest.mkdir(parents=True)
@@ -175,17 +175,16 @@ def _copy_tree(source: Path, dest: Path, budget: _Budget, depth: int) -> None:
 def _copy_file(source: Path, dest: Path, name: str, budget: _Budget) -> None:
     """Copy one regular file, opened without following a link or blocking on a FIFO, read up to its cap."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = untrusted.open_regular(source)
+    except untrusted.UntrustedFileError:
+        raise SubmissionError(f"refused: {name} is {untrusted.kind_of(source) or 'not a regular file'}") from None
     except OSError as e:
-        kind = _kind(source)
-        raise SubmissionError(f"refused: {name} is {kind}" if kind else f"unreadable file {name}: {e.strerror}") from None
+        raise SubmissionError(f"unreadable file {name}: {e.strerror}") from None
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SubmissionError(f"refused: {name} is {_KINDS.get(stat.S_IFMT(info.st_mode), 'not a regular file')}")
-        if info.st_size > MAX_FILE_BYTES:
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
             raise SubmissionError(f"refused: {name} is larger than {MAX_FILE_BYTES >> 20} MiB")
-        budget.take(1, info.st_size, name)
+        budget.take(1, size, name)
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise SubmissionError(f"refused: {name} is larger than {MAX_FILE_BYTES >> 20} MiB")
@@ -197,14 +196,6 @@ def _entries(directory: Path) -> list[os.DirEntry[str]]:
         return sorted(it, key=lambda e: e.name)
 
 
-def _kind(path: Path) -> str:
-    """'a symbolic link', 'a FIFO', ... for a path that is not a regular file; '' otherwise."""
-    try:
-        return _KINDS.get(stat.S_IFMT(os.lstat(path).st_mode), "")
-    except OSError:
-        return ""
-
-
 def _check_members(archive: Path, members: list[zipfile.ZipInfo]) -> None:
     """Refuse a zip by its directory alone: names, kinds, encryption, counts, sizes, depth and ratios."""
     total = 0
@@ -214,8 +205,8 @@ def _check_members(archive: Path, members: list[zipfile.ZipInfo]) -> None:
         if name.startswith(("/", "\\")) or (len(parts[0]) == 2 and parts[0][1] == ":") or ".." in parts:
             raise SubmissionError(f"refused: zip member {name!r} would be extracted outside the workspace")
         kind = stat.S_IFMT(member.external_attr >> 16)
-        if kind in _KINDS:
-            raise SubmissionError(f"refused: zip member {name!r} is {_KINDS[kind]}")
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise SubmissionError(f"refused: zip member {name!r} is {untrusted.KINDS.get(kind, 'not a regular file')}")
         if member.flag_bits & 0x1:
             raise SubmissionError(f"refused: zip member {name!r} is encrypted")
         if len([p for p in parts if p not in ("", ".")]) > MAX_DEPTH + 1:

@@ -360,3 +360,36 @@ def test_a_reply_trickled_byte_by_byte_is_cut_off_at_the_call_limit(tmp_path: Pa
     result = grade_fake(student(tmp_path / "s", helper + _gamed_inc(body)), fake_harness, problems=["softmax"], timeout=3.0)
     assert time.monotonic() - started < 25, "the grader kept reading a reply that never ends"
     assert statuses(result) == {"test_softmax_one": "timeout", "test_softmax_two": "passed"}
+
+
+# ------------------------------------------------------------------------------------ the leaderboard
+def test_a_leaderboard_file_linked_to_a_host_file_is_never_read(tmp_path: Path) -> None:
+    from cs336_grading.leaderboard import score
+    from reference_tests.test_leaderboard import make_config, make_submission
+
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text(f"{SECRET}\n")
+    secret.chmod(0o600)
+    submission = make_submission(tmp_path / "s")
+    (submission / "leaderboard" / "merges.txt").unlink()
+    (submission / "leaderboard" / "merges.txt").symlink_to(secret)
+    result = score(make_config(tmp_path), submission)
+    assert result.entry is None and SECRET not in result.message
+    assert "merges.txt is a symbolic link" in result.message
+
+
+# ------------------------------------------------------------------------------ the tamper check
+def test_the_tamper_check_reads_no_link_and_blocks_on_no_fifo(tmp_path: Path) -> None:
+    from cs336_grading.sandbox import Harness
+
+    harness = Harness({"tests/conftest.py": b"X = 1\n", "tests/fixtures/words.txt": b"hello world", "tests/adapters.py": b""})
+    harness.write(tmp_path / "run")
+    elsewhere = tmp_path / "same-bytes.txt"
+    elsewhere.write_bytes(b"hello world")
+    (tmp_path / "run" / "tests" / "fixtures" / "words.txt").unlink()
+    (tmp_path / "run" / "tests" / "fixtures" / "words.txt").symlink_to(elsewhere)  # same bytes, through a link
+    (tmp_path / "run" / "tests" / "conftest.py").unlink()
+    os.mkfifo(tmp_path / "run" / "tests" / "conftest.py")
+    started = time.monotonic()
+    assert sorted(harness.tampered(tmp_path / "run")) == ["tests/conftest.py", "tests/fixtures/words.txt"]
+    assert time.monotonic() - started < 5
