@@ -40,6 +40,8 @@ from cs336_grading.submission import Submission, SubmissionError, unpack_submiss
 from cs336_grading.plugin import REPORT_ENV
 
 log = logging.getLogger(__name__)
+MAX_EVENT_BYTES = 16 << 20  # the most of a test process's report read at one poll
+MAX_LOG_BYTES = 1 << 20  # the most of a test process's output read when it ends (its tail says why)
 PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 # The `tests/adapters.py` of a grading process: the plugin's proxy replaces it, so it must never run.
 GUARD_ADAPTERS = (
@@ -221,7 +223,7 @@ def run_guarded(
         )
         _watch(proc, report_path, report, limits, abort)
     report.seconds = time.monotonic() - started
-    output = log_path.read_text(errors="replace")
+    output = untrusted.read_tail(log_path.parent, log_path.name, {os.geteuid()}, MAX_LOG_BYTES).decode(errors="replace")
     log_path.unlink()
     _explain_ending(report, proc.returncode, output.replace(f"{run_dir}{os.sep}", ""), len(nodeids))
     return report
@@ -295,10 +297,10 @@ def _crash_summary(output: str) -> str:
 def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, bool]:
     """Apply the complete JSON lines appended to `path` since `offset`; returns (new offset, any new)."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(untrusted.open_regular(path), "rb") as f:  # no link, no FIFO, a bounded read per poll
             f.seek(offset)
-            chunk = f.read()
-    except FileNotFoundError:
+            chunk = f.read(MAX_EVENT_BYTES)
+    except OSError:
         return offset, False
     complete = chunk[: chunk.rfind(b"\n") + 1]
     for line in complete.splitlines():
