@@ -15,6 +15,7 @@ the reason, and the next test gets a fresh worker from the fork server. What a w
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -353,6 +354,7 @@ class WorkerClient:
                     pass
             if self.uid is not None:
                 self._server({"op": "kill_user", "uid": self.uid})
+                remove_ipc(self.uid)
         if self._sock is not None:
             self._sock.close()
         self._sock, self._pid = None, None
@@ -366,6 +368,33 @@ class WorkerClient:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+_IPC_RMID = 0
+_IPC_KINDS = {"shm": "shmctl", "msg": "msgctl", "sem": "semctl"}
+
+
+def remove_ipc(uid: int) -> list[str]:
+    """Remove the SysV shared memory, message queues and semaphores that `uid` created (a worker's: they
+    would outlive it, a channel to the next test or student); returns what was removed ("shm 3", ...).
+
+    Reads `/proc/sysvipc` (Linux); a worker in an IPC namespace of its own leaves nothing visible here.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    removed = []
+    for kind, control in _IPC_KINDS.items():
+        try:
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+            creator = lines[0].split().index("cuid")  # the creator: an owner can be changed, a creator not
+        except (OSError, ValueError, IndexError):
+            continue
+        for line in lines[1:]:
+            fields = line.split()
+            if int(fields[creator]) == uid:
+                args = (int(fields[1]), _IPC_RMID, None) if kind != "sem" else (int(fields[1]), 0, _IPC_RMID, 0)
+                if getattr(libc, control)(*args) == 0:
+                    removed.append(f"{kind} {fields[1]}")
+    return removed
 
 
 class ForkServer:

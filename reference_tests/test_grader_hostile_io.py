@@ -393,3 +393,32 @@ def test_the_tamper_check_reads_no_link_and_blocks_on_no_fifo(tmp_path: Path) ->
     started = time.monotonic()
     assert sorted(harness.tampered(tmp_path / "run")) == ["tests/conftest.py", "tests/fixtures/words.txt"]
     assert time.monotonic() - started < 5
+
+
+# ------------------------------------------------------------------------------------ SysV IPC
+def _ipc_of_workers() -> list[str]:
+    """SysV shared memory, message queues and semaphores created by a worker's user id (200000 and up)."""
+    left = []
+    for kind in ("shm", "msg", "sem"):
+        lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+        cuid = lines[0].split().index("cuid")
+        left += [f"{kind} {line.split()[1]}" for line in lines[1:] if int(line.split()[cuid]) >= grader.WORKER_UID_BASE]
+    return left
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/sysvipc/shm").exists(), reason="workers have a user id of their own only as root")
+def test_sysv_ipc_objects_of_a_worker_do_not_outlive_it(tmp_path: Path, fake_harness: Path) -> None:
+    # A channel between tests (and between students): a segment, a queue and a semaphore set left behind.
+    body = textwrap.dedent(
+        """
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+        libc.msgget(0, 0o1600)
+        libc.semget(0, 1, 0o1600)
+        """
+    )
+    before = set(_ipc_of_workers())  # NOTE: other grading runs on this host may hold some meanwhile
+    result = grade_fake(student(tmp_path / "s", _gamed_inc(body)), fake_harness, problems=["softmax"])
+    assert problem_scores(result) == {"softmax": 1}
+    assert set(_ipc_of_workers()) - before == set(), "SysV IPC objects of a worker outlived the grading run"
