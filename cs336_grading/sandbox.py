@@ -95,7 +95,8 @@ class Harness:
 
     def tampered(self, root: Path) -> list[str]:
         """Harness files under `root` that were modified, deleted, or swapped for a link or a FIFO since `write`."""
-        return [rel for rel, content in self.files.items() if rel != "tests/adapters.py" and _changed(root / rel, content)]
+        files = self.files.items()
+        return [rel for rel, content in files if rel != "tests/adapters.py" and _changed(root / rel, content)]
 
 
 def _changed(path: Path, content: bytes) -> bool:

@@ -62,11 +62,11 @@ def student(root: Path, package: str = GOOD_PACKAGE) -> Path:
 
 
 # ------------------------------------------------------------------------------------ hostile trees
-def _zip(path: Path, members: dict[str, bytes], **infos: zipfile.ZipInfo) -> Path:
+def _zip(path: Path, members: dict[str, bytes], **infos: tuple[bytes, zipfile.ZipInfo]) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        for data, info in infos.values():  # type: ignore[misc]
+        for data, info in infos.values():
             zf.writestr(info, data)
     return path
 
@@ -86,7 +86,8 @@ def bomb_by_many_small(tmp: Path) -> Path:
 
 
 def too_many_files(tmp: Path) -> Path:
-    return _zip(tmp / "many.zip", {**_good_members(), **{f"cs336_basics/m{i}.py": b"" for i in range(unpacking.MAX_FILES + 1)}})
+    many = {f"cs336_basics/m{i}.py": b"" for i in range(unpacking.MAX_FILES + 1)}
+    return _zip(tmp / "many.zip", {**_good_members(), **many})
 
 
 def deep_zip(tmp: Path) -> Path:
@@ -111,7 +112,7 @@ def symlink_member(tmp: Path) -> Path:
     info = zipfile.ZipInfo("cs336_basics/shadow.txt")
     info.create_system = 3
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return _zip(tmp / "link.zip", _good_members(), link=(b"/etc/shadow", info))  # type: ignore[arg-type]
+    return _zip(tmp / "link.zip", _good_members(), link=(b"/etc/shadow", info))
 
 
 def fifo_in_package(tmp: Path) -> Path:
@@ -157,6 +158,16 @@ def truncated_zip(tmp: Path) -> Path:
     return tmp / "truncated.zip"
 
 
+def corrupt_member(tmp: Path) -> Path:
+    # A directory that reads well, and a member whose compressed bytes are garbage.
+    code = "".join(f"X{i} = {i * i}\n" for i in range(3000)).encode()
+    data = bytearray(_zip(tmp / "whole.zip", {**_good_members(), "cs336_basics/m.py": code}).read_bytes())
+    start = data.index(b"cs336_basics/m.py") + len("cs336_basics/m.py")  # the first (local) header's name
+    data[start + 40 : start + 200] = bytes(range(160))
+    (tmp / "corrupt.zip").write_bytes(bytes(data))
+    return tmp / "corrupt.zip"
+
+
 def device_in_package(tmp: Path) -> Path:
     root = student(tmp / "device")
     os.mknod(root / "cs336_basics" / "null.py", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null
@@ -179,6 +190,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "adapters_link_to_host_file": (adapters_link_to_host_file, "symbolic link"),
     "symlink_loop": (symlink_loop, "symbolic link"),
     "truncated_zip": (truncated_zip, "unreadable zip"),
+    "corrupt_member": (corrupt_member, "unreadable zip"),
     "device_in_package": (device_in_package, "device"),
 }
 CASES = [pytest.param(name, marks=ROOT_ONLY if name == "device_in_package" else ()) for name in HOSTILE]
@@ -242,7 +254,8 @@ def test_batch_records_every_refusal_in_results_and_summary(tmp_path: Path, fake
         assert payload["score"] == 0 and HOSTILE[case][1] in _reason(payload)
         assert rows[case]["status"] == "ungradable" and HOSTILE[case][1] in rows[case]["reason"]
     assert rows["honest"]["total"] == "1.0" and rows["honest"]["reason"] == ""
-    assert SECRET not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".png")
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert SECRET not in "".join(p.read_text(errors="replace") for p in written)
 
 
 def test_an_honest_zip_with_a_small_data_file_is_not_refused(tmp_path: Path) -> None:
@@ -268,7 +281,8 @@ def test_links_outside_what_is_graded_are_ignored_not_followed(tmp_path: Path) -
 # ------------------------------------------------------------------------------ a worker's workspace
 def _gamed_inc(body: str) -> str:
     """A package whose `inc` (softmax's adapter) runs `body` first."""
-    return GOOD_PACKAGE.replace("def inc(x):\n    return x + 1", f"def inc(x):\n{textwrap.indent(body, '    ')}\n    return x + 1")
+    attacked = f"def inc(x):\n{textwrap.indent(body, '    ')}\n    return x + 1"
+    return GOOD_PACKAGE.replace("def inc(x):\n    return x + 1", attacked)
 
 
 def _all_messages(result: grader.GradeResult, path: Path) -> str:
@@ -355,9 +369,20 @@ def test_a_reply_trickled_byte_by_byte_is_cut_off_at_the_call_limit(tmp_path: Pa
                     os.write(fd, b" ")
         """
     )
-    helper = "import os, stat\n\ndef _is_socket(fd):\n    try:\n        return stat.S_ISSOCK(os.fstat(fd).st_mode)\n    except OSError:\n        return False\n"
+    helper = textwrap.dedent(
+        """
+        import os, stat
+
+        def _is_socket(fd):
+            try:
+                return stat.S_ISSOCK(os.fstat(fd).st_mode)
+            except OSError:
+                return False
+        """
+    )
     started = time.monotonic()
-    result = grade_fake(student(tmp_path / "s", helper + _gamed_inc(body)), fake_harness, problems=["softmax"], timeout=3.0)
+    package = student(tmp_path / "s", helper + _gamed_inc(body))
+    result = grade_fake(package, fake_harness, problems=["softmax"], timeout=3.0)
     assert time.monotonic() - started < 25, "the grader kept reading a reply that never ends"
     assert statuses(result) == {"test_softmax_one": "timeout", "test_softmax_two": "passed"}
 
@@ -382,7 +407,8 @@ def test_a_leaderboard_file_linked_to_a_host_file_is_never_read(tmp_path: Path) 
 def test_the_tamper_check_reads_no_link_and_blocks_on_no_fifo(tmp_path: Path) -> None:
     from cs336_grading.sandbox import Harness
 
-    harness = Harness({"tests/conftest.py": b"X = 1\n", "tests/fixtures/words.txt": b"hello world", "tests/adapters.py": b""})
+    files = {"tests/conftest.py": b"X = 1\n", "tests/fixtures/words.txt": b"hello world", "tests/adapters.py": b""}
+    harness = Harness(files)
     harness.write(tmp_path / "run")
     elsewhere = tmp_path / "same-bytes.txt"
     elsewhere.write_bytes(b"hello world")
@@ -406,7 +432,9 @@ def _ipc_of_workers() -> list[str]:
     return left
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/sysvipc/shm").exists(), reason="workers have a user id of their own only as root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/proc/sysvipc/shm").exists(), reason="workers have a user id of their own only as root"
+)
 def test_sysv_ipc_objects_of_a_worker_do_not_outlive_it(tmp_path: Path, fake_harness: Path) -> None:
     # A channel between tests (and between students): a segment, a queue and a semaphore set left behind.
     body = textwrap.dedent(
