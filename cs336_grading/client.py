@@ -154,8 +154,27 @@ class WorkerClient:
     def _request(self, header: dict[str, Any], what: str, args: Any, kwargs: Any) -> Any:
         if self.failure is not None:
             raise self.failure  # a test whose worker failed once gets no second worker
+        reply: dict[str, Any] = {}
+        out: list[bytes] = []
         if self.budget_s - self.spent_s <= 0:
-            self._budget_used_up(what)
+            error = self._budget_used_up(what)
+        else:
+            reply, out = self._exchange(header, what, args, kwargs)
+            error = self._raised(what, reply["error"]) if "error" in reply else None
+            self.first_raised = self.first_raised or error
+        if error is not None:
+            # NOTE: one raise for both, so that a property test sees the same failure (Hypothesis tells
+            # failures apart by where they were raised) when its retries used up the budget.
+            raise error
+        generation = self._generation
+        try:
+            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
+            raise AssertionError("unreachable") from e
+
+    def _exchange(self, header: dict[str, Any], what: str, args: Any, kwargs: Any) -> tuple[dict[str, Any], list]:
+        """Send one call to the worker and wait for its reply, counting its time against the test's budget."""
         self._ensure_worker()
         buffers: list[bytes] = []
         header = {**header, "args": wire.encode(list(args), buffers, _handle_of, map_path=self._inbox),
@@ -176,17 +195,7 @@ class WorkerClient:
             tally[0] += 1
             tally[1] += time.monotonic() - started
         self.findings.extend(str(f) for f in reply.get("audit", []) if isinstance(f, str))
-        if "error" in reply:
-            error = self._raised(what, reply["error"])
-            if self.first_raised is None:
-                self.first_raised = error
-            raise error
-        generation = self._generation
-        try:
-            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
-        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
-            raise AssertionError("unreachable") from e
+        return reply, out
 
     def _receive(self, what: str, started: float) -> tuple[dict[str, Any], list[bytes]]:
         assert self._sock is not None
@@ -217,7 +226,7 @@ class WorkerClient:
         heaviest = sorted(self.calls.items(), key=lambda item: -item[1][1])[:3]
         return ", ".join(f"{name} ({int(n)} call{'s' * (n != 1)}, {sec:.3g} s)" for name, (n, sec) in heaviest)
 
-    def _budget_used_up(self, what: str) -> None:
+    def _budget_used_up(self, what: str) -> BaseException:
         """Refuse to send `what`: this test's earlier calls used up its budget. A call that raised says so.
 
         A property test retries a failing example many times (to shrink it): when its first failure was a
@@ -226,11 +235,14 @@ class WorkerClient:
         used = f"the test's budget of {self.budget_s:.3g} s was used up by {self._used_by()}"
         first = self.first_raised
         if first is not None and not isinstance(first, WorkerFailure):
-            again = type(first)(f"{first} ({what} not called again: {used})")
+            said, _, where = str(first).partition("\n")
+            again = type(first)(f"{said} ({what} not called again: {used})\n{where}".rstrip())
             if hasattr(first, "bases"):
                 again.bases = first.bases  # type: ignore[attr-defined]
-            raise again
-        self._fail("timeout", f"{what} was not called: {used}")
+            return again
+        self._fail("timeout", f"{what} was not called: {used}", raise_=False)
+        assert self.failure is not None
+        return self.failure
 
     def _raised(self, what: str, error: Any) -> BaseException:
         error = error if isinstance(error, dict) else {}
