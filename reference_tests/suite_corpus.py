@@ -46,6 +46,8 @@ _MODEL_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "linear_no_transpose": ("linear", "no_transpose", ("linear_hand", "linear"), "linear_no_transpose"),
     "linear_stored_transposed": ("linear", "stored_transposed", ("linear", "linear_hand"), "linear_no_transpose"),
     "rmsnorm_eps_outside_default_eps": ("rmsnorm", "eps_outside", ("rmsnorm_default",), "rmsnorm_eps_outside"),
+    "rmsnorm_eps_outside_hand": ("rmsnorm", "eps_outside", ("rmsnorm_hand",), "rmsnorm_eps_outside"),
+    "rmsnorm_sum_hand": ("rmsnorm", "sum", ("rmsnorm_hand",), "rmsnorm_sum"),
     "rmsnorm_eps_outside": ("rmsnorm", "eps_outside", ("rmsnorm_large_eps",), "rmsnorm_eps_outside"),
     "rmsnorm_no_upcast": ("rmsnorm", "no_upcast", ("rmsnorm_fp16",), "rmsnorm_no_upcast"),
     "rmsnorm_float32_out": ("rmsnorm", "float32_out", ("rmsnorm_bf16",), None),
