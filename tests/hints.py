@@ -160,7 +160,8 @@ def shape_hint(what: str) -> Iterator[None]:
         if not any(marker in str(error) for marker in _SHAPE_ERRORS):
             raise
         said = " ".join(line.strip() for line in str(error).strip().splitlines()[:3])[:400]
-        raise AssertionError(f"{what} raised a shape error: {type(error).__name__}: {said}\n{LIKELY_SHAPE_CAUSE}.") from None
+        message = f"{what} raised a shape error: {type(error).__name__}: {said}"
+        raise AssertionError(f"{message}\n{LIKELY_SHAPE_CAUSE}.") from None
 
 
 @contextmanager

@@ -316,7 +316,8 @@ class _DeviceRequests(torch.overrides.TorchFunctionMode):
             return args[0]
         if func is Tensor.cuda:
             index = args[1] if len(args) > 1 else kwargs.get("device")
-            self.requests.append(str(torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")))
+            device = torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")
+            self.requests.append(str(device))
             return args[0]
         if "device" in kwargs:
             kwargs["device"] = self._device(kwargs["device"])
