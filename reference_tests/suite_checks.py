@@ -119,6 +119,8 @@ def _model_checks() -> dict[str, Callable[[Fixtures], None]]:
 def _training_checks() -> dict[str, Callable[[Fixtures], None]]:
     n, o, s, d = nn_utils, optimizer, serialization, data
     return {
+        "ce_uniform": lambda fx: n.test_cross_entropy_uniform_logits_give_log_vocab_size(),
+        "ce_hand": lambda fx: n.test_cross_entropy_hand_worked_two_classes(),
         "ce_2d": lambda fx: n.test_cross_entropy_matches_torch((32, 60), 1.0),
         "ce_3d": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1.0),
         "ce_scaled": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1000.0),

@@ -105,6 +105,8 @@ _TRAINING_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "ce_unshifted_property": ("cross_entropy", "unshifted", ("ce_property",), "ce_unshifted_logsumexp"),
     "ce_unshifted_large": ("cross_entropy", "unshifted", ("ce_snapshot_large",), "ce_unshifted_logsumexp"),
     "ce_summed_property": ("cross_entropy", "summed", ("ce_property",), "ce_summed"),
+    "ce_summed_hand": ("cross_entropy", "summed", ("ce_uniform", "ce_hand"), "ce_summed"),
+    "clip_per_parameter_hand": ("clip_gradients", "per_parameter", ("clip_global",), "clip_per_parameter"),
     "clip_per_parameter": ("clip_gradients", "per_parameter", ("clip_far_above", "clip_above"), "clip_per_parameter"),
     "clip_always": ("clip_gradients", "always", ("clip_below",), "clip_always"),
     "clip_sum_of_norms": ("clip_gradients", "sum_of_norms", ("clip_above",), "clip_sum_of_norms"),

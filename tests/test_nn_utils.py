@@ -38,14 +38,17 @@ def test_cross_entropy_uniform_logits_give_log_vocab_size() -> None:
     # Hand-worked: equal logits make every class probability 1/V, so the loss is ln V at every position.
     logits = torch.full((3, 7), 2.5)
     targets = torch.tensor([0, 3, 6])
-    torch.testing.assert_close(run_cross_entropy(logits, targets), torch.tensor(math.log(7)), **CE_TOL)
+    actual, expected = run_cross_entropy(logits, targets), torch.tensor(math.log(7))
+    with hinted("cross_entropy", actual, expected, inputs=logits, targets=targets):
+        torch.testing.assert_close(actual, expected, **CE_TOL)
 
 
 def test_cross_entropy_hand_worked_two_classes() -> None:
     # logits (0, ln 3): p = (1/4, 3/4); targets 1 then 0: mean of -ln(3/4) and -ln(1/4).
-    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
-    expected = (-math.log(0.75) - math.log(0.25)) / 2
-    torch.testing.assert_close(run_cross_entropy(logits, torch.tensor([1, 0])), torch.tensor(expected), **CE_TOL)
+    logits, targets = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]]), torch.tensor([1, 0])
+    actual, expected = run_cross_entropy(logits, targets), torch.tensor((-math.log(0.75) - math.log(0.25)) / 2)
+    with hinted("cross_entropy", actual, expected, inputs=logits, targets=targets):
+        torch.testing.assert_close(actual, expected, **CE_TOL)
 
 
 @pytest.mark.parametrize(
@@ -164,8 +167,10 @@ def test_gradient_clipping_uses_the_global_norm() -> None:
     # A one-shot iterator, like model.parameters().
     a, b = scenarios.run("clip_gradients", [torch.zeros(2), torch.zeros(2)], grads, 1.0, one_shot=True)
     scale = 1.0 / (5.0 + 1e-6)
-    torch.testing.assert_close(a, torch.tensor([3.0 * scale, 0.0]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(b, torch.tensor([0.0, 4.0 * scale]), rtol=1e-6, atol=0)
+    expected = [torch.tensor([3.0 * scale, 0.0]), torch.tensor([0.0, 4.0 * scale])]
+    with hinted("clipping", [a, b], expected, grads=grads, max_l2_norm=1.0):
+        torch.testing.assert_close(a, expected[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(b, expected[1], rtol=1e-6, atol=0)
 
 
 def test_gradient_clipping_on_a_model_matches_torch() -> None:
