@@ -131,6 +131,8 @@ class WorkerClient:
         self.failure: WorkerFailure | None = None
         self.findings: list[str] = []
         self.peak_kib = 0
+        self.calls: dict[str, list[float]] = {}  # what -> [calls, seconds] in this test
+        self.first_raised: BaseException | None = None  # this test's first error raised by student code
 
     def end_test(self) -> dict[str, Any]:
         self._note_peak()
@@ -159,6 +161,27 @@ class WorkerClient:
     def _request(self, header: dict[str, Any], what: str, args: Any, kwargs: Any) -> Any:
         if self.failure is not None:
             raise self.failure  # a test whose worker failed once gets no second worker
+        reply: dict[str, Any] = {}
+        out: list[bytes] = []
+        if self.budget_s - self.spent_s <= 0:
+            error = self._budget_used_up(what)
+        else:
+            reply, out = self._exchange(header, what, args, kwargs)
+            error = self._raised(what, reply["error"]) if "error" in reply else None
+            self.first_raised = self.first_raised or error
+        if error is not None:
+            # NOTE: one raise for both, so that a property test sees the same failure (Hypothesis tells
+            # failures apart by where they were raised) when its retries used up the budget.
+            raise error
+        generation = self._generation
+        try:
+            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
+        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
+            raise AssertionError("unreachable") from e
+
+    def _exchange(self, header: dict[str, Any], what: str, args: Any, kwargs: Any) -> tuple[dict[str, Any], list]:
+        """Send one call to the worker and wait for its reply, counting its time against the test's budget."""
         self._ensure_worker()
         buffers: list[bytes] = []
         header = {**header, "args": wire.encode(list(args), buffers, _handle_of, map_path=self._inbox),
@@ -179,15 +202,11 @@ class WorkerClient:
             raise
         finally:
             self.spent_s += time.monotonic() - started
+            tally = self.calls.setdefault(what, [0, 0.0])
+            tally[0] += 1
+            tally[1] += time.monotonic() - started
         self.findings.extend(str(f) for f in reply.get("audit", []) if isinstance(f, str))
-        if "error" in reply:
-            raise self._raised(what, reply["error"])
-        generation = self._generation
-        try:
-            return wire.decode(reply.get("ok"), out, lambda h: RemoteObject(self, h, generation))
-        except (wire.WireError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            self._fail("died", f"the worker running {what} sent a malformed reply ({type(e).__name__}: {e})")
-            raise AssertionError("unreachable") from e
+        return reply, out
 
     def _call_limit(self, what: str) -> tuple[float, bool]:
         """(the seconds one call of `what` may take now, whether it is a suspect that hung before)."""
@@ -204,8 +223,8 @@ class WorkerClient:
         ready, _, _ = select.select([self._sock], [], [], max(0.0, left))
         if not ready:
             self.hangs[what] = self.hangs.get(what, 0) + 1
-            limit = f"{left:.3g} s" + (f" (it hung in {SUSPECT_AFTER} earlier tests)" if suspect else "")
-            limit += f" (the test's: {self.budget_s:.3g} s)"
+            limit = f"{max(left, 0.0):.3g} s" + (f" (it hung in {SUSPECT_AFTER} earlier tests)" if suspect else "")
+            limit += f" (the test's: {self.budget_s:.3g} s" + (f", used by {self._used_by()})" if self.calls else ")")
             self._fail("timeout", f"{what} did not return within its limit of {limit}")
         try:
             # The whole reply by the call's limit (at least half a second once it has begun).
@@ -217,6 +236,29 @@ class WorkerClient:
         except wire.WireError as e:
             self._fail("died", f"the worker running {what} sent a malformed reply ({e})")
         raise AssertionError("unreachable")
+
+    def _used_by(self) -> str:
+        """Which calls of this test used its time: the three heaviest, with their count and seconds."""
+        heaviest = sorted(self.calls.items(), key=lambda item: -item[1][1])[:3]
+        return ", ".join(f"{name} ({int(n)} call{'s' * (n != 1)}, {sec:.3g} s)" for name, (n, sec) in heaviest)
+
+    def _budget_used_up(self, what: str) -> BaseException:
+        """Refuse to send `what`: this test's earlier calls used up its budget. A call that raised says so.
+
+        A property test retries a failing example many times (to shrink it): when its first failure was a
+        raising call, that error is raised again, naming the budget, instead of a timeout nobody caused.
+        """
+        used = f"the test's budget of {self.budget_s:.3g} s was used up by {self._used_by()}"
+        first = self.first_raised
+        if first is not None and not isinstance(first, WorkerFailure):
+            said, _, where = str(first).partition("\n")
+            again = type(first)(f"{said} ({what} not called again: {used})\n{where}".rstrip())
+            if hasattr(first, "bases"):
+                again.bases = first.bases  # type: ignore[attr-defined]
+            return again
+        self._fail("timeout", f"{what} was not called: {used}", raise_=False)
+        assert self.failure is not None
+        return self.failure
 
     def _raised(self, what: str, error: Any) -> BaseException:
         error = error if isinstance(error, dict) else {}

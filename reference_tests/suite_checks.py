@@ -77,6 +77,7 @@ def _model_checks() -> dict[str, Callable[[Fixtures], None]]:
         "linear": lambda fx: m.test_linear_matches_snapshot("batched", fx.snap),
         "linear_bf16": lambda fx: m.test_linear_matches_snapshot("bf16", fx.snap),
         "linear_hand": lambda fx: m.test_linear_hand_worked(),
+        "rmsnorm_hand": lambda fx: m.test_rmsnorm_hand_worked(),
         "embedding": lambda fx: m.test_embedding_matches_snapshot("3d", fx.snap),
         "rmsnorm_default": lambda fx: m.test_rmsnorm_matches_snapshot("default_eps", 1e-5, False, fx.snap),
         "rmsnorm_large_eps": lambda fx: m.test_rmsnorm_matches_snapshot("large_eps", 0.25, False, fx.snap),
@@ -111,12 +112,15 @@ def _model_checks() -> dict[str, Callable[[Fixtures], None]]:
         "softmax_property": lambda fx: functional.test_softmax_properties(),
         "silu": lambda fx: functional.test_silu_matches_snapshot("float32", fx.snap),
         "silu_bf16": lambda fx: functional.test_silu_matches_snapshot("bf16", fx.snap),
+        "silu_hand": lambda fx: functional.test_silu_hand_worked(),
     }
 
 
 def _training_checks() -> dict[str, Callable[[Fixtures], None]]:
     n, o, s, d = nn_utils, optimizer, serialization, data
     return {
+        "ce_uniform": lambda fx: n.test_cross_entropy_uniform_logits_give_log_vocab_size(),
+        "ce_hand": lambda fx: n.test_cross_entropy_hand_worked_two_classes(),
         "ce_2d": lambda fx: n.test_cross_entropy_matches_torch((32, 60), 1.0),
         "ce_3d": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1.0),
         "ce_scaled": lambda fx: n.test_cross_entropy_matches_torch((4, 8, 60), 1000.0),
@@ -124,8 +128,10 @@ def _training_checks() -> dict[str, Callable[[Fixtures], None]]:
         "ce_property": lambda fx: n.test_cross_entropy_property(),
         "ce_grad": lambda fx: n.test_cross_entropy_gradient_matches_torch(),
         "ce_snapshot": lambda fx: n.test_cross_entropy_snapshot("seq", fx.snap),
+        "ce_snapshot_large": lambda fx: n.test_cross_entropy_snapshot("large", fx.snap),
         "clip_above": lambda fx: n.test_gradient_clipping_above_the_limit(1.0, 1.0),
         "clip_far_above": lambda fx: n.test_gradient_clipping_above_the_limit(1.0, 1e-2),
+        "clip_tiny": lambda fx: n.test_gradient_clipping_above_the_limit(2e-5, 5e-5),
         "clip_below": lambda fx: n.test_gradient_clipping_below_the_limit_changes_nothing(),
         "clip_global": lambda fx: n.test_gradient_clipping_uses_the_global_norm(),
         "clip_model": lambda fx: n.test_gradient_clipping_on_a_model_matches_torch(),
@@ -147,6 +153,7 @@ def _training_checks() -> dict[str, Callable[[Fixtures], None]]:
         "batch_too_short": lambda fx: d.test_get_batch_too_short_dataset_raises(),
         "batch_cuda99": lambda fx: d.test_get_batch_invalid_device_raises("cuda:99"),
         "batch_bad_device": lambda fx: d.test_get_batch_invalid_device_raises("not-a-device"),
+        "batch_device_index": lambda fx: d.test_get_batch_places_tensors_on_the_given_device(),
         "batch_memmap": lambda fx: d.test_get_batch_on_a_memmap(fx.tmp, np.uint16),
     }
 
@@ -170,6 +177,12 @@ def _bpe_checks() -> dict[str, Callable[[Fixtures], None]]:
         "iterable_any_chunking": lambda fx: t.test_tokenizer_encode_iterable_any_chunking(
             small_bpe=fx.bpe, small_tiktoken=fx.tik
         ),
+        "encode_two_instances": lambda fx: t.test_tokenizer_instances_share_no_state(fx.bpe),
+        **{
+            f"iterable_tricky_{name}": (lambda fx, c=chunks: t.test_tokenizer_encode_iterable_tricky_chunkings(
+                fx.bpe, fx.tik, c))
+            for name, chunks in t.TRICKY_CHUNKINGS.items()
+        },
         "decode_malformed": lambda fx: t.test_tokenizer_decode_malformed_bytes_become_replacement_characters(fx.bpe),
         "iterable_long_7": lambda fx: t.test_tokenizer_encode_iterable_long_input(fx.bpe, fx.tik, fx.dir, 0),
         "iterable_long_300": lambda fx: t.test_tokenizer_encode_iterable_long_input(fx.bpe, fx.tik, fx.dir, 1),

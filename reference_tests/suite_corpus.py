@@ -41,6 +41,13 @@ SDPA = ("sdpa_masked", "sdpa_shared", "sdpa_no_mask")
 _MODEL_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     # name: (function, mistake switch, checks, catalogued mistake)
     "linear_reshaped": ("linear", "reshaped", ("linear",), "linear_reshaped"),
+    # Issue 21: x @ W passes unless a weight is square; a weight stored (d_in, d_out) fails with a shape error,
+    # which the failure names ("Likely cause: ..."; checked in test_suite_catches_bugs.py).
+    "linear_no_transpose": ("linear", "no_transpose", ("linear_hand", "linear"), "linear_no_transpose"),
+    "linear_stored_transposed": ("linear", "stored_transposed", ("linear", "linear_hand"), "linear_no_transpose"),
+    "rmsnorm_eps_outside_default_eps": ("rmsnorm", "eps_outside", ("rmsnorm_default",), "rmsnorm_eps_outside"),
+    "rmsnorm_eps_outside_hand": ("rmsnorm", "eps_outside", ("rmsnorm_hand",), "rmsnorm_eps_outside"),
+    "rmsnorm_sum_hand": ("rmsnorm", "sum", ("rmsnorm_hand",), "rmsnorm_sum"),
     "rmsnorm_eps_outside": ("rmsnorm", "eps_outside", ("rmsnorm_large_eps",), "rmsnorm_eps_outside"),
     "rmsnorm_no_upcast": ("rmsnorm", "no_upcast", ("rmsnorm_fp16",), "rmsnorm_no_upcast"),
     "rmsnorm_float32_out": ("rmsnorm", "float32_out", ("rmsnorm_bf16",), None),
@@ -52,6 +59,8 @@ _MODEL_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "softmax_all_elements": ("softmax", "all_elements", ("softmax_dim-1", "softmax_dim0"), "softmax_all_elements"),
     "silu_sigmoid": ("silu", "sigmoid", ("silu",), "silu_is_sigmoid"),
     "silu_gelu": ("silu", "gelu", ("silu",), "silu_is_gelu"),
+    "silu_exp_ratio": ("silu", "exp_ratio", ("silu_hand",), "silu_exp_ratio"),
+    "softmax_last_dim_hand": ("softmax", "last_dim", ("softmax_hand",), "softmax_last_dim"),
     "swiglu_gate_w3": ("swiglu", "gate_w3", ("swiglu",), "swiglu_gate_w3"),
     "swiglu_no_gate": ("swiglu", "no_gate", ("swiglu",), "swiglu_no_gate"),
     "swiglu_silu_of_product": ("swiglu", "silu_of_product", ("swiglu",), "swiglu_silu_of_product"),
@@ -93,10 +102,16 @@ _TRAINING_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "ce_mean_over_batch": ("cross_entropy", "mean_over_batch", ("ce_3d",), "ce_mean_over_batch_only"),
     "ce_log_of_softmax": ("cross_entropy", "log_of_softmax", ("ce_extreme",), "ce_log_of_softmax"),
     "ce_unshifted": ("cross_entropy", "unshifted", ("ce_extreme",), "ce_unshifted_logsumexp"),
+    "ce_unshifted_property": ("cross_entropy", "unshifted", ("ce_property",), "ce_unshifted_logsumexp"),
+    "ce_unshifted_large": ("cross_entropy", "unshifted", ("ce_snapshot_large",), "ce_unshifted_logsumexp"),
+    "ce_summed_property": ("cross_entropy", "summed", ("ce_property",), "ce_summed"),
+    "ce_summed_hand": ("cross_entropy", "summed", ("ce_uniform", "ce_hand"), "ce_summed"),
+    "clip_per_parameter_hand": ("clip_gradients", "per_parameter", ("clip_global",), "clip_per_parameter"),
     "clip_per_parameter": ("clip_gradients", "per_parameter", ("clip_far_above", "clip_above"), "clip_per_parameter"),
     "clip_always": ("clip_gradients", "always", ("clip_below",), "clip_always"),
     "clip_sum_of_norms": ("clip_gradients", "sum_of_norms", ("clip_above",), "clip_sum_of_norms"),
     "clip_by_value": ("clip_gradients", "by_value", ("clip_far_above",), "clip_by_value"),
+    "clip_no_eps": ("clip_gradients", "no_eps", ("clip_tiny",), "clip_no_eps"),
     "adamw_coupled": ("adamw", "coupled", ("adamw_trajectory",), "adamw_coupled_l2"),
     "adamw_no_bias_correction": ("adamw", "no_bias_correction", ("adamw_trajectory",), "adamw_no_bias_correction"),
     "adamw_shared_step": ("adamw", "shared_step", ("adamw_trajectory",), "adamw_shared_step"),
@@ -106,7 +121,8 @@ _TRAINING_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
                                  "cosine_warmup_off_by_one"),  # fmt: skip
     "cosine_over_tc": ("cosine", "over_tc", ("cosine_curve",), "cosine_angle_over_tc"),
     "cosine_from_zero": ("cosine", "from_zero", ("cosine_curve",), "cosine_angle_from_zero"),
-    "batch_device_ignored": ("get_batch", "device_ignored", ("batch_cuda99",), None),
+    "batch_device_ignored": ("get_batch", "device_ignored", ("batch_cuda99", "batch_device_index"), None),
+    "batch_device_type_only": ("get_batch", "device_type_only", ("batch_device_index",), None),
     "checkpoint_no_optimizer": ("save_checkpoint", "no_optimizer", ("checkpoint_resume", "checkpoint_optimizer"), None),
     "checkpoint_iteration_lost": ("load_checkpoint", "iteration_lost", ("checkpoint_iterations",), None),
 }
@@ -125,6 +141,10 @@ def _bpe(tokenizer: dict[str, Any] | None = None, trainer: dict[str, Any] | None
 
 ENCODE = ("encode_ascii", "encode_corpus", "encode_overlapping", "encode_added_special", "iterable_long_7",
           "iterable_file")  # fmt: skip
+
+# A whitespace run at a chunk's edge, flushed and encoded on its own, splits differently than in the whole text.
+TRICKY_WHITESPACE = ("iterable_tricky_newlines-then-word", "iterable_tricky_spaces-then-word",
+                     "iterable_tricky_newline-space-word")  # fmt: skip
 
 MUTANTS: dict[str, Mutant] = {
     **{name: Mutant(_model(fn, m), checks, hint) for name, (fn, m, checks, hint) in _MODEL_MUTANTS.items()},
@@ -151,6 +171,8 @@ MUTANTS: dict[str, Mutant] = {
     "encode_specials_as_text": Mutant(_bpe({"specials_as_text": True}), ("encode_special",), "encode_specials_as_text"),
     "encode_iterable_reads_all": Mutant(_bpe({"stream": "read_all"}), ("iterable_memory",), None),
     "encode_iterable_per_chunk": Mutant(_bpe({"stream": "per_chunk"}), ("iterable_long_7",), None),
+    "encode_iterable_flush_at_whitespace": Mutant(_bpe({"stream": "flush_at_whitespace"}), TRICKY_WHITESPACE, None),
+    "encode_class_cache": Mutant(_bpe({"class_cache": True}), ("encode_two_instances",), None),
     "decode_strict": Mutant(_bpe({"strict_decode": True}), ("decode_malformed",), None, True),
 }
 SLOW_MUTANTS = {"train_naive_recount", "encode_iterable_reads_all", "encode_no_merges", "train_ties_smaller",
@@ -185,6 +207,14 @@ REWRITES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "softmax_computed_in_float32": (student_model.adapters(softmax={"upcast": True}),
                                     ("softmax_dim0", "softmax_dim-1", "softmax_stable", "softmax_property")),  # fmt: skip
     "oracle_torch_builtins": ({name: getattr(oracle.adapters, name) for name in _ORACLE_MODEL}, MODEL_CHECKS),
+    # bf16 arithmetic (issue 21): each correct SiLU formula computed in bf16, and float32 then one cast.
+    **{
+        f"silu_bf16_{form}": (student_model.adapters(silu={"form": form}), ("silu", "silu_bf16", "silu_hand"))
+        for form in ("reciprocal", "division", "sigmoid", "float32_then_cast")
+    },
+    "rmsnorm_gain_in_bf16_after_cast": (student_model.adapters(rmsnorm={"gain_after_cast": True}),
+                                        ("rmsnorm_default", "rmsnorm_large_eps", "rmsnorm_bf16", "rmsnorm_hand")),
+    "rope_bf16_arithmetic": (student_model.adapters(rope={"input_dtype_arithmetic": True}), (*ROPE, "rope_bf16")),
     "training_decay_after_update": (student_training.adapters(adamw={"decay": "after"}), TRAINING_CHECKS),
     "training_decay_before_update": (student_training.adapters(adamw={"decay": "before"}), TRAINING_CHECKS),
     "bpe_incremental_and_buffered_streaming": (student_bpe.adapters(), BPE_CHECKS),

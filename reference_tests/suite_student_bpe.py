@@ -96,6 +96,8 @@ def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: li
 class Tokenizer:
     """Byte-level BPE by merge rank; `options` switch mistakes on (see `adapters`)."""
 
+    _shared: dict[str, list[int]] = {}
+
     def __init__(self, vocab: dict[int, bytes], merges: list, special_tokens: list[str] | None = None,
                  **options: Any) -> None:  # fmt: skip
         self.vocab = dict(vocab)
@@ -106,7 +108,8 @@ class Tokenizer:
         self.ids = {token: i for i, token in self.vocab.items()}
         self.ranks = {tuple(pair): r for r, pair in enumerate(merges)}
         self.options = options
-        self.cache: dict[str, list[int]] = {}
+        # "class_cache": one cache for every instance (a class attribute), a mistake when two vocabularies meet.
+        self.cache: dict[str, list[int]] = Tokenizer._shared if options.get("class_cache") else {}
 
     def _word(self, word: str) -> list[int]:
         if word not in self.cache:
@@ -144,6 +147,10 @@ class Tokenizer:
                 yield from self.encode(chunk)
                 continue
             buffer += chunk
+            if strategy == "flush_at_whitespace" and buffer[-1:].isspace():  # wrong: "\n\n" + "a" re-splits
+                yield from self.encode(buffer)
+                buffer = ""
+                continue
             cut = self._safe_cut(buffer)
             if cut > 0:
                 yield from self.encode(buffer[:cut])

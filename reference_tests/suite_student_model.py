@@ -21,10 +21,18 @@ from torch import Tensor
 def linear(d_in: int, d_out: int, weights: Tensor, x: Tensor, *, mistake: str = "", einsum: bool = False) -> Tensor:
     if mistake == "reshaped":
         return x @ weights.reshape(d_in, d_out)
+    if mistake == "no_transpose":
+        return x @ weights
+    if mistake == "stored_transposed":  # a module whose weight parameter is (d_in, d_out), loaded from the state dict
+        layer = torch.nn.Module()
+        layer.weight = torch.nn.Parameter(torch.empty(d_in, d_out))
+        layer.load_state_dict({"weight": weights})
+        return x @ layer.weight.detach()
     return torch.einsum("...i,oi->...o", x, weights) if einsum else x @ weights.transpose(0, 1)
 
 
-def rmsnorm(d_model: int, eps: float, weights: Tensor, x: Tensor, *, mistake: str = "", division: bool = False) -> Tensor:
+def rmsnorm(d_model: int, eps: float, weights: Tensor, x: Tensor, *, mistake: str = "", division: bool = False,
+            gain_after_cast: bool = False) -> Tensor:  # fmt: skip
     h = x if mistake == "no_upcast" else x.to(torch.float32)
     g = weights.to(h.dtype)
     if mistake == "layernorm":
@@ -36,6 +44,8 @@ def rmsnorm(d_model: int, eps: float, weights: Tensor, x: Tensor, *, mistake: st
         out = h / torch.sqrt(ms + eps)
     else:
         out = h * torch.rsqrt(ms + eps)
+    if gain_after_cast:  # normalise in float32, cast, then multiply by the gain in the input dtype
+        return out.to(x.dtype) * weights.to(x.dtype)
     out = out if mistake == "no_gain" else out * g
     return out if mistake == "float32_out" else out.to(x.dtype)
 
@@ -54,12 +64,19 @@ def softmax(x: Tensor, dim: int, *, mistake: str = "", logsumexp: bool = False, 
     return (e / e.sum(dim, keepdim=True)).to(x.dtype)
 
 
-def silu(x: Tensor, *, mistake: str = "", division: bool = False) -> Tensor:
+def silu(x: Tensor, *, mistake: str = "", division: bool = False, form: str = "") -> Tensor:
+    """SiLU in the input's dtype (bf16 arithmetic for bf16 input); `form` picks one of the correct formulas."""
     if mistake == "sigmoid":
         return 1 / (1 + torch.exp(-x))
     if mistake == "gelu":
         return 0.5 * x * (1 + torch.erf(x / math.sqrt(2.0)))
-    return x / (1 + torch.exp(-x)) if division else x * torch.sigmoid(x)
+    if mistake == "exp_ratio":
+        return x * torch.exp(x) / (1 + torch.exp(x))
+    if form == "reciprocal":
+        return x * (1 / (1 + torch.exp(-x)))
+    if form == "float32_then_cast":
+        return (x.float() * torch.sigmoid(x.float())).to(x.dtype)
+    return x / (1 + torch.exp(-x)) if division or form == "division" else x * torch.sigmoid(x)
 
 
 def swiglu(d_model: int, d_ff: int, w1: Tensor, w2: Tensor, w3: Tensor, x: Tensor, *, mistake: str = "") -> Tensor:
@@ -79,8 +96,11 @@ def swiglu(d_model: int, d_ff: int, w1: Tensor, w2: Tensor, w3: Tensor, x: Tenso
 
 
 def rope(d_k: int, theta: float, max_seq_len: int, x: Tensor, positions: Tensor, *, mistake: str = "",
-         keep_float32: bool = False) -> Tensor:  # fmt: skip
-    """Strided float32 RoPE from a (max_seq_len, d/2) cos/sin cache indexed by position."""
+         keep_float32: bool = False, input_dtype_arithmetic: bool = False) -> Tensor:  # fmt: skip
+    """Strided float32 RoPE from a (max_seq_len, d/2) cos/sin cache indexed by position.
+
+    `input_dtype_arithmetic`: the cos/sin cast to the input's dtype and the rotation computed in it (bf16).
+    """
     k = torch.arange(0, d_k, 2, dtype=torch.float32)
     if mistake == "exponent_k_over_d":
         k = k / 2
@@ -99,6 +119,8 @@ def rope(d_k: int, theta: float, max_seq_len: int, x: Tensor, positions: Tensor,
     if mistake == "opposite":
         sin = -sin
     xf = x.float()
+    if input_dtype_arithmetic:
+        xf, cos, sin = x, cos.to(x.dtype), sin.to(x.dtype)
     if mistake == "halves":
         a, b = xf[..., : d_k // 2], xf[..., d_k // 2 :]
         out = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)

@@ -51,7 +51,7 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float,
         total = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
     if total > max_l2_norm or mistake == "always":
         for g in grads:
-            g.mul_(max_l2_norm / (total + 1e-6))
+            g.mul_(max_l2_norm / total if mistake == "no_eps" else max_l2_norm / (total + 1e-6))
 
 
 def adamw_class(*, decay: str = "after", mistake: str = "") -> type[torch.optim.Optimizer]:
@@ -120,7 +120,9 @@ def get_batch(dataset: np.ndarray, batch_size: int, context_length: int, device:
     starts = torch.randint(0, high, (batch_size,))  # raises RuntimeError when high <= 0
     windows = np.stack([np.asarray(dataset[s : s + context_length + 1], dtype=np.int64) for s in starts.tolist()])
     tokens = torch.from_numpy(windows)
-    if mistake != "device_ignored":
+    if mistake == "device_type_only":  # "cuda:1" becomes "cuda", the current GPU
+        tokens = tokens.to(torch.device(device).type)
+    elif mistake != "device_ignored":
         tokens = tokens.to(device)
     return tokens[:, :-1], tokens[:, 1:]
 

@@ -88,3 +88,12 @@ def test_graded_suite_accepts_rewrite(name: str, monkeypatch: pytest.MonkeyPatch
     fx = Fixtures(tmp_path, _SNAPSHOTS)
     for label in checks:
         CHECKS[label](fx)
+
+
+def test_a_shape_error_names_its_likely_cause(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A weight stored (d_in, d_out) fails to load with torch's raw "size mismatch": the failure says why.
+    patch_adapters(monkeypatch, MUTANTS["linear_stored_transposed"].adapters)
+    with pytest.raises(AssertionError) as caught:
+        CHECKS["linear"](Fixtures(tmp_path, _SNAPSHOTS))
+    assert "raised a shape error: RuntimeError: Error(s) in loading state_dict" in str(caught.value)
+    assert "size mismatch" in str(caught.value) and hints.LIKELY_SHAPE_CAUSE in str(caught.value)

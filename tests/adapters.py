@@ -34,7 +34,9 @@ def run_linear(
         in_features: input tensor (..., d_in).
 
     Returns:
-        The output (..., d_out). For bf16 inputs a bf16 or a float32 result is accepted (bf16 is advisory).
+        The output (..., d_out). Square weights (d_in == d_out) are graded too: there `x @ W` runs without a
+        shape error but is wrong. For bf16 inputs a bf16 or a float32 result is accepted (bf16 is advisory),
+        within 2^-6 relative of the exact answer (2-4 bf16 ulps of the result: any correct bf16 arithmetic).
     """
     layer = impl.Linear(d_in, d_out, device=weights.device, dtype=weights.dtype)
     layer.load_state_dict({"weight": weights})
@@ -102,7 +104,8 @@ def run_scaled_dot_product_attention(
         mask: optional boolean mask broadcastable to (..., queries, keys); True means "may attend".
 
     Returns:
-        The attention output (..., queries, d_v). For bf16 inputs a bf16 or a float32 result is accepted.
+        The attention output (..., queries, d_v). For bf16 inputs a bf16 or a float32 result is accepted,
+        within 2^-6 relative (bf16 scores are rounded before exp()).
     """
     return impl.scaled_dot_product_attention(Q, K, V, mask)
 
@@ -200,7 +203,7 @@ def run_rope(
 
     Returns:
         The rotated tensor, same shape. For bf16 input a bf16 or a float32 result is accepted (float32
-        cos/sin buffers promote it; bf16 out is advisory).
+        cos/sin buffers promote it; bf16 out is advisory), within 2^-6 relative (2-4 bf16 ulps).
     """
     rope = impl.RotaryPositionalEmbedding(theta, d_k, max_seq_len, device=in_query_or_key.device)
     return rope(in_query_or_key, token_positions)
@@ -294,7 +297,8 @@ def run_rmsnorm(
         in_features: input (..., d_model).
 
     Returns:
-        The normalised tensor, same shape and dtype as `in_features`.
+        The normalised tensor, same shape and dtype as `in_features`. bf16 results are checked within
+        2^-6 relative (2-4 bf16 ulps of the result: a gain multiplied after the cast to bf16 is correct).
     """
     norm = impl.RMSNorm(d_model, eps=eps, device=weights.device, dtype=weights.dtype)
     norm.load_state_dict({"weight": weights})
@@ -302,7 +306,13 @@ def run_rmsnorm(
 
 
 def run_silu(in_features: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
-    """SiLU `x * sigmoid(x)`, elementwise. For bf16 input a bf16 or a float32 result is accepted."""
+    """SiLU `x * sigmoid(x)`, elementwise.
+
+    float32 inputs reach ±1000: e^x overflows float32 above x ≈ 88.7, so `x·e^x/(1 + e^x)` gives NaN there;
+    `x * sigmoid(x)` and `x / (1 + exp(-x))` stay finite. For bf16 input a bf16 or a float32 result is
+    accepted, within 2^-6 relative of the exact answer (2-4 bf16 ulps of the result), on every bf16 number
+    in [-12, 12]: each correct formula computed in bf16 arithmetic fits (x·(1/(1+exp(-x))) needs 1.23·2^-7).
+    """
     return impl.silu(in_features)
 
 
@@ -315,10 +325,16 @@ def run_get_batch(
         dataset: 1-d numpy array of integer token ids (possibly a np.memmap).
         batch_size: number of sequences.
         context_length: length of each sequence.
-        device: torch device string, e.g. 'cpu' or 'cuda:0'.
+        device: torch device string, e.g. 'cpu' or 'cuda:0'. Pass it to torch unchanged: 'cuda:1' is GPU 1,
+            while `torch.device('cuda:1').type` ('cuda') is the current GPU. Graded without a GPU by recording
+            where torch is asked to place tensors (`torch.tensor(..., device=)`, `.to(device)`, `.cuda(i)`...).
 
     Returns:
         (x, y), both int64 (batch_size, context_length) on `device`, with y = x shifted by one token.
+
+    Memory (graded): only the sampled windows are read. On a 512 MB np.memmap the resident memory may grow
+    by less than 128 MB (the datasets of the assignment are larger than the RAM of many machines, so
+    `np.asarray(dataset)` or `torch.from_numpy(dataset[:])` of the whole array is not an option).
 
     Raises:
         ValueError or RuntimeError: the dataset has fewer than context_length + 1 tokens (what numpy,
@@ -355,7 +371,8 @@ def run_cross_entropy(
 def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
     """Clip the gradients of `parameters` in place so that their global L2 norm is at most `max_l2_norm`.
 
-    Parameters without a gradient are skipped; the scaling uses eps = 1e-6.
+    Parameters without a gradient are skipped; the scale is max_l2_norm / (norm + 1e-6) (eps = 1e-6,
+    graded: at a total norm of 1e-4 the eps changes the scale by 1%).
     """
     impl.clip_gradients(parameters, max_l2_norm)
 
@@ -425,8 +442,10 @@ def get_tokenizer(
         An object with `encode(str) -> list[int]`, `encode_iterable(Iterable[str]) -> Iterator[int]` and
         `decode(list[int]) -> str`. Ids are checked against tiktoken built from the same vocabulary and
         merges; of overlapping special tokens the longest wins; bytes that do not form valid UTF-8 decode
-        to U+FFFD. `encode_iterable` streams: its peak memory must not grow with the input (8x the input
-        may grow the peak by at most 1 MiB).
+        to U+FFFD. `encode_iterable` gives the ids of `encode` of the joined text for any chunking
+        (a whitespace run or a special token cut by a chunk's edge included), and streams: its peak memory
+        must not grow with the input (8x the input may grow the peak by at most 2 MiB). Two tokenizers
+        share no state (a cache belongs to the instance, not to the class).
     """
     return impl.Tokenizer(vocab, merges, special_tokens)
 
@@ -445,7 +464,9 @@ def run_train_bpe(
         special_tokens: strings added to the vocabulary that never take part in merges.
 
     Returns:
-        (vocab, merges): token id -> bytes, and the merges in the order they were learned.
+        (vocab, merges): token id -> bytes, and the merges in the order they were learned. The ids are
+        exactly 0 .. len(vocab)-1 (ids index the rows of an embedding table), also when training stops
+        early because no pair is left: then the vocabulary is smaller than `vocab_size`, still dense.
 
     Speed (graded): merges update the pair counts incrementally. 100 extra merges on a 0.8 MB corpus must
     cost less than 50 naive recounts of every pair of every word, timed in the same test (the upstream

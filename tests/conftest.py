@@ -1,5 +1,10 @@
 """Shared fixtures and settings of the grading suite.
 
+An advisory test (marker `advisory`, 0 points in a grade) that fails under plain pytest or `make test` is
+advice, not a failure: its report becomes a pass, its finding is listed in its own terminal-summary section
+("advisory notes"), and the exit status is left alone. Under `cs336 grade` (the grader's recorder plugin is
+registered) nothing is changed: the grader records the advisory outcome itself, at 0 points.
+
 The maintainers run the whole suite against the oracle's own adapters (torch built-ins) instead of
 `tests/adapters.py` with `pytest -p oracle.use_oracle tests` (`make test-oracle`): this is how we prove that
 the tests accept every correct implementation. Nothing here knows about the oracle.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +40,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "advisory: good practice checked for information, worth 0 points")
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:jaxtyping.*")
+
+
+_ADVISORY_NOTES: list[tuple[str, str]] = []  # (nodeid, the first line of its finding)
+GRADER_RECORDER = "cs336_grader_recorder"  # the name `cs336_grading.plugin` registers its recorder under
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201 - a hookwrapper
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or item.get_closest_marker("advisory") is None:
+        return
+    if item.config.pluginmanager.has_plugin(GRADER_RECORDER):
+        return  # the grader reports advisory findings itself (0 points)
+    finding = str(call.excinfo.value).strip().splitlines() if call.excinfo is not None else []
+    _ADVISORY_NOTES.append((item.nodeid, finding[0] if finding else report.when))
+    report.outcome = "passed"
+    report.longrepr = None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _ADVISORY_NOTES:
+        return
+    terminalreporter.section("advisory notes")
+    terminalreporter.write_line(f"{len(_ADVISORY_NOTES)} advisory check(s) found something (0 points; advice only):")
+    for nodeid, finding in _ADVISORY_NOTES:
+        terminalreporter.write_line(f"ADVISORY {nodeid}: {finding}")
 
 
 @pytest.fixture(scope="session")

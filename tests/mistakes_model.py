@@ -112,7 +112,16 @@ def _lm(config: dict[str, Any], weights: dict[str, Tensor], ids: Tensor, *, thet
 
 @mistake("linear", "the weight reshaped to (d_in, d_out) instead of transposed (y = x W^T with W stored (d_out, d_in))")
 def linear_reshaped(weights: Tensor, x: Tensor, **_: Any) -> Tensor:
+    if weights.shape[0] == weights.shape[1]:
+        raise ValueError("a square weight reshaped is the weight itself: that is `linear_no_transpose`")
     return x @ weights.reshape(weights.shape[1], weights.shape[0])
+
+
+@mistake("linear", "x W instead of x Wᵀ: the weight used without its transpose (W is stored (d_out, d_in))")
+def linear_no_transpose(weights: Tensor, x: Tensor, **_: Any) -> Tensor:
+    if weights.shape[0] != weights.shape[1]:
+        raise ValueError("only a square weight runs without a shape error")
+    return x @ weights
 
 
 # --------------------------------------------------------------------------------------------- rmsnorm
@@ -167,6 +176,12 @@ def softmax_all_elements(x: Tensor, dim: int, **_: Any) -> Tensor:
 @mistake("silu", "the sigmoid alone (SiLU is x * sigmoid(x))")
 def silu_is_sigmoid(x: Tensor, **_: Any) -> Tensor:
     return torch.sigmoid(x)
+
+
+@mistake("silu", "SiLU written as x·e^x/(1 + e^x): e^x overflows float32 above x ≈ 88.7 and inf/inf is NaN "
+         "(use x·sigmoid(x) or x/(1 + e^-x))")
+def silu_exp_ratio(x: Tensor, **_: Any) -> Tensor:
+    return x * x.exp() / (1 + x.exp())
 
 
 @mistake("silu", "GELU instead of SiLU")

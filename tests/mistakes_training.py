@@ -73,6 +73,12 @@ def clip_sum_of_norms(grads: list[Tensor], max_l2_norm: float, **_: Any) -> list
     return [g * min(1.0, max_l2_norm / (total + 1e-6)) for g in grads]
 
 
+@mistake("clipping", "the scale max_l2_norm/norm without the stated eps (it is max_l2_norm/(norm + 1e-6))")
+def clip_no_eps(grads: list[Tensor], max_l2_norm: float, **_: Any) -> list[Tensor]:
+    total = float(_norm(grads))
+    return [g * (max_l2_norm / total) if total > max_l2_norm else g for g in grads]
+
+
 @mistake("clipping", "each gradient entry clamped to [-max_l2_norm, max_l2_norm] (clipping by value, not norm)")
 def clip_by_value(grads: list[Tensor], max_l2_norm: float, **_: Any) -> list[Tensor]:
     return [g.clamp(-max_l2_norm, max_l2_norm) for g in grads]

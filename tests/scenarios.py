@@ -288,6 +288,62 @@ def checkpoint_iterations(iterations: list[int]) -> list[int]:
     return [adapters.run_load_checkpoint(directory / f"ckpt-{i}.pt", model, optimizer) for i in reversed(iterations)]
 
 
+# ------------------------------------------------------------------------------------------- get_batch
+class _DeviceRequests(torch.overrides.TorchFunctionMode):
+    """Records every device that torch is asked to place a tensor on, and places it on the CPU instead.
+
+    Covers every way of naming a device: `device=` of any torch function (`torch.tensor`, `as_tensor`,
+    `randint`, `empty`...), `Tensor.to(device)`, `Tensor.cuda(index)`; `pin_memory()` becomes a no-op.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def _device(self, value: Any) -> Any:
+        if isinstance(value, (str, torch.device)) or (isinstance(value, int) and not isinstance(value, bool)):
+            try:
+                device = torch.device(value) if not isinstance(value, int) else torch.device("cuda", value)
+            except (RuntimeError, TypeError, ValueError):
+                return value  # not a device (e.g. a dtype name): left alone
+            self.requests.append(str(device))
+            return "cpu"
+        return value
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func is Tensor.pin_memory:
+            return args[0]
+        if func is Tensor.cuda:
+            index = args[1] if len(args) > 1 else kwargs.get("device")
+            device = torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")
+            self.requests.append(str(device))
+            return args[0]
+        if "device" in kwargs:
+            kwargs["device"] = self._device(kwargs["device"])
+        if func is Tensor.to:
+            args = (args[0], *(self._device(a) for a in args[1:]))
+        return func(*args, **kwargs)
+
+
+def get_batch_device_requests(dataset: Any, batch_size: int, context_length: int, device: str) -> tuple:
+    """(x, y, the devices torch was asked for) of `get_batch(..., device)`, every tensor kept on the CPU.
+
+    Tests where a batch goes without the device itself: "cuda:1" on a machine without a second GPU (while
+    it runs, `torch.cuda.is_available()` is True and `torch.cuda.device_count()` is 2).
+    """
+    mode = _DeviceRequests()
+    # A get_batch may check the device first (torch.cuda.device_count()): this machine claims two GPUs.
+    saved = torch.cuda.is_available, torch.cuda.device_count
+    torch.cuda.is_available, torch.cuda.device_count = (lambda: True), (lambda: 2)  # type: ignore[assignment]
+    try:
+        with mode:
+            x, y = adapters.run_get_batch(dataset, batch_size, context_length, device)
+    finally:
+        torch.cuda.is_available, torch.cuda.device_count = saved  # type: ignore[assignment]
+    return x, y, mode.requests
+
+
 # ------------------------------------------------------------------------------------------- tokenizer
 def encode_iterable_of_file(tokenizer: Any, path: Path) -> list[int]:
     """`list(tokenizer.encode_iterable(f))` over the text file `path` opened as a file object."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import scenarios
 from tests.measure import peak_rss_growth
 
 from .adapters import run_get_batch
@@ -111,6 +112,20 @@ def test_get_batch_on_cuda() -> None:
     x, y = run_get_batch(np.arange(100, dtype=np.uint16), 4, 8, "cuda:0")
     assert x.device.type == "cuda" and y.device.type == "cuda"
     assert x.dtype == torch.int64 and torch.equal(y, x + 1)
+
+
+def test_get_batch_places_tensors_on_the_given_device() -> None:
+    # No GPU needed: torch's placement calls are recorded and kept on the CPU (tests/scenarios.py). Any way
+    # of placing (torch.tensor(..., device=device), .to(device), torch.randint(..., device=device)) passes,
+    # as long as the device asked for is the one given: "cuda:1" must not become "cuda" (the current GPU).
+    x, y, requests = scenarios.run("get_batch_device_requests", np.arange(100), 4, 8, "cuda:1")
+    assert x.shape == (4, 8) and torch.equal(y, x + 1), "get_batch must return (x, x + 1)"
+    elsewhere = sorted({r for r in requests if r not in ("cpu", "cuda:1")})
+    assert not elsewhere, (
+        f"get_batch(..., device='cuda:1') placed tensors on {elsewhere}: pass the device string through "
+        "unchanged (torch.device('cuda:1').type is 'cuda', the current GPU, not GPU 1)"
+    )
+    assert "cuda:1" in requests, f"get_batch(..., device='cuda:1') never placed a tensor on it (asked for {requests})"
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32], ids=["uint16", "int32"])

@@ -221,6 +221,54 @@ def test_tokenizer_encode_iterable_any_chunking(small_bpe, small_tiktoken, piece
     assert list(tokenizer.encode_iterable(iter(chunks))) == small_tiktoken(text)
 
 
+# The chunkings that matter, fixed (random ones find them only sometimes): a whitespace run cut at a chunk's
+# edge (a pre-token is only known once the next character is: "\n\n" alone is one pre-token, before "a" two),
+# a special token cut in two, and characters of one grapheme (a flag, a ZWJ sequence, an accent) cut apart.
+TRICKY_CHUNKINGS = {
+    "newlines-then-word": ["\n\n", "a "],
+    "spaces-then-word": ["x  ", "y"],
+    "tab-run": ["a\t", "\t", " b"],
+    "space-by-space": [" ", " ", "b", " "],
+    "trailing-spaces": ["hello", " ", " ", " "],
+    "newline-space-word": ["x \n", "\n a"],
+    "special-cut": [f"Hello{ENDOFTEXT[:6]}", f"{ENDOFTEXT[6:]}world"],
+    "special-cut-thrice": ["a<", "|endoftext", "|>", "<|endoftext|", ">"],
+    "special-prefix-only": ["a <|endof", "text ", "b"],
+    "flag-cut": ["I \U0001F1EB", "\U0001F1F7 ok"],
+    "zwj-cut": ["\U0001F468\u200d", "\U0001F469 x"],
+    "accent-cut": ["cafe", "\u0301 r\u00e9", "sum\u00e9"],
+    "cjk-cut": ["東", "京は", " 日本"],
+}
+
+
+@pytest.mark.parametrize("chunks", list(TRICKY_CHUNKINGS.values()), ids=list(TRICKY_CHUNKINGS))
+def test_tokenizer_encode_iterable_tricky_chunkings(small_bpe, small_tiktoken, chunks: list[str]) -> None:
+    text = "".join(chunks)
+    tokenizer = get_tokenizer(*small_bpe, [ENDOFTEXT])
+    assert_same_ids(tokenizer.encode_iterable(iter(chunks)), small_tiktoken(text), f"encode_iterable of {chunks!r}")
+
+
+def test_tokenizer_instances_share_no_state(small_bpe) -> None:
+    # Two tokenizers with different merges, used in turn on the same words: a cache shared by every instance
+    # (a class attribute, a module-level dict, functools.cache on a method) hands one the other's ids.
+    vocab, merges = small_bpe
+    fewer = merges[:20]
+    short_vocab = {i: token for i, token in vocab.items() if i < 256 + len(fewer)}
+    full, short = get_tokenizer(vocab, merges), get_tokenizer(short_vocab, fewer)
+    full_ids, short_ids = tiktoken_ids((vocab, merges), []), tiktoken_ids((short_vocab, fewer), [])
+    text = TEXTS["ascii"] + " " + TEXTS["newlines"]
+    assert full_ids(text) != short_ids(text), "test setup: the two vocabularies must encode the text differently"
+    for turn, (name, tokenizer, ids) in enumerate([("first", full, full_ids), ("second", short, short_ids),
+                                                   ("first", full, full_ids)]):  # fmt: skip
+        got = tokenizer.encode(text)
+        if got != ids(text) and got == (short_ids if tokenizer is full else full_ids)(text):
+            raise AssertionError(
+                f"call {turn + 1}: the {name} tokenizer returned the other tokenizer's ids: two Tokenizer instances "
+                "share state (a cache kept on the class or the module, not on the instance)"
+            )
+        assert_same_ids(got, ids(text), f"call {turn + 1}, the {name} tokenizer")
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed{s}")
 def test_tokenizer_encode_iterable_long_input(small_bpe, small_tiktoken, fixtures_dir: Path, seed: int) -> None:
     # Long enough that a buffering implementation must flush many times.
