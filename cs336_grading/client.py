@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import count
 from pathlib import Path
@@ -40,6 +41,9 @@ CALL_SHARE, CALL_FLOOR_S = 0.4, 1.5  # the most of a test's budget that one call
 # a submission that hangs everywhere grades in minutes, and a correct one never comes near (its calls
 # take milliseconds where this applies).
 SUSPECT_AFTER, SUSPECT_S = 1, 0.5
+# Workers one test file may start (the first and its replacements after deaths and hangs); past that, the
+# file's remaining tests fail at once: a submission that dies everywhere costs a few budgets, not minutes.
+MAX_STARTS_PER_FILE = 4
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -112,7 +116,9 @@ class WorkerClient:
         self._generation = 0
         self._names = count()
         self._start_failure: WorkerFailure | None = None
-        self.walls: dict[str, bool] = {}
+        self.walls: dict[str, Any] = {}
+        self.cgroup: str | None = None  # the current worker's memory cgroup (the fork server's), if any
+        self.starts: dict[str, int] = {}  # test file -> workers started for its tests
         self.hangs: dict[str, int] = {}  # function -> tests of this process in which it timed out
         # One user id per pytest process: killing "every process of the uid" then spares the other jobs.
         self.uid = None if config.uid is None else config.uid + os.getpid() % 100_000
@@ -128,7 +134,8 @@ class WorkerClient:
     def end_test(self) -> dict[str, Any]:
         self._note_peak()
         return {"worker_seconds": round(self.spent_s, 4), "peak_mib": round(self.peak_kib / 1024, 1),
-                "findings": self.findings[:10]}  # fmt: skip
+                "walls": sorted(k for k, v in self.walls.items() if v is True),
+                "memory_measure": str(self.walls.get("memory", "")), "findings": self.findings[:10]}  # fmt: skip
 
     # -------------------------------------------------------------------------------------- calls
     def call(self, module: str, name: str, args: Any, kwargs: Any) -> Any:
@@ -245,6 +252,19 @@ class WorkerClient:
             return
         if self._start_failure is not None:
             raise self._start_failure
+        file = self.nodeid.split("::")[0]
+        if self.starts.get(file, 0) >= MAX_STARTS_PER_FILE:
+            self.failure = WorkerFailure("died", f"the worker was started {MAX_STARTS_PER_FILE} times for {file} "
+                                         "(it died or hung each time): this file's remaining tests fail at once")  # fmt: skip
+            raise self.failure
+        self.starts[file] = self.starts.get(file, 0) + 1
+        started = time.monotonic()
+        try:
+            self._start_worker()
+        finally:
+            self.spent_s += time.monotonic() - started  # NOTE: a slow import is the test's, which needed it
+
+    def _start_worker(self) -> None:
         self._workspace = Path(self.config.scratch) / f"ws-{os.getpid()}-{next(self._names)}"
         shutil.copytree(self.config.template, self._workspace, symlinks=True)
         (self._workspace / "inbox").mkdir()
@@ -253,17 +273,23 @@ class WorkerClient:
         control = self._connect()
         wire.send(control, request, [])
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
-        self._pid = int(wire.receive(control)[0]["pid"])
+        forked = wire.receive(control)[0]
+        self._pid, self.cgroup = int(forked["pid"]), forked.get("cgroup") or None
         self._sock = socket.socket(fileno=fds[0])
         self._generation += 1
-        ready, _, _ = select.select([self._sock], [], [], self.config.start_timeout_s)
+        # The start (the submission's import) is charged to the test that needed the worker: it may use
+        # what is left of that test's budget, and no more than the start limit.
+        limit = max(0.0, min(self.config.start_timeout_s, self.budget_s - self.spent_s))
+        ready, _, _ = select.select([self._sock], [], [], limit)
         try:
             if not ready:
                 raise TimeoutError
             self.walls = dict(wire.receive(self._sock)[0].get("ready", {}))
         except (EOFError, OSError, wire.WireError) as e:
-            why = f"did not start within {self.config.start_timeout_s:g} s" if isinstance(e, TimeoutError) else ""
-            kind, message = ("timeout", f"the worker {why}") if why else self._death("the submission's import")
+            if isinstance(e, TimeoutError):
+                self._fail("timeout", f"the worker did not start (import the submission) within {limit:.3g} s, what "
+                           f"was left of the test's budget ({self.budget_s:.3g} s)")  # fmt: skip
+            kind, message = self._death("the submission's import")
             self._stop_worker()
             self._start_failure = WorkerFailure(kind, message)
             raise self._start_failure from None
@@ -296,7 +322,36 @@ class WorkerClient:
             os.chmod(target, os.stat(target).st_mode | 0o444)
         return str(target)
 
+    def memory_probe(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
+        """(reset, peak): the current worker's memory in bytes, it and every process it started (its cgroup),
+        the peak since `reset` (which returns the usage then); None without a cgroup (see `tests/measure.py`)."""
+        self._ensure_worker()
+        if self.cgroup is None:
+            return None if self.uid is None else _uid_probe(self.uid)
+        directory = Path(self.cgroup)
+        if (directory / "memory.peak").exists():  # cgroup v2: a write resets the peak seen through this file
+            peak_file = open(directory / "memory.peak", "r+b", buffering=0)  # noqa: SIM115 - kept for the peak
+
+            def reset_v2() -> int:
+                peak_file.write(b"reset\n")
+                return int((directory / "memory.current").read_text())
+
+            return reset_v2, lambda: int(os.pread(peak_file.fileno(), 64, 0))
+
+        def reset_v1() -> int:
+            (directory / "memory.max_usage_in_bytes").write_text("0")
+            return int((directory / "memory.usage_in_bytes").read_text())
+
+        return reset_v1, lambda: int((directory / "memory.max_usage_in_bytes").read_text())
+
     def _note_peak(self) -> None:
+        if self.cgroup is not None:
+            try:
+                name = "memory.peak" if Path(self.cgroup, "memory.peak").exists() else "memory.max_usage_in_bytes"
+                self.peak_kib = max(self.peak_kib, int(Path(self.cgroup, name).read_text()) // 1024)
+                return
+            except (OSError, ValueError):
+                pass
         try:
             for line in Path(f"/proc/{self._pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -326,7 +381,7 @@ class WorkerClient:
                 self._server({"op": "kill_user", "uid": self.uid})
         if self._sock is not None:
             self._sock.close()
-        self._sock, self._pid = None, None
+        self._sock, self._pid, self.cgroup = None, None, None
         if self._workspace is not None:
             shutil.rmtree(self._workspace, ignore_errors=True)
 
@@ -335,6 +390,42 @@ class WorkerClient:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+def _uid_processes(uid: int) -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+def _status_kib(entry: Path, field: str) -> int:
+    try:
+        for line in (entry / "status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _uid_probe(uid: int) -> tuple[Callable[[], int], Callable[[], int]]:
+    """The fallback without a cgroup: the resident memory summed over the live processes of the worker's uid
+    (a child that ended before the reading is missed: the report names this measure)."""
+
+    def reset() -> int:
+        for entry in _uid_processes(uid):
+            try:
+                (entry / "clear_refs").write_text("5")
+            except OSError:
+                pass
+        return sum(_status_kib(e, "VmRSS") for e in _uid_processes(uid)) * 1024
+
+    return reset, lambda: sum(_status_kib(e, "VmHWM") for e in _uid_processes(uid)) * 1024
 
 
 class ForkServer:

@@ -196,7 +196,7 @@ def grade(
         for name in selected
     )
     ungraded = tuple(sorted(set(run.ungraded)))
-    warnings = tuple(_warnings(limits, evidence, builtins))
+    warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
     return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
 
 
@@ -270,6 +270,16 @@ def _warnings(limits: sandbox.Limits, evidence: dict[str, list[str]], builtins: 
     elif "?" in evidence:
         warnings += [f"note: forbidden built-ins of no graded problem: {'; '.join(evidence['?'])}"]
     return warnings
+
+
+def _walls_note(records: dict[str, dict]) -> list[str]:
+    """Which walls stood around the workers, and how their memory was measured (the host decides both)."""
+    walls = sorted({str(w) for r in records.values() for w in r.get("walls", [])})
+    measures = sorted({str(r["memory_measure"]) for r in records.values() if r.get("memory_measure")})
+    if not walls and not measures:
+        return []
+    return [f"note: the worker's walls: {', '.join(walls) or 'limits only'}; memory measured by "
+            f"{' and '.join(measures) or 'the worker process alone'}"]  # fmt: skip
 
 
 def _select_problems(problems: Iterable[str] | None) -> list[str]:

@@ -151,8 +151,12 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     faulthandler.enable(file=log)
     global _LOG
     _LOG = log
+    memory = None
+    if request.get("cgroup"):
+        jail.join_cgroup(str(request["cgroup"]))  # before the walls: everything it forks is counted too
+        memory = str(request["memory"])
     walls = jail.enter(workspace, uid=request.get("uid"), memory_mb=request.get("memory_mb"),
-                       cpu_s=int(request.get("cpu_s", 600)))  # fmt: skip
+                       cpu_s=int(request.get("cpu_s", 600)), memory=memory)  # fmt: skip
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workspace, "PYTHONDONTWRITEBYTECODE": "1",
                        "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp" if walls["filesystem"] else workspace + "/tmp"})  # fmt: skip
@@ -235,6 +239,13 @@ def fork_server(path: str, warm: bool = True) -> None:
                 jail.kill_user(uid) if uid is not None else os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        for _ in range(20):
+            _reap({})
+            if not _CGROUPS and not _EMPTYING:
+                break
+            _EMPTYING.extend(_CGROUPS.values())
+            _CGROUPS.clear()
+            select.select([], [], [], 0.05)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -255,15 +266,22 @@ def fork_server(path: str, warm: bool = True) -> None:
                 conn.close()
 
 
+_CGROUPS: dict[int, str] = {}  # worker pid -> its memory cgroup
+_EMPTYING: list[str] = []  # the cgroups of workers that ended, removed once empty
+
+
 def _reap(ended: dict[int, tuple[int, int]]) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         ended[pid] = (status, usage.ru_maxrss)
+        if pid in _CGROUPS:
+            _EMPTYING.append(_CGROUPS.pop(pid))
+    _EMPTYING[:] = [c for c in _EMPTYING if not jail.remove_cgroup(c)]  # its last processes may be dying still
 
 
 def _serve_request(
@@ -272,12 +290,14 @@ def _serve_request(
     op = header.get("op")
     if op == "fork":
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        cgroup = jail.cgroup_for(f"{os.getpid()}-{os.path.basename(str(header['workspace']))}", header.get("memory_mb"))
+        request = {**header, "cgroup": cgroup[0], "memory": cgroup[1]} if cgroup else dict(header)
+        pid, _ = jail.fork_alone()
         if pid == 0:
             ours.close()
             code = 0
             try:
-                _child(theirs, header, theirs.fileno())
+                _child(theirs, request, theirs.fileno())
             except BaseException:  # noqa: BLE001 - the worker's log says why it could not start or serve
                 traceback.print_exc(file=_LOG or sys.stderr)
                 code = 70
@@ -286,9 +306,12 @@ def _serve_request(
                 os._exit(code)
         theirs.close()
         forked[pid] = header.get("uid")
+        if cgroup:
+            _CGROUPS[pid] = cgroup[0]
         socket.send_fds(conn, [b"F"], [ours.fileno()])
         ours.close()
-        wire.send(conn, {"pid": pid}, [])
+        wire.send(conn, {"pid": pid, "cgroup": cgroup[0] if cgroup else None,
+                         "memory": cgroup[1] if cgroup else None}, [])  # fmt: skip
     elif op == "status":
         pid = int(header["pid"])
         deadline = 20  # the worker was just killed: give the kernel a moment to report it
