@@ -186,6 +186,7 @@ def grade(
         if missing:
             raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
+        review = tuple(audit.review(student.package, student.adapters))
     scores = tuple(
         ProblemScore(
             PROBLEMS_BY_NAME[name],
@@ -197,7 +198,7 @@ def grade(
     )
     ungraded = tuple(sorted(set(run.ungraded)))
     warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
-    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records), review=review)
 
 
 def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:

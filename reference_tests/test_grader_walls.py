@@ -163,3 +163,63 @@ def test_start_up_is_charged_to_the_test_and_restarts_are_capped(tmp_path: Path,
     messages = [o.message for o in result.outcomes.values() if "test_softmax_many" in o.nodeid]
     assert any("remaining tests fail at once" in m for m in messages), messages
     assert problem_scores(result) == {"softmax": 0}
+
+
+# ------------------------------------------------------------------------------------------- the audit
+# Built-ins reached around the audit's table: the grader's static scan resolves them to the problem they
+# replace (score 0, with the line), whatever the worker reports about itself.
+_GAMED = {"linear": "return 2 * x", "softmax": "return x + 1", "rmsnorm": "return text.upper()"}
+
+
+@pytest.mark.parametrize(
+    ("problem", "body", "evidence"),
+    [
+        ("linear", "return int(torch.ops.aten.linear(torch.tensor([[float(x)]]), torch.tensor([[2.0]])).item())",
+         "torch.ops.aten.linear"),
+        ("softmax", "return int(torch.ops.aten._softmax.default(torch.zeros(1), 0, False).item()) + x",
+         "torch.ops.aten._softmax.default"),
+        ("softmax", "return int(torch.special.softmax(torch.zeros(1), 0).item()) + x", "torch.special.softmax"),
+        ("softmax", "return int(torch._softmax(torch.zeros(1), 0, False).item()) + x", "torch._softmax"),
+        ("rmsnorm", "torch.ops.aten.rms_norm(torch.ones(2), [2])\n    return text.upper()", "torch.ops.aten.rms_norm"),
+    ],
+    ids=["aten-linear", "aten-_softmax", "special-softmax", "private-_softmax", "aten-rms_norm"],
+)
+def test_aten_kernels_and_aliases_are_forbidden_built_ins(
+    tmp_path: Path, harness: Path, problem: str, body: str, evidence: str
+) -> None:
+    package = "import torch\n" + GOOD_PACKAGE.replace(_GAMED[problem], body)
+    result = _grade(tmp_path, harness, package, problems=["linear", "softmax", "rmsnorm"])
+    gamed = next(p for p in result.problems if p.problem.name == problem)
+    assert gamed.score == 0 and any(evidence in line for line in gamed.evidence), result.format_table()
+    assert problem_scores(result) == {**HONEST, problem: 0}
+
+
+# Escape hatches that switch the in-worker audit off or fool it: each is "needs review" evidence, in the
+# report and in results.json (the score stands until a person looks).
+HATCHES = {
+    "thread": ("import threading, torch\nF = getattr(torch.nn, 'func' + 'tional')\n",
+               "out = []\nt = threading.Thread(target=lambda: out.append(2 * x))\nt.start(); t.join()\nreturn out[0]",
+               "threading"),
+    "co_filename": ("", "f = lambda: 2 * x\nf.__code__ = f.__code__.replace(co_filename='/usr/lib/x.py')\n"
+                    "return f()", "co_filename"),
+    "sys.modules": ("import sys\n", "sys.modules['cs336_grading.audit'] = None\nreturn 2 * x", "sys.modules"),
+    "DisableTorchFunction": ("import torch\n", "with torch._C.DisableTorchFunction():\n    return 2 * x", "torch._C"),
+    "importlib": ("import importlib\n", "F = importlib.import_module('torch.nn.' + 'functional')\nreturn 2 * x",
+                  "importlib"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(HATCHES))
+def test_escape_hatches_need_review(tmp_path: Path, harness: Path, kind: str) -> None:
+    imports, body, evidence = HATCHES[kind]
+    result = _grade(tmp_path, harness, _gamed_linear(body, imports), problems=["linear"])
+    assert any(evidence in line for line in result.review), (kind, result.review)
+    payload = result.to_gradescope()
+    assert any(evidence in line for line in payload["needs_review"])
+    assert "Needs review" in str(payload["output"]) and "Needs review" in result.format_table()
+
+
+def test_the_reference_needs_no_review() -> None:
+    from cs336_grading import audit
+
+    assert audit.review(REPO / "cs336_basics", REPO / "tests" / "adapters.py") == []
