@@ -329,20 +329,25 @@ class WorkerClient:
         if self.cgroup is None:
             return None if self.uid is None else _uid_probe(self.uid)
         directory = Path(self.cgroup)
-        if (directory / "memory.peak").exists():  # cgroup v2: a write resets the peak seen through this file
-            peak_file = open(directory / "memory.peak", "r+b", buffering=0)  # noqa: SIM115 - kept for the peak
+        v2 = (directory / "memory.peak").exists()
+        peak_name, usage_name = ("memory.peak", "memory.current") if v2 else ("memory.max_usage_in_bytes", "memory.usage_in_bytes")
+        cache: list[int] = [0]
 
-            def reset_v2() -> int:
-                peak_file.write(b"reset\n")
-                return int((directory / "memory.current").read_text())
+        def file_cache() -> int:  # NOTE: page cache (a memmap's file read ahead) is the kernel's, not the call's
+            stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines() if " " in line)
+            return int(stat.get("file" if v2 else "cache", 0))
 
-            return reset_v2, lambda: int(os.pread(peak_file.fileno(), 64, 0))
+        peak_file = open(directory / peak_name, "r+b", buffering=0)  # noqa: SIM115 - a v2 reset is per open file
 
-        def reset_v1() -> int:
-            (directory / "memory.max_usage_in_bytes").write_text("0")
-            return int((directory / "memory.usage_in_bytes").read_text())
+        def reset() -> int:
+            peak_file.write(b"reset\n" if v2 else b"0")
+            cache[0] = file_cache()
+            return int((directory / usage_name).read_text())
 
-        return reset_v1, lambda: int((directory / "memory.max_usage_in_bytes").read_text())
+        def peak() -> int:
+            return int(os.pread(peak_file.fileno(), 64, 0)) - max(0, file_cache() - cache[0])
+
+        return reset, peak
 
     def _note_peak(self) -> None:
         if self.cgroup is not None:
