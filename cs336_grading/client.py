@@ -242,7 +242,7 @@ class WorkerClient:
             how = f"died (signal {signal.Signals(os.WTERMSIG(status)).name})"
         else:
             how = f"exited (exit code {os.WEXITSTATUS(status)})"
-        memory = any(m in tail for m in MEMORY_MARKERS)
+        memory = any(m in tail for m in MEMORY_MARKERS) or self._oom_killed()
         del peak_kib
         return ("memory" if memory else "died"), f"the worker running {what} {how}" + (f": {tail}" if tail else "")
 
@@ -348,6 +348,19 @@ class WorkerClient:
             return int(os.pread(peak_file.fileno(), 64, 0)) - max(0, file_cache() - cache[0])
 
         return reset, peak
+
+    def _oom_killed(self) -> bool:
+        """Whether the kernel killed a process of the worker's cgroup for its memory limit."""
+        if self.cgroup is None:
+            return False
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                lines = Path(self.cgroup, name).read_text().splitlines()
+            except OSError:
+                continue
+            counts = dict(line.split()[:2] for line in lines if len(line.split()) >= 2)
+            return int(counts.get("oom_kill", "0")) > 0
+        return False
 
     def _note_peak(self) -> None:
         if self.cgroup is not None:

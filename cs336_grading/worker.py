@@ -290,7 +290,11 @@ def _serve_request(
     op = header.get("op")
     if op == "fork":
         ours, theirs = socket.socketpair()
-        cgroup = jail.cgroup_for(f"{os.getpid()}-{os.path.basename(str(header['workspace']))}", header.get("memory_mb"))
+        memory_mb = header.get("memory_mb")
+        # NOTE: the address-space limit stops one process; the cgroup's, the worker and all it starts together
+        # (twice as much: at the same value, one process thrashes at the cgroup's before its own limit says so).
+        name = f"{os.getpid()}-{os.path.basename(str(header['workspace']))}"
+        cgroup = jail.cgroup_for(name, None if memory_mb is None else 2 * int(memory_mb))
         request = {**header, "cgroup": cgroup[0], "memory": cgroup[1]} if cgroup else dict(header)
         pid, _ = jail.fork_alone()
         if pid == 0:
