@@ -247,13 +247,17 @@ class Watch:
     """Around one call in the worker: records forbidden torch use by the submission (see the module doc)."""
 
     _table: dict[Any, str] | None = None
+    current = "the worker"  # the call that is running (what the sealed kernels blame)
+    harness = False  # whether it is the harness's (a scenario), whose torch.nn models get `HARNESS_FALLBACKS`
 
-    def __init__(self, call: str) -> None:
-        self.call = call
+    def __init__(self, call: str, harness: bool = False) -> None:
+        self.call, self.harness = call, harness
         self.findings: list[str] = []
         self._mode: Any = None
 
     def __enter__(self) -> Watch:
+        Watch.current, Watch.harness = self.call, self.harness
+        del EVIDENCE[:]
         if "torch" not in sys.modules:
             return self  # code that never imported torch uses none of its built-ins
         import torch
@@ -277,6 +281,9 @@ class Watch:
     def __exit__(self, *exc: object) -> None:
         if self._mode is not None:
             self._mode.__exit__(*exc)
+        self.findings.extend(f for f in EVIDENCE[:20] if f not in self.findings)
+        del EVIDENCE[:]
+        Watch.current, Watch.harness = "the worker (between calls)", False
 
     def _inspect(self, func: Any, torch_dir: str, submission: tuple[str, str]) -> None:
         frame = sys._getframe(2)
@@ -305,3 +312,92 @@ class Watch:
             module = getattr(base, "__module__", "")
             if module.startswith("torch.optim") and base is not torch.optim.Optimizer:
                 self.findings.append(f"{self.call}: the optimizer class derives from {module}.{base.__qualname__}")
+
+
+# ------------------------------------------------------------------------------ kernels (worker, sealed)
+# The ATen kernels behind the forbidden built-ins -> the problem they solve. `seal` replaces them in the
+# worker (after the fork, before the submission is imported) with kernels that end the call with evidence:
+# in every thread, whatever Python-level hook is switched off or file name forged, the built-in is simply
+# not there. Those with their own CPU kernel are replaced at "CPU" (autograd passes through it); composite
+# ones (decomposed into plain maths otherwise) at "AutogradCPU" and "CPU" (inference mode skips autograd).
+SEALED_KERNELS = {
+    "_softmax": "softmax", "_log_softmax": "cross_entropy", "silu": "positionwise_feedforward",
+    "silu_": "positionwise_feedforward", "glu": "positionwise_feedforward", "nll_loss_forward": "cross_entropy",
+    "nll_loss2d_forward": "cross_entropy", "embedding": "embedding", "native_layer_norm": "rmsnorm",
+    "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention", "_fused_adamw_": "adamw",
+    "_fused_adam_": "adamw",
+}  # fmt: skip
+SEALED_COMPOSITES = {
+    "linear": "linear", "rms_norm": "rmsnorm", "_fused_rms_norm": "rmsnorm", "layer_norm": "rmsnorm",
+    "cross_entropy_loss": "cross_entropy", "nll_loss": "cross_entropy", "nll_loss_nd": "cross_entropy",
+    "scaled_dot_product_attention": "scaled_dot_product_attention",
+    "_scaled_dot_product_attention_math": "scaled_dot_product_attention",
+}  # fmt: skip
+SEALED_MARK = "is a forbidden built-in: the grader's worker has no such kernel"
+_SEALED: list[Any] = []  # the libraries holding the replacements (alive as long as the worker)
+EVIDENCE: list[str] = []  # what the sealed kernels saw, drained into each reply's audit
+
+
+def seal() -> list[str]:
+    """Replace the forbidden kernels in this process (see above); returns the operators replaced."""
+    import torch
+
+    library = torch.library.Library("aten", "IMPL")
+    _SEALED.append(library)
+    done = []
+    for table, keys in ((SEALED_KERNELS, ("CPU",)), (SEALED_COMPOSITES, ("AutogradCPU", "CPU"))):
+        for name, problem in table.items():
+            packet = getattr(torch.ops.aten, name, None)
+            if packet is None:
+                continue
+            for overload in packet.overloads():
+                qualified = name if overload == "default" else f"{name}.{overload}"
+                for key in keys:
+                    try:
+                        library.impl(qualified, _sealed_kernel(qualified, problem), key)
+                    except RuntimeError:
+                        continue  # this build has no such overload at that key
+                done.append(qualified)
+    return done
+
+
+def _linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    import torch
+
+    out = torch.matmul(x, weight.t())
+    return out if bias is None else out + bias
+
+
+def _embedding(weight: Any, indices: Any, *_: Any, **__: Any) -> Any:
+    return weight.index_select(0, indices.reshape(-1)).reshape(*indices.shape, weight.shape[-1])
+
+
+def _cross_entropy(logits: Any, target: Any, weight: Any = None, reduction: int = 1, ignore_index: int = -100,
+                   label_smoothing: float = 0.0) -> Any:  # fmt: skip
+    """torch's cross-entropy for class indices (dimension 1), without weights or smoothing, in plain maths."""
+    import torch
+
+    if weight is not None or label_smoothing or target.is_floating_point():
+        raise RuntimeError("the harness's cross-entropy supports class indices without weights or smoothing")
+    keep = target != ignore_index
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    losses = (torch.logsumexp(logits, 1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1)) * keep
+    if reduction == 0:
+        return losses
+    return losses.sum() if reduction == 2 else losses.sum() / keep.sum()
+
+
+# What the harness's own scenarios (torch.nn models it builds to compare with) get from a sealed kernel.
+HARNESS_FALLBACKS = {"linear": _linear, "embedding": _embedding, "cross_entropy_loss": _cross_entropy}
+
+
+def _sealed_kernel(name: str, problem: str) -> Any:
+    fallback = HARNESS_FALLBACKS.get(name)
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        if Watch.harness and fallback is not None:
+            return fallback(*args, **kwargs)
+        EVIDENCE.append(f"{Watch.current} reached the kernel aten::{name} (the {problem} built-in)")
+        raise RuntimeError(f"aten::{name} {SEALED_MARK} (write {problem} yourself)")
+
+    return kernel

@@ -44,6 +44,7 @@ SUSPECT_AFTER, SUSPECT_S = 1, 0.5
 # Workers one test file may start (the first and its replacements after deaths and hangs); past that, the
 # file's remaining tests fail at once: a submission that dies everywhere costs a few budgets, not minutes.
 MAX_STARTS_PER_FILE = 4
+SEALED_MARK = "is a forbidden built-in: the grader's worker has no such kernel"  # = audit.SEALED_MARK
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -76,6 +77,7 @@ class WorkerConfig:
     cpu_s: int = 600
     uid: int | None = None  # the workers' own user id (root only)
     start_timeout_s: float = 20.0
+    seal: bool = True  # replace the forbidden built-ins' kernels in the worker (`audit.seal`); off: "warn" mode
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -176,6 +178,9 @@ class WorkerClient:
         finally:
             self.spent_s += time.monotonic() - started
         self.findings.extend(str(f) for f in reply.get("audit", []) if isinstance(f, str))
+        message = str(reply.get("error", {}).get("message", "")) if isinstance(reply.get("error"), dict) else ""
+        if SEALED_MARK in message and not any(SEALED_MARK in f or "reached the kernel" in f for f in self.findings):
+            self.findings.append(f"{what}: {message[:200]}")  # the evidence list was emptied: the error says it
         if "error" in reply:
             raise self._raised(what, reply["error"])
         generation = self._generation
@@ -269,7 +274,7 @@ class WorkerClient:
         shutil.copytree(self.config.template, self._workspace, symlinks=True)
         (self._workspace / "inbox").mkdir()
         request = {"op": "fork", "workspace": str(self._workspace), "uid": self.uid,
-                   "memory_mb": self.config.memory_mb, "cpu_s": self.config.cpu_s}  # fmt: skip
+                   "memory_mb": self.config.memory_mb, "cpu_s": self.config.cpu_s, "seal": self.config.seal}  # fmt: skip
         control = self._connect()
         wire.send(control, request, [])
         _, fds, _, _ = socket.recv_fds(control, 1, 1)

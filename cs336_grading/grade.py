@@ -170,7 +170,7 @@ def grade(
         pristine = _load_harness(harness)
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
-        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
+        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits, seal=builtins == "zero")
         prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
         env[SELECT_ENV] = json.dumps(prefixes)
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
@@ -237,7 +237,7 @@ def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
 
 def _worker_env(
     tmp: Path, pristine: sandbox.Harness, student: sandbox.Submission, server: ForkServer,
-    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None,
+    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None, seal: bool = True,
 ) -> dict[str, str]:  # fmt: skip
     """The environment that points a pytest process at the workers and gives each test its budget."""
     template = sandbox.build_worker_template(tmp / "worker", pristine, student)
@@ -245,7 +245,7 @@ def _worker_env(
     os.chmod(tmp / "ws", 0o711)
     os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
     config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
-                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
+                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None, seal=seal)  # fmt: skip
     budgets = timings.limits() if test_limits is None else test_limits
     limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
     return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}

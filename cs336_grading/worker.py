@@ -46,6 +46,7 @@ class _Session:
         self.handles: dict[int, Any] = {}
         self.modules: dict[str, Any] = {}
         self.import_errors: dict[str, BaseException] = {}
+        self.last_findings: list[str] = []
 
     def load(self) -> None:
         """Import the submission's adapters and the scenarios now: their import time is no test's."""
@@ -82,10 +83,14 @@ class _Session:
         name, function = self.target(header)
         args = wire.decode(header.get("args", []), buffers, self.resolve, memmaps=True)
         kwargs = wire.decode(header.get("kwargs", {"$dict": []}), buffers, self.resolve, memmaps=True)
-        with audit.Watch(name) as watch:
-            result = _drain(function(*args, **kwargs))
-            if inspect.isclass(result):
-                watch.check_optimizer(result)
+        watch = audit.Watch(name, harness=header.get("op") == "call" and header.get("module") == "scenarios")
+        try:
+            with watch:
+                result = _drain(function(*args, **kwargs))
+                if inspect.isclass(result):
+                    watch.check_optimizer(result)
+        finally:
+            self.last_findings = list(watch.findings)  # NOTE: an error reply carries them too
         out: list[bytes] = []
         value = wire.encode(result, out, on_other=self.handle_of)
         return {"ok": value, "audit": watch.findings}, out
@@ -122,10 +127,11 @@ def serve(sock: socket.socket, session: _Session) -> None:
             header, buffers = wire.receive(sock)
         except EOFError:
             return
+        session.last_findings = []
         try:
             reply, out = session.answer(header, buffers)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are the student's too
-            reply, out = {"error": _error(e)}, []
+            reply, out = {"error": _error(e), "audit": session.last_findings}, []
         try:
             wire.send(sock, reply, out)
         except wire.WireError as e:
@@ -163,6 +169,7 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     _isolate_imports(workspace)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+        walls["sealed_kernels"] = len(audit.seal()) if request.get("seal", True) else 0  # before the submission runs a line
     session = _Session()
     session.load()
     wire.send(sock, {"ready": walls}, [])

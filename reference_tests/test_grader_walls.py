@@ -223,3 +223,29 @@ def test_the_reference_needs_no_review() -> None:
     from cs336_grading import audit
 
     assert audit.review(REPO / "cs336_basics", REPO / "tests" / "adapters.py") == []
+
+
+# The same kernels reached where the in-worker hooks are blind: a helper thread (the TorchFunctionMode is
+# per thread), torch's function hooks switched off, a code object claiming another file, the audit module
+# swapped in sys.modules. The names are built at run time, so the static scan cannot resolve them: the
+# sealed kernels end the call (score 0) and name the kernel (evidence).
+_LOOKUP = "import torch, threading, sys\nops = getattr(torch, 'o' + 'ps')\nsoft = lambda: getattr(ops.aten, '_soft' + 'max')\n"
+DYNAMIC = {
+    "thread": "out = []\nt = threading.Thread(target=lambda: out.append(int(soft()(torch.zeros(1), 0, False).item())))\n"
+              "t.start(); t.join()\nreturn out[0] + x",
+    "disable-torch-function": "with getattr(torch, '_' + 'C').DisableTorchFunction():\n"
+                              "    return int(soft()(torch.zeros(1), 0, False).item()) + x",
+    "co_filename": "f = lambda: int(soft()(torch.zeros(1), 0, False).item()) + x\n"
+                   "f.__code__ = f.__code__.replace(co_filename=torch.__file__)\nreturn f()",
+    "sys.modules": "sys.modules['cs336_grading.audit'] = type(sys)('nothing')\n"
+                   "return int(soft()(torch.zeros(1), 0, False).item()) + x",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(DYNAMIC))
+def test_kernels_are_sealed_in_every_thread_and_against_forgery(tmp_path: Path, harness: Path, kind: str) -> None:
+    package = _LOOKUP + GOOD_PACKAGE.replace("return x + 1", textwrap.indent(DYNAMIC[kind], "    ").lstrip())
+    result = _grade(tmp_path, harness, package, problems=["linear", "softmax", "rmsnorm"])
+    assert problem_scores(result) == {**HONEST, "softmax": 0}, result.format_table()
+    softmax = next(p for p in result.problems if p.problem.name == "softmax")
+    assert any("aten::_softmax" in line for line in softmax.evidence), softmax.evidence
