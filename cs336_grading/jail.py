@@ -5,9 +5,14 @@ only the system, the Python installation and the worker's own workspace, and a u
 
 What is achieved depends on the host, and `enter` says so in its report instead of failing:
 - always: address-space, CPU-time, core-dump and file-size limits, a new session (process group);
-- as root (Linux): a new network namespace (no interface but a downed loopback), a new mount namespace
+- as root (Linux): the worker is pid 1 of a new PID namespace (it sees no other process; when it ends,
+  everything it started dies), in a memory cgroup of its own where the host has one (`cgroup_for`: v2
+  `memory.peak`, else v1 `memory.max_usage_in_bytes`; else the resident memory of its user id is the
+  measure, and the report says which), with new IPC (SysV shared memory and queues die with it) and UTS
+  namespaces, a new network namespace (no interface but a downed loopback), a new mount namespace
   whose root is a fresh tmpfs holding read-only bind mounts of `/usr`, `/lib*`, `/bin`, `/etc`, the Python
-  prefixes (the grading and reference packages inside them hidden by empty mounts) and a writable one of the
+  prefixes (mounted over the scratch tmpfs, so a venv under /tmp stays whole; the grading and reference
+  packages inside them hidden by empty mounts) and a writable one of the
   workspace, then `chroot` into it, and a user id of its own without privileges (`no_new_privs`), which
   also caps the number of its processes and lets the grader kill every process it forked;
 - elsewhere (not root, not Linux): limits only. A student running `make grade` at home grades their own

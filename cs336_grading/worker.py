@@ -6,7 +6,8 @@ The fork server imports torch and numpy once, then listens on a Unix socket that
 For each `fork` request it forks a worker, which walls itself in (`jail.enter`: limits, no network, a
 filesystem of its workspace and the Python installation only, a user id of its own), imports the
 submission (`tests.adapters` and the harness's `tests/scenarios.py` from its workspace, which holds nothing
-else) and serves calls over a socket pair whose other end goes back to the grader (SCM_RIGHTS). Forking a
+else), its forbidden torch kernels sealed first (`audit.seal`: reaching one ends the call with evidence
+blamed on the running call, in any thread), and serves calls over a socket pair whose other end goes back to the grader (SCM_RIGHTS). Forking a
 process that has torch imported takes milliseconds, so a worker killed after a hang is replaced cheaply.
 
 A call is `{"op": "call", "module": "adapters" | "scenarios", "name": ..., "args": ..., "kwargs": ...}` or
