@@ -249,3 +249,19 @@ def test_kernels_are_sealed_in_every_thread_and_against_forgery(tmp_path: Path, 
     assert problem_scores(result) == {**HONEST, "softmax": 0}, result.format_table()
     softmax = next(p for p in result.problems if p.problem.name == "softmax")
     assert any("aten::_softmax" in line for line in softmax.evidence), softmax.evidence
+
+
+def test_needs_review_is_a_column_of_the_batch_summary(tmp_path: Path) -> None:
+    import json
+
+    from cs336_grading import batch
+
+    evidence = ["cs336_basics/__init__.py:3: torch._C (reaches into torch's C bindings)"]
+    for student, extra in (("alice", {"needs_review": evidence}), ("bob", {})):
+        (tmp_path / student).mkdir()
+        payload = {"score": 1.0, "tests": [{"name": "linear", "score": 1.0}], **extra}
+        (tmp_path / student / batch.RESULTS).write_text(json.dumps(payload))
+    states = [{"student": s, "status": "graded", "seconds": 1.0, "flags": []} for s in ("alice", "bob")]
+    columns, rows = batch.summary_rows(tmp_path, states)
+    assert "needs_review" in columns
+    assert rows[0]["needs_review"] == evidence[0] and rows[1]["needs_review"] == ""
