@@ -122,7 +122,7 @@ REVIEW_PREFIXES = {
     "ctypes": "loads native code", "types.CodeType": "builds code objects", "types.FunctionType": "builds functions",
     "sys.modules": "edits the module table", "sys._getframe": "inspects frames", "threading": "runs threads",
     "_thread": "runs threads", "multiprocessing": "starts processes", "concurrent.futures": "runs threads or processes",
-    "os.fork": "forks", "subprocess": "starts processes", "gc.get_referrers": "walks the heap",
+    "os.fork": "forks", "subprocess": "starts processes", "gc": "walks the heap",
 }  # fmt: skip
 REVIEW_NAMES = {"__import__": "imports by name", "exec": "runs generated code", "eval": "runs generated code",
                 "compile": "compiles code", "__code__": "swaps code objects", "co_filename": "forges a file name",
