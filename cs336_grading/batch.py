@@ -314,7 +314,8 @@ def grade_batch(
 
 
 def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows) of summary.csv: student, one column per problem, total, [leaderboard], seconds, flags, status."""
+    """(columns, rows) of summary.csv: student, one column per problem, total, [leaderboard], seconds, needs_review
+    (the escape hatches found, `audit.review`), flags, status."""
     results = {}
     for state in states:
         try:
@@ -332,12 +333,13 @@ def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[
         entry = {"leaderboard": payload["leaderboard"][0]["value"] if "leaderboard" in payload else ""}
         rows.append({"student": state["student"], **{p: points.get(p, "") for p in problems},
                      "total": payload.get("score", ""), **{k: entry[k] for k in board}, "seconds": state["seconds"],
+                     "needs_review": " | ".join(payload.get("needs_review", [])[:5]),
                      "flags": ";".join(state["flags"]), "status": state["status"]})  # fmt: skip
     # Why a submission was refused (one line), in a column of its own when any was.
     if any(state.get("reason") for state in states):
         for row, state in zip(rows, states):
             row["reason"] = str(state.get("reason", ""))
-    columns = ["student", *problems, "total", *board, "seconds", "flags", "status"]
+    columns = ["student", *problems, "total", *board, "seconds", "needs_review", "flags", "status"]
     columns += ["reason"] if any("reason" in row for row in rows) else []
     return columns, sorted(rows, key=lambda r: r["student"])
 

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import count
 from pathlib import Path
@@ -47,6 +48,10 @@ SUSPECT_AFTER, SUSPECT_S = 1, 0.5
 MAX_CALL_S = 600.0
 CONTROL_TIMEOUT_S = 30.0  # the fork server answers in milliseconds; it is never left to hang a test
 LOG_TAIL_BYTES = 3000  # the most of a dead worker's log that the grader reads
+# Workers one test file may start (the first and its replacements after deaths and hangs); past that, the
+# file's remaining tests fail at once: a submission that dies everywhere costs a few budgets, not minutes.
+MAX_STARTS_PER_FILE = 4
+SEALED_MARK = "is a forbidden built-in: the grader's worker has no such kernel"  # = audit.SEALED_MARK
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -79,6 +84,7 @@ class WorkerConfig:
     cpu_s: int = 600
     uid: int | None = None  # the workers' own user id (root only)
     start_timeout_s: float = 20.0
+    seal: bool = True  # replace the forbidden built-ins' kernels in the worker (`audit.seal`); off: "warn" mode
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -119,7 +125,9 @@ class WorkerClient:
         self._generation = 0
         self._names = count()
         self._start_failure: WorkerFailure | None = None
-        self.walls: dict[str, bool] = {}
+        self.walls: dict[str, Any] = {}
+        self.cgroup: str | None = None  # the current worker's memory cgroup (the fork server's), if any
+        self.starts: dict[str, int] = {}  # test file -> workers started for its tests
         self.hangs: dict[str, int] = {}  # function -> tests of this process in which it timed out
         # One user id per pytest process: killing "every process of the uid" then spares the other jobs.
         self.uid = None if config.uid is None else config.uid + os.getpid() % 100_000
@@ -137,7 +145,8 @@ class WorkerClient:
     def end_test(self) -> dict[str, Any]:
         self._note_peak()
         return {"worker_seconds": round(self.spent_s, 4), "peak_mib": round(self.peak_kib / 1024, 1),
-                "findings": self.findings[:10]}  # fmt: skip
+                "walls": sorted(k for k, v in self.walls.items() if v is True),
+                "memory_measure": str(self.walls.get("memory", "")), "findings": self.findings[:10]}  # fmt: skip
 
     # -------------------------------------------------------------------------------------- calls
     def call(self, module: str, name: str, args: Any, kwargs: Any) -> Any:
@@ -206,6 +215,9 @@ class WorkerClient:
             tally[0] += 1
             tally[1] += time.monotonic() - started
         self.findings.extend(str(f) for f in reply.get("audit", []) if isinstance(f, str))
+        message = str(reply.get("error", {}).get("message", "")) if isinstance(reply.get("error"), dict) else ""
+        if SEALED_MARK in message and not any(SEALED_MARK in f or "reached the kernel" in f for f in self.findings):
+            self.findings.append(f"{what}: {message[:200]}")  # the evidence list was emptied: the error says it
         return reply, out
 
     def _call_limit(self, what: str) -> tuple[float, bool]:
@@ -293,7 +305,7 @@ class WorkerClient:
             how = f"died (signal {signal.Signals(os.WTERMSIG(status)).name})"
         else:
             how = f"exited (exit code {os.WEXITSTATUS(status)})"
-        memory = any(m in tail for m in MEMORY_MARKERS)
+        memory = any(m in tail for m in MEMORY_MARKERS) or self._oom_killed()
         del peak_kib
         return ("memory" if memory else "died"), f"the worker running {what} {how}" + (f": {tail}" if tail else "")
 
@@ -303,26 +315,45 @@ class WorkerClient:
             return
         if self._start_failure is not None:
             raise self._start_failure
+        file = self.nodeid.split("::")[0]
+        if self.starts.get(file, 0) >= MAX_STARTS_PER_FILE:
+            self.failure = WorkerFailure("died", f"the worker was started {MAX_STARTS_PER_FILE} times for {file} "
+                                         "(it died or hung each time): this file's remaining tests fail at once")  # fmt: skip
+            raise self.failure
+        self.starts[file] = self.starts.get(file, 0) + 1
+        started = time.monotonic()
+        try:
+            self._start_worker()
+        finally:
+            self.spent_s += time.monotonic() - started  # NOTE: a slow import is the test's, which needed it
+
+    def _start_worker(self) -> None:
         self._workspace = Path(self.config.scratch) / f"ws-{os.getpid()}-{next(self._names)}"
         shutil.copytree(self.config.template, self._workspace, symlinks=True)
         (self._workspace / "inbox").mkdir()
         request = {"op": "fork", "workspace": str(self._workspace), "uid": self.uid,
-                   "memory_mb": self.config.memory_mb, "cpu_s": self.config.cpu_s}  # fmt: skip
+                   "memory_mb": self.config.memory_mb, "cpu_s": self.config.cpu_s, "seal": self.config.seal}  # fmt: skip
         control = self._connect()
         wire.send(control, request, [])
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
-        self._pid = int(wire.receive(control)[0]["pid"])
+        forked = wire.receive(control)[0]
+        self._pid, self.cgroup = int(forked["pid"]), forked.get("cgroup") or None
         self._sock = socket.socket(fileno=fds[0])
         self._generation += 1
-        ready, _, _ = select.select([self._sock], [], [], self.config.start_timeout_s)
+        # The start (the submission's import) is charged to the test that needed the worker: it may use
+        # what is left of that test's budget, and no more than the start limit.
+        limit = max(0.0, min(self.config.start_timeout_s, self.budget_s - self.spent_s))
+        ready, _, _ = select.select([self._sock], [], [], limit)
         try:
             if not ready:
                 raise TimeoutError
-            deadline = time.monotonic() + self.config.start_timeout_s
+            deadline = time.monotonic() + max(limit, 1.0)  # the ready message is tiny: it is not a second budget
             self.walls = dict(wire.receive(self._sock, deadline=deadline)[0].get("ready", {}))
         except (EOFError, OSError, wire.WireError) as e:
-            why = f"did not start within {self.config.start_timeout_s:g} s" if isinstance(e, TimeoutError) else ""
-            kind, message = ("timeout", f"the worker {why}") if why else self._death("the submission's import")
+            if isinstance(e, TimeoutError):
+                self._fail("timeout", f"the worker did not start (import the submission) within {limit:.3g} s, what "
+                           f"was left of the test's budget ({self.budget_s:.3g} s)")  # fmt: skip
+            kind, message = self._death("the submission's import")
             self._stop_worker()
             self._start_failure = WorkerFailure(kind, message)
             raise self._start_failure from None
@@ -370,7 +401,54 @@ class WorkerClient:
             os.close(inbox)
         return str(self._workspace / "inbox" / name)
 
+    def memory_probe(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
+        """(reset, peak): the current worker's memory in bytes, it and every process it started (its cgroup),
+        the peak since `reset` (which returns the usage then); None without a cgroup (see `tests/measure.py`)."""
+        self._ensure_worker()
+        if self.cgroup is None:
+            return None if self.uid is None else _uid_probe(self.uid)
+        directory = Path(self.cgroup)
+        v2 = (directory / "memory.peak").exists()
+        peak_name, usage_name = ("memory.peak", "memory.current") if v2 else ("memory.max_usage_in_bytes", "memory.usage_in_bytes")
+        cache: list[int] = [0]
+
+        def file_cache() -> int:  # NOTE: page cache (a memmap's file read ahead) is the kernel's, not the call's
+            stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines() if " " in line)
+            return int(stat.get("file" if v2 else "cache", 0))
+
+        peak_file = open(directory / peak_name, "r+b", buffering=0)  # noqa: SIM115 - a v2 reset is per open file
+
+        def reset() -> int:
+            peak_file.write(b"reset\n" if v2 else b"0")
+            cache[0] = file_cache()
+            return int((directory / usage_name).read_text())
+
+        def peak() -> int:
+            return int(os.pread(peak_file.fileno(), 64, 0)) - max(0, file_cache() - cache[0])
+
+        return reset, peak
+
+    def _oom_killed(self) -> bool:
+        """Whether the kernel killed a process of the worker's cgroup for its memory limit."""
+        if self.cgroup is None:
+            return False
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                lines = Path(self.cgroup, name).read_text().splitlines()
+            except OSError:
+                continue
+            counts = dict(line.split()[:2] for line in lines if len(line.split()) >= 2)
+            return int(counts.get("oom_kill", "0")) > 0
+        return False
+
     def _note_peak(self) -> None:
+        if self.cgroup is not None:
+            try:
+                name = "memory.peak" if Path(self.cgroup, "memory.peak").exists() else "memory.max_usage_in_bytes"
+                self.peak_kib = max(self.peak_kib, int(Path(self.cgroup, name).read_text()) // 1024)
+                return
+            except (OSError, ValueError):
+                pass
         try:
             for line in Path(f"/proc/{self._pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -399,7 +477,7 @@ class WorkerClient:
                 remove_ipc(self.uid)
         if self._sock is not None:
             self._sock.close()
-        self._sock, self._pid = None, None
+        self._sock, self._pid, self.cgroup = None, None, None
         if self._workspace is not None:
             # NOTE: rmtree works by descriptors here (it never follows a link the worker planted).
             assert shutil.rmtree.avoids_symlink_attacks or os.name != "posix"
@@ -437,6 +515,42 @@ def remove_ipc(uid: int) -> list[str]:
                 if getattr(libc, control)(*args) == 0:
                     removed.append(f"{kind} {fields[1]}")
     return removed
+
+
+def _uid_processes(uid: int) -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+def _status_kib(entry: Path, field: str) -> int:
+    try:
+        for line in (entry / "status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _uid_probe(uid: int) -> tuple[Callable[[], int], Callable[[], int]]:
+    """The fallback without a cgroup: the resident memory summed over the live processes of the worker's uid
+    (a child that ended before the reading is missed: the report names this measure)."""
+
+    def reset() -> int:
+        for entry in _uid_processes(uid):
+            try:
+                (entry / "clear_refs").write_text("5")
+            except OSError:
+                pass
+        return sum(_status_kib(e, "VmRSS") for e in _uid_processes(uid)) * 1024
+
+    return reset, lambda: sum(_status_kib(e, "VmHWM") for e in _uid_processes(uid)) * 1024
 
 
 class ForkServer:

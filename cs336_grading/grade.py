@@ -170,7 +170,7 @@ def grade(
         pristine = _load_harness(harness)
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
-        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
+        env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits, seal=builtins == "zero")
         prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
         env[SELECT_ENV] = json.dumps(prefixes)
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
@@ -186,6 +186,7 @@ def grade(
         if missing:
             raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
+        review = tuple(audit.review(student.package, student.adapters))
     scores = tuple(
         ProblemScore(
             PROBLEMS_BY_NAME[name],
@@ -196,8 +197,8 @@ def grade(
         for name in selected
     )
     ungraded = tuple(sorted(set(run.ungraded)))
-    warnings = tuple(_warnings(limits, evidence, builtins))
-    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records))
+    warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
+    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records), review=review)
 
 
 def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:
@@ -236,7 +237,7 @@ def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
 
 def _worker_env(
     tmp: Path, pristine: sandbox.Harness, student: sandbox.Submission, server: ForkServer,
-    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None,
+    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None, seal: bool = True,
 ) -> dict[str, str]:  # fmt: skip
     """The environment that points a pytest process at the workers and gives each test its budget."""
     template = sandbox.build_worker_template(tmp / "worker", pristine, student)
@@ -244,7 +245,7 @@ def _worker_env(
     os.chmod(tmp / "ws", 0o711)
     os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
     config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
-                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None)  # fmt: skip
+                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None, seal=seal)  # fmt: skip
     budgets = timings.limits() if test_limits is None else test_limits
     limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
     return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
@@ -270,6 +271,16 @@ def _warnings(limits: sandbox.Limits, evidence: dict[str, list[str]], builtins: 
     elif "?" in evidence:
         warnings += [f"note: forbidden built-ins of no graded problem: {'; '.join(evidence['?'])}"]
     return warnings
+
+
+def _walls_note(records: dict[str, dict]) -> list[str]:
+    """Which walls stood around the workers, and how their memory was measured (the host decides both)."""
+    walls = sorted({str(w) for r in records.values() for w in r.get("walls", [])})
+    measures = sorted({str(r["memory_measure"]) for r in records.values() if r.get("memory_measure")})
+    if not walls and not measures:
+        return []
+    return [f"note: the worker's walls: {', '.join(walls) or 'limits only'}; memory measured by "
+            f"{' and '.join(measures) or 'the worker process alone'}"]  # fmt: skip
 
 
 def _select_problems(problems: Iterable[str] | None) -> list[str]:

@@ -134,6 +134,14 @@ class GradeResult:
     ungraded: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
     records: dict[str, dict] = field(default_factory=dict)  # nodeid -> worker seconds, peak MiB, findings
+    review: tuple[str, ...] = ()  # escape hatches in the submitted files (`audit.review`): a person checks them
+
+    def review_lines(self) -> list[str]:
+        """The "needs review" column: its evidence, one line each (the grade stands either way)."""
+        if not self.review:
+            return []
+        return [f"Needs review ({len(self.review)} escape hatch(es); the score stands until a person checks them):",
+                *(f"  {line}" for line in self.review[:20])]  # fmt: skip
 
     @property
     def score(self) -> float:
@@ -168,13 +176,16 @@ class GradeResult:
             for p in self.problems
         ]
         output = f"Total: {self.score:.2f} / {self.max_score:g}"
-        return {
+        payload: dict[str, object] = {
             "score": round(float(self.score), 4),
             "execution_time": round(self.execution_time, 1),
-            "output": "\n".join([output, *self.warnings]),
+            "output": "\n".join([output, *self.review_lines(), *self.warnings]),
             "visibility": "visible",
             "tests": tests,
         }
+        if self.review:
+            payload["needs_review"] = list(self.review)  # read by the batch summary
+        return payload
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write `results.json` atomically (a temporary file renamed into place)."""
@@ -192,4 +203,4 @@ class GradeResult:
             lines.append(f"{p.problem.name:<{width}}  {p.score:6.2f}  {p.problem.points:5g}  {p.summary()}")
             lines.extend(f"{'':<{width}}      {line}" for line in p.details())
         lines.append(f"{'total':<{width}}  {self.score:6.2f}  {self.max_score:5g}  ({self.execution_time:.0f} s)")
-        return "\n".join([*lines, *self.warnings])
+        return "\n".join([*lines, *self.review_lines(), *self.warnings])

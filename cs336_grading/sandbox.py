@@ -313,7 +313,7 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = event.get("nodeid")
         elif event.get("event") == "result":
             report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
-            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings", "advisory") if k in event}
+            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings", "advisory", "walls", "memory_measure") if k in event}
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))

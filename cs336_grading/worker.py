@@ -6,7 +6,8 @@ The fork server imports torch and numpy once, then listens on a Unix socket that
 For each `fork` request it forks a worker, which walls itself in (`jail.enter`: limits, no network, a
 filesystem of its workspace and the Python installation only, a user id of its own), imports the
 submission (`tests.adapters` and the harness's `tests/scenarios.py` from its workspace, which holds nothing
-else) and serves calls over a socket pair whose other end goes back to the grader (SCM_RIGHTS). Forking a
+else), its forbidden torch kernels sealed first (`audit.seal`: reaching one ends the call with evidence
+blamed on the running call, in any thread), and serves calls over a socket pair whose other end goes back to the grader (SCM_RIGHTS). Forking a
 process that has torch imported takes milliseconds, so a worker killed after a hang is replaced cheaply.
 
 A call is `{"op": "call", "module": "adapters" | "scenarios", "name": ..., "args": ..., "kwargs": ...}` or
@@ -46,6 +47,7 @@ class _Session:
         self.handles: dict[int, Any] = {}
         self.modules: dict[str, Any] = {}
         self.import_errors: dict[str, BaseException] = {}
+        self.last_findings: list[str] = []
 
     def load(self) -> None:
         """Import the submission's adapters and the scenarios now: their import time is no test's."""
@@ -82,10 +84,14 @@ class _Session:
         name, function = self.target(header)
         args = wire.decode(header.get("args", []), buffers, self.resolve, memmaps=True)
         kwargs = wire.decode(header.get("kwargs", {"$dict": []}), buffers, self.resolve, memmaps=True)
-        with audit.Watch(name) as watch:
-            result = _drain(function(*args, **kwargs))
-            if inspect.isclass(result):
-                watch.check_optimizer(result)
+        watch = audit.Watch(name, harness=header.get("op") == "call" and header.get("module") == "scenarios")
+        try:
+            with watch:
+                result = _drain(function(*args, **kwargs))
+                if inspect.isclass(result):
+                    watch.check_optimizer(result)
+        finally:
+            self.last_findings = list(watch.findings)  # NOTE: an error reply carries them too
         out: list[bytes] = []
         value = wire.encode(result, out, on_other=self.handle_of)
         return {"ok": value, "audit": watch.findings}, out
@@ -122,10 +128,11 @@ def serve(sock: socket.socket, session: _Session) -> None:
             header, buffers = wire.receive(sock)
         except EOFError:
             return
+        session.last_findings = []
         try:
             reply, out = session.answer(header, buffers)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are the student's too
-            reply, out = {"error": _error(e)}, []
+            reply, out = {"error": _error(e), "audit": session.last_findings}, []
         try:
             wire.send(sock, reply, out)
         except wire.WireError as e:
@@ -151,14 +158,19 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     faulthandler.enable(file=log)
     global _LOG
     _LOG = log
+    memory = None
+    if request.get("cgroup"):
+        jail.join_cgroup(str(request["cgroup"]))  # before the walls: everything it forks is counted too
+        memory = str(request["memory"])
     walls = jail.enter(workspace, uid=request.get("uid"), memory_mb=request.get("memory_mb"),
-                       cpu_s=int(request.get("cpu_s", 600)))  # fmt: skip
+                       cpu_s=int(request.get("cpu_s", 600)), memory=memory)  # fmt: skip
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workspace, "PYTHONDONTWRITEBYTECODE": "1",
                        "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp" if walls["filesystem"] else workspace + "/tmp"})  # fmt: skip
     _isolate_imports(workspace)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+        walls["sealed_kernels"] = len(audit.seal()) if request.get("seal", True) else 0  # before the submission runs a line
     session = _Session()
     session.load()
     wire.send(sock, {"ready": walls}, [])
@@ -235,6 +247,13 @@ def fork_server(path: str, warm: bool = True) -> None:
                 jail.kill_user(uid) if uid is not None else os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        for _ in range(20):
+            _reap({})
+            if not _CGROUPS and not _EMPTYING:
+                break
+            _EMPTYING.extend(_CGROUPS.values())
+            _CGROUPS.clear()
+            select.select([], [], [], 0.05)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -255,15 +274,22 @@ def fork_server(path: str, warm: bool = True) -> None:
                 conn.close()
 
 
+_CGROUPS: dict[int, str] = {}  # worker pid -> its memory cgroup
+_EMPTYING: list[str] = []  # the cgroups of workers that ended, removed once empty
+
+
 def _reap(ended: dict[int, tuple[int, int]]) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         ended[pid] = (status, usage.ru_maxrss)
+        if pid in _CGROUPS:
+            _EMPTYING.append(_CGROUPS.pop(pid))
+    _EMPTYING[:] = [c for c in _EMPTYING if not jail.remove_cgroup(c)]  # its last processes may be dying still
 
 
 def _serve_request(
@@ -272,12 +298,18 @@ def _serve_request(
     op = header.get("op")
     if op == "fork":
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        memory_mb = header.get("memory_mb")
+        # NOTE: the address-space limit stops one process; the cgroup's, the worker and all it starts together
+        # (twice as much: at the same value, one process thrashes at the cgroup's before its own limit says so).
+        name = f"{os.getpid()}-{os.path.basename(str(header['workspace']))}"
+        cgroup = jail.cgroup_for(name, None if memory_mb is None else 2 * int(memory_mb))
+        request = {**header, "cgroup": cgroup[0], "memory": cgroup[1]} if cgroup else dict(header)
+        pid, _ = jail.fork_alone()
         if pid == 0:
             ours.close()
             code = 0
             try:
-                _child(theirs, header, theirs.fileno())
+                _child(theirs, request, theirs.fileno())
             except BaseException:  # noqa: BLE001 - the worker's log says why it could not start or serve
                 traceback.print_exc(file=_LOG or sys.stderr)
                 code = 70
@@ -286,9 +318,12 @@ def _serve_request(
                 os._exit(code)
         theirs.close()
         forked[pid] = header.get("uid")
+        if cgroup:
+            _CGROUPS[pid] = cgroup[0]
         socket.send_fds(conn, [b"F"], [ours.fileno()])
         ours.close()
-        wire.send(conn, {"pid": pid}, [])
+        wire.send(conn, {"pid": pid, "cgroup": cgroup[0] if cgroup else None,
+                         "memory": cgroup[1] if cgroup else None}, [])  # fmt: skip
     elif op == "status":
         pid = int(header["pid"])
         deadline = 20  # the worker was just killed: give the kernel a moment to report it

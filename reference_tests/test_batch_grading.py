@@ -116,7 +116,7 @@ def test_one_failing_submission_never_stops_the_batch(class_dir: Path, tmp_path:
     assert rows["bob"]["status"] == "failed" and rows["bob"]["total"] == "" and rows["bob"]["flags"] == "grading-failed"
     assert "the grader blew up" in json.loads((out / "bob" / batch.STATE).read_text())["error"]
     assert rows["dave"] == {"student": "dave", "linear": "1.0", "softmax": "0.5", "total": "1.5", "seconds": "1.5",
-                            "flags": "", "status": "graded"}  # fmt: skip
+                            "needs_review": "", "flags": "", "status": "graded"}  # fmt: skip
     assert rows["carol"]["flags"] == "timeout"
     calls.clear()
     grade_batch(discover([class_dir]), out, {}, jobs=2, runner=fake_runner(scores, calls))
