@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cs336_grading import batch
@@ -185,7 +186,7 @@ def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> Non
 
 def find_similar(
     paths: Sequence[str | os.PathLike[str]], out_dir: Path, *, references: Sequence[str | os.PathLike[str]] = (),
-    threshold: float = DEFAULT_THRESHOLD, max_share: float = 0.2,
+    threshold: float = DEFAULT_THRESHOLD, max_share: float = 0.2, jobs: int | None = None,
 ) -> Comparison:
     """Compare the submissions under `paths` (and against `references`), write the report into `out_dir`."""
     if not 0.0 < threshold <= 1.0:
@@ -197,7 +198,12 @@ def find_similar(
     for code in codes:
         if code.skipped:
             log.warning("similarity: %s: skipped %s", code.name, ", ".join(code.skipped[:5]))
-    prints = [fingerprint_code(code) for code in codes]
+    jobs = jobs or os.cpu_count() or 1
+    if jobs > 1 and len(codes) >= 16:  # tokenising is most of the time: one process per core
+        with ProcessPoolExecutor(jobs) as pool:
+            prints = list(pool.map(fingerprint_code, codes, chunksize=4))
+    else:
+        prints = [fingerprint_code(code) for code in codes]
     result = compare(prints, boilerplate_hashes(handout_sources()), max_share=max_share)
     write_report(result, out_dir, threshold, {c.name: c.files for c in codes})
     log.info("similarity: %d submissions, %d references, %d pairs in %.1f s", sum(not c.reference for c in codes),
