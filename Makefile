@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 
-.PHONY: install test test-slow test-all test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install test test-slow test-all test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test-slow: install
 	$(PYTEST) -m slow reference_tests
 
 test-all: test test-slow
+
+## The Gradescope autograder in a debootstrapped Ubuntu 22.04 (root, debootstrap, the Ubuntu archive; ~10 min):
+## setup.sh as root, then run_autograder on the reference (full marks) and a broken submission.
+test-autograder: install
+	CS336_TEST_AUTOGRADER=1 $(PYTEST) -s -m slow reference_tests/test_autograder_chroot.py
 
 test-reference: install
 	$(PYTEST) tests
