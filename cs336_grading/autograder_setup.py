@@ -10,6 +10,10 @@ Gradescope offers Ubuntu base images; the grader needs Python >= 3.11 (`requires
 results.json that names the broken environment whenever the grader cannot start (a missing virtual
 environment, a Python too old): Gradescope never shows a student an empty result.
 
+TODO(heldout): the canary (a known-correct submission graded at the start of every Gradescope run) belongs
+to `autograder.run()` on the `heldout` branch; its "environment is wrong" outcome should reach results.json
+the same way as `fail` in `run_autograder` below: a zero that tells the student it is not their fault.
+
 NOTE: the wheels come from PyPI and torch from PyTorch's CPU index; `CS336_TORCH_INDEX` (empty: none) and
 pip's own `PIP_*` variables redirect them, which is how `make test-autograder` installs from a local mirror.
 """

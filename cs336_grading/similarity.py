@@ -60,6 +60,10 @@ MIN_MATCHES = 15  # fewer shared fingerprints than this never flag a pair, whate
 MAX_FILE_BYTES = 1 << 20
 MAX_TOTAL_BYTES = 16 << 20
 MAX_FILES = 500
+_FSTRING_START = getattr(tokenize, "FSTRING_START", -1)  # Python >= 3.12 splits f-strings into tokens
+_FSTRING_END = getattr(tokenize, "FSTRING_END", -1)
+_SKIPPED = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER})
+_LAYOUT = {tokenize.NEWLINE: ";", tokenize.INDENT: ">", tokenize.DEDENT: "<"}
 _FALLBACK_TOKEN = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 
 
@@ -109,13 +113,12 @@ def _normalise_word(text: str) -> str:
 def _python_tokens(source: str) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     statement_start, in_fstring = True, 0
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        kind, line = tok.type, tok.start[0]
-        if kind in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER):
+    for kind, text, (line, _), _, _ in tokenize.generate_tokens(io.StringIO(source).readline):
+        if kind in _SKIPPED:
             continue
-        if kind == getattr(tokenize, "FSTRING_START", -1):
+        if kind == _FSTRING_START:
             in_fstring += 1
-        elif kind == getattr(tokenize, "FSTRING_END", -1):
+        elif kind == _FSTRING_END:
             in_fstring -= 1
             out.append(("S", line))
         elif in_fstring:
@@ -124,18 +127,12 @@ def _python_tokens(source: str) -> list[tuple[str, int]]:
             if statement_start:  # a docstring or a bare string statement: as free as a comment
                 continue
             out.append(("S", line))
-        elif kind == tokenize.NEWLINE:
-            if out and not statement_start:
-                out.append((";", line))
-        elif kind == tokenize.INDENT:
-            out.append((">", line))
-        elif kind == tokenize.DEDENT:
-            out.append(("<", line))
+        elif kind in _LAYOUT:
+            if kind != tokenize.NEWLINE or (out and not statement_start):
+                out.append((_LAYOUT[kind], line))
         else:
-            out.append((_normalise_word(tok.string), line))
-        statement_start = kind in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) or (
-            statement_start and kind == tokenize.STRING
-        )
+            out.append((_normalise_word(text), line))
+        statement_start = kind in _LAYOUT or (statement_start and kind == tokenize.STRING)
     return out
 
 

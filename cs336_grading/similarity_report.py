@@ -33,6 +33,7 @@ PAGES_DIR = "similarity"
 COLUMNS = ["rank", "a", "b", "b_kind", "score", "score_a", "score_b", "matched", "flagged", "files", "report"]
 SUMMARY_COLUMNS = ["similarity", "similar_to", "similarity_flag"]
 _MAX_LINES_SHOWN = 4000  # per file on a page
+MAX_PAGES = 300  # more flagged pairs than this means a threshold too low: the CSV still lists them all
 
 
 def is_flagged(pair: Pair, threshold: float) -> bool:
@@ -53,7 +54,7 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
     for rank, pair in enumerate(result.pairs, 1):
         flagged = is_flagged(pair, threshold)
         report = ""
-        if flagged:
+        if flagged and page < MAX_PAGES:
             page += 1
             report = f"{PAGES_DIR}/pair-{page:04d}.html"
             _write_text(out_dir / report, pair_page(result, pair, code))
@@ -67,7 +68,10 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
     except ImportError:
         log.warning("matplotlib is not installed: no %s", PLOT_NAME)
     annotate_summary(out_dir, result, threshold)
-    log.info("similarity: %d pairs share fingerprints, %d flagged (score >= %g): %s", len(result.pairs), page,
+    flagged = sum(r["flagged"] == "yes" for r in rows)
+    if flagged > page:
+        log.warning("similarity: %d pairs flagged, pages written for the first %d only", flagged, page)
+    log.info("similarity: %d pairs share fingerprints, %d flagged (score >= %g): %s", len(result.pairs), flagged,
              threshold, out_dir / CSV_NAME)  # fmt: skip
     return out_dir / CSV_NAME
 

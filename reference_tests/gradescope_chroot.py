@@ -6,8 +6,8 @@
         results = box.grade(submission_dir)     # /autograder/submission -> run_autograder -> results.json
 
 Needs root, `debootstrap` and the distribution's archive. When this machine has a local pip mirror
-(/opt/pypi*, /opt/wheels: see `pip config list`) it is bind-mounted read-only into the root and pip is
-pointed at it (`CS336_TORCH_INDEX=""`), since PyPI's and PyTorch's indexes may be out of reach.
+(/opt/pypi*, /opt/wheels: see `pip config list`) it is bind-mounted read-only into the root and pip uses it
+beside PyPI, as this machine's pip does (`CS336_TORCH_INDEX=""`: PyTorch's own index may be out of reach).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ IMAGES = {  # Gradescope's base image -> (debootstrap suite, mirror, components)
     "ubuntu-24.04": ("noble", "http://archive.ubuntu.com/ubuntu", "main,universe"),
 }
 LOCAL_MIRRORS = ("/opt/wheels", "/opt/pypi", "/opt/pypi-more")
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def base_system(image: str, cache: Path) -> Path:
@@ -55,9 +56,12 @@ class Chroot:
         subprocess.run(["cp", "-a", str(base), str(self.root)], check=True)
         shutil.copyfile("/etc/resolv.conf", self.root / "etc/resolv.conf")
         self.env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
-        if all(Path(p).is_dir() for p in LOCAL_MIRRORS):
-            self.env |= {"PIP_FIND_LINKS": "/opt/wheels", "PIP_INDEX_URL": "file:///opt/pypi/simple",
-                         "PIP_EXTRA_INDEX_URL": "file:///opt/pypi-more/simple", "CS336_TORCH_INDEX": ""}  # fmt: skip
+        if all(Path(p).is_dir() for p in LOCAL_MIRRORS):  # as this machine's pip: PyPI, plus the local mirror
+            self.env |= {"PIP_FIND_LINKS": "/opt/wheels", "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple file:///opt/pypi-more/simple",
+                         "CS336_TORCH_INDEX": "", "PIP_DEFAULT_TIMEOUT": "60"}  # fmt: skip
+        if Path(HOST_CA).is_file():  # this machine's CA bundle (a registry proxy may need it)
+            shutil.copyfile(HOST_CA, self.root / "etc/cs336-host-ca.crt")
+            self.env["PIP_CERT"] = "/etc/cs336-host-ca.crt"
 
     def __enter__(self) -> Chroot:
         self._mount(["-t", "proc", "proc"], "proc")
