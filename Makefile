@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
+IMAGES ?= ubuntu-24.04
 
 .PHONY: install test test-slow test-all test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
@@ -32,10 +33,10 @@ test-slow: install
 
 test-all: test test-slow
 
-## The Gradescope autograder in a debootstrapped Ubuntu 22.04 (root, debootstrap, the Ubuntu archive; ~10 min):
+## The Gradescope autograder in a debootstrapped base system, IMAGES=ubuntu-24.04 (or debian-12; root, debootstrap, ~10 min):
 ## setup.sh as root, then run_autograder on the reference (full marks) and a broken submission.
 test-autograder: install
-	CS336_TEST_AUTOGRADER=1 $(PYTEST) -s -m slow reference_tests/test_autograder_chroot.py
+	CS336_TEST_AUTOGRADER=1 CS336_TEST_AUTOGRADER_IMAGES=$(IMAGES) $(PYTEST) -s -m slow reference_tests/test_autograder_chroot.py
 
 test-reference: install
 	$(PYTEST) tests

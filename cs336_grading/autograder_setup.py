@@ -2,9 +2,13 @@
 
 Gradescope offers Ubuntu base images; the grader needs Python >= 3.11 (`requires-python`):
 
-    ubuntu-24.04   python3 is 3.12: setup.sh installs it from the image's own archive (the default)
-    ubuntu-22.04   python3 is 3.10: setup.sh installs python3.11 from the Ubuntu archive (universe, jammy-updates)
-    ubuntu-20.04 and older: no Python >= 3.11 in their archive; the build refuses and names the image to pick
+    ubuntu-24.04   python3 is 3.12: setup.sh installs it from the image's own archive (the only image supported)
+    ubuntu-22.04   refused at build time: python3 is 3.10, and the archive's python3.11 (jammy-updates,
+                   universe) is 3.11.0~rc1, a release candidate without sys.get_int_max_str_digits, so
+                   `import torch._dynamo` fails in the grader's worker (seen in `make test-autograder`)
+    ubuntu-20.04 and older: no Python >= 3.11 in their archive; refused, naming ubuntu-24.04
+
+A new image is one line of `BASE_IMAGES`: the Python command and the apt packages that give it.
 
 `setup.sh` fails loudly when the Python it ends with is older than 3.11, and `run_autograder` writes a
 results.json that names the broken environment whenever the grader cannot start (a missing virtual
@@ -26,9 +30,12 @@ DEFAULT_BASE_IMAGE = "ubuntu-24.04"
 # image -> (the Python it ends with, the apt packages that give it)
 BASE_IMAGES = {
     "ubuntu-24.04": ("python3", "python3 python3-venv python3-pip"),
-    "ubuntu-22.04": ("python3.11", "python3.11 python3.11-venv"),
 }
-REFUSED_IMAGES = ("ubuntu-20.04", "ubuntu-18.04")  # no Python >= 3.11 in their archive
+REFUSED_IMAGES = {  # image -> why
+    "ubuntu-22.04": "its archive's python3.11 is 3.11.0~rc1, a release candidate that torch cannot import",
+    "ubuntu-20.04": "its archive has no Python >= 3.11",
+    "ubuntu-18.04": "its archive has no Python >= 3.11",
+}
 MEMORY_GB = 4  # the grader's test processes (one at a time per job) stay under 2 GB each
 CPUS = 2
 
@@ -39,13 +46,6 @@ cd /autograder/source
 export DEBIAN_FRONTEND=noninteractive
 PYTHON={python}
 apt-get update -qq
-if [ "$PYTHON" = python3.11 ] && ! apt-cache show python3.11 > /dev/null 2>&1; then
-    # Ubuntu 22.04 ships python3.11 in universe (jammy-updates): enable it if the image did not.
-    . /etc/os-release
-    echo "deb http://archive.ubuntu.com/ubuntu $VERSION_CODENAME universe" > /etc/apt/sources.list.d/cs336-universe.list
-    echo "deb http://archive.ubuntu.com/ubuntu $VERSION_CODENAME-updates universe" >> /etc/apt/sources.list.d/cs336-universe.list
-    apt-get update -qq
-fi
 apt-get install -y -qq --no-install-recommends {packages} ca-certificates > /dev/null
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup.sh: $("$PYTHON" --version 2>&1) is older than the grader's Python 3.11: rebuild the zip with" \\
@@ -85,8 +85,8 @@ exit $status
 def check_base_image(image: str) -> str:
     """`image` if the zip supports it; a ValueError naming the image to choose otherwise."""
     if image in REFUSED_IMAGES:
-        raise ValueError(f"expected a base image with Python >= 3.11 available ({', '.join(BASE_IMAGES)}), got {image}: "
-                         f"its archive has no Python >= 3.11; choose {DEFAULT_BASE_IMAGE} on Gradescope")  # fmt: skip
+        raise ValueError(f"expected a base image with a usable Python >= 3.11 ({', '.join(BASE_IMAGES)}), got {image}: "
+                         f"{REFUSED_IMAGES[image]}; choose {DEFAULT_BASE_IMAGE} on Gradescope")  # fmt: skip
     if image not in BASE_IMAGES:
         raise ValueError(f"expected a base image among {', '.join(BASE_IMAGES)}, got {image!r}")
     return image
@@ -108,8 +108,8 @@ def readme(image: str, settings: dict[str, Any], reference_seconds: float) -> st
 Upload this zip as the assignment's autograder ("Zip file upload").
 
 - **Base image**: {image.replace("ubuntu-", "Ubuntu ")} ({BASE_IMAGES[image][0]} is installed by `setup.sh`; the
-  grader needs Python >= 3.11). Built for this image only: rebuild with `cs336 autograder --base-image IMAGE`
-  for another one ({", ".join(BASE_IMAGES)}; Ubuntu 20.04 and older have no Python >= 3.11).
+  grader needs Python >= 3.11). Not Ubuntu 22.04: its python3 is 3.10 and its python3.11 a release candidate
+  that torch cannot import; not Ubuntu 20.04 or older: no Python >= 3.11.
 - **Resources**: {CPUS} CPUs and {MEMORY_GB} GB of memory or more (the grader runs {jobs} test process(es) at a
   time, each capped by its own memory limit); no GPU (torch is installed from PyTorch's CPU index).
 - **Time**: `setup.sh` takes a few minutes (mostly torch). A correct submission grades in about

@@ -24,6 +24,9 @@ from typing import Any
 IMAGES = {  # Gradescope's base image -> (debootstrap suite, mirror, components)
     "ubuntu-22.04": ("jammy", "http://archive.ubuntu.com/ubuntu", "main,universe"),
     "ubuntu-24.04": ("noble", "http://archive.ubuntu.com/ubuntu", "main,universe"),
+    # Not a Gradescope image: Python 3.11 from its own archive, as 24.04's 3.12, for machines whose only local
+    # torch wheel is for Python 3.11 and that cannot reach PyTorch's CPU index.
+    "debian-12": ("bookworm", "http://deb.debian.org/debian", "main"),
 }
 LOCAL_MIRRORS = ("/opt/wheels", "/opt/pypi", "/opt/pypi-more")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -37,10 +40,11 @@ def base_system(image: str, cache: Path) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         cache.mkdir(parents=True, exist_ok=True)
         script = [] if Path(f"/usr/share/debootstrap/scripts/{suite}").exists() else ["/usr/share/debootstrap/scripts/gutsy"]
-        # NOTE: no Ubuntu keyring on a Debian host: the Release files are not signature-checked here.
-        subprocess.run(["debootstrap", "--variant=minbase", f"--components={components}", "--no-check-gpg", suite,
+        # NOTE: no Ubuntu keyring on a Debian host: Ubuntu's Release files are not signature-checked here.
+        unchecked = ["--no-check-gpg"] if "ubuntu" in mirror else []
+        subprocess.run(["debootstrap", "--variant=minbase", f"--components={components}", *unchecked, suite,
                         str(root), mirror, *script], check=True, capture_output=True, timeout=1800)  # fmt: skip
-        # Gradescope's images also carry jammy-updates: python3.11 for 22.04 lives there.
+        # Gradescope's images also carry the -updates suite.
         (root / "etc/apt/sources.list").write_text(
             f"deb {mirror} {suite} {components.replace(',', ' ')}\ndeb {mirror} {suite}-updates {components.replace(',', ' ')}\n"
         )
@@ -48,11 +52,17 @@ def base_system(image: str, cache: Path) -> Path:
 
 
 class Chroot:
-    """A throw-away copy of a base root with /proc, /dev and the local pip mirror mounted."""
+    """A throw-away copy of a base root with /proc and the local pip mirror mounted (debootstrap made /dev).
 
-    def __init__(self, base: Path, work: Path) -> None:
-        self.root = work / "root"
+    NOTE: the copy lives beside the cache, not under pytest's tmp_path: another pytest run may delete old
+    tmp_paths, and deleting a tree with a mount in it deletes through the mount.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.root = base.parent / "runs" / f"{base.name}-{os.getpid()}"
         self.mounts: list[Path] = []
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(base), str(self.root)], check=True)
         shutil.copyfile("/etc/resolv.conf", self.root / "etc/resolv.conf")
         self.env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -65,15 +75,15 @@ class Chroot:
 
     def __enter__(self) -> Chroot:
         self._mount(["-t", "proc", "proc"], "proc")
-        self._mount(["--bind", "/dev"], "dev")
         if "PIP_FIND_LINKS" in self.env:
             for path in LOCAL_MIRRORS:
                 self._mount(["--bind", "-o", "ro", path], path.lstrip("/"))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for target in reversed(self.mounts):
-            subprocess.run(["umount", "-l", str(target)], check=False)
+        failed = [t for t in reversed(self.mounts) if subprocess.run(["umount", str(t)], check=False).returncode != 0]
+        if not failed:  # never delete through a mount that is still there
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _mount(self, args: list[str], target: str) -> None:
         path = self.root / target

@@ -18,29 +18,28 @@ from cs336_grading.autograder_setup import RUN_AUTOGRADER, setup_sh
 from cs336_lab import cli
 
 
-@pytest.mark.parametrize(("image", "python"), [("ubuntu-24.04", "PYTHON=python3\n"), ("ubuntu-22.04", "PYTHON=python3.11\n")],
-                         ids=["noble", "jammy"])  # fmt: skip
-def test_setup_installs_a_python_of_at_least_3_11(image: str, python: str) -> None:
-    script = setup_sh(image, "https://download.pytorch.org/whl/cpu")
-    assert python in script and "sys.version_info < (3, 11)" in script and f"Base image: {image}" in script
+def test_setup_installs_a_python_of_at_least_3_11() -> None:
+    script = setup_sh("ubuntu-24.04", "https://download.pytorch.org/whl/cpu")
+    assert "PYTHON=python3\n" in script and "sys.version_info < (3, 11)" in script and "Base image: ubuntu-24.04" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
-def test_an_image_without_python_3_11_is_refused_at_build_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("image", ["ubuntu-22.04", "ubuntu-20.04", "ubuntu-18.04"])
+def test_an_image_without_a_usable_python_3_11_is_refused_at_build_time(tmp_path: Path, image: str) -> None:
     with pytest.raises(ValueError, match="choose ubuntu-24.04"):
-        build_autograder(tmp_path / "a.zip", base_image="ubuntu-20.04")
-    assert cli.main(["autograder", str(tmp_path / "a.zip"), "--base-image", "ubuntu-18.04"]) == 2
+        build_autograder(tmp_path / "a.zip", base_image=image)
+    assert cli.main(["autograder", str(tmp_path / "a.zip"), "--base-image", image]) == 2
     assert not (tmp_path / "a.zip").exists()
 
 
 def test_the_zip_readme_names_the_image_the_resources_and_the_time(tmp_path: Path) -> None:
-    archive = build_autograder(tmp_path / "a.zip", base_image="ubuntu-22.04", settings={"jobs": 2})
+    archive = build_autograder(tmp_path / "a.zip", settings={"jobs": 2})
     with zipfile.ZipFile(archive) as zf:
         readme = zf.read("README.md").decode()
         setup = zf.read("setup.sh").decode()
-    assert "**Base image**: Ubuntu 22.04" in readme and "python3.11" in readme
+    assert "**Base image**: Ubuntu 24.04" in readme and "Not Ubuntu 22.04" in readme
     assert "2 CPUs" in readme and "GB of memory" in readme and "grades in about" in readme
-    assert "PYTHON=python3.11" in setup
+    assert "PYTHON=python3\n" in setup
 
 
 @pytest.mark.parametrize("python", ["/nonexistent/python", "old"], ids=["no-venv", "python-too-old"])
