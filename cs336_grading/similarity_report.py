@@ -150,7 +150,8 @@ def plot_scores(result: Comparison, threshold: float, path: Path) -> None:
     ax.hist([students + [0.0] * max(zeros, 0), [p.score for p in result.pairs if p.b_is_reference]], bins=bins,
             stacked=True, color=["tab:blue", "tab:orange"], label=["student pairs", "student vs reference"])  # fmt: skip
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
-    ax.set_yscale("log")
+    if result.total_pairs:  # (log of nothing warns)
+        ax.set_yscale("log")
     ax.set_xlabel("similarity score (share of fingerprints matched)")
     ax.set_ylabel("pairs")
     ax.set_title(f"{result.total_pairs} pairs")
