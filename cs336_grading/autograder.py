@@ -67,7 +67,6 @@ def build_autograder(
     """Write the autograder zip to `out` (atomically); see the module docstring."""
     from cs336_grading.grade import default_harness
     from cs336_grading.sandbox import Harness
-    from cs336_grading.timings import reference_seconds
 
     check_base_image(base_image)  # before any work: an image without Python >= 3.11 is refused here
     pristine = Harness.load(harness if harness is not None else default_harness())
@@ -94,7 +93,7 @@ def build_autograder(
         files["leaderboard/leaderboard.toml"] = config.to_toml(config.validation_text.name).encode()
         settings["leaderboard"] = "leaderboard/leaderboard.toml"
     files[SETTINGS_FILE] = (json.dumps(settings, indent=2) + "\n").encode()
-    files["README.md"] = readme(base_image, settings, sum(reference_seconds().values())).encode()
+    files["README.md"] = readme(base_image, settings).encode()
     return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"})
 
 
