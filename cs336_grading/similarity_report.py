@@ -228,7 +228,7 @@ def _add_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(f"--{prefix}threshold", dest="threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"flag pairs whose similarity score reaches this (default {DEFAULT_THRESHOLD})")
     parser.add_argument(f"--{prefix}max-share", dest="max_share", type=float, default=0.2,
-                        help="ignore code that more than this share of the batch holds (default 0.2; needs 10+)")  # fmt: skip
+                        help="ignore code held by more than this share of the submissions, and by more than 10 (default 0.2)")  # fmt: skip
 
 
 def after_batch(args: argparse.Namespace) -> None:
