@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
+IMAGES ?= ubuntu-24.04
 
-.PHONY: install test test-slow test-all test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install test test-slow test-all test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -31,6 +32,11 @@ test-slow: install
 	$(PYTEST) -m slow reference_tests
 
 test-all: test test-slow
+
+## The Gradescope autograder in a debootstrapped base system, IMAGES=ubuntu-24.04 (or debian-12; root, debootstrap, ~10 min):
+## setup.sh as root, then run_autograder on the reference (full marks) and a broken submission.
+test-autograder: install
+	CS336_TEST_AUTOGRADER=1 CS336_TEST_AUTOGRADER_IMAGES=$(IMAGES) $(PYTEST) -s -m slow reference_tests/test_autograder_chroot.py
 
 test-reference: install
 	$(PYTEST) tests

@@ -6,14 +6,16 @@ Gradescope unpacks the zip into `/autograder/source`, runs `setup.sh` once to bu
 submission copies the student's upload into `/autograder/submission`, runs `run_autograder` and shows
 `/autograder/results/results.json`. The zip holds:
 
-    setup.sh            installs Python packages pinned to the versions this grader was installed with
+    README.md           the base image to pick, the memory and CPUs to request, the expected grading time
+    setup.sh            installs Python >= 3.11 and the packages pinned to the versions this grader was installed with
     requirements.txt    (torch from PyTorch's CPU index: Gradescope's machines have no GPU)
     run_autograder      python -m cs336_grading.autograder run --root /autograder
     autograder.json     the grading settings (problems, time and memory limits, jobs, leaderboard)
     cs336_grading/      this package, with the pristine harness as cs336_grading/harness/
     leaderboard/        the staff's leaderboard config and held-out text (when --leaderboard is given)
 
-Pick Gradescope's Ubuntu 24.04 base image (Python 3.12; the grader needs >= 3.11). A run: find the
+Pick Gradescope's Ubuntu 24.04 base image (Python 3.12; the grader needs >= 3.11), or build with
+`--base-image ubuntu-22.04` (setup.sh then installs python3.11): see `autograder_setup.py`. A run: find the
 submission (loose files, a top folder, or one uploaded `.zip`); score the leaderboard entry with the
 grader's own code and delete the held-out text from disk, both before any student code runs; grade; write
 results.json (Gradescope's fields, plus `leaderboard` for an entry). The root is a parameter (`--root`, or
@@ -34,31 +36,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from cs336_grading.autograder_setup import DEFAULT_BASE_IMAGE, RUN_AUTOGRADER, check_base_image, readme, setup_sh
+
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "autograder.json"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_TOTAL_TIMEOUT_S = 540.0  # Gradescope stops an autograder after 10 minutes by default
-
-SETUP_SH = """#!/usr/bin/env bash
-# Gradescope runs this once, as root, when it builds the autograder image (Ubuntu 24.04: Python 3.12).
-set -euo pipefail
-cd /autograder/source
-apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip > /dev/null
-python3 -m venv /autograder/venv
-/autograder/venv/bin/pip install --quiet --no-cache-dir --extra-index-url {torch_index} -r requirements.txt
-"""
-
-RUN_AUTOGRADER = """#!/usr/bin/env bash
-# Gradescope runs this for every submission: grades /autograder/submission, writes /autograder/results/results.json.
-set -uo pipefail
-ROOT="${CS336_AUTOGRADER_ROOT:-/autograder}"
-PYTHON="${CS336_AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
-cd "$ROOT/source"
-export PYTHONPATH="$ROOT/source"
-exec "$PYTHON" -m cs336_grading.autograder run --root "$ROOT"
-"""
-
 
 def pinned_requirements() -> list[str]:
     """`name==version` for every dependency (dev extras included) of the installed `cs336-basics`."""
@@ -78,15 +62,17 @@ def pinned_requirements() -> list[str]:
 def build_autograder(
     out: str | os.PathLike[str], *, harness: str | os.PathLike[str] | None = None,
     leaderboard: str | os.PathLike[str] | None = None, settings: dict[str, Any] | None = None,
+    base_image: str = DEFAULT_BASE_IMAGE,
 ) -> Path:
     """Write the autograder zip to `out` (atomically); see the module docstring."""
     from cs336_grading.grade import default_harness
     from cs336_grading.sandbox import Harness
 
+    check_base_image(base_image)  # before any work: an image without Python >= 3.11 is refused here
     pristine = Harness.load(harness if harness is not None else default_harness())
     settings = {"total_timeout": DEFAULT_TOTAL_TIMEOUT_S, **(settings or {})}
     files: dict[str, bytes] = {
-        "setup.sh": SETUP_SH.format(torch_index=TORCH_INDEX).encode(),
+        "setup.sh": setup_sh(base_image, TORCH_INDEX).encode(),
         "run_autograder": RUN_AUTOGRADER.encode(),
         "requirements.txt": "".join(f"{pin}\n" for pin in pinned_requirements()).encode(),
     }
@@ -107,6 +93,7 @@ def build_autograder(
         files["leaderboard/leaderboard.toml"] = config.to_toml(config.validation_text.name).encode()
         settings["leaderboard"] = "leaderboard/leaderboard.toml"
     files[SETTINGS_FILE] = (json.dumps(settings, indent=2) + "\n").encode()
+    files["README.md"] = readme(base_image, settings).encode()
     return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"})
 
 
@@ -225,6 +212,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S,
                         help="seconds for the whole grade (Gradescope's default limit is 600)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes on Gradescope")
+    parser.add_argument("--base-image", default=DEFAULT_BASE_IMAGE,
+                        help=f"Gradescope's base image: ubuntu-24.04 or ubuntu-22.04 (default {DEFAULT_BASE_IMAGE})")
     parser.set_defaults(func=_main)
 
 
@@ -235,8 +224,9 @@ def _main(args: argparse.Namespace) -> int:
     for key in ("timeout", "memory_mb", "jobs"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key) or None
-    out = build_autograder(args.out, harness=args.harness, leaderboard=args.leaderboard, settings=settings)
-    log.info("wrote %s: upload it as the Gradescope autograder (base image Ubuntu 24.04)", out)
+    out = build_autograder(args.out, harness=args.harness, leaderboard=args.leaderboard, settings=settings,
+                           base_image=args.base_image)  # fmt: skip
+    log.info("wrote %s: upload it as the Gradescope autograder (base image %s; see its README.md)", out, args.base_image)
     return 0
 
 

@@ -51,7 +51,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import audit, batch, timings
+from cs336_grading import audit, batch, similarity_report, timings
 from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
     PROBLEMS,
     PROBLEMS_BY_NAME,
@@ -378,6 +378,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
     )  # fmt: skip
     batch.add_arguments(parser)
+    similarity_report.add_batch_arguments(parser)
     parser.set_defaults(func=_main)
 
 
@@ -387,7 +388,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     if batch.wants_batch(args.submission, args.out_dir):
-        return batch.main(args)  # several submissions: cs336_grading/batch.py
+        status = batch.main(args)  # several submissions: cs336_grading/batch.py
+        similarity_report.after_batch(args)  # then which of them look copied: similarity.py
+        return status
     args.submission = args.submission[0]
     problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
     # SIGTERM (a batch system, `timeout`) cleans up like Ctrl-C: test processes, workers, the workspace.

@@ -29,6 +29,7 @@ HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
 MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 _PACKAGE = "cs336_basics"
+PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # the kit's whole package
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
 # the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
 _TOOL_PACKAGES = ("cs336_lab", "cs336_grading")
@@ -203,7 +204,7 @@ def _write_kit(root: Path, tests: Path) -> None:
     shutil.copytree(tests, root / "tests", ignore=_IGNORED)  # adapters.py is overwritten next
     (root / "tests" / "adapters.py").write_text(stub_adapters((tests / "adapters.py").read_text()))
     (root / _PACKAGE).mkdir()
-    (root / _PACKAGE / "__init__.py").write_text('"""CS336 Assignment 1: your implementation goes here."""\n')
+    (root / _PACKAGE / "__init__.py").write_text(PACKAGE_INIT)
     for name in _TOOL_PACKAGES:
         # NOTE: an installed grading package carries its harness inside; the kit's tests/ takes that role.
         shutil.copytree(_package_dir(name), root / name, ignore=shutil.ignore_patterns("harness", "*.pyc", "__pycache__"))

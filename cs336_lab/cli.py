@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_grading.grade",  # the course staff's wing: grade, handout
     "cs336_grading.handout",
     "cs336_grading.autograder",
+    "cs336_grading.similarity_report",  # similarity
 )
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
