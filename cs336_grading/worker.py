@@ -84,7 +84,7 @@ class _Session:
         name, function = self.target(header)
         args = wire.decode(header.get("args", []), buffers, self.resolve, memmaps=True)
         kwargs = wire.decode(header.get("kwargs", {"$dict": []}), buffers, self.resolve, memmaps=True)
-        watch = audit.Watch(name, harness=header.get("op") == "call" and header.get("module") == "scenarios")
+        watch = audit.Watch(name)
         try:
             with watch:
                 result = _drain(function(*args, **kwargs))

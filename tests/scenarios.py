@@ -197,9 +197,20 @@ def clip_on_a_model(max_l2_norm: float, clip: Any = None) -> list[tuple[str, Ten
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
     model[2].bias.requires_grad_(False)  # a frozen parameter: no gradient, must be skipped
-    model(torch.randn(10, 6) * 10).pow(2).sum().backward()
+    _affine(model[2], torch.relu(_affine(model[0], torch.randn(10, 6) * 10))).pow(2).sum().backward()
     (adapters.run_gradient_clipping if clip is None else clip)(model.parameters(), max_l2_norm)
     return [(name, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()]
+
+
+# NOTE: the harness's own models run beside student code in the grader's worker, where the kernels behind
+# the forbidden built-ins (linear, embedding, cross-entropy, ...) do not exist (`cs336_grading/audit.py`):
+# their forward passes are plain maths. torch.nn modules still hold (and initialise) the parameters.
+def _affine(layer: torch.nn.Linear, x: Tensor) -> Tensor:
+    return x @ layer.weight.T + layer.bias
+
+
+def _mean_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return (torch.logsumexp(logits, -1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).mean()
 
 
 # --------------------------------------------------------------------------------------- checkpointing
@@ -211,7 +222,7 @@ class _TinyNet(torch.nn.Module):
         self.out = torch.nn.Linear(16, 11)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.out(torch.relu(self.hidden(self.embed(tokens))))
+        return _affine(self.out, torch.relu(_affine(self.hidden, self.embed.weight[tokens])))
 
 
 def _fresh(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -232,7 +243,7 @@ def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: li
     losses = []
     for tokens, targets in batches:
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+        loss = _mean_cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
