@@ -51,7 +51,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import audit, batch, timings
+from cs336_grading import audit, batch, heldout, timings
 from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
     PROBLEMS,
     PROBLEMS_BY_NAME,
@@ -150,6 +150,7 @@ def grade(
     isolate_each: bool = False,
     builtins: str = "zero",
     test_limits: dict[str, float] | None = None,
+    secret: str | None = None,
 ) -> GradeResult:
     """Grade `submission` (a directory or a `.zip`); see the module docstring.
 
@@ -158,12 +159,15 @@ def grade(
     (default: CPU count); `problems` restricts grading to some problems; `isolate_each` starts one process
     per test; `builtins` is "zero" (a problem whose code used a forbidden torch built-in scores 0, with the
     evidence) or "warn" (the evidence is only reported); `test_limits` maps test ids to their budget of
-    worker seconds (default: `timings.limits()`, from the reference's committed timings). Raises
+    worker seconds (default: `timings.limits()`, from the reference's committed timings); `secret` is the
+    course's grading secret (default: `$CS336_GRADING_SECRET`; none: the public snapshots): the snapshot
+    tests then grade held-out cases drawn from it (`heldout.py`). Raises
     FileNotFoundError / SubmissionError (no submission or no `adapters.py`) and GraderError (a broken harness).
     """
     t0 = time.monotonic()
     selected = _select_problems(problems)
     jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
+    secret = heldout.check_secret(secret) if secret is not None else heldout.secret_from(None)
     # NOTE: the stack (the fork server) closes first: no worker outlives the workspace it writes in.
     with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, contextlib.ExitStack() as stack:
         tmp_dir = Path(tmp)
@@ -171,6 +175,7 @@ def grade(
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
+        env[heldout.SECRET_ENV] = secret or ""  # the pytest processes only; empty: the public snapshots
         prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
         env[SELECT_ENV] = json.dumps(prefixes)
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
@@ -366,6 +371,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         "--builtins", choices=("zero", "warn"), default="zero",
         help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
     )  # fmt: skip
+    parser.add_argument(
+        "--secret-file", default=None,
+        help=f"the course's grading secret: snapshot tests grade held-out cases drawn from it "
+             f"(default: ${heldout.SECRET_ENV}; neither: the public snapshots)",
+    )  # fmt: skip
     batch.add_arguments(parser)
     parser.set_defaults(func=_main)
 
@@ -385,7 +395,7 @@ def _main(args: argparse.Namespace) -> int:
         result = grade(
             args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
             total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
-            builtins=args.builtins,
+            builtins=args.builtins, secret=heldout.secret_from(args.secret_file),
         )  # fmt: skip
     except sandbox.SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.

@@ -36,6 +36,11 @@ def seed_for(secret: str, name: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def secret_id(secret: str) -> str:
+    """A short public name of `secret` (for fingerprints and reports): its hash, never the secret."""
+    return hashlib.sha256(f"cs336-secret-id\0{secret}".encode()).hexdigest()[:12]
+
+
 def check_secret(secret: str) -> str:
     """`secret`, stripped, if long enough to be unguessable; else ValueError."""
     secret = secret.strip()
