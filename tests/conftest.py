@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import seed, settings
 
 from cs336_grading.expected.draws import draw
 from cs336_grading.heldout import SECRET_ENV, seed_for
@@ -37,6 +37,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "advisory: good practice checked for information, worth 0 points")
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:jaxtyping.*")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under a course secret, property tests draw their examples from it too: the derandomized examples of
+    the grading profile are a function of the public test source, which a student could answer offline."""
+    secret = os.environ.get(SECRET_ENV)
+    for item in items if secret else []:
+        test = getattr(item, "obj", None)
+        if getattr(test, "is_hypothesis_test", False):
+            seed(seed_for(secret, f"hypothesis:{item.module.__name__}.{test.__name__}"))(test)
 
 
 @pytest.fixture(scope="session")
