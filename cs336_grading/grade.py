@@ -18,6 +18,8 @@ How a run goes:
    a hang, a crash, a memory blow-up, a skip or an exit from student code fails that test alone, with
    its reason, and the next test gets a fresh worker (forked in milliseconds). When a process changed a
    harness file, its tests are re-run one process each, and the test that did it gets an error.
+   With a course secret (`secret=`, `--secret-file`, `$CS336_GRADING_SECRET`) the snapshot tests grade
+   held-out cases drawn from it in those trusted processes (`heldout.py`); the workers never see it.
 4. The from-scratch audit (`audit.py`): evidence from the submitted files and from what each test saw run.
    A problem scores `points * passed / (tests - skipped)`, or 0 when it used a forbidden built-in.
 
