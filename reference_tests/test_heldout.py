@@ -77,6 +77,14 @@ def test_heldout_cases_hold_the_shapes_and_inputs_that_catch_mistakes() -> None:
         assert np.abs(silu["float32.in_features"]).max() > 89, "beyond ±88.7 exp(x) overflows float32"
 
 
+def test_docstring_examples() -> None:
+    import doctest
+
+    from cs336_grading.expected import draws
+
+    assert doctest.testmod(heldout).failed == 0 and doctest.testmod(draws).failed == 0
+
+
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16 characters, got 5"):
         heldout.check_secret("guess")

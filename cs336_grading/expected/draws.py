@@ -312,8 +312,9 @@ PUBLIC_SEEDS: dict[str, int] = {
 def draw(name: str, seed: int | None = None, *, heldout: bool = False) -> dict[str, np.ndarray]:
     """The arrays of the graded case `name`: the public snapshot by default, else drawn from `seed`.
 
-    >>> draw("model_softmax")["dim0.expected"].sum(axis=0).round(6).min()
-    1.0
+    >>> public, held_out = draw("model_linear"), draw("model_linear", seed=7, heldout=True)
+    >>> public["batched.weights"].shape, held_out["batched.weights"].shape[0] == held_out["batched.weights"].shape[1]
+    ((40, 24), True)
     """
     if name not in BUILDERS:
         raise ValueError(f"expected a graded case among {', '.join(BUILDERS)}, got {name!r}")
