@@ -16,11 +16,12 @@ submission copies the student's upload into `/autograder/submission`, runs `run_
     leaderboard/        the staff's leaderboard config and held-out text (when --leaderboard is given)
 
 Pick Gradescope's Ubuntu 24.04 base image (Python 3.12; the grader needs >= 3.11). A run: find the
-submission (loose files, a top folder, or one uploaded `.zip`); grade the canary with the same settings
-and secret, and stop with a results.json naming the environment if it loses a point (`canary.py`); score
-the leaderboard entry with the grader's own code and delete the held-out text from disk, both before any
-student code runs; grade under the secret; write results.json (Gradescope's fields, plus `leaderboard` for an entry). The root is a parameter (`--root`, or
-`CS336_AUTOGRADER_ROOT` for `run_autograder`), so the whole flow runs under a temporary directory in tests.
+submission (loose files, a top folder, or one uploaded `.zip`); grade the canary with the same settings and
+secret, and stop with a results.json naming the environment if it loses a point (`canary.py`); score the
+leaderboard entry with the grader's own code and delete the held-out text from disk, both before any student
+code runs; grade under the secret; write results.json (Gradescope's fields, plus `leaderboard` for an
+entry). The root is a parameter (`--root`, or `CS336_AUTOGRADER_ROOT` for `run_autograder`), so the whole
+flow runs under a temporary directory in tests.
 """
 
 from __future__ import annotations

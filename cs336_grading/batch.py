@@ -398,7 +398,11 @@ def main(args: argparse.Namespace) -> int:
         from cs336_grading.leaderboard import LeaderboardConfig
 
         LeaderboardConfig.load(settings["leaderboard"])  # a broken config fails now, not once per student
-    secret = heldout.secret_from(args.secret_file)
+    try:
+        secret = heldout.secret_from(args.secret_file)
+    except (OSError, ValueError) as e:
+        log.error("the grading secret: %s", e)
+        return 2
     if secret:  # the graders get it in their environment, never on a command line; the summary keeps its id
         os.environ[heldout.SECRET_ENV] = secret
         settings["heldout"] = heldout.secret_id(secret)

@@ -38,7 +38,8 @@ def reference_files(harness_adapters: bytes) -> dict[str, bytes]:
     """The canary's files (`cs336_basics/...`, `tests/adapters.py`): the installed reference package."""
     spec = importlib.util.find_spec("cs336_basics")  # NOTE: finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise CanaryError("no canary: the reference package cs336_basics is not installed (pass --canary DIR or --no-canary)")
+        raise CanaryError("no canary: the reference package cs336_basics is not installed "
+                          "(pass --canary DIR or --no-canary)")
     package = Path(list(spec.submodule_search_locations)[0])
     files = {
         "cs336_basics/" + p.relative_to(package).as_posix(): p.read_bytes()

@@ -129,7 +129,8 @@ def test_the_autograder_ships_the_secret_and_the_canary_but_the_handout_neither(
         assert zf.read(f"{CANARY_DIR}/tests/adapters.py") == (REPO / "tests" / "adapters.py").read_bytes()
         assert zf.read(f"{CANARY_DIR}/cs336_basics/model.py") == (REPO / "cs336_basics" / "model.py").read_bytes()
         assert SECRETS[0].encode() not in zf.read("autograder.json")
-    assert build_autograder(tmp_path / "b.zip", settings={"problems": ["softmax"]}, secret=SECRETS[0]).read_bytes() == archive.read_bytes()
+    again = build_autograder(tmp_path / "b.zip", settings={"problems": ["softmax"]}, secret=SECRETS[0])
+    assert again.read_bytes() == archive.read_bytes()
     with zipfile.ZipFile(build_autograder(tmp_path / "c.zip", with_canary=False)) as zf:
         assert not any(n.startswith(CANARY_DIR + "/") for n in zf.namelist())
         assert zf.read(SECRET_FILE).decode().strip() != SECRETS[0], "a fresh secret by default"
@@ -260,7 +261,8 @@ def test_the_gradescope_run_stops_on_a_broken_canary_and_says_so(tmp_path: Path,
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(root / "source")
     canary = root / "source" / CANARY_DIR
-    (canary / "tests" / "adapters.py").write_text(broken_canary(tmp_path / "broken").joinpath("tests", "adapters.py").read_text())
+    broken = broken_canary(tmp_path / "broken") / "tests" / "adapters.py"
+    (canary / "tests" / "adapters.py").write_text(broken.read_text())  # as if softmax broke in this environment
     write_tree(root / "submission", {"tests/adapters.py": "def run_softmax(x, dim):\n    return x\n"})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"CS336_AUTOGRADER_ROOT": str(root), "CS336_AUTOGRADER_PYTHON": sys.executable}

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cs336_grading.expected.model import multihead_self_attention, rmsnorm, rope, swiglu, transformer_block, transformer_lm
+from cs336_grading.expected.model import (
+    multihead_self_attention,
+    rmsnorm,
+    rope,
+    swiglu,
+    transformer_block,
+    transformer_lm,
+)
 
 # NOTE: the harness's case tables: importable wherever the graded tests run (a checkout, a grading workspace).
 from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
@@ -78,7 +85,8 @@ def _f64(t: Tensor) -> Tensor:
 def _linear_shapes(rng: _Rng, heldout: bool) -> list[tuple[str, int, int, tuple[int, ...], bool]]:
     """(case, d_out, d_in, x shape, bf16). Held out: batched is square, vector has other, unequal sizes."""
     if not heldout:
-        return [("batched", 40, 24, (2, 3, 5, 24), False), ("vector", 40, 24, (24,), False), ("bf16", 40, 24, (6, 24), True)]
+        return [("batched", 40, 24, (2, 3, 5, 24), False), ("vector", 40, 24, (24,), False),
+                ("bf16", 40, 24, (6, 24), True)]  # fmt: skip
     square = int(rng.ints(12, 48, 1))
     d_in = int(rng.ints(8, 40, 1))
     d_out = d_in + int(rng.ints(1, 24, 1))  # never square
