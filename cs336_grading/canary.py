@@ -5,7 +5,8 @@
 A correct submission that loses a point says that the environment is broken (a lazy import that the jail
 hides, a missing package, a pinned version that changed a kernel), not the students: grading stops with
 an error naming the environment instead of handing out wrong grades. The canary is graded with the same
-settings and the same secret as the students, so it also proves that the held-out draws are gradeable.
+settings and secret as the students (its own held-out draws: the secret is salted with each submission's
+files), so it also shows that correct work passes the held-out cases.
 
 The canary is the reference: the installed `cs336_basics` (located, never imported) and the pristine
 harness's `tests/adapters.py`. `cs336 autograder` ships it in the zip as `canary/`; the handout kit never

@@ -177,7 +177,8 @@ def grade(
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits)
-        env[heldout.SECRET_ENV] = secret or ""  # the pytest processes only; empty: the public snapshots
+        # The pytest processes only; empty: the public snapshots.
+        env[heldout.SECRET_ENV] = heldout.for_submission(secret, _files(student)) if secret else ""
         prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
         env[SELECT_ENV] = json.dumps(prefixes)
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
@@ -232,6 +233,15 @@ def _uses_torch(student: sandbox.Submission) -> bool:
     """Whether to warm the workers' torch: any submitted file mentions it (the grader's toy tests: none)."""
     files = [student.adapters, *student.package.rglob("*.py")]
     return any(b"torch" in path.read_bytes() for path in files)
+
+
+def _files(student: sandbox.Submission) -> dict[str, bytes]:
+    """The submitted files by relative path (regular files only), for salting the secret."""
+    files = {"tests/adapters.py": student.adapters.read_bytes()}
+    for path in sorted(student.package.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files["cs336_basics/" + path.relative_to(student.package).as_posix()] = path.read_bytes()
+    return files
 
 
 def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:

@@ -5,12 +5,14 @@ student's `make test` can compare. A submission could look its inputs up there a
 answer; so under grading with a secret, every snapshot test gets a fresh case instead:
 
     secret (autograder zip / --secret-file / CS336_GRADING_SECRET)
-      -> cs336 grade passes it to its pytest processes only (never to the fork server or a worker)
+      -> cs336 grade salts it with the submission's files (`for_submission`: no replay of leaked inputs)
+         and passes it to its pytest processes only (never to the fork server or a worker)
       -> tests/conftest.py `load_snapshot(name)` returns `expected.draws.draw(name, seed_for(secret, name),
          heldout=True)`: new inputs, expected values computed by torch built-ins in that trusted
          process, the same keys as the public snapshot.
 
-The same secret gives the same draws (a regrade gives the same grade); another secret, other draws. The
+The same secret and files give the same draws (a regrade gives the same grade); another secret or any
+change to the submission, other draws. The
 secret never enters the handout kit (`handout.py` ships no secret and no canary) and never reaches student
 code: the worker's environment is rebuilt, and the fork server is started without it (`client.py`).
 """
@@ -34,6 +36,21 @@ def seed_for(secret: str, name: str) -> int:
     """
     digest = hashlib.sha256(f"cs336-heldout\0{secret}\0{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def for_submission(secret: str, files: dict[str, bytes]) -> str:
+    """The secret one submission is graded under: `secret` salted with a hash of the submitted `files`.
+
+    A submission that prints its held-out inputs into its results cannot replay them: any change to its
+    files draws new cases, while a regrade of the same files draws the same ones.
+
+    >>> for_submission("s", {"a.py": b"x"}) == for_submission("s", {"a.py": b"x"}) != for_submission("s", {"a.py": b"y"})
+    True
+    """
+    digest = hashlib.sha256(secret.encode())
+    for name in sorted(files):
+        digest.update(b"\0" + name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
 
 
 def secret_id(secret: str) -> str:
