@@ -85,6 +85,21 @@ def test_docstring_examples() -> None:
     assert doctest.testmod(heldout).failed == 0 and doctest.testmod(draws).failed == 0
 
 
+def test_each_submission_draws_its_own_cases(tmp_path: Path) -> None:
+    # A submission that leaked its held-out inputs (in an error message) and answers them next time changed
+    # its files, so it is graded on other draws; the same files are graded on the same draws.
+    from cs336_grading.grade import _files
+    from cs336_grading.submission import Submission
+
+    def salted(root: Path, body: str) -> str:
+        write_tree(root, {"cs336_basics/__init__.py": body, "tests/adapters.py": "def run_softmax(x, dim): ..."})
+        return heldout.for_submission(SECRETS[0], _files(Submission(root / "cs336_basics", root / "tests" / "adapters.py")))
+
+    first, same, changed = salted(tmp_path / "a", "x = 1\n"), salted(tmp_path / "b", "x = 1\n"), salted(tmp_path / "c", "x = 2\n")
+    assert first == same != changed
+    assert heldout.seed_for(first, "model_softmax") != heldout.seed_for(changed, "model_softmax")
+
+
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16 characters, got 5"):
         heldout.check_secret("guess")
