@@ -12,14 +12,18 @@ submission copies the student's upload into `/autograder/submission`, runs `run_
     run_autograder      python -m cs336_grading.autograder run --root /autograder
     autograder.json     the grading settings (problems, time and memory limits, jobs, leaderboard)
     cs336_grading/      this package, with the pristine harness as cs336_grading/harness/
+    grading-secret      the course secret: the snapshot tests grade held-out cases drawn from it (`heldout.py`)
+    canary/             the known-correct canary (the reference `cs336_basics` + the harness's adapters.py)
     leaderboard/        the staff's leaderboard config and held-out text (when --leaderboard is given)
 
-Pick Gradescope's Ubuntu 24.04 base image (Python 3.12; the grader needs >= 3.11), or build with
-`--base-image ubuntu-22.04` (setup.sh then installs python3.11): see `autograder_setup.py`. A run: find the
-submission (loose files, a top folder, or one uploaded `.zip`); score the leaderboard entry with the
-grader's own code and delete the held-out text from disk, both before any student code runs; grade; write
-results.json (Gradescope's fields, plus `leaderboard` for an entry). The root is a parameter (`--root`, or
-`CS336_AUTOGRADER_ROOT` for `run_autograder`), so the whole flow runs under a temporary directory in tests.
+Pick Gradescope's Ubuntu 24.04 base image (Python 3.12; the grader needs >= 3.11; `--base-image` names
+another, and one without a usable Python is refused at build time: see `autograder_setup.py`). A run: find the
+submission (loose files, a top folder, or one uploaded `.zip`); grade the canary with the same settings and
+secret, and stop with a results.json naming the environment if it loses a point (`canary.py`); score the
+leaderboard entry with the grader's own code and delete the held-out text from disk, both before any student
+code runs; grade under the secret; write results.json (Gradescope's fields, plus `leaderboard` for an
+entry). The root is a parameter (`--root`, or `CS336_AUTOGRADER_ROOT` for `run_autograder`), so the whole
+flow runs under a temporary directory in tests.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from cs336_grading import canary, heldout
 from cs336_grading.autograder_setup import DEFAULT_BASE_IMAGE, RUN_AUTOGRADER, check_base_image, readme, setup_sh
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "autograder.json"
+SECRET_FILE = "grading-secret"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_TOTAL_TIMEOUT_S = 540.0  # Gradescope stops an autograder after 10 minutes by default
 
@@ -63,8 +69,13 @@ def build_autograder(
     out: str | os.PathLike[str], *, harness: str | os.PathLike[str] | None = None,
     leaderboard: str | os.PathLike[str] | None = None, settings: dict[str, Any] | None = None,
     base_image: str = DEFAULT_BASE_IMAGE,
+    secret: str | None = None, with_canary: bool = True,
 ) -> Path:
-    """Write the autograder zip to `out` (atomically); see the module docstring."""
+    """Write the autograder zip to `out` (atomically); see the module docstring.
+
+    `secret` is the course's grading secret (default: a fresh random one; keep it to regrade with
+    `cs336 grade --secret-file`); `with_canary=False` leaves the canary out (no environment check).
+    """
     from cs336_grading.grade import default_harness
     from cs336_grading.sandbox import Harness
 
@@ -93,17 +104,21 @@ def build_autograder(
         files["leaderboard/leaderboard.toml"] = config.to_toml(config.validation_text.name).encode()
         settings["leaderboard"] = "leaderboard/leaderboard.toml"
     files[SETTINGS_FILE] = (json.dumps(settings, indent=2) + "\n").encode()
+    files[SECRET_FILE] = (heldout.check_secret(secret if secret is not None else heldout.new_secret()) + "\n").encode()
+    if with_canary:
+        canary_files = canary.reference_files(pristine.files["tests/adapters.py"])
+        files |= {f"{canary.CANARY_DIR}/{rel}": content for rel, content in canary_files.items()}
     files["README.md"] = readme(base_image, settings).encode()
-    return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"})
+    return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"}, private={SECRET_FILE})
 
 
-def _write_zip(out: Path, files: dict[str, bytes], executable: set[str]) -> Path:
+def _write_zip(out: Path, files: dict[str, bytes], executable: set[str], private: set[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, content in sorted(files.items()):
             info = zipfile.ZipInfo(name, date_time=(2025, 1, 1, 0, 0, 0))  # same bytes for the same inputs
-            info.external_attr = (0o755 if name in executable else 0o644) << 16
+            info.external_attr = (0o755 if name in executable else 0o600 if name in private else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, content)
     tmp.replace(out)
@@ -142,10 +157,16 @@ def run(root: str | os.PathLike[str]) -> dict[str, Any]:
     source = root / "source"
     settings = json.loads((source / SETTINGS_FILE).read_text(encoding="utf-8"))
     leaderboard_config = settings.pop("leaderboard", None)
+    secret = _secret(source / SECRET_FILE)
+    if (source / canary.CANARY_DIR).is_dir():  # before any student code: a broken environment grades nobody
+        seconds = canary.check(source / canary.CANARY_DIR, settings, secret)
+        log.info("the canary scored full marks in %.0f s", seconds)
+        # NOTE: Gradescope's limit covers the whole run: the canary's time comes out of the submission's.
+        settings["total_timeout"] = max(60.0, float(settings.get("total_timeout", DEFAULT_TOTAL_TIMEOUT_S)) - seconds)
     submission = find_submission(root / "submission")
     board = _score_leaderboard(source / leaderboard_config, submission) if leaderboard_config else None
     try:
-        payload = grader.grade(submission, **settings).to_gradescope()
+        payload = grader.grade(submission, **settings, secret=secret).to_gradescope()
     except SubmissionError as e:  # the student's fault: a zero grade that says why
         payload = grader.GradeResult((), 0.0, warnings=(f"ungradable submission: {e}",)).to_gradescope()
     if board is not None:
@@ -155,6 +176,15 @@ def run(root: str | os.PathLike[str]) -> dict[str, Any]:
     payload["execution_time"] = round(time.monotonic() - t0, 1)
     write_json(root / "results" / "results.json", payload)
     return payload
+
+
+def _secret(path: Path) -> str | None:
+    """The course secret shipped in the zip (kept readable by root only), or None (public snapshots)."""
+    if not path.is_file():
+        log.warning("no %s in the autograder: grading the public snapshots, which students have", path.name)
+        return None
+    os.chmod(path, 0o600)  # NOTE: unzipping may not keep the zip's modes; workers run as other users
+    return heldout.read_secret(path)
 
 
 def _score_leaderboard(config_path: Path, submission: Path) -> Any:
@@ -187,9 +217,11 @@ def _run_main(argv: list[str]) -> int:
         from cs336_grading.batch import write_json
 
         log.exception("the autograder failed")
+        why = f"Grading stopped before your submission ran: {e}" if isinstance(e, canary.CanaryError) else (
+            f"The autograder itself failed ({type(e).__name__}: {e})")  # fmt: skip
         write_json(Path(args.root) / "results" / "results.json", {
-            "score": 0.0, "output": f"The autograder itself failed ({type(e).__name__}: {e}); this is not your "
-            "fault: please tell the course staff.", "visibility": "visible", "tests": [],
+            "score": 0.0, "output": f"{why}; this is not your fault: please tell the course staff.",
+            "visibility": "visible", "tests": [],
         })  # fmt: skip
         return 1
     print(f"score {payload['score']}", file=sys.stderr)
@@ -214,6 +246,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes on Gradescope")
     parser.add_argument("--base-image", default=DEFAULT_BASE_IMAGE,
                         help=f"Gradescope's base image: ubuntu-24.04 or ubuntu-22.04 (default {DEFAULT_BASE_IMAGE})")
+    parser.add_argument("--secret-file", default=None,
+                        help=f"the course's grading secret (default: ${heldout.SECRET_ENV}, else a new one saved "
+                             "as OUT.secret): held-out cases are drawn from it")
+    parser.add_argument("--no-canary", action="store_true",
+                        help="leave out the canary (the known-correct submission graded before each run)")  # fmt: skip
     parser.set_defaults(func=_main)
 
 
@@ -224,8 +261,12 @@ def _main(args: argparse.Namespace) -> int:
     for key in ("timeout", "memory_mb", "jobs"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key) or None
+    secret = heldout.secret_from(args.secret_file)
+    if secret is None:  # the staff regrade with `cs336 grade --secret-file OUT.secret` and get the same draws
+        secret = heldout.new_secret()
+        log.info("new grading secret: %s (keep it private)", heldout.write_secret(f"{args.out}.secret", secret))
     out = build_autograder(args.out, harness=args.harness, leaderboard=args.leaderboard, settings=settings,
-                           base_image=args.base_image)  # fmt: skip
+                           secret=secret, with_canary=not args.no_canary, base_image=args.base_image)  # fmt: skip
     log.info("wrote %s: upload it as the Gradescope autograder (base image %s; see its README.md)", out, args.base_image)
     return 0
 

@@ -34,6 +34,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import untrusted
+from cs336_grading import canary, heldout, untrusted
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
     from cs336_grading import sandbox
 
     t0 = time.monotonic()
-    kwargs = {k: v for k, v in settings.items() if k != "leaderboard"}
+    kwargs = {k: v for k, v in settings.items() if k not in ("leaderboard", "heldout")}
     try:
         result = grader.grade(entry.source, jobs=1, **kwargs)
         payload, flags, status = result.to_gradescope(), outcome_flags(result), "graded"
@@ -393,6 +394,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch mode: one folder per submission, summary.csv and scores.png here "
                              "(--jobs then counts submissions graded at once)")  # fmt: skip
     parser.add_argument("--leaderboard", default=None, help="batch mode: the staff's leaderboard config (TOML)")
+    parser.add_argument("--canary", default=None,
+                        help="batch mode: the known-correct submission graded first (default: the installed reference)")
+    parser.add_argument("--no-canary", action="store_true",
+                        help="batch mode: skip grading the canary (a broken environment then goes unnoticed)")  # fmt: skip
+
+
+def _check_canary(args: argparse.Namespace, settings: dict[str, Any], secret: str | None) -> None:
+    """Grade the canary with the batch's settings (`canary.py`); CanaryError stops the batch."""
+    from cs336_grading.grade import default_harness
+    from cs336_grading.sandbox import Harness
+
+    kwargs = {k: v for k, v in settings.items() if k not in ("leaderboard", "heldout")}
+    kwargs["jobs"] = args.jobs
+    with tempfile.TemporaryDirectory(prefix="cs336-canary-") as tmp:
+        if args.canary is not None:
+            source = Path(args.canary)
+        else:
+            harness = Harness.load(settings["harness"] or default_harness())
+            source = canary.lay_out(Path(tmp), canary.reference_files(harness.files["tests/adapters.py"]))
+        seconds = canary.check(source, kwargs, secret)
+    log.info("the canary scored full marks in %.0f s: the environment grades correct work correctly", seconds)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -410,6 +432,20 @@ def main(args: argparse.Namespace) -> int:
         from cs336_grading.leaderboard import LeaderboardConfig
 
         LeaderboardConfig.load(settings["leaderboard"])  # a broken config fails now, not once per student
+    try:
+        secret = heldout.secret_from(args.secret_file)
+    except (OSError, ValueError) as e:
+        log.error("the grading secret: %s", e)
+        return 2
+    if secret:  # the graders get it in their environment, never on a command line; the summary keeps its id
+        os.environ[heldout.SECRET_ENV] = secret
+        settings["heldout"] = heldout.secret_id(secret)
+    if not args.no_canary:
+        try:
+            _check_canary(args, settings, secret)
+        except canary.CanaryError as e:
+            log.error("grading stopped: %s", e)
+            return 1
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly too
     try:
         states = grade_batch(entries, out_dir, settings, jobs=args.jobs or os.cpu_count() or 1)

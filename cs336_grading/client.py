@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_grading import untrusted, wire
+from cs336_grading.heldout import SECRET_ENV
 
 WORKER_ENV = "CS336_WORKER"
 # What a worker's output says when an allocation failed outside Python (RLIMIT_AS in C++ code).
@@ -566,6 +567,7 @@ class ForkServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cs336_grading.worker", self.path, *([] if warm else ["--cold"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={k: v for k, v in os.environ.items() if k != SECRET_ENV},  # workers fork from it: no secret
             )  # fmt: skip
 
     def wait(self, timeout: float = 120.0) -> None:

@@ -18,6 +18,8 @@ How a run goes:
    a hang, a crash, a memory blow-up, a skip or an exit from student code fails that test alone, with
    its reason, and the next test gets a fresh worker (forked in milliseconds). When a process changed a
    harness file, its tests are re-run one process each, and the test that did it gets an error.
+   With a course secret (`secret=`, `--secret-file`, `$CS336_GRADING_SECRET`) the snapshot tests grade
+   held-out cases drawn from it in those trusted processes (`heldout.py`); the workers never see it.
 4. The from-scratch audit (`audit.py`): evidence from the submitted files and from what each test saw run.
    A problem scores `points * passed / (tests - skipped)`, or 0 when it used a forbidden built-in.
 
@@ -51,7 +53,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import audit, batch, similarity_report, timings
+from cs336_grading import audit, batch, heldout, similarity_report, timings
 from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
     PROBLEMS,
     PROBLEMS_BY_NAME,
@@ -150,6 +152,7 @@ def grade(
     isolate_each: bool = False,
     builtins: str = "zero",
     test_limits: dict[str, float] | None = None,
+    secret: str | None = None,
 ) -> GradeResult:
     """Grade `submission` (a directory or a `.zip`); see the module docstring.
 
@@ -158,12 +161,15 @@ def grade(
     (default: CPU count); `problems` restricts grading to some problems; `isolate_each` starts one process
     per test; `builtins` is "zero" (a problem whose code used a forbidden torch built-in scores 0, with the
     evidence) or "warn" (the evidence is only reported); `test_limits` maps test ids to their budget of
-    worker seconds (default: `timings.limits()`, from the reference's committed timings). Raises
+    worker seconds (default: `timings.limits()`, from the reference's committed timings); `secret` is the
+    course's grading secret (default: `$CS336_GRADING_SECRET`; none: the public snapshots): the snapshot
+    tests then grade held-out cases drawn from it (`heldout.py`). Raises
     FileNotFoundError / SubmissionError (no submission or no `adapters.py`) and GraderError (a broken harness).
     """
     t0 = time.monotonic()
     selected = _select_problems(problems)
     jobs = _check_options(jobs, timeout, total_timeout, memory_mb, builtins)
+    secret = heldout.check_secret(secret) if secret is not None else heldout.secret_from(None)
     # NOTE: the stack (the fork server) closes first: no worker outlives the workspace it writes in.
     with tempfile.TemporaryDirectory(prefix="cs336-grade-") as tmp, contextlib.ExitStack() as stack:
         tmp_dir = Path(tmp)
@@ -171,6 +177,8 @@ def grade(
         student = sandbox.unpack_submission(submission, tmp_dir / "submission")
         server = stack.enter_context(ForkServer(tmp_dir, warm=_uses_torch(student)))
         env = _worker_env(tmp_dir, pristine, student, server, memory_mb, timeout, test_limits, seal=builtins == "zero")
+        # The pytest processes only; empty: the public snapshots.
+        env[heldout.SECRET_ENV] = heldout.for_submission(secret, _files(student)) if secret else ""
         prefixes = [prefix for name in selected for prefix in PROBLEMS_BY_NAME[name].prefixes]
         env[SELECT_ENV] = json.dumps(prefixes)
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
@@ -226,6 +234,15 @@ def _uses_torch(student: sandbox.Submission) -> bool:
     """Whether to warm the workers' torch: any submitted file mentions it (the grader's toy tests: none)."""
     files = [student.adapters, *student.package.rglob("*.py")]
     return any(b"torch" in path.read_bytes() for path in files)
+
+
+def _files(student: sandbox.Submission) -> dict[str, bytes]:
+    """The submitted files by relative path (regular files only), for salting the secret."""
+    files = {"tests/adapters.py": student.adapters.read_bytes()}
+    for path in sorted(student.package.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files["cs336_basics/" + path.relative_to(student.package).as_posix()] = path.read_bytes()
+    return files
 
 
 def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
@@ -377,6 +394,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         "--builtins", choices=("zero", "warn"), default="zero",
         help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
     )  # fmt: skip
+    parser.add_argument(
+        "--secret-file", default=None,
+        help=f"the course's grading secret: snapshot tests grade held-out cases drawn from it "
+             f"(default: ${heldout.SECRET_ENV}; neither: the public snapshots)",
+    )  # fmt: skip
     batch.add_arguments(parser)
     similarity_report.add_batch_arguments(parser)
     parser.set_defaults(func=_main)
@@ -399,7 +421,7 @@ def _main(args: argparse.Namespace) -> int:
         result = grade(
             args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
             total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
-            builtins=args.builtins,
+            builtins=args.builtins, secret=heldout.secret_from(args.secret_file),
         )  # fmt: skip
     except sandbox.SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.

@@ -28,6 +28,8 @@ from pathlib import Path
 HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
 MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
+# Never in the kit, even if left inside the package: the course secret and the canary (`heldout.py`, `canary.py`).
+_STAFF_ONLY = shutil.ignore_patterns("harness", "*.pyc", "__pycache__", "grading-secret", "*.secret", "canary")
 _PACKAGE = "cs336_basics"
 PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # the kit's whole package
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
@@ -207,7 +209,7 @@ def _write_kit(root: Path, tests: Path) -> None:
     (root / _PACKAGE / "__init__.py").write_text(PACKAGE_INIT)
     for name in _TOOL_PACKAGES:
         # NOTE: an installed grading package carries its harness inside; the kit's tests/ takes that role.
-        shutil.copytree(_package_dir(name), root / name, ignore=shutil.ignore_patterns("harness", "*.pyc", "__pycache__"))
+        shutil.copytree(_package_dir(name), root / name, ignore=_STAFF_ONLY)
     dependencies, dev, requires_python = _installed_requirements()
     (root / "pyproject.toml").write_text(
         student_pyproject(dependencies=dependencies, dev=dev, requires_python=requires_python)

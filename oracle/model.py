@@ -2,8 +2,10 @@
 a torch-native twin of our model (same state-dict keys) for benchmarks and the training-quality comparison.
 
 The area is split in four files; this one re-exports the others, so tests import everything from here:
-- `model_ops.py`: every op written with torch built-ins (RoPE as complex multiplication, unlike ours);
-- `model_snapshots.py`: the fixed-seed cases and their float64 expectations (`SNAPSHOTS`, `RMSNORM_CASES`, ...);
+- `model_ops.py`: every op written with torch built-ins (RoPE as complex multiplication, unlike ours), whose
+  home is the grading package (`cs336_grading/expected/model.py`);
+- `model_snapshots.py`: the public draws of the graded cases (`SNAPSHOTS`; their home and the held-out draws:
+  `cs336_grading/expected/draws.py`);
 - `compare.py`: `assert_close`, the comparison every graded model test uses.
 
 Nothing here imports `cs336_basics`. The oracle adapters run the ops in float32 (or bf16) with torch's own

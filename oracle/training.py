@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import IO, Any, BinaryIO
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cs336_grading.expected import training as expected
+from cs336_grading.expected.draws import BUILDERS, draw
 from cs336_grading.expected.training import ADAMW_ATOL, adamw_scenario, assert_adamw_matches_torch  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,56 +79,7 @@ def run_load_checkpoint(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _adamw_snapshot() -> dict[str, np.ndarray]:
-    """A single-group trajectory of torch.optim.AdamW on a linear least-squares problem."""
-    generator = torch.Generator().manual_seed(1234)
-    steps, lr, betas, eps, weight_decay = 40, 1e-3, (0.9, 0.95), 1e-8, 0.1
-    weight0 = torch.randn(4, 5, generator=generator) * 0.5
-    bias0 = torch.randn(4, generator=generator) * 0.1
-    inputs = torch.randn(steps, 8, 5, generator=generator)
-    targets = torch.randn(steps, 8, 4, generator=generator)
-    weight, bias = torch.nn.Parameter(weight0.clone()), torch.nn.Parameter(bias0.clone())
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    weights, biases = [], []
-    for step in range(steps):
-        optimizer.zero_grad()
-        F.mse_loss(inputs[step] @ weight.T + bias, targets[step]).backward()
-        optimizer.step()
-        weights.append(weight.detach().clone())
-        biases.append(bias.detach().clone())
-    return {
-        "hyperparameters": np.array([lr, betas[0], betas[1], eps, weight_decay], dtype=np.float64),
-        "weight0": weight0.numpy(),
-        "bias0": bias0.numpy(),
-        "inputs": inputs.numpy(),
-        "targets": targets.numpy(),
-        "expected_weights": torch.stack(weights).numpy(),
-        "expected_biases": torch.stack(biases).numpy(),
-    }
-
-
-def _cross_entropy_snapshot() -> dict[str, np.ndarray]:
-    """Logits of several scales, 2-d and 3-d, with F.cross_entropy's values and gradients."""
-    generator = torch.Generator().manual_seed(4321)
-    arrays: dict[str, np.ndarray] = {}
-    cases = {
-        "flat": (torch.randn(16, 50, generator=generator), (16,)),
-        "seq": (torch.randn(2, 6, 50, generator=generator) * 3, (2, 6)),
-        "large": (torch.randn(2, 6, 50, generator=generator) * 1000, (2, 6)),
-    }
-    for name, (logits, target_shape) in cases.items():
-        targets = torch.randint(0, logits.shape[-1], target_shape, generator=generator)
-        leaf = logits.clone().requires_grad_(True)
-        loss = F.cross_entropy(leaf.reshape(-1, leaf.shape[-1]), targets.reshape(-1))
-        loss.backward()
-        arrays[f"{name}_logits"] = logits.numpy()
-        arrays[f"{name}_targets"] = targets.numpy()
-        arrays[f"{name}_loss"] = loss.detach().reshape(1).numpy()  # NOTE: write_npz stores 0-d arrays as (1,)
-        arrays[f"{name}_grad"] = leaf.grad.numpy()
-    return arrays
-
-
+# The public draws of the graded training cases (their home: `cs336_grading/expected/draws.py`).
 SNAPSHOTS: dict[str, Callable[[], dict[str, np.ndarray]]] = {
-    "training_adamw": _adamw_snapshot,
-    "training_cross_entropy": _cross_entropy_snapshot,
+    name: partial(draw, name) for name in BUILDERS if name.startswith("training_")
 }

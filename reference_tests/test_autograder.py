@@ -59,7 +59,7 @@ def test_requirements_are_pinned_to_what_is_installed() -> None:
 
 
 def test_the_zip_holds_scripts_settings_and_the_pristine_harness(tmp_path: Path) -> None:
-    archive = build_autograder(tmp_path / "autograder.zip", settings={"problems": ["softmax"]})
+    archive = build_autograder(tmp_path / "autograder.zip", settings={"problems": ["softmax"]}, secret="s" * 16)
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
         modes = {i.filename: i.external_attr >> 16 for i in zf.infolist()}
@@ -77,7 +77,8 @@ def test_the_zip_holds_scripts_settings_and_the_pristine_harness(tmp_path: Path)
         with zipfile.ZipFile(archive) as zf:
             (tmp_path / script).write_bytes(zf.read(script))
         assert subprocess.run(["bash", "-n", str(tmp_path / script)]).returncode == 0
-    assert build_autograder(tmp_path / "again.zip", settings={"problems": ["softmax"]}).read_bytes() == archive.read_bytes()
+    again = build_autograder(tmp_path / "again.zip", settings={"problems": ["softmax"]}, secret="s" * 16)
+    assert again.read_bytes() == archive.read_bytes()
 
 
 def test_find_submission(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The cases of the graded model tests: shapes, hyper-parameters and positions, no expected values.
 
-The oracle (`oracle/model_snapshots.py`) builds the snapshots from these tables and the tests read the same
-cases back, so a case is defined once. Also the names the tokenizer tests share.
+The grading package (`cs336_grading/expected/draws.py`) draws the snapshots and the held-out cases from these
+tables and the tests read the same cases back, so a case is defined once. Also the names the tokenizer tests share.
 """
 
 from __future__ import annotations

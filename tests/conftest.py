@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import seed, settings
+
+from cs336_grading.expected.draws import draw
+from cs336_grading.heldout import SECRET_ENV, seed_for
 
 # Under `cs336 grade` the property tests draw the same examples every time: a regrade gives the same grade.
 settings.register_profile("grading", derandomize=True, database=None, print_blob=False)
@@ -69,6 +72,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"ADVISORY {nodeid}: {finding}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under a course secret, property tests draw their examples from it too: the derandomized examples of
+    the grading profile are a function of the public test source, which a student could answer offline."""
+    secret = os.environ.get(SECRET_ENV)
+    for item in items if secret else []:
+        test = getattr(item, "obj", None)
+        if getattr(test, "is_hypothesis_test", False):
+            seed(seed_for(secret, f"hypothesis:{item.module.__name__}.{test.__name__}"))(test)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """Directory of the fixture files (corpora, vocabularies) that `make snapshots` writes."""
@@ -77,13 +90,21 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def load_snapshot() -> Callable[[str], dict[str, np.ndarray]]:
-    """`load_snapshot(name)` returns the arrays of `tests/_snapshots/<name>.npz` (cached per session)."""
+    """`load_snapshot(name)` returns the arrays of `tests/_snapshots/<name>.npz` (cached per session).
+
+    Under grading with a course secret (`$CS336_GRADING_SECRET`, set by `cs336 grade` in this trusted
+    process only) it returns a held-out case of the same layout instead: inputs drawn from the secret,
+    expected values computed here by the grading package (`cs336_grading/heldout.py`).
+    """
     from tests.snapshot_io import read_npz
 
     cache: dict[str, dict[str, np.ndarray]] = {}
+    secret = os.environ.get(SECRET_ENV)
 
     def load(name: str) -> dict[str, np.ndarray]:
-        if name not in cache:
+        if name not in cache and secret:
+            cache[name] = draw(name, seed_for(secret, name), heldout=True)
+        elif name not in cache:
             path = SNAPSHOT_DIR / f"{name}.npz"
             if not path.exists():
                 raise FileNotFoundError(f"snapshot {path} is missing: run `make snapshots`")

@@ -80,8 +80,9 @@ def test_linear_matches_snapshot(case: str, load_snapshot) -> None:
     snap = load_snapshot("model_linear")
     bf16 = case == "bf16"
     weights, x = _t(snap[f"{case}.weights"], bf16), _t(snap[f"{case}.in_features"], bf16)
-    with shape_hint(f"linear {case} (d_in 24, d_out 40)"):
-        actual = run_linear(24, 40, weights, x)
+    d_out, d_in = weights.shape  # held-out cases vary them: square (d_in == d_out) and unequal
+    with shape_hint(f"linear {case} (d_in {d_in}, d_out {d_out})"):
+        actual = run_linear(d_in, d_out, weights, x)
     # bf16 in: a bf16 or a float32 result is correct (only RMSNorm states a dtype); see the advisory test.
     with hinted("linear", actual, snap[f"{case}.expected"], weights=weights, x=x):
         assert_close(actual, snap[f"{case}.expected"], tol=BF16_TOL if bf16 else 1e-6, dtype=None if bf16 else
