@@ -14,9 +14,9 @@ A new image is one line of `BASE_IMAGES`: the Python command and the apt package
 results.json that names the broken environment whenever the grader cannot start (a missing virtual
 environment, a Python too old): Gradescope never shows a student an empty result.
 
-TODO(heldout): the canary (a known-correct submission graded at the start of every Gradescope run) belongs
-to `autograder.run()` on the `heldout` branch; its "environment is wrong" outcome should reach results.json
-the same way as `fail` in `run_autograder` below: a zero that tells the student it is not their fault.
+The canary (the known-correct submission the zip carries) is graded at the start of every Gradescope run
+by `autograder.run()`: when it loses a point, results.json gives the student a zero that says the
+environment, not their code, is at fault (`canary.py`), the same way as `fail` in `run_autograder` below.
 
 NOTE: the wheels come from PyPI and torch from PyTorch's CPU index; `CS336_TORCH_INDEX` (empty: none) and
 pip's own `PIP_*` variables redirect them, which is how `make test-autograder` installs from a local mirror.
