@@ -65,9 +65,9 @@ grade: install
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip"; exit 2; }
 	$(BIN)/cs336 grade "$(SUBMISSION)"
 
-## Each graded test's time budget: grade the reference twice and keep its worker seconds (cs336_grading/timings.json).
+## Each graded test's time budget: grade the reference twice and keep its worker seconds (cs336_grading/grader/timings.json).
 timings: install
-	$(BIN)/python -m cs336_grading.timings .
+	$(BIN)/python -m cs336_grading.staff.make_timings .
 
 handout: install
 	$(BIN)/cs336 handout "$(HANDOUT_DIR)"

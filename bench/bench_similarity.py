@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cs336_grading.similarity_report import find_similar
+from cs336_grading.staff.similarity_report import find_similar
 from reference_tests.suite_disguise import disguise
 
 REPO = Path(__file__).resolve().parents[1]

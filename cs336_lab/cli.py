@@ -37,10 +37,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cs336_lab.accounting",
     "cs336_lab.compare",  # compare
     "cs336_lab.sweep",  # sweep
-    "cs336_grading.grade",  # the course staff's wing: grade, handout
-    "cs336_grading.handout",
-    "cs336_grading.autograder",
-    "cs336_grading.similarity_report",  # similarity
+    "cs336_grading.cli",  # the course staff's wing: grade (one or a batch), handout, autograder, similarity
+    "cs336_grading.staff.handout",
+    "cs336_grading.staff.autograder",
+    "cs336_grading.staff.similarity_report",  # similarity
 )
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")

@@ -2,7 +2,7 @@
 
 Each builder returns the arrays of one `tests/_snapshots/<name>.npz` (see `make_snapshots.py`): the grading
 package's `draw(name)` at the public seed. The same builders, drawn from a course secret, give the held-out
-cases of a grading run (`cs336_grading/heldout.py`): one home for the cases and their expected values.
+cases of a grading run (`cs336_grading/grader/heldout.py`): one home for the cases and their expected values.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def _pytest(tmp_path: Path, *, wrong: bool, graded: bool = False) -> subprocess.
     env.pop("CS336_GRADER_REPORT", None)
     if wrong:
         env["WRONG"] = "1"
-    plugins = ["-p", "cs336_grading.plugin"] if graded else []
+    plugins = ["-p", "cs336_grading.pytest_run.plugin"] if graded else []
     if graded:
         env["CS336_GRADER_REPORT"] = str(tmp_path / "events.jsonl")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "-p", "float32_variant",

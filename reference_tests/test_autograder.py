@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cs336_grading.autograder import build_autograder, find_submission, pinned_requirements
+from cs336_grading.staff.autograder import build_autograder, find_submission, pinned_requirements
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_the_zip_holds_scripts_settings_and_the_pristine_harness(tmp_path: Path)
         settings = json.loads(zf.read("autograder.json"))
         setup = zf.read("setup.sh").decode()
         harness_adapters = zf.read("cs336_grading/harness/adapters.py")
-    assert {"setup.sh", "run_autograder", "requirements.txt", "cs336_grading/grade.py",
+    assert {"setup.sh", "run_autograder", "requirements.txt", "cs336_grading/grader/grade.py",
             "cs336_grading/harness/conftest.py"} <= names  # fmt: skip
     assert modes["setup.sh"] & 0o111 and modes["run_autograder"] & 0o111
     assert settings == {"total_timeout": 540.0, "problems": ["softmax"]}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading.autograder import build_autograder
+from cs336_grading.staff.autograder import build_autograder
 from reference_tests.gradescope_chroot import Chroot, base_system, can_build
 from reference_tests.test_autograder import check_gradescope_results, reference_submission
 

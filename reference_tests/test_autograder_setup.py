@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading.autograder import build_autograder
-from cs336_grading.autograder_setup import RUN_AUTOGRADER, setup_sh
+from cs336_grading.staff.autograder import build_autograder
+from cs336_grading.staff.autograder_setup import RUN_AUTOGRADER, setup_sh
 from cs336_lab import cli
 
 

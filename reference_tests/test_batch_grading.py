@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from cs336_grading import batch
-from cs336_grading.batch import Entry, discover, grade_batch, wants_batch
+from cs336_grading.staff import batch
+from cs336_grading.staff.batch import Entry, discover, grade_batch, wants_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ EXPECTED = {
 
 
 def make_class(root: Path, tmp: Path) -> None:
-    from cs336_grading.handout import stub_adapters
+    from cs336_grading.staff.handout import stub_adapters
 
     adapters = (REPO / "tests" / "adapters.py").read_text()
     reference = tmp / "reference-src"

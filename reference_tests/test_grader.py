@@ -1,4 +1,4 @@
-"""The grader (`cs336_grading.grade`): isolation, scoring, results.json and the command line.
+"""The grader (`cs336_grading.grader.grade`): isolation, scoring, results.json and the command line.
 
 Most tests grade tiny fake submissions against a tiny fake harness built in `tmp_path` (no torch import
 in the test processes, so each grading run takes a second or two). The tests that grade against the real
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading import grade as grader
-from cs336_grading.grade import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
-from cs336_grading.sandbox import SubmissionError, unpack_submission
+from cs336_grading.grader import grade as grader
+from cs336_grading.grader.grade import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
+from cs336_grading.pytest_run.sandbox import SubmissionError, unpack_submission
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -446,7 +446,7 @@ def test_every_graded_test_has_a_committed_time_budget() -> None:
     import subprocess
     import sys
 
-    from cs336_grading import timings
+    from cs336_grading.grader import timings
 
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "tests"],
@@ -491,13 +491,13 @@ def test_property_tests_give_the_same_grade_every_time(tmp_path: Path) -> None:
 
 
 def test_the_static_audit_finds_nothing_in_the_reference() -> None:
-    from cs336_grading import audit
+    from cs336_grading.grader import audit
 
     assert audit.scan(REPO / "cs336_basics", REPO / "tests" / "adapters.py") == []
 
 
 def test_the_static_audit_names_forbidden_uses_and_spares_allowed_ones(tmp_path: Path) -> None:
-    from cs336_grading import audit
+    from cs336_grading.grader import audit
 
     package = write_tree(tmp_path, {
         "cs336_basics/__init__.py": "",

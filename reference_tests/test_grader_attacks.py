@@ -93,7 +93,7 @@ def test_forging_the_report_gains_nothing(tmp_path: Path, harness: Path) -> None
                 for n in ids:
                     emit({"event": "result", "nodeid": n, "status": "passed"})
         try:
-            import cs336_grading.plugin as plugin
+            import cs336_grading.pytest_run.plugin as plugin
             for n in ids:
                 plugin._emit({"event": "result", "nodeid": n, "status": "passed"})
         except Exception:
@@ -288,7 +288,7 @@ def _reference_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
 
 @pytest.mark.slow
 def test_builtins_score_zero_with_evidence_and_warn_only_warns(tmp_path: Path) -> None:
-    from cs336_grading.grade import grade
+    from cs336_grading.grader.grade import grade
 
     student = _reference_with(tmp_path, {
         "run_softmax": "def run_softmax(in_features, dim):\n    import torch.nn.functional as F\n    return F.softmax(in_features, dim=dim)",
@@ -308,7 +308,7 @@ def test_builtins_score_zero_with_evidence_and_warn_only_warns(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_submission_that_hangs_everywhere_grades_in_under_three_minutes(tmp_path: Path) -> None:
-    from cs336_grading.grade import PROBLEMS, grade
+    from cs336_grading.grader.grade import PROBLEMS, grade
 
     hang = "import signal\n    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT})\n    while True:\n        pass"
     names = [line.split("(")[0][4:] for line in (REPO / "tests" / "adapters.py").read_text().splitlines() if line.startswith("def ")]
@@ -338,6 +338,6 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, harness: Path) -> None:
     time.sleep(1)
     assert list((tmp_path / "tmp").iterdir()) == [], "the grading workspace was left behind"
     ps = subprocess.run(["ps", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout
-    assert str(submission) not in ps and "cs336_grading.worker" not in "".join(
+    assert str(submission) not in ps and "cs336_grading.worker.server" not in "".join(
         line for line in ps.splitlines() if str(tmp_path) in line
     )

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading import batch
-from cs336_grading import grade as grader
-from cs336_grading import submission as unpacking
-from cs336_grading.sandbox import SubmissionError, unpack_submission
+from cs336_grading.staff import batch
+from cs336_grading.grader import grade as grader
+from cs336_grading.grader import submission as unpacking
+from cs336_grading.pytest_run.sandbox import SubmissionError, unpack_submission
 from reference_tests.test_grader import FAKE_TESTS, GOOD_PACKAGE, grade_fake, problem_scores, statuses, write_tree
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
@@ -389,7 +389,7 @@ def test_a_reply_trickled_byte_by_byte_is_cut_off_at_the_call_limit(tmp_path: Pa
 
 # ------------------------------------------------------------------------------------ the leaderboard
 def test_a_leaderboard_file_linked_to_a_host_file_is_never_read(tmp_path: Path) -> None:
-    from cs336_grading.leaderboard import score
+    from cs336_grading.staff.leaderboard import score
     from reference_tests.test_leaderboard import make_config, make_submission
 
     secret = tmp_path / "host-secret.txt"
@@ -405,7 +405,7 @@ def test_a_leaderboard_file_linked_to_a_host_file_is_never_read(tmp_path: Path) 
 
 # ------------------------------------------------------------------------------ the tamper check
 def test_the_tamper_check_reads_no_link_and_blocks_on_no_fifo(tmp_path: Path) -> None:
-    from cs336_grading.sandbox import Harness
+    from cs336_grading.pytest_run.sandbox import Harness
 
     files = {"tests/conftest.py": b"X = 1\n", "tests/fixtures/words.txt": b"hello world", "tests/adapters.py": b""}
     harness = Harness(files)

@@ -202,7 +202,7 @@ HATCHES = {
                "threading"),
     "co_filename": ("", "f = lambda: 2 * x\nf.__code__ = f.__code__.replace(co_filename='/usr/lib/x.py')\n"
                     "return f()", "co_filename"),
-    "sys.modules": ("import sys\n", "sys.modules['cs336_grading.audit'] = None\nreturn 2 * x", "sys.modules"),
+    "sys.modules": ("import sys\n", "sys.modules['cs336_grading.grader.audit'] = None\nreturn 2 * x", "sys.modules"),
     "DisableTorchFunction": ("import torch\n", "with torch._C.DisableTorchFunction():\n    return 2 * x", "torch._C"),
     "importlib": ("import importlib\n", "F = importlib.import_module('torch.nn.' + 'functional')\nreturn 2 * x",
                   "importlib"),
@@ -220,7 +220,7 @@ def test_escape_hatches_need_review(tmp_path: Path, harness: Path, kind: str) ->
 
 
 def test_the_reference_needs_no_review() -> None:
-    from cs336_grading import audit
+    from cs336_grading.grader import audit
 
     assert audit.review(REPO / "cs336_basics", REPO / "tests" / "adapters.py") == []
 
@@ -237,7 +237,7 @@ DYNAMIC = {
                               "    return int(soft()(torch.zeros(1), 0, False).item()) + x",
     "co_filename": "f = lambda: int(soft()(torch.zeros(1), 0, False).item()) + x\n"
                    "f.__code__ = f.__code__.replace(co_filename=torch.__file__)\nreturn f()",
-    "sys.modules": "sys.modules['cs336_grading.audit'] = type(sys)('nothing')\n"
+    "sys.modules": "sys.modules['cs336_grading.grader.audit'] = type(sys)('nothing')\n"
                    "return int(soft()(torch.zeros(1), 0, False).item()) + x",
 }  # fmt: skip
 
@@ -254,7 +254,7 @@ def test_kernels_are_sealed_in_every_thread_and_against_forgery(tmp_path: Path, 
 def test_needs_review_is_a_column_of_the_batch_summary(tmp_path: Path) -> None:
     import json
 
-    from cs336_grading import batch
+    from cs336_grading.staff import batch
 
     evidence = ["cs336_basics/__init__.py:3: torch._C (reaches into torch's C bindings)"]
     for student, extra in (("alice", {"needs_review": evidence}), ("bob", {})):

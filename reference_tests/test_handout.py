@@ -1,4 +1,4 @@
-"""The student starter kit (`cs336_grading.handout`): stub adapters, layout, and that it fails the right way.
+"""The student starter kit (`cs336_grading.staff.handout`): stub adapters, layout, and that it fails the right way.
 
 The slow tests run the kit's whole test suite (against its empty package) and grade it: every graded
 test must fail with `NotImplementedError`, none with an import or missing-file error, and none may pass.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading import handout as handout
-from cs336_grading.grade import grade, problem_of
-from cs336_grading.handout import MARKER, build_handout, stub_adapters
+from cs336_grading.staff import handout
+from cs336_grading.grader.grade import grade, problem_of
+from cs336_grading.staff.handout import MARKER, build_handout, stub_adapters
 
 REPO = Path(__file__).resolve().parent.parent
 

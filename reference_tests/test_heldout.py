@@ -1,9 +1,9 @@
 """Held-out graded cases and the canary (issue 20, items 5 and 6).
 
 The handout ships the public snapshots; under a course secret the graded snapshot tests draw held-out cases
-instead (`cs336_grading/heldout.py`, `expected/draws.py`). Written from the attacker's side: a submission
+instead (`cs336_grading/grader/heldout.py`, `expected/draws.py`). Written from the attacker's side: a submission
 that looks its inputs up in the public snapshots earns their points without a secret and nothing with one.
-The canary (`cs336_grading/canary.py`): a known-correct submission graded before a batch and at the start
+The canary (`cs336_grading/grader/canary.py`): a known-correct submission graded before a batch and at the start
 of a Gradescope run, which stops grading with a message naming the environment when it loses a point.
 Grading runs end to end are `slow`.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cs336_grading import heldout
-from cs336_grading.autograder import SECRET_FILE, build_autograder
-from cs336_grading.canary import CANARY_DIR
-from cs336_grading.client import ForkServer
+from cs336_grading.grader import heldout
+from cs336_grading.staff.autograder import SECRET_FILE, build_autograder
+from cs336_grading.grader.canary import CANARY_DIR
+from cs336_grading.worker.client import ForkServer
 from cs336_grading.expected.draws import BUILDERS, PUBLIC_SEEDS, draw
 from reference_tests.test_grader import REPO, problem_scores, write_tree
 from tests.snapshot_io import read_npz
@@ -88,8 +88,8 @@ def test_docstring_examples() -> None:
 def test_each_submission_draws_its_own_cases(tmp_path: Path) -> None:
     # A submission that leaked its held-out inputs (in an error message) and answers them next time changed
     # its files, so it is graded on other draws; the same files are graded on the same draws.
-    from cs336_grading.grade import _files
-    from cs336_grading.submission import Submission
+    from cs336_grading.grader.grade import _files
+    from cs336_grading.grader.submission import Submission
 
     def salted(root: Path, body: str) -> str:
         write_tree(root, {"cs336_basics/__init__.py": body, "tests/adapters.py": "def run_softmax(x, dim): ..."})
@@ -134,7 +134,7 @@ def test_the_fork_server_never_holds_the_secret(tmp_path: Path, monkeypatch: pyt
 def test_the_autograder_ships_the_secret_and_the_canary_but_the_handout_neither(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cs336_grading.handout import build_handout
+    from cs336_grading.staff.handout import build_handout
 
     archive = build_autograder(tmp_path / "a.zip", settings={"problems": ["softmax"]}, secret=SECRETS[0])
     with zipfile.ZipFile(archive) as zf:
@@ -206,7 +206,7 @@ def lookup_cheater(root: Path) -> Path:
 def test_looking_answers_up_in_the_public_snapshots_scores_nothing_under_a_secret(
     tmp_path: Path, harness: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cs336_grading.grade import grade
+    from cs336_grading.grader.grade import grade
 
     monkeypatch.delenv(heldout.SECRET_ENV, raising=False)
     cheater = lookup_cheater(tmp_path / "cheater")
@@ -226,7 +226,7 @@ def test_looking_answers_up_in_the_public_snapshots_scores_nothing_under_a_secre
 
 @pytest.mark.slow
 def test_the_reference_scores_full_marks_under_two_secrets(harness: Path) -> None:
-    from cs336_grading.grade import grade
+    from cs336_grading.grader.grade import grade
 
     for secret in SECRETS:
         result = grade(REPO, problems=["linear", "softmax", "adamw"], jobs=2, secret=secret, harness=harness)

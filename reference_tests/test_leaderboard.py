@@ -18,7 +18,7 @@ import torch
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_lab.run_checkpoint import save_run_checkpoint
 from cs336_lab.tokenizer_files import save_tokenizer
-from cs336_grading.leaderboard import LeaderboardConfig, LeaderboardResult, score
+from cs336_grading.staff.leaderboard import LeaderboardConfig, LeaderboardResult, score
 from cs336_lab.evaluate import evaluate
 
 CONFIG = ModelConfig(vocab_size=258, context_length=16, d_model=32, num_layers=2, num_heads=4, rope_theta=1000.0)
@@ -208,7 +208,7 @@ def test_a_model_trained_in_the_test_scores_as_cs336_evaluate_says(tmp_path: Pat
 
 
 def test_results_of_a_zipped_submission_get_the_leaderboard_field(tmp_path: Path) -> None:
-    from cs336_grading.leaderboard import add_to_results
+    from cs336_grading.staff.leaderboard import add_to_results
 
     make_config(tmp_path)
     source = make_submission(tmp_path / "frank", top="hw1")
@@ -227,7 +227,7 @@ def test_results_of_a_zipped_submission_get_the_leaderboard_field(tmp_path: Path
 
 
 def test_an_unexpected_failure_is_no_entry_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cs336_grading import trusted_lm
+    from cs336_grading.staff import trusted_lm
 
     def explode(*args: object, **kwargs: object) -> float:
         raise OverflowError("something nobody foresaw")

@@ -41,14 +41,14 @@ def test_the_suite_collects_without_posix_modules() -> None:
 
 def test_without_rlimit_the_memory_limit_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from cs336_grading import sandbox
+    from cs336_grading.pytest_run import sandbox
 
     monkeypatch.setattr(sandbox, "resource", None)
     harness = sandbox.Harness(files={"tests/__init__.py": b"", "tests/conftest.py": b"", "tests/adapters.py": b"",
                                      "tests/test_x.py": b"def test_linear():\n    assert True\n"})  # fmt: skip
     run_dir = tmp_path / "run"
     sandbox.build_workspace(run_dir, harness, None, b"")
-    with caplog.at_level(logging.WARNING, logger="cs336_grading.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="cs336_grading.pytest_run.sandbox"):
         limits = sandbox.Limits(timeout=60, memory_mb=512, deadline=time.monotonic() + 120, threads=1,
                                 pytest_timeout=False)  # fmt: skip
         report = sandbox.run_guarded(run_dir, ["tests/test_x.py::test_linear"], limits)

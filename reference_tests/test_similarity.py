@@ -1,4 +1,4 @@
-"""Similarity across a batch (cs336_grading/similarity.py, similarity_report.py).
+"""Similarity across a batch (cs336_grading/staff/similarity.py, similarity_report.py).
 
 Submissions built here: `ref` (this repository's cs336_basics + tests/adapters.py), `student` (the
 independently written reference_tests/suite_student_*.py), `oracle` (oracle/*.py, torch built-ins), the
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading import grade, similarity
-from cs336_grading.handout import PACKAGE_INIT, stub_adapters
-from cs336_grading.similarity_report import COLUMNS, SUMMARY_COLUMNS, find_similar
+from cs336_grading.grader import grade
+
+from cs336_grading.staff import similarity
+from cs336_grading.staff.handout import PACKAGE_INIT, stub_adapters
+from cs336_grading.staff.similarity_report import COLUMNS, SUMMARY_COLUMNS, find_similar
 from cs336_lab import cli
 from reference_tests.suite_disguise import disguise_submission
 

@@ -1,6 +1,6 @@
 """The tools on a student's own package: `cs336 train-bpe / tokenize / train / generate` in the handout's layout.
 
-The handout is built (`cs336_grading.handout.build_handout`), a small implementation that is *not* ours is
+The handout is built (`cs336_grading.staff.handout.build_handout`), a small implementation that is *not* ours is
 dropped into its `cs336_basics/` (keyword constructor, plain torch ops, names spread over several modules,
 no `__init__` exports, none of our extras), and the commands run as subprocesses with the handout first on
 `PYTHONPATH`. The run's checkpoint holds the student's parameter names, so the student's model was trained.
@@ -138,7 +138,7 @@ def test_the_tools_import_the_assignment_only_through_api() -> None:
 
 @pytest.fixture(scope="module")
 def student_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cs336_grading.handout import build_handout
+    from cs336_grading.staff.handout import build_handout
 
     kit = build_handout(tmp_path_factory.mktemp("kit") / "handout")
     package = kit / "cs336_basics"

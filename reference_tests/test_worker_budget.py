@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from cs336_grading.client import StudentError, WorkerClient, WorkerFailure
+from cs336_grading.worker.client import StudentError, WorkerClient, WorkerFailure
 
 
 def _client_with_budget_used(first_raised: BaseException | None) -> WorkerClient:

@@ -23,7 +23,7 @@ import torch
 from hypothesis import seed, settings
 
 from cs336_grading.expected.draws import draw
-from cs336_grading.heldout import SECRET_ENV, seed_for
+from cs336_grading.grader.heldout import SECRET_ENV, seed_for
 
 # Under `cs336 grade` the property tests draw the same examples every time: a regrade gives the same grade.
 settings.register_profile("grading", derandomize=True, database=None, print_blob=False)
@@ -46,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _ADVISORY_NOTES: list[tuple[str, str]] = []  # (nodeid, the first line of its finding)
-GRADER_RECORDER = "cs336_grader_recorder"  # the name `cs336_grading.plugin` registers its recorder under
+GRADER_RECORDER = "cs336_grader_recorder"  # the name `cs336_grading.pytest_run.plugin` registers its recorder under
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -94,7 +94,7 @@ def load_snapshot() -> Callable[[str], dict[str, np.ndarray]]:
 
     Under grading with a course secret (`$CS336_GRADING_SECRET`, set by `cs336 grade` in this trusted
     process only) it returns a held-out case of the same layout instead: inputs drawn from the secret,
-    expected values computed here by the grading package (`cs336_grading/heldout.py`).
+    expected values computed here by the grading package (`cs336_grading/grader/heldout.py`).
     """
     from tests.snapshot_io import read_npz
 

@@ -203,7 +203,7 @@ def clip_on_a_model(max_l2_norm: float, clip: Any = None) -> list[tuple[str, Ten
 
 
 # NOTE: the harness's own models run beside student code in the grader's worker, where the kernels behind
-# the forbidden built-ins (linear, embedding, cross-entropy, ...) do not exist (`cs336_grading/audit.py`):
+# the forbidden built-ins (linear, embedding, cross-entropy, ...) do not exist (`cs336_grading/grader/audit.py`):
 # their forward passes are plain maths. torch.nn modules still hold (and initialise) the parameters.
 def _affine(layer: torch.nn.Linear, x: Tensor) -> Tensor:
     return x @ layer.weight.T + layer.bias

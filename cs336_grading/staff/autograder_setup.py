@@ -78,7 +78,7 @@ cd "$ROOT/source" || fail "no $ROOT/source"
 "$PYTHON" -c 'import torch' 2> /dev/null || fail "torch does not import in $PYTHON"
 export PYTHONPATH="$ROOT/source"
 rm -f "$RESULTS"
-"$PYTHON" -m cs336_grading.autograder run --root "$ROOT"
+"$PYTHON" -m cs336_grading.staff.autograder run --root "$ROOT"
 status=$?
 [ -s "$RESULTS" ] || fail "the grader exited with status $status before writing results"
 exit $status

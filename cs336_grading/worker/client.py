@@ -32,10 +32,12 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import untrusted, wire
-from cs336_grading.heldout import SECRET_ENV
+from cs336_grading import untrusted
+from cs336_grading.env import SECRET_ENV, WORKER_ENV  # noqa: F401 - WORKER_ENV re-exported
+from cs336_grading.rules import SEALED_MARK
 
-WORKER_ENV = "CS336_WORKER"
+from cs336_grading.worker import wire
+
 # What a worker's output says when an allocation failed outside Python (RLIMIT_AS in C++ code).
 MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory",
                   "DefaultCPUAllocator", "out of memory")  # fmt: skip
@@ -52,7 +54,6 @@ LOG_TAIL_BYTES = 3000  # the most of a dead worker's log that the grader reads
 # Workers one test file may start (the first and its replacements after deaths and hangs); past that, the
 # file's remaining tests fail at once: a submission that dies everywhere costs a few budgets, not minutes.
 MAX_STARTS_PER_FILE = 4
-SEALED_MARK = "is a forbidden built-in: the grader's worker has no such kernel"  # = audit.SEALED_MARK
 _ABORTS = ("Skipped", "Exit", "Failed", "XFailed", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
@@ -85,7 +86,7 @@ class WorkerConfig:
     cpu_s: int = 600
     uid: int | None = None  # the workers' own user id (root only)
     start_timeout_s: float = 20.0
-    seal: bool = True  # replace the forbidden built-ins' kernels in the worker (`audit.seal`); off: "warn" mode
+    seal: bool = True  # replace the forbidden built-ins' kernels in the worker (`seal.seal`); off: "warn" mode
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -555,7 +556,7 @@ def _uid_probe(uid: int) -> tuple[Callable[[], int], Callable[[], int]]:
 
 
 class ForkServer:
-    """The fork server of one grading run (`python -m cs336_grading.worker SOCKET`), stopped on exit.
+    """The fork server of one grading run (`python -m cs336_grading.worker.server SOCKET`), stopped on exit.
 
     Started before the tests are collected, it imports torch meanwhile; `wait` blocks until it listens.
     """
@@ -565,7 +566,7 @@ class ForkServer:
         self.log = directory / "fork-server.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cs336_grading.worker", self.path, *([] if warm else ["--cold"])],
+                [sys.executable, "-m", "cs336_grading.worker.server", self.path, *([] if warm else ["--cold"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={k: v for k, v in os.environ.items() if k != SECRET_ENV},  # workers fork from it: no secret
             )  # fmt: skip

@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import canary, heldout, untrusted
+from cs336_grading import untrusted
+
+from cs336_grading.grader import canary, heldout
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +171,8 @@ def outcome_flags(result: Any) -> list[str]:
 
 def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) -> dict[str, Any]:
     """Grade one submission in this process: `out/results.json`, then `out/grading.json` (its state)."""
-    from cs336_grading import grade as grader
-    from cs336_grading import sandbox
+    from cs336_grading.grader import grade as grader
+    from cs336_grading.pytest_run import sandbox
 
     t0 = time.monotonic()
     kwargs = {k: v for k, v in settings.items() if k not in ("leaderboard", "heldout")}
@@ -183,7 +185,7 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
     else:
         reason = ""
     if settings.get("leaderboard"):
-        from cs336_grading.leaderboard import add_to_results
+        from cs336_grading.staff.leaderboard import add_to_results
 
         add_to_results(payload, Path(settings["leaderboard"]), entry.source)
     write_json(out / RESULTS, payload)
@@ -210,7 +212,7 @@ def run_in_subprocess(
     t0 = time.monotonic()
     with open(out / "grader.log", "wb") as grader_log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cs336_grading.batch", job], stdin=subprocess.DEVNULL, stdout=grader_log,
+            [sys.executable, "-m", "cs336_grading.staff.batch", job], stdin=subprocess.DEVNULL, stdout=grader_log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         while proc.poll() is None and not stop.is_set() and time.monotonic() - t0 < limit:
@@ -246,7 +248,7 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 def _worker_main(job_json: str) -> int:
-    """The grader process of one submission (`python -m cs336_grading.batch JOB`)."""
+    """The grader process of one submission (`python -m cs336_grading.staff.batch JOB`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     def interrupt(signum: int, frame: object) -> None:
@@ -402,8 +404,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_canary(args: argparse.Namespace, settings: dict[str, Any], secret: str | None) -> None:
     """Grade the canary with the batch's settings (`canary.py`); CanaryError stops the batch."""
-    from cs336_grading.grade import default_harness
-    from cs336_grading.sandbox import Harness
+    from cs336_grading.grader.grade import default_harness
+    from cs336_grading.pytest_run.sandbox import Harness
 
     kwargs = {k: v for k, v in settings.items() if k not in ("leaderboard", "heldout")}
     kwargs["jobs"] = args.jobs
@@ -429,7 +431,7 @@ def main(args: argparse.Namespace) -> int:
         "leaderboard": str(Path(args.leaderboard).resolve()) if args.leaderboard else None,
     }  # fmt: skip
     if settings["leaderboard"]:
-        from cs336_grading.leaderboard import LeaderboardConfig
+        from cs336_grading.staff.leaderboard import LeaderboardConfig
 
         LeaderboardConfig.load(settings["leaderboard"])  # a broken config fails now, not once per student
     try:

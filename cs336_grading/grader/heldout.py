@@ -24,7 +24,8 @@ import os
 import secrets
 from pathlib import Path
 
-SECRET_ENV = "CS336_GRADING_SECRET"
+from cs336_grading.env import SECRET_ENV  # noqa: F401 - re-exported
+
 MIN_SECRET_CHARS = 16  # a guessable secret is a public one
 
 

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from cs336_grading.expected.bpe import gpt2_byte_decoder, tiktoken_encoding
-from cs336_grading.leaderboard import RuleError
+
+
+class RuleError(ValueError):
+    """The submission breaks a leaderboard rule or its files cannot be read; the message says which."""
+
 
 _COMPILED_PREFIX = "_orig_mod."
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from cs336_grading import batch
-from cs336_grading.similarity import (
+from cs336_grading.staff import batch
+from cs336_grading.staff.similarity import (
     DEFAULT_THRESHOLD, MIN_MATCHES, Comparison, Pair, boilerplate_hashes, compare, fingerprint_code, handout_sources,
     load_code, shared_regions,
 )  # fmt: skip

@@ -33,7 +33,6 @@ there (not verified on a GPU; Gradescope's autograders are CPU-only).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.resources
 import importlib.util
@@ -42,7 +41,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -53,8 +51,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cs336_grading import audit, batch, heldout, similarity_report, timings
-from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
+from cs336_grading.grader import audit, heldout, timings
+
+from cs336_grading.grader.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
     PROBLEMS,
     PROBLEMS_BY_NAME,
     RESULT_FIELDS,
@@ -67,9 +66,9 @@ from cs336_grading.report import (  # noqa: F401 - re-exported: grade()'s caller
     TestOutcome,
     problem_of,
 )
-from cs336_grading import sandbox as sandbox
-from cs336_grading.client import WORKER_ENV, ForkServer, WorkerConfig
-from cs336_grading.plugin import LIMITS_ENV, SELECT_ENV
+from cs336_grading.pytest_run import sandbox
+from cs336_grading.env import GRADING_ENV, LIMITS_ENV, SELECT_ENV, WORKER_ENV
+from cs336_grading.worker.client import ForkServer, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +264,7 @@ def _worker_env(
                           uid=WORKER_UID_BASE if os.geteuid() == 0 else None, seal=seal)  # fmt: skip
     budgets = timings.limits() if test_limits is None else test_limits
     limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
-    return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), "CS336_GRADING": "1"}
+    return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), GRADING_ENV: "1"}
 
 
 def _evidence(static: list[tuple[str, str]], records: dict[str, dict]) -> dict[str, list[str]]:
@@ -365,82 +364,3 @@ def _settle(
     status = "timeout" if report.ending in ("timeout", "deadline") else "error"
     results.update((n, (status, message)) for n in left)
     return []
-
-
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "grade",
-        help="grade a student submission (directory or .zip) against the pristine tests",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument("submission", nargs="+",
-                        help="directory or .zip with cs336_basics/ and tests/adapters.py; several, or a folder of them: batch")
-    parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
-    parser.add_argument("--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
-    parser.add_argument(
-        "--memory-mb",
-        type=int,
-        default=DEFAULT_MEMORY_MB,
-        help="address-space limit per test process; 0: none (CUDA maps far more)",
-    )
-    parser.add_argument(
-        "--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S, help="seconds for the whole run"
-    )
-    parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
-    parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
-    parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
-    parser.add_argument(
-        "--builtins", choices=("zero", "warn"), default="zero",
-        help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
-    )  # fmt: skip
-    parser.add_argument(
-        "--secret-file", default=None,
-        help=f"the course's grading secret: snapshot tests grade held-out cases drawn from it "
-             f"(default: ${heldout.SECRET_ENV}; neither: the public snapshots)",
-    )  # fmt: skip
-    batch.add_arguments(parser)
-    similarity_report.add_batch_arguments(parser)
-    parser.set_defaults(func=_main)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def _main(args: argparse.Namespace) -> int:
-    if batch.wants_batch(args.submission, args.out_dir):
-        status = batch.main(args)  # several submissions: cs336_grading/batch.py
-        similarity_report.after_batch(args)  # then which of them look copied: similarity.py
-        return status
-    args.submission = args.submission[0]
-    problems = None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()]
-    # SIGTERM (a batch system, `timeout`) cleans up like Ctrl-C: test processes, workers, the workspace.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = grade(
-            args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
-            total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
-            builtins=args.builtins, secret=heldout.secret_from(args.secret_file),
-        )  # fmt: skip
-    except sandbox.SubmissionError as e:
-        # The student's fault, not the grader's: a zero grade that says why.
-        zero = GradeResult(problems=(), execution_time=0.0, warnings=(f"ungradable submission: {e}",))
-        log.warning("ungradable submission: %s; wrote a zero grade to %s", e, zero.write_json(args.out))
-        return 0
-    except (FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    except GraderError as e:
-        log.error("the grader could not run: %s", e)
-        return 1
-    except KeyboardInterrupt as e:
-        if str(e) != "signal SIGTERM":
-            raise
-        log.error("terminated (SIGTERM): the test processes, workers and workspace are cleaned up")
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print(result.format_table())  # the table is the command's output; the rest is logging
-    log.info("wrote %s", result.write_json(args.out))
-    return 0

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_grading import untrusted
+from cs336_grading.staff.leaderboard_files import RuleError, read_checkpoint, read_tokenizer
 
 METRICS = ("bits_per_byte", "loss")
 FOLDER = "leaderboard"
@@ -143,10 +144,6 @@ def score(config: LeaderboardConfig, submission: Path, *, text: str | None = Non
     return LeaderboardResult(entry, f"leaderboard: {config.name} = {value:.6f} ({_summary(details)})", details)
 
 
-class RuleError(ValueError):
-    """The submission breaks a leaderboard rule or its files cannot be read; the message says which."""
-
-
 def _summary(details: Mapping[str, Any]) -> str:
     return (f"{details['parameters']:,} parameters, vocabulary {details['vocab_size']}, "
             f"{details['predicted_tokens']} tokens scored, loss {details['loss']:.4f} nats/token")  # fmt: skip
@@ -155,8 +152,7 @@ def _summary(details: Mapping[str, Any]) -> str:
 def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) -> dict[str, Any]:
     import torch
 
-    from cs336_grading import trusted_lm
-    from cs336_grading.leaderboard_files import read_checkpoint, read_tokenizer
+    from cs336_grading.staff import trusted_lm
 
     state, ckpt_config = read_checkpoint(folder, config.max_checkpoint_bytes)
     extra = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}

@@ -35,7 +35,6 @@ read in memory, bounded), and files, file counts and totals are capped.
 
 from __future__ import annotations
 
-import argparse
 import io
 import keyword
 import logging
@@ -52,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_grading import batch, submission
+from cs336_grading.staff import batch
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +191,8 @@ def boilerplate_hashes(sources: Sequence[str], k: int = NOISE_TOKENS) -> set[int
 
 def handout_sources() -> list[str]:
     """The Python the starter kit hands out (see `handout.py`): the stub adapters and the package's init."""
-    from cs336_grading.grade import default_harness
-    from cs336_grading.handout import HANDOUT_FILES, PACKAGE_INIT, stub_adapters
+    from cs336_grading.grader.grade import default_harness
+    from cs336_grading.staff.handout import HANDOUT_FILES, PACKAGE_INIT, stub_adapters
 
     sources = [stub_adapters((default_harness() / "adapters.py").read_text(encoding="utf-8")), PACKAGE_INIT]
     sources += [p.read_text(encoding="utf-8") for p in sorted(HANDOUT_FILES.glob("*.py")) if p.name != "__init__.py"]

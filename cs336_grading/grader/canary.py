@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cs336_grading.report import GraderError, GradeResult
+from cs336_grading.grader.report import GraderError, GradeResult
 
 CANARY_DIR = "canary"  # in the autograder zip: canary/cs336_basics/..., canary/tests/adapters.py
 _SKIPPED = ("__pycache__", ".pyc")
@@ -71,7 +71,7 @@ def environment() -> str:
 
 def check(canary: str | os.PathLike[str], settings: dict[str, Any], secret: str | None) -> float:
     """Grade the canary with `settings` (grade()'s keywords) and `secret`; its seconds, else CanaryError."""
-    from cs336_grading.grade import grade  # NOTE: grade imports batch, which imports this module
+    from cs336_grading.grader.grade import grade  # NOTE: grade imports batch, which imports this module
 
     t0 = time.monotonic()
     try:

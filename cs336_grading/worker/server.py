@@ -1,12 +1,12 @@
 """The worker: the only process where student code runs under `cs336 grade`, and the fork server behind it.
 
-    python -m cs336_grading.worker SOCKET_PATH        # the fork server (one per grading run)
+    python -m cs336_grading.worker.server SOCKET_PATH        # the fork server (one per grading run)
 
 The fork server imports torch and numpy once, then listens on a Unix socket that only the grader can reach.
 For each `fork` request it forks a worker, which walls itself in (`jail.enter`: limits, no network, a
 filesystem of its workspace and the Python installation only, a user id of its own), imports the
 submission (`tests.adapters` and the harness's `tests/scenarios.py` from its workspace, which holds nothing
-else), its forbidden torch kernels sealed first (`audit.seal`: reaching one ends the call with evidence
+else), its forbidden torch kernels sealed first (`seal.seal`: reaching one ends the call with evidence
 blamed on the running call, in any thread), and serves calls over a socket pair whose other end goes back to the grader (SCM_RIGHTS). Forking a
 process that has torch imported takes milliseconds, so a worker killed after a hang is replaced cheaply.
 
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import audit, jail, wire
+from cs336_grading.worker import jail, seal, wire
 
 _LOG: Any = None  # the worker's log file (what the grader reads when it dies), once it has one
 MAX_ITEMS = 20_000_000  # an iterator longer than this is not drained
@@ -84,7 +84,7 @@ class _Session:
         name, function = self.target(header)
         args = wire.decode(header.get("args", []), buffers, self.resolve, memmaps=True)
         kwargs = wire.decode(header.get("kwargs", {"$dict": []}), buffers, self.resolve, memmaps=True)
-        watch = audit.Watch(name)
+        watch = seal.Watch(name)
         try:
             with watch:
                 result = _drain(function(*args, **kwargs))
@@ -170,7 +170,7 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     _isolate_imports(workspace)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-        walls["sealed_kernels"] = len(audit.seal()) if request.get("seal", True) else 0  # before the submission runs a line
+        walls["sealed_kernels"] = len(seal.seal()) if request.get("seal", True) else 0  # before the submission runs a line
     session = _Session()
     session.load()
     wire.send(sock, {"ready": walls}, [])
@@ -222,7 +222,7 @@ def _warm_up() -> None:
     buffer.seek(0)
     torch.load(buffer)
     torch.nn.init.trunc_normal_(torch.empty(3, 3))
-    with audit.Watch("warm-up"):
+    with seal.Watch("warm-up"):
         torch.softmax(torch.randn(3), 0)
     for name in ("einops", "jaxtyping", "regex", "tqdm"):
         try:

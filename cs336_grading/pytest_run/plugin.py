@@ -1,7 +1,7 @@
 """The pytest plugin of a grading process: reports each test's outcome to the grader, one JSON line per
 event, and (under `cs336 grade`) routes every call into student code to the sandboxed worker.
 
-The grader loads it into every pytest process it starts with `-p cs336_grading.plugin`: it is imported from
+The grader loads it into every pytest process it starts with `-p cs336_grading.pytest_run.plugin`: it is imported from
 wherever the grading package is installed, never from the workspace. With `CS336_WORKER` set (see
 `client.WorkerConfig`), `tests.adapters` becomes a proxy module whose functions run in the worker,
 `tests.scenarios.run` forwards there, and `tests.measure` reads the worker's memory: this process, where
@@ -29,11 +29,9 @@ from typing import Any
 
 import pytest
 
-from cs336_grading.client import MEMORY_MARKERS, WORKER_ENV, StudentError, WorkerClient, WorkerConfig, WorkerFailure
+from cs336_grading.env import LIMITS_ENV, REPORT_ENV, SELECT_ENV, WORKER_ENV
+from cs336_grading.worker.client import MEMORY_MARKERS, StudentError, WorkerClient, WorkerConfig, WorkerFailure
 
-REPORT_ENV = "CS336_GRADER_REPORT"
-SELECT_ENV = "CS336_GRADED_PREFIXES"  # JSON list: run only tests whose function name starts with one
-LIMITS_ENV = "CS336_TEST_LIMITS"  # JSON {"default": s, "tests": {nodeid: s}}: each test's budget in the worker
 _TIMEOUT_MARKER = "Timeout"  # pytest-timeout fails a test with "Failed: Timeout (>60.0s) from pytest-timeout."
 MAX_MESSAGE_LINES, MAX_MESSAGE_CHARS = 10, 1200
 _FAILURE_STATUS = {"timeout": "timeout", "memory": "memory", "died": "error", "abort": "error"}

@@ -9,7 +9,7 @@ submission copies the student's upload into `/autograder/submission`, runs `run_
     README.md           the base image to pick, the memory and CPUs to request, the expected grading time
     setup.sh            installs Python >= 3.11 and the packages pinned to the versions this grader was installed with
     requirements.txt    (torch from PyTorch's CPU index: Gradescope's machines have no GPU)
-    run_autograder      python -m cs336_grading.autograder run --root /autograder
+    run_autograder      python -m cs336_grading.staff.autograder run --root /autograder
     autograder.json     the grading settings (problems, time and memory limits, jobs, leaderboard)
     cs336_grading/      this package, with the pristine harness as cs336_grading/harness/
     grading-secret      the course secret: the snapshot tests grade held-out cases drawn from it (`heldout.py`)
@@ -40,8 +40,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from cs336_grading import canary, heldout
-from cs336_grading.autograder_setup import DEFAULT_BASE_IMAGE, RUN_AUTOGRADER, check_base_image, readme, setup_sh
+from cs336_grading.grader import canary, heldout
+from cs336_grading.staff.autograder_setup import DEFAULT_BASE_IMAGE, RUN_AUTOGRADER, check_base_image, readme, setup_sh
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ DEFAULT_TOTAL_TIMEOUT_S = 540.0  # Gradescope stops an autograder after 10 minut
 
 def pinned_requirements() -> list[str]:
     """`name==version` for every dependency (dev extras included) of the installed `cs336-basics`."""
-    from cs336_grading.handout import _installed_requirements
+    from cs336_grading.staff.handout import _installed_requirements
 
     base, dev, _ = _installed_requirements()
     pins = []
@@ -76,8 +76,8 @@ def build_autograder(
     `secret` is the course's grading secret (default: a fresh random one; keep it to regrade with
     `cs336 grade --secret-file`); `with_canary=False` leaves the canary out (no environment check).
     """
-    from cs336_grading.grade import default_harness
-    from cs336_grading.sandbox import Harness
+    from cs336_grading.grader.grade import default_harness
+    from cs336_grading.pytest_run.sandbox import Harness
 
     check_base_image(base_image)  # before any work: an image without Python >= 3.11 is refused here
     pristine = Harness.load(harness if harness is not None else default_harness())
@@ -87,7 +87,7 @@ def build_autograder(
         "run_autograder": RUN_AUTOGRADER.encode(),
         "requirements.txt": "".join(f"{pin}\n" for pin in pinned_requirements()).encode(),
     }
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # cs336_grading/
     for path in sorted(package.rglob("*")):
         rel = path.relative_to(package)
         if path.is_file() and "__pycache__" not in rel.parts and rel.parts[0] != "harness" and path.suffix != ".pyc":
@@ -96,7 +96,7 @@ def build_autograder(
         if rel.startswith("tests/"):
             files["cs336_grading/harness/" + rel.removeprefix("tests/")] = content
     if leaderboard is not None:
-        from cs336_grading.leaderboard import LeaderboardConfig
+        from cs336_grading.staff.leaderboard import LeaderboardConfig
 
         config = LeaderboardConfig.load(leaderboard)
         text_name = "leaderboard/" + config.validation_text.name
@@ -148,9 +148,9 @@ def _walk(root: Path, max_depth: int) -> list[Path]:
 
 def run(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Grade `root/submission` into `root/results/results.json` with the settings in `root/source`."""
-    from cs336_grading import grade as grader
-    from cs336_grading.batch import write_json
-    from cs336_grading.sandbox import SubmissionError
+    from cs336_grading.grader import grade as grader
+    from cs336_grading.staff.batch import write_json
+    from cs336_grading.pytest_run.sandbox import SubmissionError
 
     t0 = time.monotonic()
     root = Path(root)
@@ -189,7 +189,7 @@ def _secret(path: Path) -> str | None:
 
 def _score_leaderboard(config_path: Path, submission: Path) -> Any:
     """Score the entry before any student code runs, then delete the held-out text from disk."""
-    from cs336_grading.leaderboard import LeaderboardConfig, LeaderboardResult, score_source
+    from cs336_grading.staff.leaderboard import LeaderboardConfig, LeaderboardResult, score_source
 
     config = LeaderboardConfig.load(config_path)
     try:
@@ -205,8 +205,8 @@ def _score_leaderboard(config_path: Path, submission: Path) -> Any:
 
 
 def _run_main(argv: list[str]) -> int:
-    """`python -m cs336_grading.autograder run --root DIR` (what `run_autograder` calls)."""
-    parser = argparse.ArgumentParser(prog="python -m cs336_grading.autograder")
+    """`python -m cs336_grading.staff.autograder run --root DIR` (what `run_autograder` calls)."""
+    parser = argparse.ArgumentParser(prog="python -m cs336_grading.staff.autograder")
     parser.add_argument("action", choices=["run"])
     parser.add_argument("--root", default="/autograder")
     args = parser.parse_args(argv)
@@ -214,7 +214,7 @@ def _run_main(argv: list[str]) -> int:
     try:
         payload = run(args.root)
     except Exception as e:  # the grader's failure, not the student's: say so where the student looks
-        from cs336_grading.batch import write_json
+        from cs336_grading.staff.batch import write_json
 
         log.exception("the autograder failed")
         why = f"Grading stopped before your submission ran: {e}" if isinstance(e, canary.CanaryError) else (

@@ -179,7 +179,7 @@ def build_handout(out: str | os.PathLike[str], *, harness: str | os.PathLike[str
     `harness` is the pristine tests directory (default: the one installed with this package). An existing
     `out` is replaced only if an earlier `build_handout` made it.
     """
-    from cs336_grading.grade import default_harness
+    from cs336_grading.grader.grade import default_harness
 
     tests = Path(harness) if harness is not None else default_harness()
     for required in (tests / "adapters.py", tests / "conftest.py"):

@@ -34,18 +34,18 @@ except ImportError:  # not POSIX: no resource limits (the worker's walls need Li
     resource = None  # type: ignore[assignment]
 
 from cs336_grading import untrusted
-from cs336_grading.client import MEMORY_MARKERS
-from cs336_grading.submission import IGNORED as _IGNORED
-from cs336_grading.submission import Submission, SubmissionError, unpack_submission  # noqa: F401 - the API
-from cs336_grading.plugin import REPORT_ENV
+from cs336_grading.env import REPORT_ENV
+from cs336_grading.worker.client import MEMORY_MARKERS
+from cs336_grading.grader.submission import IGNORED as _IGNORED
+from cs336_grading.grader.submission import Submission, SubmissionError, unpack_submission  # noqa: F401 - the API
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 16 << 20  # the most of a test process's report read at one poll
 MAX_LOG_BYTES = 1 << 20  # the most of a test process's output read when it ends (its tail says why)
-PLUGIN_MODULE = "cs336_grading.plugin"  # loaded by `-p`: importable from wherever the grader is installed
+PLUGIN_MODULE = "cs336_grading.pytest_run.plugin"  # loaded by `-p`: importable from wherever the grader is installed
 # The `tests/adapters.py` of a grading process: the plugin's proxy replaces it, so it must never run.
 GUARD_ADAPTERS = (
-    b'"""Under `cs336 grade`, `tests.adapters` is the proxy to the sandboxed worker (cs336_grading.plugin)."""\n'
+    b'"""Under `cs336 grade`, `tests.adapters` is the proxy to the sandboxed worker (cs336_grading.pytest_run.plugin)."""\n'
     b'raise ImportError("the grading process never imports the submission; the plugin\'s proxy is missing")\n'
 )
 
