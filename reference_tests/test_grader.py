@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cs336_grading import cli as grading_cli
 from cs336_grading.grader import grade as grader
 from cs336_grading.grader.grade import PROBLEMS, RESULT_FIELDS, TEST_FIELDS, GraderError, GradeResult, grade, problem_of
 from cs336_grading.pytest_run.sandbox import SubmissionError, unpack_submission
@@ -336,7 +337,7 @@ def test_cli_grades_a_zip_and_writes_results(
     import argparse
 
     parser = argparse.ArgumentParser()
-    grader.add_subcommand(parser.add_subparsers())
+    grading_cli.add_subcommand(parser.add_subparsers())
     out = tmp_path / "results.json"
     args = parser.parse_args(
         [
@@ -362,7 +363,7 @@ def test_cli_writes_a_zero_grade_for_an_ungradable_submission(tmp_path: Path, fa
     import argparse
 
     parser = argparse.ArgumentParser()
-    grader.add_subcommand(parser.add_subparsers())
+    grading_cli.add_subcommand(parser.add_subparsers())
     (tmp_path / "empty").mkdir()
     out = tmp_path / "results.json"
     args = parser.parse_args(["grade", str(tmp_path / "empty"), "--harness", str(fake_harness), "--out", str(out)])

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from cs336_grading import cli as grading_cli
 from cs336_grading.staff import batch
 from cs336_grading.grader import grade as grader
 from cs336_grading.grader import submission as unpacking
@@ -220,7 +221,7 @@ def test_unpacking_refuses_with_one_line(case: str, tmp_path: Path) -> None:
 
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    grader.add_subcommand(parser.add_subparsers())
+    grading_cli.add_subcommand(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

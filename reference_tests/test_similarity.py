@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading.grader import grade
+from cs336_grading import cli as grading_cli
 
 from cs336_grading.staff import similarity
 from cs336_grading.staff.handout import PACKAGE_INIT, stub_adapters
@@ -212,7 +212,7 @@ def test_grade_out_dir_runs_the_check_after_the_batch(
     tmp_path: Path, sources: Path, monkeypatch: pytest.MonkeyPatch, off: bool
 ) -> None:
     batch = _batch(tmp_path, sources, "ref", "ref_copy")
-    monkeypatch.setattr(grade.batch, "main", lambda args: 0)  # the grading itself is test_batch_grading's
+    monkeypatch.setattr(grading_cli.batch, "main", lambda args: 0)  # the grading itself is test_batch_grading's
     argv = ["grade", str(batch), "--out-dir", str(tmp_path / "out")] + (["--no-similarity"] if off else [])
     assert cli.main(argv) == 0
     assert (tmp_path / "out" / "similarity.csv").exists() is not off
