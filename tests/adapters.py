@@ -357,7 +357,7 @@ def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm:
 
     Parameters without a gradient are skipped; the scaling uses eps = 1e-6.
     """
-    impl.clip_gradients(parameters, max_l2_norm)
+    impl.gradient_clipping(parameters, max_l2_norm)
 
 
 def get_adamw_cls() -> Any:
