@@ -76,15 +76,16 @@ def test_causal_attention_rejects_a_wrong_offset() -> None:
 )
 def test_attention_backward_matches_the_textbook_form(q_shape, k_shape, v_shape, masked) -> None:
     gen = torch.Generator().manual_seed(0)
-    Q, K, V = (torch.randn(*s, dtype=torch.float64, generator=gen, requires_grad=True) for s in (q_shape, k_shape, v_shape))
+    shapes = (q_shape, k_shape, v_shape)
+    Q, K, V = (torch.randn(*s, dtype=torch.float64, generator=gen, requires_grad=True) for s in shapes)
     mask = None
     if masked:
         mask = torch.rand(q_shape[-2], k_shape[-2], generator=gen) > 0.4
         mask[:, 0] = True  # no fully masked row (those are NaN by definition)
     assert torch.autograd.gradcheck(lambda q, k, v: fast.attention(q, k, v, mask), (Q, K, V))
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (Q, K, V))
-    _assert_same_values_and_grads(fast.attention(q32, k32, v32, mask), scaled_dot_product_attention(q32, k32, v32, mask),
-                                  (q32, k32, v32), rtol=1e-5, atol=1e-6)
+    textbook = scaled_dot_product_attention(q32, k32, v32, mask)
+    _assert_same_values_and_grads(fast.attention(q32, k32, v32, mask), textbook, (q32, k32, v32), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(6,), (3, 4, 6), (2, 1, 5, 6)], ids=["vector", "3d", "4d"])
