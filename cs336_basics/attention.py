@@ -121,7 +121,7 @@ class MultiHeadSelfAttention(nn.Module):
         rope: a RoPE module with d_k = d_model // num_heads (may be shared between layers), or None.
     """
 
-    #: Use the fused kernels of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
+    #: Use the hand-written attention of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
     fused_kernels: bool = False
 
     def __init__(
@@ -165,14 +165,9 @@ class MultiHeadSelfAttention(nn.Module):
         causal mask follows the order of the sequence.
         """
         seq_len = x.shape[-2]
-        if self.fused_kernels and fast.applies(x, self.q_proj.weight):
-            q, k, v = fast.qkv_projection(
-                x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.num_heads
-            )  # each (..., heads, seq, head_dim)
-        else:
-            q = rearrange(self.q_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
-            k = rearrange(self.k_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
-            v = rearrange(self.v_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
+        q = rearrange(self.q_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
+        k = rearrange(self.k_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
+        v = rearrange(self.v_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
 
         start = 0 if kv_cache is None else kv_cache._lengths[layer]
         if self.rope is not None:

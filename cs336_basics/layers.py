@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from cs336_basics import fast, init
+from cs336_basics import init
 from cs336_basics.functional import silu
 
 
@@ -113,9 +113,6 @@ class RMSNorm(ShapeCheckedModule):
     precision), then cast back to the input dtype.
     """
 
-    #: Use the hand-written kernel of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
-    fused_kernels: bool = False
-
     def __init__(
         self,
         d_model: int,
@@ -134,8 +131,6 @@ class RMSNorm(ShapeCheckedModule):
         init.ones_(self.weight)
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        if self.fused_kernels and fast.applies(x, self.weight):
-            return fast.rms_norm(x, self.weight, self.eps)
         in_dtype = x.dtype
         x = x.to(torch.promote_types(in_dtype, torch.float32))  # at least float32
         inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
@@ -147,9 +142,6 @@ class RMSNorm(ShapeCheckedModule):
 
 class SwiGLU(nn.Module):
     """The SwiGLU feed-forward network `W2(SiLU(W1 x) ⊙ W3 x)`: a SiLU-gated linear unit."""
-
-    #: Use the fused kernel of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
-    fused_kernels: bool = False
 
     def __init__(
         self,
@@ -169,8 +161,6 @@ class SwiGLU(nn.Module):
             layer.reset_parameters()
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        if self.fused_kernels and fast.applies(x, self.w1.weight):
-            return fast.swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight)
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 

@@ -169,8 +169,8 @@ class TransformerBlock(nn.Module):
 class TransformerLM(nn.Module):
     """A decoder-only Transformer language model returning unnormalised next-token logits.
 
-    The layers run in their textbook form, differentiated by autograd; `fused_kernels=True` switches them
-    to the hand-written kernels of `cs336_basics/fast.py` (see `use_fused_kernels`).
+    The layers run in their textbook form, differentiated by autograd; `fused_kernels=True` switches the
+    attention to the hand-written kernels of `cs336_basics/fast.py` (see `use_fused_kernels`).
 
     >>> model = TransformerLM(ModelConfig(vocab_size=10, context_length=8, d_model=16, num_layers=1, num_heads=2))
     >>> model(torch.tensor([[1, 2, 3]])).shape
@@ -229,8 +229,8 @@ class TransformerLM(nn.Module):
         self.use_fused_kernels(fused_kernels)
 
     def use_fused_kernels(self, enabled: bool = True) -> TransformerLM:
-        """Switch every layer to (or back from) the kernels of `cs336_basics/fast.py`: the same function, a
-        faster eager training step on a CPU. The weights and the state dict do not change."""
+        """Switch every layer that has one (attention) to (or back from) its kernel in `cs336_basics/fast.py`:
+        the same function, a faster eager training step. The weights and the state dict do not change."""
         self.fused_kernels = enabled
         for module in self.modules():
             if hasattr(module, "fused_kernels"):

@@ -14,8 +14,6 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from cs336_basics import fast
-
 
 def rope_angles(d_k: int, max_seq_len: int, theta: float, device: torch.device | str | None = None) -> Tensor:
     """The rotation angle of every (position, pair) as a float32 tensor (max_seq_len, d_k // 2).
@@ -44,8 +42,6 @@ class RotaryPositionalEmbedding(nn.Module):
 
     cos: Tensor
     sin: Tensor
-    #: Use the hand-written kernel of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
-    fused_kernels: bool = False
 
     def __init__(
         self,
@@ -83,8 +79,6 @@ class RotaryPositionalEmbedding(nn.Module):
         if x.shape[-1] != self.d_k:
             raise ValueError(f"RoPE expected the last dimension of x to be d_k={self.d_k}, got shape {tuple(x.shape)}")
         cos, sin = self._tables(x.shape[-2], token_positions)  # (..., seq, d_k/2)
-        if self.fused_kernels and fast.applies(x, cos):
-            return fast.rotate_pairs(x, cos, sin)
         compute_dtype = torch.promote_types(x.dtype, cos.dtype)
         # Each pair (x[2k], x[2k+1]) is rotated by the angle of its position and frequency k.
         x_even, x_odd = rearrange(x.to(compute_dtype), "... seq (half two) -> two ... seq half", two=2)
