@@ -17,10 +17,11 @@ gradients, and gradchecks the hand-written backwards in float64.
 
 NOTE: measured on 1 CPU thread, forward + backward at the TinyStories shapes (B8×256, d_model 512, 16 heads,
 vocab 10000), median CPU time: causal attention per layer 475 ms textbook vs 98 ms here (4.8x), cross-entropy
-363 ms vs 136 ms (2.7x); the whole training step 1.29x faster (torch-native peer / ours: 0.73 textbook,
-0.95 with these). Hand-written kernels for RMSNorm, the SwiGLU gate, RoPE and fused q/k/v and w1/w3
-projections were measured too and dropped: each was within 1.06x of its textbook form (under 1 % of a step).
-`torch.compile` of the textbook form fuses those elementwise chains by itself; see `python -m bench --only model`.
+363 ms vs 136 ms (2.7x); the whole training step 1.34x faster (torch-native peer / ours: 0.75 textbook,
+1.00 with these; `docs/bench/NOTES.md`). Hand-written kernels for RMSNorm, the SwiGLU gate, RoPE and fused
+q/k/v and w1/w3 projections were measured too and dropped: each was within 1.06x of its textbook form (under
+1 % of a step). `torch.compile` of the textbook form fuses such elementwise chains by itself (see
+`python -m bench --only model --scale`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class _Attention(torch.autograd.Function):
     """Autograd through the elementary ops keeps the scores, their shifted and exponentiated copies and more,
     each (queries × keys) per head. The backward needs only the weights P = softmax(S) and the output O = P V:
 
-        dV = Pᵀ dO        dP = dO Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))        dQ = s·dS K        dK = s·dSᵀ Q
+        dV = Pᵀ dO        dP = dO Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))
+        dQ = s·dS K       dK = s·dSᵀ Q
 
     (rowsum(dP ⊙ P) = rowsum(dO ⊙ O), a (queries × d_v) product instead of a (queries × keys) one: the trick
     of FlashAttention's backward.)
