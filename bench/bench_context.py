@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bench.bench_model import TINYSTORIES, StepCase, bench_training_step
 from bench.common import REPO_ROOT, format_table, make_row, median, time_interleaved
 from bench.growth import exponent_text, fit_exponent, plot_growth, series_of
-from cs336_basics.attention import causal_attention
+from cs336_basics.fast import causal_attention
 
 TOKENS_PER_STEP = 2048
 LENGTHS = (128, 256, 512, 1024)

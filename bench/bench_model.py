@@ -3,7 +3,9 @@
 Training step (forward, cross entropy, backward, AdamW step), our `TransformerLM` + `AdamW` against
 `oracle.model.OracleTransformerLM` (nn.Linear, F.rms_norm, F.scaled_dot_product_attention, ...) +
 `torch.optim.AdamW`: identical shapes, identical initial weights (the oracle loads our state dict), identical
-batch; the two alternate (A B B A ...) and we compare median step times. A full run adds the TinyStories
+batch. Ours runs twice, in its textbook form and with the fused kernels of `cs336_basics/fast.py` (what the
+trainer runs); the three alternate (A B C C B A ...) and each gets a row of its median step time against
+the oracle's. A full run adds the TinyStories
 case with both models under `torch.compile` (on a CPU only with `python -m bench --scale`: compiling both
 takes minutes there; compiled, both models get fused kernels). Each row also carries the
 achieved FLOP/s from `cs336_lab.accounting` (3x the forward matmul FLOPs per token) and, on a known GPU,
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from bench.common import make_row, median, time_interleaved
 from cs336_lab.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
+from cs336_basics import fast
 from cs336_basics.decoding import generate
 from cs336_basics.loss import cross_entropy
 from cs336_basics.model import ModelConfig, TransformerLM
@@ -99,30 +102,44 @@ def _oracle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def bench_training_step(case: StepCase, device: torch.device) -> dict[str, Any]:
-    """Median seconds per step (wall clock, and process CPU time as `<name>_cpu`) of ours and of the oracle,
-    on the same batch from the same initial weights."""
+def _contestants(case: StepCase, device: torch.device) -> dict[str, Any]:
+    """The training steps raced, each on its own copy of the same initial weights and the same batch:
+    ours in its textbook form, ours with the kernels of `cs336_basics/fast.py` (what the trainer runs) and
+    the torch-native oracle; under `torch.compile`, our textbook form and the oracle, both compiled."""
     torch.manual_seed(0)
-    ours = TransformerLM(case.config, device=device)
+    textbook = TransformerLM(case.config, device=device)
+    fused = TransformerLM(case.config, device=device, fused_kernels=True)
+    fused.load_state_dict(textbook.state_dict())
     oracle = _oracle_model(case.config, device)
-    oracle.load_state_dict(ours.state_dict())
+    oracle.load_state_dict(textbook.state_dict())
     hyper = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    ours_opt = AdamW(ours.parameters(), **hyper)
-    oracle_opt = torch.optim.AdamW(oracle.parameters(), **hyper)
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, case.config.vocab_size, (case.batch_size, case.seq_len + 1), generator=gen).to(device)
     x, y = tokens[:, :-1], tokens[:, 1:]
-    ours_run: torch.nn.Module = torch.compile(ours) if case.compile else ours
-    oracle_run: torch.nn.Module = torch.compile(oracle) if case.compile else oracle
+    if case.compile:
+        return {
+            "textbook": _step_fn(torch.compile(textbook), AdamW(textbook.parameters(), **hyper), cross_entropy, x, y,
+                                 device),
+            "oracle": _step_fn(torch.compile(oracle), torch.optim.AdamW(oracle.parameters(), **hyper), _oracle_loss,
+                               x, y, device),
+        }
+    return {
+        "textbook": _step_fn(textbook, AdamW(textbook.parameters(), **hyper), cross_entropy, x, y, device),
+        "fused": _step_fn(fused, AdamW(fused.parameters(), **hyper), fast.cross_entropy, x, y, device),
+        "oracle": _step_fn(oracle, torch.optim.AdamW(oracle.parameters(), **hyper), _oracle_loss, x, y, device),
+    }
+
+
+def bench_training_step(case: StepCase, device: torch.device) -> dict[str, Any]:
+    """Median seconds per step (wall clock, and process CPU time as `<name>_cpu`) of each contestant of
+    `_contestants`, interleaved, on the same batch from the same initial weights."""
+    contestants = _contestants(case, device)
     cpu: dict[str, list[float]] = {}
     with warnings.catch_warnings():
         # NOTE: inductor warns that it cannot generate code for the oracle's complex RoPE: expected, harmless.
         warnings.simplefilter("ignore", UserWarning)
         times = time_interleaved(
-            {
-                "ours": _step_fn(ours_run, ours_opt, cross_entropy, x, y, device),
-                "oracle": _step_fn(oracle_run, oracle_opt, _oracle_loss, x, y, device),
-            },
+            contestants,
             repeats=case.repeats,
             warmup=2 if device.type == "cuda" or case.compile else 1,  # the first call compiles
             cpu_times=cpu,
@@ -132,7 +149,6 @@ def bench_training_step(case: StepCase, device: torch.device) -> dict[str, Any]:
 
 def _training_rows(quick: bool, device: torch.device, compile: bool = True) -> list[dict[str, Any]]:
     rows = []
-    peak = peak_flops_for_device(device, torch.float32)
     for case in _cases(quick, device, compile):
         try:
             seconds = bench_training_step(case, device)
@@ -141,35 +157,48 @@ def _training_rows(quick: bool, device: torch.device, compile: bool = True) -> l
                 raise
             logger.warning("torch.compile case skipped: %s: %s", type(err).__name__, err)
             continue
-        tokens = case.batch_size * case.seq_len
-        ours_tps, oracle_tps = tokens / seconds["ours"], tokens / seconds["oracle"]
-        flops_per_token = training_flops_per_token(case.config, case.seq_len)
-        notes = (
-            f"B={case.batch_size} T={case.seq_len}, {torch.get_num_threads()} threads, median of {case.repeats}; "
-            f"{flops_per_token / 1e6:.1f} MFLOP/token (3x fwd matmuls): "
-            f"ours {ours_tps * flops_per_token / 1e9:.1f} GFLOP/s, oracle {oracle_tps * flops_per_token / 1e9:.1f} GFLOP/s"
-        )
-        if device.type == "cpu":
-            notes += f"; CPU-time ratio {seconds['oracle_cpu'] / seconds['ours_cpu']:.2f}x"
-        if peak is not None:
-            notes += f"; fp32 MFU ours {mfu(ours_tps, flops_per_token, peak):.1%}, oracle {mfu(oracle_tps, flops_per_token, peak):.1%}"
-        row = make_row(
-            f"LM training step (fwd+bwd+AdamW), {case.name}, {device.type}" + (", torch.compile" if case.compile else ""),
-            "torch-native oracle + torch.optim.AdamW" + (", torch.compile" if case.compile else ""),
-            ours_tps, oracle_tps, "tokens/s", goal=case.goal, notes=notes,
-        )
-        # Extra machine-readable fields (the aggregator keeps them in the JSON).
-        row |= {
-            "flops_per_token": flops_per_token,
-            "ours_flop_per_s": ours_tps * flops_per_token,
-            "peer_flop_per_s": oracle_tps * flops_per_token,
-            "ours_cpu_s": seconds["ours_cpu"],
-            "peer_cpu_s": seconds["oracle_cpu"],
-        }
-        if peak is not None:
-            row |= {"ours_mfu": mfu(ours_tps, flops_per_token, peak), "peer_mfu": mfu(oracle_tps, flops_per_token, peak)}
-        rows.append(row)
+        # The fused row first: it is what the trainer runs (and the row earlier runs reported as "ours").
+        for name in ("fused", "textbook"):
+            if name in seconds:
+                rows.append(_training_row(case, device, seconds, name))
     return rows
+
+
+def _training_row(case: StepCase, device: torch.device, seconds: dict[str, float], name: str) -> dict[str, Any]:
+    """The row of contestant `name` against the oracle."""
+    peak = peak_flops_for_device(device, torch.float32)
+    tokens = case.batch_size * case.seq_len
+    ours_tps, oracle_tps = tokens / seconds[name], tokens / seconds["oracle"]
+    flops_per_token = training_flops_per_token(case.config, case.seq_len)
+    notes = (
+        f"B={case.batch_size} T={case.seq_len}, {torch.get_num_threads()} threads, median of {case.repeats}; "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token (3x fwd matmuls): "
+        f"ours {ours_tps * flops_per_token / 1e9:.1f} GFLOP/s, oracle {oracle_tps * flops_per_token / 1e9:.1f} GFLOP/s"
+    )
+    if device.type == "cpu":
+        notes += f"; CPU-time ratio {seconds['oracle_cpu'] / seconds[f'{name}_cpu']:.2f}x"
+    if peak is not None:
+        notes += f"; fp32 MFU ours {mfu(ours_tps, flops_per_token, peak):.1%}, oracle {mfu(oracle_tps, flops_per_token, peak):.1%}"
+    if name == "fused":
+        notes += f"; textbook form / fused kernels step time {seconds['textbook'] / seconds['fused']:.2f}x"
+    variant = "torch.compile of the textbook form" if case.compile else (
+        "fused kernels (cs336_basics/fast.py)" if name == "fused" else "textbook form")
+    row = make_row(
+        f"LM training step (fwd+bwd+AdamW), {case.name}, {device.type}, {variant}",
+        "torch-native oracle + torch.optim.AdamW" + (", torch.compile" if case.compile else ""),
+        ours_tps, oracle_tps, "tokens/s", goal=case.goal if name == "fused" or case.compile else None, notes=notes,
+    )
+    # Extra machine-readable fields (the aggregator keeps them in the JSON).
+    row |= {
+        "flops_per_token": flops_per_token,
+        "ours_flop_per_s": ours_tps * flops_per_token,
+        "peer_flop_per_s": oracle_tps * flops_per_token,
+        "ours_cpu_s": seconds[f"{name}_cpu"],
+        "peer_cpu_s": seconds["oracle_cpu"],
+    }
+    if peak is not None:
+        row |= {"ours_mfu": mfu(ours_tps, flops_per_token, peak), "peer_mfu": mfu(oracle_tps, flops_per_token, peak)}
+    return row
 
 
 def _generate_fn(model: TransformerLM, prompt: torch.Tensor, max_new_tokens: int, use_kv_cache: bool) -> Any:

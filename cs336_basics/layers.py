@@ -109,7 +109,7 @@ class Embedding(ShapeCheckedModule):
 class RMSNorm(ShapeCheckedModule):
     """Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) * g` over the last dimension.
 
-    NOTE: computed in float32 whatever the input dtype (squares of bf16 activations overflow or lose
+    NOTE: computed in at least float32 whatever the input dtype (squares of bf16 activations overflow or lose
     precision), then cast back to the input dtype.
     """
 
@@ -131,81 +131,13 @@ class RMSNorm(ShapeCheckedModule):
         init.ones_(self.weight)
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        if x.dtype in _FAST_DTYPES and x.dtype == self.weight.dtype:
-            return _RMSNorm.apply(x, self.weight, self.eps)
         in_dtype = x.dtype
-        x = x.float()
-        inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)
-        return (x * inv_rms * self.weight.float()).to(in_dtype)
+        x = x.to(torch.promote_types(in_dtype, torch.float32))  # at least float32
+        inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return (x * inv_rms * self.weight.to(x.dtype)).to(in_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, eps={self.eps}"
-
-
-_FAST_DTYPES = (torch.float32, torch.float64)
-
-
-class _RMSNorm(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: with x̂ = x · r (r = 1/rms) and gradient g of the output,
-
-        dw = Σ g ⊙ x̂ (over the leading dims)        dx = r · (g⊙w − x̂ · mean(g⊙w ⊙ x̂))
-
-    Autograd through the elementary ops keeps x², the mean, x·r and runs a kernel per op; this keeps x and r.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:  # noqa: ANN001
-        inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)  # (..., 1)
-        ctx.save_for_backward(x, weight, inv_rms)
-        return x * inv_rms * weight
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        x, weight, inv_rms = ctx.saved_tensors
-        x_hat = x * inv_rms
-        grad_w = (grad_out * x_hat).reshape(-1, x.shape[-1]).sum(dim=0) if ctx.needs_input_grad[1] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            g = grad_out * weight
-            grad_x = g.sub_(x_hat.mul_((g * x_hat).mean(dim=-1, keepdim=True))).mul_(inv_rms)
-        return grad_x, grad_w, None
-
-
-class _SwiGLUGate(torch.autograd.Function):
-    """`SiLU(a) ⊙ b` for `h = [a | b]` (the two halves of the fused w1/w3 product), with the gradient of
-    both halves written into one buffer shaped like `h` (autograd would cat the two halves' gradients):
-
-        db = g ⊙ a σ(a)        da = g ⊙ b ⊙ σ(a) (1 + a (1 − σ(a)))
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor) -> Tensor:  # noqa: ANN001
-        a, b = h.chunk(2, dim=-1)
-        sig = torch.sigmoid(a)
-        ctx.save_for_backward(h, sig)
-        return a * sig * b
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> Tensor:  # noqa: ANN001
-        h, sig = ctx.saved_tensors
-        a, b = h.chunk(2, dim=-1)
-        grad_h = torch.empty_like(h)
-        grad_a, grad_b = grad_h.chunk(2, dim=-1)
-        torch.mul(a, sig, out=grad_b)  # SiLU(a)
-        # σ(a) (1 + a (1 − σ(a))) = σ(a) + SiLU(a) (1 − σ(a))
-        torch.sub(1, sig, out=grad_a).mul_(grad_b).add_(sig).mul_(b).mul_(grad_out)
-        grad_b.mul_(grad_out)
-        return grad_h
-
-
-def swiglu_gate(h: Float[Tensor, " ... two_d_ff"]) -> Float[Tensor, " ... d_ff"]:
-    """`SiLU(a) ⊙ b` where `a, b` are the first and second halves of the last dimension of `h`."""
-    if h.dtype in _FAST_DTYPES:
-        return _SwiGLUGate.apply(h)
-    a, b = h.chunk(2, dim=-1)
-    return silu(a) * b
 
 
 class SwiGLU(nn.Module):
@@ -229,8 +161,7 @@ class SwiGLU(nn.Module):
             layer.reset_parameters()
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        # One matmul for w1 and w3 (the weights stay two parameters: the state-dict keys).
-        return self.w2(swiglu_gate(x @ torch.cat((self.w1.weight, self.w3.weight)).T))
+        return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
 class SiLUFeedForward(nn.Module):

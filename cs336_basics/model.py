@@ -25,6 +25,7 @@ from cs336_basics.init import LINEAR_SCHEMES, InitScheme, linear_init
 from cs336_basics.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.rope import RotaryPositionalEmbedding
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines the architecture of a `TransformerLM`.
@@ -168,6 +169,9 @@ class TransformerBlock(nn.Module):
 class TransformerLM(nn.Module):
     """A decoder-only Transformer language model returning unnormalised next-token logits.
 
+    The layers run in their textbook form, differentiated by autograd; `fused_kernels=True` switches the
+    attention to the hand-written kernels of `cs336_basics/fast.py` (see `use_fused_kernels`).
+
     >>> model = TransformerLM(ModelConfig(vocab_size=10, context_length=8, d_model=16, num_layers=1, num_heads=2))
     >>> model(torch.tensor([[1, 2, 3]])).shape
     torch.Size([1, 3, 10])
@@ -178,6 +182,8 @@ class TransformerLM(nn.Module):
         config: ModelConfig,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        fused_kernels: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(config, ModelConfig):
@@ -220,6 +226,16 @@ class TransformerLM(nn.Module):
         # or the same seed would give other weights than before (demo, snapshots and tests rely on them).
         if c.init != "assignment":
             self.reset_parameters()
+        self.use_fused_kernels(fused_kernels)
+
+    def use_fused_kernels(self, enabled: bool = True) -> TransformerLM:
+        """Switch every layer that has one (attention) to (or back from) its kernel in `cs336_basics/fast.py`:
+        the same function, a faster eager training step. The weights and the state dict do not change."""
+        self.fused_kernels = enabled
+        for module in self.modules():
+            if hasattr(module, "fused_kernels"):
+                module.fused_kernels = enabled
+        return self
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight: each Linear by `config.init`, embeddings and gains as in the handout."""

@@ -141,7 +141,7 @@ def get_lr_cosine_schedule(
 
 
 @torch.no_grad()
-def clip_gradients(parameters: Iterable[Tensor], max_l2_norm: float, eps: float = 1e-6) -> float:
+def gradient_clipping(parameters: Iterable[Tensor], max_l2_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients in place so that their global L2 norm is at most `max_l2_norm`.
 
     The norm is taken over the gradients of all `parameters` together (parameters without a gradient are

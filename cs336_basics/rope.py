@@ -10,6 +10,7 @@ checkpoint.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -26,32 +27,6 @@ def rope_angles(d_k: int, max_seq_len: int, theta: float, device: torch.device |
     inv_freq = theta ** (-exponents)
     positions = torch.arange(max_seq_len, dtype=torch.float64, device=device)
     return torch.outer(positions, inv_freq).float()
-
-
-def _swap_pairs(x: Tensor) -> Tensor:
-    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-
-
-class _Rotate(torch.autograd.Function):
-    """The pair rotation as `x ⊙ c + swap(x) ⊙ s` with c = (cos, cos, ...) and s = (−sin, sin, ...): the same
-    products and sums as the pairwise formula (so the same numbers), in full-width passes. A rotation's
-    transpose is the rotation by the opposite angle, so the backward is `g ⊙ c + swap(g ⊙ s)`; autograd
-    through the pairwise formula would run a dozen half-width kernels and a stack.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos_full: Tensor, sin_full: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(cos_full, sin_full)
-        ctx.x_shape = x.shape
-        return x * cos_full + _swap_pairs(x) * sin_full
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
-        cos_full, sin_full = ctx.saved_tensors
-        grad = grad_out * cos_full + _swap_pairs(grad_out * sin_full)
-        return grad.sum_to_size(ctx.x_shape), None, None
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -103,37 +78,33 @@ class RotaryPositionalEmbedding(nn.Module):
         """
         if x.shape[-1] != self.d_k:
             raise ValueError(f"RoPE expected the last dimension of x to be d_k={self.d_k}, got shape {tuple(x.shape)}")
-        seq_len = x.shape[-2]
+        cos, sin = self._tables(x.shape[-2], token_positions)  # (..., seq, d_k/2)
+        compute_dtype = torch.promote_types(x.dtype, cos.dtype)
+        # Each pair (x[2k], x[2k+1]) is rotated by the angle of its position and frequency k.
+        x_even, x_odd = rearrange(x.to(compute_dtype), "... seq (half two) -> two ... seq half", two=2)
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., seq, half, 2)
+        return rearrange(rotated, "... seq half two -> ... seq (half two)").to(x.dtype)
+
+    def _tables(self, seq_len: int, token_positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """cos and sin of the angles at `token_positions` (default `0 .. seq_len-1`), (..., seq, d_k/2) each."""
         if token_positions is None:
             if seq_len > self.max_seq_len:
                 raise ValueError(
                     f"sequence length {seq_len} exceeds the RoPE cache (max_seq_len={self.max_seq_len})"
                 )
-            cos, sin = self.cos[:seq_len], self.sin[:seq_len]  # (seq, d_k/2)
-        else:
-            if token_positions.shape[-1] != seq_len:
+            return self.cos[:seq_len], self.sin[:seq_len]
+        if token_positions.shape[-1] != seq_len:
+            raise ValueError(
+                f"token_positions must end in the sequence length {seq_len}, got shape {tuple(token_positions.shape)}"
+            )
+        # NOTE: the range check reads two numbers back from the device; skipped inside torch.compile.
+        if not torch.compiler.is_compiling() and token_positions.numel() > 0:
+            low, high = int(token_positions.min()), int(token_positions.max())
+            if low < 0 or high >= self.max_seq_len:
                 raise ValueError(
-                    f"token_positions must end in the sequence length {seq_len}, got shape "
-                    f"{tuple(token_positions.shape)}"
+                    f"token positions must lie in [0, {self.max_seq_len}) (max_seq_len), got [{low}, {high}]"
                 )
-            # NOTE: the range check reads two numbers back from the device; skipped inside torch.compile.
-            if not torch.compiler.is_compiling() and token_positions.numel() > 0:
-                low, high = int(token_positions.min()), int(token_positions.max())
-                if low < 0 or high >= self.max_seq_len:
-                    raise ValueError(
-                        f"token positions must lie in [0, {self.max_seq_len}) (max_seq_len), got [{low}, {high}]"
-                    )
-            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k/2)
-        if x.dtype == cos.dtype and x.dtype in (torch.float32, torch.float64):
-            # Full-width tables (cos, cos, ...) and (-sin, sin, ...): x·cos + swap(x)·sin, see `_Rotate`.
-            cos_full = cos.repeat_interleave(2, dim=-1)
-            sin_full = torch.stack((-sin, sin), dim=-1).flatten(-2)
-            return _Rotate.apply(x, cos_full, sin_full)
-        compute_dtype = torch.promote_types(x.dtype, cos.dtype)
-        pairs = x.to(compute_dtype).unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
-        x_even, x_odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-        return rotated.flatten(-2).to(x.dtype)
+        return self.cos[token_positions], self.sin[token_positions]
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"

@@ -40,6 +40,7 @@ read into `Tokenizer(vocab, merges, special_tokens)`), so that nothing depends o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 from collections.abc import Callable
@@ -148,17 +149,21 @@ def handout_d_ff(d_model: int) -> int:
     return max(64, 64 * round(8 * d_model / 3 / 64))
 
 
-def build_model(settings: dict[str, Any], device: torch.device | str) -> nn.Module:
+def build_model(settings: dict[str, Any], device: torch.device | str, *, fused_kernels: bool = False) -> nn.Module:
     """A `TransformerLM` for the model fields in `settings` (other keys are ignored), on `device`.
 
     With the package's `ModelConfig` every field it knows is passed; without one, only the handout's fields,
-    and a non-default extra (an ablation) is a `MissingAPIError`.
+    and a non-default extra (an ablation) is a `MissingAPIError`. `fused_kernels` switches on our reference's
+    hand-written kernels (`cs336_basics/fast.py`: the same model, a faster eager step) where the model has them.
     """
     model_cls = get("TransformerLM")
     if has("ModelConfig") and is_dataclass(get("ModelConfig")):
         config_cls = get("ModelConfig")
         names = {f.name for f in fields(config_cls)}
-        return model_cls(config_cls(**{k: v for k, v in settings.items() if k in names}), device=device)
+        model = model_cls(config_cls(**{k: v for k, v in settings.items() if k in names}), device=device)
+        if fused_kernels and hasattr(model, "use_fused_kernels"):
+            model.use_fused_kernels()
+        return model
     extras = {k: settings[k] for k, default in EXTRA_MODEL_DEFAULTS.items() if k in settings and settings[k] != default}
     if extras:
         flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in extras.items())
@@ -191,8 +196,17 @@ def make_optimizer(params: list[nn.Parameter], *, lr: float, betas: tuple[float,
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The package's `cross_entropy`: the mean loss over every position."""
-    return get("cross_entropy")(logits, targets)
+    """The package's `cross_entropy`: the mean loss over every position. Our reference's hand-written kernel
+    (`cs336_basics.fast.cross_entropy`: the same loss, a faster backward) when the package has one."""
+    return (_fast_kernel("cross_entropy") or get("cross_entropy"))(logits, targets)
+
+
+@lru_cache(maxsize=None)
+def _fast_kernel(name: str) -> Any:
+    """`name` from the package's optional module `fast` of hand-written kernels (our reference's), or None."""
+    if importlib.util.find_spec(f"{PACKAGE}.fast") is None:
+        return None
+    return getattr(importlib.import_module(f"{PACKAGE}.fast"), name, None)
 
 
 def cosine_lr(it: float, lr_max: float, lr_min: float, warmup_iters: int, cosine_cycle_iters: int) -> float:

@@ -156,7 +156,7 @@ def load_for_eval(
     checkpoint = Path(checkpoint)
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     full = model_config_of(payload, checkpoint, config)
-    model = api.build_model(api.model_settings(full), "cpu")
+    model = api.build_model(api.model_settings(full), "cpu", fused_kernels=True)
     state = {k.removeprefix(_COMPILED_PREFIX): v for k, v in payload["model"].items()}
     try:
         model.load_state_dict(state)

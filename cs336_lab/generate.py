@@ -32,7 +32,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     config = payload.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {checkpoint} stores no config: cannot tell which model to build")
-    model = api.build_model(api.model_settings(config), torch.device(device))
+    model = api.build_model(api.model_settings(config), torch.device(device), fused_kernels=True)
     load_run_checkpoint(payload, model)
     return model.eval(), config
 

@@ -1,8 +1,9 @@
-"""The hand-written fast paths of the model (issue 16) against the textbook formulas they replace.
+"""The fast paths of `cs336_basics/fast.py` against the textbook forms of the modules they speed up.
 
-Tiled causal attention, RMSNorm, the fused SwiGLU gate, RoPE, cross-entropy and the multi-tensor AdamW: each
-must give the numbers of the obvious implementation (autograd through elementary ops, a per-tensor loop),
-and its hand-written backward must pass `torch.autograd.gradcheck` in float64.
+Tiled causal attention, the attention backward, cross-entropy and the multi-tensor AdamW: each must give the
+numbers of the textbook form (autograd through elementary ops, a per-tensor loop), values and gradients, and
+each hand-written backward must pass `torch.autograd.gradcheck` in float64. A whole model with
+`fused_kernels=True` must match the textbook model, training and decoding with a KV cache.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import math
 import pytest
 import torch
 
-from cs336_basics.attention import _CAUSAL_BLOCK, attention_by_composition, causal_attention
-from cs336_basics.layers import RMSNorm, _RMSNorm, swiglu_gate
-from cs336_basics.loss import cross_entropy, cross_entropy_by_composition
+from cs336_basics import fast
+from cs336_basics.attention import MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
+from cs336_basics.loss import cross_entropy
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
-from cs336_basics.rope import RotaryPositionalEmbedding
 
 
 def _qkv(queries: int, keys: int, d: int = 8, batch: tuple[int, ...] = (2, 3)) -> tuple[torch.Tensor, ...]:
@@ -26,75 +27,132 @@ def _qkv(queries: int, keys: int, d: int = 8, batch: tuple[int, ...] = (2, 3)) -
     return tuple(torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes)
 
 
+def _assert_same_values_and_grads(fast_out, textbook_out, inputs, rtol: float, atol: float) -> None:
+    torch.testing.assert_close(fast_out, textbook_out, rtol=rtol, atol=atol)
+    grad = torch.randn_like(textbook_out)
+    got = torch.autograd.grad(fast_out, inputs, grad)
+    want = torch.autograd.grad(textbook_out, inputs, grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize(
     ("queries", "offset"),
-    [(1, 0), (1, 7), (_CAUSAL_BLOCK, 0), (_CAUSAL_BLOCK + 1, 0), (3 * _CAUSAL_BLOCK + 5, 0), (2 * _CAUSAL_BLOCK, 9)],
+    [(1, 0), (1, 7), (fast.CAUSAL_BLOCK, 0), (fast.CAUSAL_BLOCK + 1, 0), (3 * fast.CAUSAL_BLOCK + 5, 0),
+     (2 * fast.CAUSAL_BLOCK, 9)],
+    ids=["one", "one-cached", "one-block", "two-tiles", "four-tiles", "tiles-cached"],
 )
 def test_causal_attention_matches_the_masked_formula(queries: int, offset: int) -> None:
     q, k, v = _qkv(queries, queries + offset)
-    mask = torch.ones(queries, queries + offset, dtype=torch.bool).tril(diagonal=offset)
-    expected = attention_by_composition(q, k, v, mask)
-    actual = causal_attention(q, k, v, offset=offset)
+    expected = scaled_dot_product_attention(q, k, v, causal_mask(queries, queries + offset))
+    actual = fast.causal_attention(q, k, v, offset=offset)
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(expected)
-    for got, want in zip(torch.autograd.grad(actual, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    _assert_same_values_and_grads(actual, expected, (q, k, v), rtol=1e-10, atol=1e-10)
 
 
 def test_causal_attention_gradcheck_across_tiles() -> None:
-    q, k, v = _qkv(_CAUSAL_BLOCK + 3, _CAUSAL_BLOCK + 5, d=2, batch=(1,))
-    assert torch.autograd.gradcheck(lambda q, k, v: causal_attention(q, k, v, offset=2), (q, k, v), fast_mode=True)
+    q, k, v = _qkv(fast.CAUSAL_BLOCK + 3, fast.CAUSAL_BLOCK + 5, d=2, batch=(1,))
+    assert torch.autograd.gradcheck(lambda q, k, v: fast.causal_attention(q, k, v, offset=2), (q, k, v),
+                                    fast_mode=True)
 
 
 def test_causal_attention_rejects_a_wrong_offset() -> None:
     q, k, v = _qkv(4, 6)
     with pytest.raises(ValueError, match="offset"):
-        causal_attention(q, k, v, offset=0)
+        fast.causal_attention(q, k, v, offset=0)
 
 
-def test_rmsnorm_fast_path_matches_the_formula_and_gradcheck() -> None:
-    norm = RMSNorm(6, eps=1e-5, dtype=torch.float64)
-    with torch.no_grad():
-        norm.weight.copy_(torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
-    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
-    expected = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * norm.weight
-    torch.testing.assert_close(norm(x), expected)
-    weight = norm.weight.detach().clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, w: _RMSNorm.apply(x, w, 1e-5), (x, weight))
+@pytest.mark.parametrize(
+    ("q_shape", "k_shape", "v_shape", "masked"),
+    [
+        ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 6), True),
+        ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 6), False),
+        ((5, 4), (1, 2, 7, 4), (7, 3), True),  # broadcast leading dims: gradients must be summed back
+    ],
+    ids=["masked", "unmasked", "broadcast"],
+)
+def test_attention_backward_matches_the_textbook_form(q_shape, k_shape, v_shape, masked) -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = (q_shape, k_shape, v_shape)
+    Q, K, V = (torch.randn(*s, dtype=torch.float64, generator=gen, requires_grad=True) for s in shapes)
+    mask = None
+    if masked:
+        mask = torch.rand(q_shape[-2], k_shape[-2], generator=gen) > 0.4
+        mask[:, 0] = True  # no fully masked row (those are NaN by definition)
+    assert torch.autograd.gradcheck(lambda q, k, v: fast.attention(q, k, v, mask), (Q, K, V))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (Q, K, V))
+    textbook = scaled_dot_product_attention(q32, k32, v32, mask)
+    _assert_same_values_and_grads(fast.attention(q32, k32, v32, mask), textbook, (q32, k32, v32), rtol=1e-5, atol=1e-6)
 
 
-def test_swiglu_gate_matches_silu_times_up_and_gradcheck() -> None:
-    h = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
-    a, b = h.chunk(2, dim=-1)
-    torch.testing.assert_close(swiglu_gate(h), a * torch.sigmoid(a) * b)
-    assert torch.autograd.gradcheck(swiglu_gate, (h,))
-
-
-def test_rope_fast_path_is_the_pairwise_rotation_exactly() -> None:
-    rope = RotaryPositionalEmbedding(10000.0, 8, 16)
-    x = torch.randn(2, 3, 10, 8)
-    cos, sin = rope.cos[:10], rope.sin[:10]
-    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    expected = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
-    assert torch.equal(rope(x), expected)
-
-
-def test_rope_fast_path_gradcheck_with_broadcast_positions() -> None:
-    rope = RotaryPositionalEmbedding(10000.0, 4, 16, dtype=torch.float64)
-    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)  # broadcast against (2, 5) positions
-    positions = torch.tensor([[0, 3, 5, 7, 15], [1, 2, 3, 4, 5]])
-    assert torch.autograd.gradcheck(lambda x: rope(x, positions), (x,))
+@pytest.mark.parametrize("shape", [(7, 11), (3, 4, 11)], ids=["2d", "3d"])
+def test_cross_entropy_fast_path_matches_the_textbook_form(shape) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    assert torch.autograd.gradcheck(lambda x: fast.cross_entropy(x, targets), (logits,))
+    _assert_same_values_and_grads(fast.cross_entropy(logits, targets), cross_entropy(logits, targets), (logits,),
+                                  rtol=1e-10, atol=1e-12)
 
 
 def test_cross_entropy_backward_twice_through_a_retained_graph() -> None:
     logits = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 11, (7,))
-    loss = cross_entropy(logits, targets)
+    loss = fast.cross_entropy(logits, targets)
     (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
     (second,) = torch.autograd.grad(loss, logits)
-    (expected,) = torch.autograd.grad(cross_entropy_by_composition(logits, targets), logits)
+    (expected,) = torch.autograd.grad(cross_entropy(logits, targets), logits)
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, expected)
+
+
+def _twin_models(dtype: torch.dtype, **changes) -> tuple[TransformerLM, TransformerLM]:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, context_length=160, d_model=32, num_layers=2, num_heads=4, **changes)
+    textbook = TransformerLM(config, dtype=dtype)
+    fused = TransformerLM(config, dtype=dtype, fused_kernels=True)
+    fused.load_state_dict(textbook.state_dict())
+    return textbook, fused
+
+
+@pytest.mark.parametrize(
+    ("dtype", "seq_len", "tol"),
+    [(torch.float64, 1, 1e-12), (torch.float64, 65, 1e-12), (torch.float64, 150, 1e-12),
+     (torch.float32, 150, 1e-5), (torch.bfloat16, 33, 0.0)],
+    ids=["f64-one", "f64-two-tiles", "f64-three-tiles", "f32", "bf16-textbook"],
+)
+def test_a_fused_model_matches_the_textbook_model(dtype: torch.dtype, seq_len: int, tol: float) -> None:
+    textbook, fused = _twin_models(dtype)
+    assert list(fused.state_dict()) == list(textbook.state_dict())
+    gen = torch.Generator().manual_seed(seq_len)
+    x, y = torch.randint(0, 97, (2, seq_len), generator=gen), torch.randint(0, 97, (2, seq_len), generator=gen)
+    loss_textbook, loss_fused = cross_entropy(textbook(x), y), fast.cross_entropy(fused(x), y)
+    if dtype == torch.bfloat16:  # no fast path in half precision: the very same computation
+        loss_fused = cross_entropy(fused(x), y)
+        assert torch.equal(loss_fused, loss_textbook)
+    torch.testing.assert_close(loss_fused, loss_textbook, rtol=tol, atol=tol)
+    loss_textbook.backward()
+    loss_fused.backward()
+    for (name, a), b in zip(textbook.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=tol, atol=tol, msg=name)
+
+
+def test_a_fused_model_decodes_with_a_kv_cache_like_the_textbook_model() -> None:
+    textbook, fused = _twin_models(torch.float64, ffn_type="silu", norm_position="post")
+    prompt = torch.randint(0, 97, (2, 70), generator=torch.Generator().manual_seed(3))
+    caches = textbook.new_kv_cache(2), fused.new_kv_cache(2)
+    with torch.no_grad():
+        for chunk in (prompt[:, :66], prompt[:, 66:67], prompt[:, 67:]):
+            torch.testing.assert_close(fused(chunk, caches[1]), textbook(chunk, caches[0]), rtol=1e-12, atol=1e-12)
+
+
+def test_use_fused_kernels_switches_every_layer_both_ways() -> None:
+    textbook, fused = _twin_models(torch.float32)
+    switchable = [m for m in fused.modules() if isinstance(m, MultiHeadSelfAttention)]
+    assert len(switchable) == 2 and all(m.fused_kernels for m in switchable)
+    assert not any(m.fused_kernels for m in textbook.modules() if isinstance(m, MultiHeadSelfAttention))
+    fused.use_fused_kernels(False)
+    assert not any(m.fused_kernels for m in switchable)
 
 
 def _naive_adamw(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], lr: float, betas: tuple,
@@ -135,3 +193,17 @@ def test_multi_tensor_adamw_matches_the_per_tensor_loop_with_uneven_step_counts(
     for got, want in zip(live, expected):
         assert torch.equal(got.detach(), want)
     assert [opt.state[p]["step"] for p in live] == [4, 3, 2]
+
+
+def test_the_tools_train_and_sample_with_the_fast_kernels() -> None:
+    from cs336_lab import api
+    from cs336_lab.train import default_model_factory
+
+    settings = dict(vocab_size=50, context_length=16, d_model=16, num_layers=2, num_heads=2, d_ff=None,
+                    rope_theta=10000.0)
+    model = default_model_factory(settings, torch.device("cpu"))
+    attention = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+    assert len(attention) == 2 and all(m.fused_kernels for m in attention)
+    assert not any(m.fused_kernels for m in api.build_model(settings, "cpu").modules()
+                   if isinstance(m, MultiHeadSelfAttention)), "fused kernels are opt-in"
+    assert api._fast_kernel("cross_entropy") is fast.cross_entropy

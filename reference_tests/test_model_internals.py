@@ -336,36 +336,3 @@ def test_kv_cache_limits(tiny_model: TransformerLM) -> None:
         assert cache.length == 0
         with pytest.raises(ValueError, match="batch size 1, got a batch of 2"):
             tiny_model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache)
-
-
-# ------------------------------------------------------------------ the hand-written attention backward
-
-
-@pytest.mark.parametrize(
-    ("q_shape", "k_shape", "v_shape", "masked"),
-    [
-        ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 6), True),
-        ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 6), False),
-        ((5, 4), (1, 2, 7, 4), (7, 3), True),  # broadcast leading dims: gradients must be summed back
-    ],
-    ids=["masked", "unmasked", "broadcast"],
-)
-def test_attention_backward_matches_autograd(q_shape, k_shape, v_shape, masked) -> None:
-    from cs336_basics.attention import attention_by_composition, scaled_dot_product_attention
-
-    gen = torch.Generator().manual_seed(0)
-    Q, K, V = (torch.randn(*s, dtype=torch.float64, generator=gen, requires_grad=True) for s in (q_shape, k_shape, v_shape))
-    mask = None
-    if masked:
-        mask = torch.rand(q_shape[-2], k_shape[-2], generator=gen) > 0.4
-        mask[:, 0] = True  # no fully masked row (those are NaN by definition)
-    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask), (Q, K, V))
-    # and the fast path equals the textbook composition, values and gradients, in float32
-    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (Q, K, V))
-    fast = scaled_dot_product_attention(q32, k32, v32, mask)
-    grads_fast = torch.autograd.grad(fast.square().sum(), (q32, k32, v32))
-    slow = attention_by_composition(q32, k32, v32, mask)
-    grads_slow = torch.autograd.grad(slow.square().sum(), (q32, k32, v32))
-    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads_fast, grads_slow):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ import torch
 from cs336_basics.checkpoint import load_checkpoint
 from cs336_basics.data import get_batch
 from cs336_basics.loss import cross_entropy
-from cs336_basics.optimizer import AdamW, clip_gradients
+from cs336_basics.optimizer import AdamW, gradient_clipping
 from cs336_lab.atomic import TEMP_GLOB
 from reference_tests.test_training_primitives import _model_and_optimizer
 from cs336_lab.run_checkpoint import FORMAT, VERSION, load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
@@ -72,7 +72,7 @@ def test_resume_with_global_rng_batches_is_exact(tmp_path: Path) -> None:
             loss = cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
-            clip_gradients(model.parameters(), 1.0)
+            gradient_clipping(model.parameters(), 1.0)
             optimizer.step()
             losses.append(loss.item())
         return losses

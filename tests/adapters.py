@@ -374,7 +374,7 @@ def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm:
     Parameters without a gradient are skipped; the scale is max_l2_norm / (norm + 1e-6) (eps = 1e-6,
     graded: at a total norm of 1e-4 the eps changes the scale by 1%).
     """
-    impl.clip_gradients(parameters, max_l2_norm)
+    impl.gradient_clipping(parameters, max_l2_norm)
 
 
 def get_adamw_cls() -> Any:
