@@ -1,9 +1,9 @@
 """Oracle of the model area: the model adapters implemented with torch built-ins, and `OracleTransformerLM`,
 a torch-native twin of our model (same state-dict keys) for benchmarks and the training-quality comparison.
 
-The area is split in four files; this one re-exports the others, so tests import everything from here:
-- `model_ops.py`: every op written with torch built-ins (RoPE as complex multiplication, unlike ours), whose
-  home is the grading package (`cs336_grading/expected/model.py`);
+The area is split in several files; this one re-exports the others, so tests import everything from here:
+- `cs336_grading/expected/model.py`: every op written with torch built-ins (RoPE as complex multiplication,
+  unlike ours), whose home is the grading package (it computes the graded cases' expected values);
 - `model_snapshots.py`: the public draws of the graded cases (`SNAPSHOTS`; their home and the held-out draws:
   `cs336_grading/expected/draws.py`);
 - `compare.py`: `assert_close`, the comparison every graded model test uses.
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 # Re-exported: the graded tests, `make_snapshots` and `adapters` find everything of the model area here.
 from tests.compare import BF16_EPS, FLOAT32_EPS, assert_close
-from oracle.model_ops import (
+from cs336_grading.expected.model import (
     multihead_self_attention,
     rmsnorm,
     rope,

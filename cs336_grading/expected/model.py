@@ -1,6 +1,6 @@
 """Expected values of the model area: every neural-network op of the assignment written with torch built-ins.
 
-The grading side of the harness (its home; the oracle re-exports it as `oracle/model_ops.py`). Nothing here
+The grading side of the harness (its home; the oracle's adapters import it too, `oracle/model.py`). Nothing here
 imports `cs336_basics`. RoPE is written independently of ours: as a multiplication of complex numbers
 `(x[2k] + i·x[2k+1]) · e^{i·pos·ω_k}`.
 

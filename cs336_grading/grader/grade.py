@@ -194,7 +194,17 @@ def grade(
             raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
         evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
         review = tuple(audit.review(student.package, student.adapters))
-    scores = tuple(
+    scores = _scores(selected, graded, run, evidence, builtins)
+    ungraded = tuple(sorted(set(run.ungraded)))
+    warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
+    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records), review=review)
+
+
+def _scores(
+    selected: list[str], graded: list[str], run: _Run, evidence: dict[str, list[str]], builtins: str
+) -> tuple[ProblemScore, ...]:
+    """Each selected problem's outcomes, and whether its evidence of a forbidden built-in zeroes it."""
+    return tuple(
         ProblemScore(
             PROBLEMS_BY_NAME[name],
             tuple(_outcome(n, name, run) for n in graded if problem_of(n) == name),
@@ -203,9 +213,6 @@ def grade(
         )
         for name in selected
     )
-    ungraded = tuple(sorted(set(run.ungraded)))
-    warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
-    return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records), review=review)
 
 
 def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:
