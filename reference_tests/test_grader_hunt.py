@@ -1,0 +1,83 @@
+"""A hostile-submission hunt after issue 20 (reviewer's corpus): attacks beyond those of
+`test_grader_attacks.py`, `test_grader_hostile_io.py` and `test_grader_walls.py`, graded end to end with the
+toy harness of `test_grader.py`.
+
+Every test here is written from the attacker's side and asserts what SHOULD hold. Those marked
+`HOLE:` in their comment failed on the code they were written against (cd18772): each demonstrates a
+working attack. The criterion for an audit bypass is the issue's: a forbidden built-in used for full marks
+with no evidence (score 0) and no "needs review" line is a hole; either one is enough.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reference_tests.test_grader import GOOD_PACKAGE, problem_scores
+from reference_tests.test_grader_walls import _grade, harness  # noqa: F401 - the fixture
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="the walls need root on Linux")
+_ALL = ["linear", "softmax", "rmsnorm"]
+
+
+def _caught(result, problem: str) -> bool:  # noqa: ANN001
+    """The audit saw it: the problem scores 0 (evidence), or a person is asked to review the submission."""
+    scores = problem_scores(result)
+    return scores[problem] == 0 or bool(result.review)
+
+
+# ------------------------------------------------------------------------ kernels nobody sealed
+# HOLE: forbidden jobs done by ATen kernels outside rules.SEALED_*: the sparse softmax kernels
+# (`torch.sparse.softmax` is public API, so the static scan does not see it either), `_masked_softmax`,
+# `embedding_bag` (a public top-level `torch.embedding_bag`), mkldnn's linear. Full marks, no evidence.
+UNSEALED = {
+    "sparse-softmax": ("softmax", "return int(torch.sparse.softmax(torch.zeros(1).to_sparse(), 0).to_dense().item()) + x"),
+    "sparse-log_softmax": ("softmax", "return int(torch.sparse.log_softmax(torch.zeros(1).to_sparse(), 0).to_dense().exp().item()) + x"),
+    "masked_softmax": ("softmax", "m = vars(torch)['_masked' + '_softmax']\n"
+                       "    return int(m(torch.zeros(1), torch.zeros(1, dtype=torch.bool), 0, None).item()) + x"),
+    "embedding_bag": ("linear", "return int(torch.embedding_bag(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([0]))[0][0].item()) * x"),
+    "mkldnn_linear": ("linear", "nn = vars(vars(torch)['_' + 'C'])['_nn']\n"
+                      "    return int(vars(nn)['mkldnn_linear'](torch.tensor([[float(x)]]).to_mkldnn(), torch.tensor([[2.0]])).to_dense().item())"),
+}  # fmt: skip
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("kind", sorted(UNSEALED))
+def test_forbidden_jobs_through_unsealed_kernels_are_caught(tmp_path: Path, harness: Path, kind: str) -> None:  # noqa: F811
+    problem, body = UNSEALED[kind]
+    gamed = {"linear": "return 2 * x", "softmax": "return x + 1"}[problem]
+    package = "import torch\n" + GOOD_PACKAGE.replace(gamed, body)
+    result = _grade(tmp_path, harness, package, problems=[problem])
+    assert problem_scores(result)[problem] == 1 or "error" in str(result.format_table()), result.format_table()
+    assert _caught(result, problem), (kind, result.format_table())
+
+
+# ------------------------------------------------------------------------ switching the dynamic look off
+# HOLE: the in-worker Watch names the submission by `os.getcwd()` at each call, so a submission that
+# `os.chdir`s at import is "harness code" to it; `F = torch.nn.functional` then `F.softmax` is invisible to
+# the static scan (it resolves import aliases only), and the sealed kernels come back when the worker's
+# `seal._SEALED` list is emptied (the Library's finaliser restores the CPU kernels), the module found
+# through `vars(sys)['modules']` (the scan flags `sys.modules`, not `vars(sys)`).
+_RESTORE = "vars(sys)['mod' + 'ules']['cs336_grading.worker.seal']._SEALED.clear()\n"
+DYNAMIC_OFF = {
+    "restore-seal+chdir": ("import os, sys, torch\n" + _RESTORE + "os.chdir('/')\nF = torch.nn.functional\n",
+                           "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
+    "restore-seal": ("import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n",
+                     "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
+    "chdir+clip_grad": ("import os, torch\nos.chdir('/')\nU = torch.nn.utils\n",
+                        "p = torch.ones(1, requires_grad=True)\np.grad = torch.ones(1)\n"
+                        "vars(U)['clip_grad_norm_']([p], 0.5)\nreturn x + 1 if abs(p.grad.item() - 0.5) < 1e-6 else 0"),
+}  # fmt: skip
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("kind", sorted(DYNAMIC_OFF))
+def test_switching_the_dynamic_audit_off_is_caught(tmp_path: Path, harness: Path, kind: str) -> None:  # noqa: F811
+    header, body = DYNAMIC_OFF[kind]
+    package = header + GOOD_PACKAGE.replace("return x + 1", textwrap.indent(body, "    ").lstrip())
+    result = _grade(tmp_path, harness, package, problems=["softmax"])
+    assert _caught(result, "softmax"), (kind, result.format_table(), result.review)
