@@ -33,15 +33,19 @@ def _caught(result, problem: str) -> bool:  # noqa: ANN001
 # ------------------------------------------------------------------------ kernels nobody sealed
 # HOLE: forbidden jobs done by ATen kernels outside rules.SEALED_*: the sparse softmax kernels
 # (`torch.sparse.softmax` is public API, so the static scan does not see it either), `_masked_softmax`,
-# `embedding_bag` (a public top-level `torch.embedding_bag`), mkldnn's linear. Full marks, no evidence.
+# `embedding_bag` (a public top-level `torch.embedding_bag`), and torch's own Python versions of the
+# sealed kernels (`torch._decomp.decomposition_table`: softmax, log_softmax, nll_loss, embedding, ...;
+# `torch._refs.softmax`), reached through `vars(torch)[...]`, which the scan does not resolve. Full marks, no evidence.
 UNSEALED = {
-    "sparse-softmax": ("softmax", "return int(torch.sparse.softmax(torch.zeros(1).to_sparse(), 0).to_dense().item()) + x"),
-    "sparse-log_softmax": ("softmax", "return int(torch.sparse.log_softmax(torch.zeros(1).to_sparse(), 0).to_dense().exp().item()) + x"),
+    "sparse-softmax": ("softmax", "return int(torch.sparse.softmax(torch.ones(1).to_sparse(), 0).to_dense().item()) + x"),
+    "sparse-log_softmax": ("softmax", "return int(torch.sparse.log_softmax(torch.ones(1).to_sparse(), 0).to_dense().exp().item()) + x"),
     "masked_softmax": ("softmax", "m = vars(torch)['_masked' + '_softmax']\n"
                        "    return int(m(torch.zeros(1), torch.zeros(1, dtype=torch.bool), 0, None).item()) + x"),
+    "decomp-_softmax": ("softmax", "d = vars(torch)['_de' + 'comp'].decomposition_table\n"
+                        "    f = next(v for k, v in d.items() if str(k) == 'aten._soft' + 'max.default')\n"
+                        "    return int(f(torch.zeros(1), 0, False).item()) + x"),
+    "refs-softmax": ("softmax", "return int(vars(torch)['_re' + 'fs'].softmax(torch.zeros(1), 0).item()) + x"),
     "embedding_bag": ("linear", "return int(torch.embedding_bag(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([0]))[0][0].item()) * x"),
-    "mkldnn_linear": ("linear", "nn = vars(vars(torch)['_' + 'C'])['_nn']\n"
-                      "    return int(vars(nn)['mkldnn_linear'](torch.tensor([[float(x)]]).to_mkldnn(), torch.tensor([[2.0]])).to_dense().item())"),
 }  # fmt: skip
 
 
@@ -52,7 +56,6 @@ def test_forbidden_jobs_through_unsealed_kernels_are_caught(tmp_path: Path, harn
     gamed = {"linear": "return 2 * x", "softmax": "return x + 1"}[problem]
     package = "import torch\n" + GOOD_PACKAGE.replace(gamed, body)
     result = _grade(tmp_path, harness, package, problems=[problem])
-    assert problem_scores(result)[problem] == 1 or "error" in str(result.format_table()), result.format_table()
     assert _caught(result, problem), (kind, result.format_table())
 
 
