@@ -84,3 +84,37 @@ def test_switching_the_dynamic_audit_off_is_caught(tmp_path: Path, harness: Path
     package = header + GOOD_PACKAGE.replace("return x + 1", textwrap.indent(body, "    ").lstrip())
     result = _grade(tmp_path, harness, package, problems=["softmax"])
     assert _caught(result, "softmax"), (kind, result.format_table(), result.review)
+
+
+# ------------------------------------------------------------------------------------------ resources
+# HOLE: the worker's workspace is a bind mount of a directory on the grader's disk, and the only cap is
+# RLIMIT_FSIZE per file (512 MiB): many files of 512 MiB each fill the staff machine's disk (a batch's
+# other submissions, and results.json itself, then fail to write). Shown with 2 x 300 MiB: more than one
+# file's cap in total should be refused (a size-capped tmpfs or a quota for the workspace).
+_FILL = textwrap.dedent(
+    """
+    import os
+    written = 0
+    try:
+        for i in range(2):
+            with open(f"fill{i}.bin", "wb") as f:
+                for _ in range(30):
+                    f.write(b"\\0" * (10 << 20))
+                    written += 10 << 20
+    except OSError:
+        pass
+    for i in range(2):
+        try:
+            os.remove(f"fill{i}.bin")
+        except OSError:
+            pass
+    return 2 * x if written > 512 << 20 else 0
+    """
+)
+
+
+@ROOT_ONLY
+def test_a_worker_cannot_write_more_than_a_files_cap_to_the_graders_disk(tmp_path: Path, harness: Path) -> None:  # noqa: F811
+    package = GOOD_PACKAGE.replace("def double(x):\n    return 2 * x", "def double(x):\n" + textwrap.indent(_FILL, "    "))
+    result = _grade(tmp_path, harness, package, problems=["linear"], isolate_each=True)
+    assert problem_scores(result)["linear"] == 0, result.format_table()
