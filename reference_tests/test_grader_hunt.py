@@ -71,6 +71,10 @@ DYNAMIC_OFF = {
                            "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
     "restore-seal": ("import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n",
                      "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
+    "restore-seal+thread": ("import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n"
+                            "T = vars(sys)['mod' + 'ules']['thread' + 'ing']\n",
+                            "out = []\nt = T.Thread(target=lambda: out.append(int(F.softmax(torch.zeros(1), 0).item())))\n"
+                            "t.start(); t.join()\nreturn out[0] + x"),
     "chdir+clip_grad": ("import os, torch\nos.chdir('/')\nU = torch.nn.utils\n",
                         "p = torch.ones(1, requires_grad=True)\np.grad = torch.ones(1)\n"
                         "vars(U)['clip_grad_norm_']([p], 0.5)\nreturn x + 1 if abs(p.grad.item() - 0.5) < 1e-6 else 0"),
@@ -118,3 +122,20 @@ def test_a_worker_cannot_write_more_than_a_files_cap_to_the_graders_disk(tmp_pat
     package = GOOD_PACKAGE.replace("def double(x):\n    return 2 * x", "def double(x):\n" + textwrap.indent(_FILL, "    "))
     result = _grade(tmp_path, harness, package, problems=["linear"], isolate_each=True)
     assert problem_scores(result)["linear"] == 0, result.format_table()
+
+
+# -------------------------------------------------------------------------------------------- forgery
+# HOLE: a student's exception message reaches results.json and the grader's printed table with its
+# terminal control sequences intact (newlines are folded into " | ", but ESC is not): on a TA's terminal
+# "\x1b[1A\x1b[2K" erases the lines above and "\x1b[32m..." paints a forged verdict. Only printable text
+# (and the report's own newlines) should come out.
+_ANSI = 'raise ValueError("\\x1b[2J\\x1b[1A\\x1b[2K\\x1b[32mlinear    1.00      1  3 passed\\x07")'
+
+
+def test_terminal_control_sequences_do_not_reach_the_report(tmp_path: Path, harness: Path) -> None:  # noqa: F811
+    package = GOOD_PACKAGE.replace("return 2 * x", _ANSI)
+    result = _grade(tmp_path, harness, package, problems=["linear"])
+    assert problem_scores(result)["linear"] == 0
+    texts = [result.format_table(), *(str(t.get("output", "")) for t in result.to_gradescope()["tests"])]
+    controls = sorted({c for text in texts for c in text if ord(c) < 32 and c not in "\n\t" or ord(c) == 127})
+    assert not controls, f"control characters from the submission in the report: {controls}"
