@@ -139,3 +139,21 @@ def test_terminal_control_sequences_do_not_reach_the_report(tmp_path: Path, harn
     texts = [result.format_table(), *(str(t.get("output", "")) for t in result.to_gradescope()["tests"])]
     controls = sorted({c for text in texts for c in text if ord(c) < 32 and c not in "\n\t" or ord(c) == 127})
     assert not controls, f"control characters from the submission in the report: {controls}"
+
+
+# ------------------------------------------------------------------------------ answers left readable
+# HOLE (defence in depth): the Gradescope zip ships the canary, a complete known-correct solution, as
+# world-readable files (0644), and `autograder.run` makes only the secret 0600 before student code runs.
+# Where the host refuses mount namespaces (a container without CAP_SYS_ADMIN: the jail then reports
+# "filesystem" missing and goes on), a worker of its own uid reads /autograder/source/canary/ and execs it.
+def test_the_canary_is_readable_by_root_only(tmp_path: Path) -> None:
+    import zipfile
+
+    from cs336_grading.staff.autograder import build_autograder
+
+    archive = build_autograder(tmp_path / "autograder.zip", settings={"problems": ["softmax"]}, secret="s" * 16)
+    with zipfile.ZipFile(archive) as zf:
+        canary = {i.filename: i.external_attr >> 16 for i in zf.infolist() if i.filename.startswith("canary/")}
+    assert canary, "no canary in the zip"
+    readable = sorted(name for name, mode in canary.items() if mode & 0o044)
+    assert not readable, f"canary files readable by other users: {readable[:3]}"
