@@ -60,11 +60,14 @@ def test_forbidden_jobs_through_unsealed_kernels_are_caught(tmp_path: Path, harn
 
 
 # ------------------------------------------------------------------------ switching the dynamic look off
-# HOLE: the in-worker Watch names the submission by `os.getcwd()` at each call, so a submission that
+# FIXED here ([chdir+clip_grad], [restore-seal+chdir] failed on cd18772; the Watch now keeps the workspace
+# it was given) and HOLE ([restore-seal+thread]: the Watch is per thread, the seal can be undone):
+# the in-worker Watch named the submission by `os.getcwd()` at each call, so a submission that
 # `os.chdir`s at import is "harness code" to it; `F = torch.nn.functional` then `F.softmax` is invisible to
 # the static scan (it resolves import aliases only), and the sealed kernels come back when the worker's
 # `seal._SEALED` list is emptied (the Library's finaliser restores the CPU kernels), the module found
-# through `vars(sys)['modules']` (the scan flags `sys.modules`, not `vars(sys)`).
+# through `vars(sys)['modules']` (the scan flags `sys.modules`, not `vars(sys)`); [restore-seal] alone is
+# caught by the Watch (F.softmax is in its table).
 _RESTORE = "vars(sys)['mod' + 'ules']['cs336_grading.worker.seal']._SEALED.clear()\n"
 DYNAMIC_OFF = {
     "restore-seal+chdir": ("import os, sys, torch\n" + _RESTORE + "os.chdir('/')\nF = torch.nn.functional\n",
