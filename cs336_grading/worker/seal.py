@@ -47,6 +47,7 @@ class Watch:
 
     _table: dict[Any, str] | None = None
     current = "the worker"  # the call that is running (what the sealed kernels blame)
+    root: str | None = None  # the worker's workspace, set before the submission runs (never its later cwd)
     def __init__(self, call: str) -> None:
         self.call = call
         self.findings: list[str] = []
@@ -63,7 +64,9 @@ class Watch:
         if Watch._table is None:
             Watch._table = _forbidden_functions()
         torch_dir = os.path.dirname(torch.__file__) + os.sep
-        submission = (os.path.join(os.getcwd(), "cs336_basics") + os.sep, os.path.join(os.getcwd(), "tests", "adapters.py"))
+        # NOTE: not os.getcwd(): a submission that chdirs at import would make itself "harness code".
+        root = Watch.root or os.getcwd()
+        submission = (os.path.join(root, "cs336_basics") + os.sep, os.path.join(root, "tests", "adapters.py"))
         watch = self
 
         class _Mode(TorchFunctionMode):
