@@ -44,7 +44,8 @@ KERNELS = {
     "_scaled_dot_product_attention_math": "scaled_dot_product_attention",
     "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention",
     "_scaled_dot_product_efficient_attention": "scaled_dot_product_attention",
-    "_scaled_dot_product_flash_attention": "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention": "scaled_dot_product_attention", "_masked_softmax": "softmax",
+    "_embedding_bag": "embedding", "_embedding_bag_forward_only": "embedding",
 }  # fmt: skip
 
 
@@ -54,12 +55,15 @@ SEALED_KERNELS = {
     "silu_": "positionwise_feedforward", "glu": "positionwise_feedforward", "nll_loss_forward": "cross_entropy",
     "nll_loss2d_forward": "cross_entropy", "embedding": "embedding", "native_layer_norm": "rmsnorm",
     "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention", "_fused_adamw_": "adamw",
-    "_fused_adam_": "adamw",
+    "_fused_adam_": "adamw", "_masked_softmax": "softmax", "_embedding_bag": "embedding",
+    "_embedding_bag_forward_only": "embedding",
 }  # fmt: skip
+# Sparse kernels, replaced at "SparseCPU" (`torch.sparse.softmax`, public API, runs them).
+SEALED_SPARSE = {"_sparse_softmax": "softmax", "_sparse_log_softmax": "cross_entropy"}
 SEALED_COMPOSITES = {
     "linear": "linear", "rms_norm": "rmsnorm", "_fused_rms_norm": "rmsnorm", "layer_norm": "rmsnorm",
     "cross_entropy_loss": "cross_entropy", "nll_loss": "cross_entropy", "nll_loss_nd": "cross_entropy",
     "scaled_dot_product_attention": "scaled_dot_product_attention",
-    "_scaled_dot_product_attention_math": "scaled_dot_product_attention",
+    "_scaled_dot_product_attention_math": "scaled_dot_product_attention", "embedding_bag": "embedding",
 }  # fmt: skip
 SEALED_MARK = "is a forbidden built-in: the grader's worker has no such kernel"

@@ -20,6 +20,19 @@ KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK:
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if chr(c) not in "\n\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters spelled out (a student's message can hold terminal escapes that
+    would repaint a TA's table): newlines and tabs stay.
+
+    >>> printable("ok\\x1b[2Jdone\\n")
+    'ok\\\\x1b[2Jdone\\n'
+    """
+    return text.translate(_CONTROLS)
+
+
 class UntrustedFileError(OSError):
     """The file is not a regular file (a link, a FIFO, a device...), or larger than allowed."""
 

@@ -27,7 +27,7 @@ def _is_forbidden_path(dotted: str) -> str | None:
     last = parts[-1]
     if parts[1] == "ops" and len(parts) > 3 and parts[3] in KERNELS:  # torch.ops.aten._softmax(.default)
         return KERNELS[parts[3]]
-    if parts[1] in ("special", "_C", "_VF") and last in KERNELS:  # torch.special.softmax, torch._C._nn.linear
+    if parts[1] in ("special", "_C", "_VF", "sparse") and last in KERNELS:  # torch.special.softmax, torch._C._nn.linear
         return KERNELS[last]
     if len(parts) == 2 and last.startswith("_") and last in KERNELS:  # torch._softmax, torch._log_softmax
         return KERNELS[last]
@@ -39,9 +39,9 @@ def _is_forbidden_path(dotted: str) -> str | None:
         return last
     if parts[1:3] == ["nn", "utils"] and last.startswith("clip_grad"):
         return last
-    if len(parts) == 2 and last in ("softmax", "log_softmax", "embedding", "rms_norm", "layer_norm",
+    if len(parts) == 2 and last in ("softmax", "log_softmax", "embedding", "embedding_bag", "rms_norm", "layer_norm",
                                     "_fused_adamw_", "_fused_adam_", "scaled_dot_product_attention"):  # fmt: skip
-        return last
+        return KERNELS.get(last, last)
     return None
 
 
@@ -140,12 +140,44 @@ def _hatches(tree: ast.AST) -> list[tuple[str, str, int]]:
             continue  # `re.compile`, `model.eval()`: methods, not the built-ins
         if name in REVIEW_NAMES:
             hits.append((name, REVIEW_NAMES[name], getattr(node, "lineno", 0)))
+        elif near_torch and (lookup := _dynamic_lookup(node)) is not None:
+            hits.append((lookup, "looks names up at run time, where the audit cannot follow", node.lineno))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr"):
             first = node.args[0] if node.args else None
             chain = _chain(first) if isinstance(first, ast.Attribute) else [first.id] if isinstance(first, ast.Name) else None
             if chain and near_torch and (chain[0] in ("torch", "F", "nn") or chain[0] in _aliases_of(uses)):
                 hits.append((f"{node.func.id}({'.'.join(chain)}, ...)", "looks torch names up by string", node.lineno))
     return hits
+
+
+def _dynamic_lookup(node: ast.AST) -> str | None:
+    """`vars(x)`, `x.__dict__`, `globals()`, `getattr(x, <computed>)` on anything but `self`/`cls`: the ways
+    to reach a name (`torch._decomp`, `sys.modules`) that no import or attribute in the source spells out."""
+    def named(value: ast.AST | None) -> str:
+        return ".".join(_chain(value) or ["?"]) if isinstance(value, ast.Attribute) else getattr(value, "id", "?")
+
+    if isinstance(node, ast.Attribute) and node.attr == "__dict__" and named(node.value) not in ("self", "cls"):
+        return f"{named(node.value)}.__dict__"
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        return None
+    first = node.args[0] if node.args else None
+    if node.func.id in ("vars", "globals", "locals") and named(first) not in ("self", "cls"):
+        return f"{node.func.id}({named(first) if first is not None else ''})"
+    computed = len(node.args) > 1 and not isinstance(node.args[1], ast.Constant)
+    if node.func.id in ("getattr", "setattr", "delattr") and computed and named(first) not in ("self", "cls"):
+        return f"{node.func.id}({named(first)}, <computed name>)"
+    return None
+
+
+def _assigned_aliases(tree: ast.AST, aliases: dict[str, str]) -> None:
+    """`F = torch.nn.functional` makes `F` an alias like an import does (two passes: chains of them)."""
+    for _ in range(2):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                value = node.value
+                chain = _chain(value) if isinstance(value, ast.Attribute) else [value.id] if isinstance(value, ast.Name) else None
+                if chain and chain[0] in aliases and node.targets[0].id not in aliases:
+                    aliases[node.targets[0].id] = ".".join([aliases[chain[0]], *chain[1:]])
 
 
 def _uses(tree: ast.AST, every_import: bool = False) -> list[tuple[str, int]]:
@@ -162,6 +194,7 @@ def _uses(tree: ast.AST, every_import: bool = False) -> list[tuple[str, int]]:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
                 found.append((f"{node.module}.{a.name}", node.lineno))
+    _assigned_aliases(tree, aliases)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and not isinstance(getattr(node, "parent", None), ast.Attribute):
             chain = _chain(node)

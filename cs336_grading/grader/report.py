@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_grading.untrusted import printable
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -119,12 +121,13 @@ class ProblemScore:
     def details(self) -> list[str]:
         """The built-ins evidence, then one line per test that did not pass (not-implemented ones are summarised)."""
         verdict = "SCORED 0: used a forbidden torch built-in" if self.zeroed else "WARNING: used a forbidden torch built-in"
-        return [*(f"{verdict}: {line}" for line in self.evidence)] + [
+        lines = [*(f"{verdict}: {line}" for line in self.evidence)] + [
             f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
             for o in self.outcomes
             if o.status not in ("passed", "not_implemented", "skipped")
             and not (o.status == "advisory" and o.message.startswith(STATUS_LABELS["passed"]))
         ]
+        return [printable(line) for line in lines]  # messages and file names come from the submission
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class GradeResult:
         if not self.review:
             return []
         return [f"Needs review ({len(self.review)} escape hatch(es); the score stands until a person checks them):",
-                *(f"  {line}" for line in self.review[:20])]  # fmt: skip
+                *(f"  {printable(line)}" for line in self.review[:20])]  # fmt: skip
 
     @property
     def score(self) -> float:
@@ -179,7 +182,7 @@ class GradeResult:
         payload: dict[str, object] = {
             "score": round(float(self.score), 4),
             "execution_time": round(self.execution_time, 1),
-            "output": "\n".join([output, *self.review_lines(), *self.warnings]),
+            "output": "\n".join([output, *self.review_lines(), *map(printable, self.warnings)]),
             "visibility": "visible",
             "tests": tests,
         }
@@ -203,4 +206,4 @@ class GradeResult:
             lines.append(f"{p.problem.name:<{width}}  {p.score:6.2f}  {p.problem.points:5g}  {p.summary()}")
             lines.extend(f"{'':<{width}}      {line}" for line in p.details())
         lines.append(f"{'total':<{width}}  {self.score:6.2f}  {self.max_score:5g}  ({self.execution_time:.0f} s)")
-        return "\n".join([*lines, *self.review_lines(), *self.warnings])
+        return "\n".join([*lines, *self.review_lines(), *map(printable, self.warnings)])

@@ -109,7 +109,8 @@ def build_autograder(
         canary_files = canary.reference_files(pristine.files["tests/adapters.py"])
         files |= {f"{canary.CANARY_DIR}/{rel}": content for rel, content in canary_files.items()}
     files["README.md"] = readme(base_image, settings).encode()
-    return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"}, private={SECRET_FILE})
+    private = {SECRET_FILE, *(name for name in files if name.startswith(f"{canary.CANARY_DIR}/"))}
+    return _write_zip(Path(out), files, executable={"setup.sh", "run_autograder"}, private=private)
 
 
 def _write_zip(out: Path, files: dict[str, bytes], executable: set[str], private: set[str]) -> Path:
@@ -159,6 +160,7 @@ def run(root: str | os.PathLike[str]) -> dict[str, Any]:
     leaderboard_config = settings.pop("leaderboard", None)
     secret = _secret(source / SECRET_FILE)
     if (source / canary.CANARY_DIR).is_dir():  # before any student code: a broken environment grades nobody
+        os.chmod(source / canary.CANARY_DIR, 0o700)  # a complete solution: root's alone (workers run as others)
         seconds = canary.check(source / canary.CANARY_DIR, settings, secret)
         log.info("the canary scored full marks in %.0f s", seconds)
         # NOTE: Gradescope's limit covers the whole run: the canary's time comes out of the submission's.

@@ -14,11 +14,12 @@ fails closed (the call raises), so removing the evidence gains nothing.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from typing import Any
 
-from cs336_grading.rules import ALLOWED_FILES, FORBIDDEN_FILES, SEALED_COMPOSITES, SEALED_KERNELS, SEALED_MARK
+from cs336_grading.rules import ALLOWED_FILES, FORBIDDEN_FILES, SEALED_COMPOSITES, SEALED_KERNELS, SEALED_MARK, SEALED_SPARSE
 
 
 # ------------------------------------------------------------------------------------ dynamic (worker)
@@ -129,9 +130,13 @@ def seal() -> list[str]:
     import torch
 
     library = torch.library.Library("aten", "IMPL")
+    # NOTE: never freed, even when `_SEALED` is emptied (a submission that reaches this module): the
+    # library's finaliser would restore torch's kernels. One extra reference that nothing ever drops.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(library))
     _SEALED.append(library)
     done = []
-    for table, keys in ((SEALED_KERNELS, ("CPU",)), (SEALED_COMPOSITES, ("AutogradCPU", "CPU"))):
+    tables = ((SEALED_KERNELS, ("CPU",)), (SEALED_SPARSE, ("SparseCPU",)), (SEALED_COMPOSITES, ("AutogradCPU", "CPU")))
+    for table, keys in tables:
         for name, problem in table.items():
             packet = getattr(torch.ops.aten, name, None)
             if packet is None:
