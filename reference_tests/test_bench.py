@@ -124,8 +124,9 @@ def test_model_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     rows = results["rows"]
-    assert [r["unit"] for r in rows] == ["tokens/s"] * 3
+    # Per model: the fused kernels (the trainer's path, with the goal) and the textbook form; then decoding.
+    assert [r["unit"] for r in rows] == ["tokens/s"] * 5
     assert all(r["ours"] > 0 and r["peer_value"] > 0 and r["ratio"] > 0 for r in rows)
-    assert [r["goal"] for r in rows] == [">= 1x", ">= 1x", None]
-    assert all("GFLOP/s" in r["notes"] for r in rows[:2])
-    assert "KV-cache speed-up" in rows[2]["notes"]
+    assert [r["goal"] for r in rows] == [">= 1x", None, ">= 1x", None, None]
+    assert all("GFLOP/s" in r["notes"] for r in rows[:4])
+    assert "KV-cache speed-up" in rows[4]["notes"]

@@ -577,7 +577,9 @@ def test_two_rank_checkpoint_resumes_with_one_rank(train_runs: dict[str, Any]) -
     whole, resumed = read_metrics(train_runs["whole"]), read_metrics(train_runs["resumed1"])
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for got, want in zip(deterministic(resumed[:4]), deterministic(whole[:4]), strict=True):
-        assert got == pytest.approx(want, rel=0, abs=0, nan_ok=True)  # copied from the checkpoint's run
+        # Copied from the checkpoint's run, itself the same 2-rank run as `whole` up to step 4; its last
+        # validation (the run's final one) may batch the split differently: float32 rounding, no more.
+        assert got == pytest.approx(want, rel=1e-6, abs=0, nan_ok=True)
     assert [r["lr"] for r in resumed[4:]] == pytest.approx([r["lr"] for r in whole[4:]])
     assert [r["tokens"] for r in resumed[4:]] == [whole[3]["tokens"] + BATCH * CONTEXT * k for k in range(1, 5)]
     assert resumed[4]["train_loss"] < whole[0]["train_loss"] - 0.3

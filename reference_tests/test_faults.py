@@ -276,8 +276,6 @@ def _processes_inside(directory: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
 def test_grade_sigterm_stops_its_test_processes_and_removes_the_workspace(tmp_path: Path) -> None:
-    if "SIGTERM" not in (REPO / "cs336_grading" / "grade.py").read_text():
-        pytest.skip("cs336 grade handles no SIGTERM on this branch yet (the grading wing's rewrite does)")
     import shutil
 
     submission = tmp_path / "submission"
