@@ -55,6 +55,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if not report.failed or item.get_closest_marker("advisory") is None:
         return
+    if call.excinfo is None or not call.excinfo.errisinstance(AssertionError):
+        return  # not a finding: an adapter that is not written yet, or one that crashed, fails as usual
     if item.config.pluginmanager.has_plugin(GRADER_RECORDER):
         return  # the grader reports advisory findings itself (0 points)
     finding = str(call.excinfo.value).strip().splitlines() if call.excinfo is not None else []
