@@ -80,7 +80,9 @@ def test_interrupted_sweep_resumes_and_skips_finished_points(base: dict[str, Any
     # evaluation's 2 batches, step 5, then step 6), after its step-4 checkpoint.
     CrashingLM.calls, CrashingLM.crash_at = -8 - 2 - 2, 8  # the first point's 8 steps and 2 evaluations pass
     crashing = lambda config: train(  # noqa: E731
-        config, model_factory=lambda settings, device: CrashingLM(ModelConfig(**settings), device=device))
+        config,
+        model_factory=lambda settings, device: CrashingLM(ModelConfig(**settings), device=device, fused_kernels=True),
+    )
     with pytest.raises(KeyboardInterrupt):
         sweep(base, grid, tmp_path / "s", train_fn=crashing)
     assert json.loads((first / "status.json").read_text())["status"] == "done"
