@@ -7,20 +7,21 @@
 How a run goes:
 1. The submission (directory or zip) is unpacked into a temporary directory: its `cs336_basics/` and
    `tests/adapters.py` (see `sandbox.unpack_submission` for the layouts tolerated). The fork server of the
-   run's workers starts (`worker.py`), and the worker template is laid out: the submission and the
+   run's workers starts (`worker/server.py`), and the worker template is laid out: the submission and the
    harness's scenarios, nothing else.
 2. The test ids are collected once from the pristine harness, whose `tests.adapters` is the plugin's proxy:
    the submission is not imported, so it cannot hide tests. Tests whose function name starts with no
    problem's prefix (integrity checks of the harness itself) are not run.
 3. Each test file runs in its own pytest process (trusted: no student code ever runs there), in a fresh
-   throw-away workspace. Every call into the submission goes to a sandboxed worker (`client.py`, `jail.py`)
+   throw-away workspace. Every call into the submission goes to a sandboxed worker (`worker/client.py`, `worker/jail.py`)
    and is charged to the test's budget of worker seconds (`timings.py`: scaled from the reference's time);
    a hang, a crash, a memory blow-up, a skip or an exit from student code fails that test alone, with
    its reason, and the next test gets a fresh worker (forked in milliseconds). When a process changed a
    harness file, its tests are re-run one process each, and the test that did it gets an error.
    With a course secret (`secret=`, `--secret-file`, `$CS336_GRADING_SECRET`) the snapshot tests grade
-   held-out cases drawn from it in those trusted processes (`heldout.py`); the workers never see it.
-4. The from-scratch audit (`audit.py`): evidence from the submitted files and from what each test saw run.
+   held-out cases drawn from it in those trusted processes (`grader/heldout.py`); the workers never see it.
+4. The from-scratch audit: the static look (`grader/audit.py`) over the submitted files and the sealed kernels
+   of the worker (`worker/seal.py`), whose evidence comes back with each call.
    A problem scores `points * passed / (tests - skipped)`, or 0 when it used a forbidden built-in.
 
 Memory: the limit is on address space, not resident memory; importing torch alone maps ~1 GiB and each

@@ -14,7 +14,7 @@ answer; so under grading with a secret, every snapshot test gets a fresh case in
 The same secret and files give the same draws (a regrade gives the same grade); another secret or any
 change to the submission, other draws. The
 secret never enters the handout kit (`handout.py` ships no secret and no canary) and never reaches student
-code: the worker's environment is rebuilt, and the fork server is started without it (`client.py`).
+code: the worker's environment is rebuilt, and the fork server is started without it (`worker/client.py`).
 """
 
 from __future__ import annotations

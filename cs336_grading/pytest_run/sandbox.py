@@ -8,7 +8,7 @@ A grading run never touches the pristine harness: every pytest process gets a fr
         tests/adapters.py         # a guard: the plugin's proxy to the worker stands in for it
 
 written from the harness held in memory, compared with it byte for byte when the process ends, then
-deleted. The pytest process never imports student code: that runs in workers (`worker.py`), each in a
+deleted. The pytest process never imports student code: that runs in workers (`worker/server.py`), each in a
 copy of the worker template (`build_worker_template`), which holds the submission and the scenarios only.
 """
 
