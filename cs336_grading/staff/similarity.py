@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cs336_grading import untrusted
 from cs336_grading.staff import batch
 
 log = logging.getLogger(__name__)
@@ -257,15 +258,12 @@ def _dir_files(root: Path) -> tuple[dict[str, str], list[str]]:
         for name in sorted(n for n in names if n.endswith(".py")):
             rel = (here / name).relative_to(root).as_posix()
             try:
-                fd = os.open(here / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:  # a symlink (ELOOP), or unreadable
-                budget.skipped.append(f"{rel} (a symlink or unreadable)")
+                fd = untrusted.open_regular(here / name)
+            except OSError as e:  # a symlink, a FIFO, a device (UntrustedFileError), or unreadable
+                budget.skipped.append(f"{rel} ({e.strerror or e})")
                 continue
             with os.fdopen(fd, "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    budget.skipped.append(f"{rel} (not a regular file)")
-                elif not budget.refuse(rel, info.st_size):
+                if not budget.refuse(rel, os.fstat(f.fileno()).st_size):
                     files[rel] = f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
     return files, budget.skipped
 
