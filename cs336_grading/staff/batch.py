@@ -144,9 +144,24 @@ def _fingerprinted(source: Path) -> list[tuple[str, Path]]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` as JSON atomically (a temporary file renamed into place)."""
+    write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` atomically: a temporary file (this process's own) renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")  # NOTE: savefig picks the format from the suffix
+    fig.savefig(tmp)
+    plt.close(fig)
     tmp.replace(path)
 
 
@@ -381,10 +396,7 @@ def plot_scores(totals: Sequence[float], path: Path) -> None:
     ax.set_ylabel("submissions")
     ax.set_title(f"{len(totals)} graded submission(s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")  # NOTE: savefig picks the format from the suffix
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- CLI

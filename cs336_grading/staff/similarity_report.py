@@ -57,12 +57,12 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
         if flagged and page < MAX_PAGES:
             page += 1
             report = f"{PAGES_DIR}/pair-{page:04d}.html"
-            _write_text(out_dir / report, pair_page(result, pair, code))
+            batch.write_text(out_dir / report, pair_page(result, pair, code))
         rows.append({"rank": rank, "a": pair.a, "b": pair.b, "b_kind": "reference" if pair.b_is_reference else "student",
                      "score": f"{pair.score:.3f}", "score_a": f"{pair.score_a:.3f}", "score_b": f"{pair.score_b:.3f}",
                      "matched": pair.matched, "flagged": "yes" if flagged else "", "report": report,
                      "files": matched_files(result, pair) if flagged or rank <= 200 else ""})  # fmt: skip
-    _write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
+    batch.write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
     try:
         plot_scores(result, threshold, out_dir / PLOT_NAME)
     except ImportError:
@@ -82,13 +82,6 @@ def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, object]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------ pages
@@ -157,10 +150,7 @@ def plot_scores(result: Comparison, threshold: float, path: Path) -> None:
     ax.set_title(f"{result.total_pairs} pairs")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")  # NOTE: savefig picks the format from the suffix
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    batch.save_figure(fig, path)
 
 
 def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> None:
@@ -183,7 +173,7 @@ def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> Non
                     "similarity_flag": "flagged" if pair is not None and is_flagged(pair, threshold) else ""})  # fmt: skip
         for key in [k for k in row if k not in columns + SUMMARY_COLUMNS]:
             del row[key]
-    _write_text(path, _csv_text(columns + SUMMARY_COLUMNS, rows))
+    batch.write_text(path, _csv_text(columns + SUMMARY_COLUMNS, rows))
 
 
 # --------------------------------------------------------------------------------------------- run
