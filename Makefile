@@ -24,19 +24,19 @@ $(STAMP): pyproject.toml
 test: install
 	$(PYTEST) tests
 	$(PYTEST) -p oracle.use_oracle tests
-	$(PYTEST) -m "not slow" reference_tests
+	$(PYTEST) -m "not slow" project_tests
 
 ## The reference tests marked slow: whole submissions graded end to end (attacks, batches, the Gradescope
 ## run), fault injection, sweeps, the student-package run. CI runs them after `make test`.
 test-slow: install
-	$(PYTEST) -m slow reference_tests
+	$(PYTEST) -m slow project_tests
 
 test-all: test test-slow
 
 ## The Gradescope autograder in a debootstrapped base system, IMAGES=ubuntu-24.04 (or debian-12; root, debootstrap, ~10 min):
 ## setup.sh as root, then run_autograder on the reference (full marks) and a broken submission.
 test-autograder: install
-	CS336_TEST_AUTOGRADER=1 CS336_TEST_AUTOGRADER_IMAGES=$(IMAGES) $(PYTEST) -s -m slow reference_tests/test_autograder_chroot.py
+	CS336_TEST_AUTOGRADER=1 CS336_TEST_AUTOGRADER_IMAGES=$(IMAGES) $(PYTEST) -s -m slow project_tests/grading/test_autograder_chroot.py
 
 test-reference: install
 	$(PYTEST) tests
@@ -45,10 +45,10 @@ test-oracle: install
 	$(PYTEST) -p oracle.use_oracle tests
 
 test-own: install
-	$(PYTEST) reference_tests
+	$(PYTEST) project_tests
 
 test-fast: install
-	$(PYTEST) -m "not slow" tests reference_tests
+	$(PYTEST) -m "not slow" tests project_tests
 
 ## Regenerate every fixture and snapshot from the oracle (deterministic: same bytes every time).
 snapshots: install

@@ -1,9 +1,9 @@
 """How `cs336 similarity` scales: `python -m bench.bench_similarity [N ...]` times synthetic batches.
 
 A batch of N submissions is made from the three independent implementations (this repository's
-`cs336_basics`, `reference_tests/suite_student_*.py`, `oracle/`): each submission takes each file from one
+`cs336_basics`, `project_tests/suite/suite_student_*.py`, `oracle/`): each submission takes each file from one
 of them at random, keeps a random 70% of its top-level definitions, and is disguised
-(`reference_tests/suite_disguise.py`). So every submission shares code with about a third of the batch:
+(`project_tests/suite/suite_disguise.py`). So every submission shares code with about a third of the batch:
 far more sharing than a real class, which is the costly case for the inverted index. Each N is timed twice:
 with the default `max_share` (code held by >20% of the batch is ignored) and with none (`max_share=1`).
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cs336_grading.staff.similarity_report import find_similar
-from reference_tests.suite_disguise import disguise
+from project_tests.suite.suite_disguise import disguise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _bases() -> list[dict[str, str]]:
     oracle = [p for p in sorted((REPO / "oracle").glob("*.py")) if p.name not in ("adapters.py", "use_oracle.py", "__init__.py")]
     return [
         {p.name: p.read_text() for p in sorted((REPO / "cs336_basics").glob("*.py"))} | {"adapters": (REPO / "tests/adapters.py").read_text()},
-        {p.name: p.read_text() for p in sorted((REPO / "reference_tests").glob("suite_student_*.py"))},
+        {p.name: p.read_text() for p in sorted((REPO / "project_tests" / "suite").glob("suite_student_*.py"))},
         {p.name: p.read_text() for p in oracle},
     ]  # fmt: skip
 

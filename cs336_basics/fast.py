@@ -5,7 +5,7 @@ default. The kernels here compute the same numbers with fewer kernels and far le
 training step on a CPU. `TransformerLM(config, fused_kernels=True)` or `model.use_fused_kernels()` switches
 a model's attention onto them; the trainer of `cs336_lab` does, and uses `cross_entropy` below for its loss.
 They take float32 and float64 only (`applies`): half precision keeps the textbook form, which computes its
-softmax in float32. `reference_tests/test_fast_kernels.py` checks each against its textbook form, values and
+softmax in float32. `project_tests/basics/test_fast_kernels.py` checks each against its textbook form, values and
 gradients, and gradchecks the hand-written backwards in float64.
 
     causal_attention  query tiles that skip the key blocks above the diagonal (62.5 % of the matmul work at

@@ -15,7 +15,7 @@ paths a worker could write). Each name is defined here once; the modules that se
 | `CS336_SHARED_DATA` | the user | `tests/cases.py` | where the optional shared data lives (default `../shared/data`) |
 | `CS336_AUTOGRADER_ROOT`, `CS336_AUTOGRADER_PYTHON` | tests | `run_autograder` (`staff/autograder_setup.py`) | Gradescope's root (`/autograder`) and the Python that grades |
 | `CS336_TORCH_INDEX` | `make test-autograder` | `setup.sh` (`staff/autograder_setup.py`) | where pip finds torch (empty: no extra index) |
-| `CS336_TEST_AUTOGRADER`, `CS336_TEST_AUTOGRADER_IMAGES`, `CS336_CHROOT_CACHE` | the maintainer | `reference_tests/test_autograder_chroot.py` | opt in to the debootstrapped run, its images, its cache |
+| `CS336_TEST_AUTOGRADER`, `CS336_TEST_AUTOGRADER_IMAGES`, `CS336_CHROOT_CACHE` | the maintainer | `project_tests/grading/test_autograder_chroot.py` | opt in to the debootstrapped run, its images, its cache |
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ rounded to float32. Tolerances, with u = 2^-24 the float32 unit roundoff:
   reciprocal, multiply): `x*(1/(1+exp(-x)))` computed in bf16 misses 2^-7 relative by 1.6e-4 near
   x = -0.034. Measured over all 33,409 bf16 inputs in [-12, 12], worst relative error (in units of 2^-7):
   x*(1/(1+exp(-x))) 1.23, x/(1+exp(-x)) 1.09, x*sigmoid(x) 0.91, float32 then one cast 0.50: every
-  form within 0.62 of the bound (the `silu_bf16_*` rewrites of `reference_tests/suite_corpus.py`). The bf16 softmax adds
+  form within 0.62 of the bound (the `silu_bf16_*` rewrites of `project_tests/suite/suite_corpus.py`). The bf16 softmax adds
   2^-6·max p for the exp of a rounded input. That a bf16 input gives a bf16 output is advisory (0 points).
 - float64 inputs (the property test): float32 accuracy suffices; nothing requires computing in float64.
 """

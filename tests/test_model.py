@@ -6,7 +6,7 @@ Expectations are exact answers (float64 oracle on the stored float32 inputs) rou
 comparison is `|got - expected| <= tol·|expected| + atol` with `atol = tol·max|expected|` unless stated
 (errors of float sums scale with their terms, not with a result that cancels to ~0). Measured worst errors
 of the reference, of the torch built-ins (oracle adapters) and of the equivalent formulations in
-`reference_tests/test_suite_catches_bugs.py` use ≤ 0.14 of each float32 bound and ≤ 0.46 of each bf16 one
+`project_tests/suite/test_suite_catches_bugs.py` use ≤ 0.14 of each float32 bound and ≤ 0.46 of each bf16 one
 (a float32 result rounded once to bf16 uses up to 0.5). bf16 tolerances are `BF16_TOL` = 2^-6 relative:
 2 to 4 ulps of the result, what a correct chain of bf16 operations can need (see `tests/compare.py`).
 Tolerances:

@@ -314,7 +314,7 @@ def test_tokenizer_encode_iterable_memory_does_not_grow_with_the_input(
         "with the input (allowed: 2 MiB)"
     )
     # NOTE: that the bound matters (an encoder that reads everything first fails it) is proved by the mutant
-    # `encode_iterable_reads_all` in reference_tests, not here: memory the process already holds from earlier
+    # `encode_iterable_reads_all` in project_tests/basics, not here: memory the process already holds from earlier
     # tests can hide part of a whole-file read, and such a control must never cost a correct student a point.
 
 

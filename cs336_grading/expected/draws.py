@@ -16,7 +16,7 @@ and bf16 cases store bf16-representable float32 values (npz has no bf16). The ca
 `ROPE_CASES`, `MHA`, `BLOCK`, `LM`, ...) live in the harness's `tests/cases.py`, which the tests read too.
 
 NOTE: the bytes of the committed snapshots depend on the order of every random draw below: reordering two
-draws of a public case changes its file (`reference_tests/test_snapshot_drift.py` fails). Held-out-only
+draws of a public case changes its file (`project_tests/suite/test_snapshot_drift.py` fails). Held-out-only
 draws come after the public ones, or from their own generator.
 """
 

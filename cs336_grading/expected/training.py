@@ -53,7 +53,7 @@ def cosine_schedule(
 # The two correct orders differ by α·λ·(Adam update) ≈ α²λ per step; α = 1e-3 keeps that ~1000x below the
 # effect of every mistake (≈ αλθ or ≈ α per step). ε is tiny in both groups so that where it is added
 # (sqrt(v) or sqrt(v̂), both found in correct solutions) does not matter. A tolerance of 1e-4 sits 30x above
-# the correct variants and 30x below the nearest mistake; reference_tests/test_training_primitives.py
+# the correct variants and 30x below the nearest mistake; project_tests/basics/test_training_primitives.py
 # proves it with these variants written as small optimizers.
 ADAMW_ATOL = 1e-4
 
