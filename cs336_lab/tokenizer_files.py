@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_common.atomic import atomic_write_text
 
 __all__ = ["save_tokenizer", "read_tokenizer", "load_tokenizer", "bytes_to_unicode", "VOCAB_FILE", "MERGES_FILE"]
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cs336_lab.atomic import atomic_open, atomic_write_bytes, atomic_write_text, sweep_temp_files, temp_path
+import doctest
+
+import cs336_common.atomic
+from cs336_common.atomic import (
+    atomic_open, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text, sweep_temp_files, temp_path,
+)  # fmt: skip
 
 
 def test_write_text_and_bytes_create_parents_and_replace(tmp_path: Path) -> None:
@@ -60,3 +65,43 @@ def test_sweep_removes_only_the_temporary_files_of_dead_writers(tmp_path: Path) 
         path.write_bytes(b"x")
     assert sweep_temp_files(tmp_path) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, other, keep))
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(cs336_common.atomic)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="links and modes are POSIX")
+def test_never_writes_through_a_link_and_keeps_asked_permissions(tmp_path: Path, monkeypatch) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    target = tmp_path / "results.json"
+    planted = tmp_path / ".results.json.planted.tmp"
+    planted.symlink_to(victim)
+    monkeypatch.setattr(cs336_common.atomic, "temp_path", lambda path, suffix=".tmp": planted)  # a guessed name
+    with pytest.raises(FileExistsError):
+        atomic_write_text(target, "new\n")
+    assert victim.read_text() == "precious\n" and not target.exists()
+    monkeypatch.undo()
+    target.symlink_to(victim)  # a link at the target itself is replaced, not followed
+    with atomic_open(target, "w", permissions=0o600) as f:
+        f.write("secret\n")
+    assert not target.is_symlink() and target.read_text() == "secret\n" and victim.read_text() == "precious\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_json_and_figure(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "a.json", {"ü": [1, 2]}, indent=None)
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == '{"\\u00fc": [1, 2]}\n'
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_save_figure(fig, tmp_path / "plot.png")
+    atomic_save_figure(plt.figure(), tmp_path / "plot.svg")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (tmp_path / "plot.svg").read_bytes()[:400]
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "plot.png", "plot.svg"] and plt.get_fignums() == []
