@@ -19,7 +19,7 @@ A training loop needs a handful of calls, and the same code runs unchanged in a 
             cross_entropy(model(x), y).backward()              # DDP all-reduces on the last micro-step only
     loss = all_reduce_mean(loss, ctx)                          # the same number on every rank, for logging
     if ctx.is_main:
-        save_run_checkpoint(path, model, ...)                 # unwrap_model: keys without "module." / "_orig_mod."
+        save_run_checkpoint(path, model, ...)                 # cs336_common.state_dict.unwrap_model: plain keys
     del model                                                  # no DDP module may outlive the group
     cleanup(ctx)
 
@@ -28,7 +28,7 @@ and compile the wrapper (`torch.compile(wrap_model(model, ctx))`): dynamo then s
 boundaries so the all-reduce still overlaps the backward pass. bf16 autocast needs nothing special: DDP
 all-reduces the parameters' gradients, which stay float32.
 
-FSDP later: `wrap_model` is the one place that picks the wrapper, `unwrap_model` the one place that strips it.
+FSDP later: `wrap_model` is the one place that picks the wrapper, `cs336_common.state_dict` the one place that strips it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ __all__ = [
     "DistributedContext",
     "init_distributed",
     "wrap_model",
-    "unwrap_model",
     "no_sync_if",
     "all_reduce_mean",
     "all_reduce_means",
@@ -223,18 +222,6 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, **ddp_kwargs: Any) -> 
         )
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside any nesting of DDP and `torch.compile`: its state-dict keys carry no
-    `module.` or `_orig_mod.` prefix, so checkpoints load into an unwrapped model anywhere."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cs336_common.atomic import atomic_open
-from cs336_lab.distributed import unwrap_model
+from cs336_common.state_dict import unwrap_model
 
 FORMAT = "cs336-checkpoint"
 VERSION = 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_common.gpt2_files import MERGES_FILE, VOCAB_FILE, check_byte_level_bpe, parse_merges, parse_vocab
+from cs336_common.state_dict import strip_wrapper_prefixes
 from cs336_grading.expected.bpe import tiktoken_encoding
 
 
@@ -21,7 +22,6 @@ class RuleError(ValueError):
     """The submission breaks a leaderboard rule or its files cannot be read; the message says which."""
 
 
-_COMPILED_PREFIX = "_orig_mod."
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a 32k-token vocabulary takes well under 1 MB
 
@@ -46,7 +46,10 @@ def read_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, Any], dict[
         state, config = payload, None
     else:
         raise RuleError(f"expected a dict in {path.name}, got {type(payload).__name__}")
-    state = {str(k).removeprefix(_COMPILED_PREFIX): v for k, v in state.items()}
+    try:
+        state = strip_wrapper_prefixes(state)
+    except ValueError as e:
+        raise RuleError(f"{path.name}: {e}") from e
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RuleError(f"expected the model's state dict (names -> tensors) in {path.name}")
     return state, config if isinstance(config, dict) else None
