@@ -100,13 +100,14 @@ def prepare_directory(path: str | os.PathLike[str], what: str = "output director
     return path
 
 
-def commit(tmp: Path, path: Path) -> None:
-    """Rename the finished `tmp` onto `path`, durably: `tmp`'s bytes reach the disk first, then the rename."""
-    fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        os.fsync(fd)  # NOTE: a no-op cost when the writer fsynced already
-    finally:
-        os.close(fd)
+def commit(tmp: Path, path: Path, *, sync_file: bool = False) -> None:
+    """Rename the finished `tmp` onto `path`, durably; `sync_file=True` first fsyncs `tmp` (its writer did not)."""
+    if sync_file:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(tmp, path)
     fsync_directory(path.parent)
 

@@ -165,7 +165,7 @@ def _check_and_commit(part: Path, dest: Path, want: int | None, sha256: str | No
     if sha256 is not None and (actual := _sha256(part)) != sha256.lower():
         part.unlink()
         raise DownloadError(f"{dest.name}: expected sha256 {sha256}, got {actual} (deleted the download)")
-    commit(part, dest)
+    commit(part, dest, sync_file=True)  # the .part was appended to over several runs, never fsynced
     logger.info("downloaded %s (%.1f MB)", dest, size / 1e6)
 
 

@@ -13,7 +13,8 @@ import doctest
 
 import cs336_common.atomic
 from cs336_common.atomic import (
-    atomic_open, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text, sweep_temp_files, temp_path,
+    atomic_open, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text, commit, sweep_temp_files,
+    temp_path,
 )  # fmt: skip
 
 
@@ -105,3 +106,14 @@ def test_json_and_figure(tmp_path: Path) -> None:
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (tmp_path / "plot.svg").read_bytes()[:400]
     assert sorted(os.listdir(tmp_path)) == ["a.json", "plot.png", "plot.svg"] and plt.get_fignums() == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name file descriptors")
+def test_commit_of_a_file_written_elsewhere_fsyncs_it_first(tmp_path: Path, monkeypatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    part = tmp_path / "owt.txt.part"  # e.g. a download appended to over several runs
+    part.write_bytes(b"all of it")
+    commit(part, tmp_path / "owt.txt", sync_file=True)
+    assert synced == [str(part), str(tmp_path)] and (tmp_path / "owt.txt").read_bytes() == b"all of it"
