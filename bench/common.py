@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_common.atomic import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shared data sets (`../shared/data` beside the checkout; `CS336_SHARED_DATA` points elsewhere, e.g. from a worktree).

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cs336_common.atomic import atomic_save_figure
+
 
 def fit_exponent(sizes: list[float], costs: list[float]) -> float | None:
     """The slope k of log(cost) against log(size); None with fewer than two distinct positive points.
@@ -55,11 +57,7 @@ def plot_growth(
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path, dpi=90)
     return path
 
 

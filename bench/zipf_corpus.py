@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_lab.atomic import atomic_open
+from cs336_common.atomic import atomic_open
 
 EOT = "<|endoftext|>"
 LEXICON_SIZE = 50_000

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_common.atomic import atomic_save_figure, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,7 @@ def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str =
     if drawn:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")  # NOTE: savefig picks the format from the suffix
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
+    atomic_save_figure(fig, out)
     return drawn
 
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_common.atomic import atomic_write_text
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cs336_lab.atomic import atomic_open, prepare_directory
+from cs336_common.atomic import atomic_open, prepare_directory
 
 logger = logging.getLogger(__name__)
 

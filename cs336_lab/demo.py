@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text, prepare_directory
+from cs336_common.atomic import atomic_write_text, prepare_directory
 from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
 from cs336_lab.pipeline import EOT, tokenize_files, train_tokenizer
 from cs336_lab.threads import cpu_threads

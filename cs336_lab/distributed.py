@@ -19,7 +19,7 @@ A training loop needs a handful of calls, and the same code runs unchanged in a 
             cross_entropy(model(x), y).backward()              # DDP all-reduces on the last micro-step only
     loss = all_reduce_mean(loss, ctx)                          # the same number on every rank, for logging
     if ctx.is_main:
-        save_run_checkpoint(path, model, ...)                 # unwrap_model: keys without "module." / "_orig_mod."
+        save_run_checkpoint(path, model, ...)                 # cs336_common.state_dict.unwrap_model: plain keys
     del model                                                  # no DDP module may outlive the group
     cleanup(ctx)
 
@@ -28,7 +28,7 @@ and compile the wrapper (`torch.compile(wrap_model(model, ctx))`): dynamo then s
 boundaries so the all-reduce still overlaps the backward pass. bf16 autocast needs nothing special: DDP
 all-reduces the parameters' gradients, which stay float32.
 
-FSDP later: `wrap_model` is the one place that picks the wrapper, `unwrap_model` the one place that strips it.
+FSDP later: `wrap_model` is the one place that picks the wrapper, `cs336_common.state_dict` the one place that strips it.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cs336_common.device import resolve_device
+
 __all__ = [
     "DistributedContext",
     "init_distributed",
     "wrap_model",
-    "unwrap_model",
     "no_sync_if",
     "all_reduce_mean",
     "all_reduce_means",
@@ -129,44 +130,6 @@ def _env_int(name: str) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.device:
-    """Map the user's device string to this rank's device: "auto" picks CUDA when present, else CPU.
-
-    NOTE: the tools' one home for device names ("auto", one GPU per rank). `cs336_basics.data` checks the
-    device given to `get_batch` by itself: the assignment stands alone and never imports the tools.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif not distributed and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        if distributed:
-            # NOTE: under torchrun every rank owns exactly one GPU, chosen by LOCAL_RANK; an explicit index
-            # ("cuda:1") would put all ranks of a node on the same GPU.
-            if local_rank >= torch.cuda.device_count():
-                raise ValueError(
-                    f"LOCAL_RANK {local_rank} needs at least {local_rank + 1} GPUs, "
-                    f"found {torch.cuda.device_count()}"
-                )
-            dev = torch.device("cuda", local_rank)
-        elif dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    elif distributed and dev.type != "cpu":
-        raise ValueError(f"distributed training supports 'cuda' (NCCL) or 'cpu' (gloo), got {device!r}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available")
-    return dev
-
-
 def init_distributed(
     device: str = "auto", *, timeout: datetime.timedelta | None = None
 ) -> DistributedContext:
@@ -176,7 +139,7 @@ def init_distributed(
     process group is created. Calling it again in a process whose group is already initialised reuses it.
     """
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") == 1:
-        return DistributedContext(device=_resolve_device(device, 0, distributed=False))
+        return DistributedContext(device=resolve_device(device))
 
     missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
     if missing:
@@ -185,7 +148,7 @@ def init_distributed(
             f"(expected all of {', '.join(_TORCHRUN_VARS)})"
         )
     rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
-    dev = _resolve_device(device, local_rank, distributed=True)
+    dev = resolve_device(device, local_rank=local_rank, distributed=True)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
 
@@ -223,18 +186,6 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, **ddp_kwargs: Any) -> 
         )
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside any nesting of DDP and `torch.compile`: its state-dict keys carry no
-    `module.` or `_orig_mod.` prefix, so checkpoints load into an unwrapped model anywhere."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_open, prepare_directory
+from cs336_common.atomic import atomic_open, commit, prepare_directory
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _check_and_commit(part: Path, dest: Path, want: int | None, sha256: str | No
     if sha256 is not None and (actual := _sha256(part)) != sha256.lower():
         part.unlink()
         raise DownloadError(f"{dest.name}: expected sha256 {sha256}, got {actual} (deleted the download)")
-    os.replace(part, dest)
+    commit(part, dest, sync_file=True)  # the .part was appended to over several runs, never fsynced
     logger.info("downloaded %s (%.1f MB)", dest, size / 1e6)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cs336_common.state_dict import strip_wrapper_prefixes
 from cs336_lab import api  # the one door into the assignment: ours, or a student's package
 from cs336_lab.batches import load_training_tokens
 from cs336_lab.run_checkpoint import read_run_checkpoint
@@ -44,7 +45,6 @@ from cs336_lab.tokenizer_files import read_tokenizer
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
-_COMPILED_PREFIX = "_orig_mod."
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def load_for_eval(
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     full = model_config_of(payload, checkpoint, config)
     model = api.build_model(api.model_settings(full), "cpu", fused_kernels=True)
-    state = {k.removeprefix(_COMPILED_PREFIX): v for k, v in payload["model"].items()}
+    state = strip_wrapper_prefixes(payload["model"])
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cs336_lab import api
-from cs336_lab.atomic import commit, prepare_directory, temp_path
+from cs336_common.atomic import commit, prepare_directory, temp_path
 from cs336_lab.threads import usable_cores
 
 Tokenizer = Any  # the package's Tokenizer (see api.py)

@@ -25,7 +25,7 @@ def train_tokenizer(
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
     from cs336_lab import api
-    from cs336_lab.atomic import prepare_directory
+    from cs336_common.atomic import prepare_directory
     from cs336_lab.tokenizer_files import save_tokenizer
 
     _check_text_file(input_path, "training text")
@@ -49,7 +49,7 @@ def tokenize_files(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}."""
-    from cs336_lab.atomic import prepare_directory
+    from cs336_common.atomic import prepare_directory
     from cs336_lab.parallel_encode import encode_file
     from cs336_lab.tokenizer_files import load_tokenizer
 

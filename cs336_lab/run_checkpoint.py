@@ -9,7 +9,7 @@ A run checkpoint is one `torch.save` file holding a plain dict, written from `mo
 
 It holds the handout's three keys (`model`, `optimizer`, `iteration`), so the assignment's own
 `load_checkpoint` reads it too; and `read_run_checkpoint` accepts such a plain three-key file. Writes are
-atomic and durable (`atomic.py`: temporary file, fsync, rename, fsync of the directory), so a crash or a
+atomic and durable (`cs336_common/atomic.py`: temporary file, fsync, rename, fsync of the directory), so a crash or a
 SIGKILL mid-save never leaves a half-written checkpoint. Loading uses `torch.load(weights_only=True)`: a
 checkpoint holds only tensors and plain Python data, and a foreign pickle cannot run code.
 """
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cs336_lab.atomic import atomic_open
-from cs336_lab.distributed import unwrap_model
+from cs336_common.atomic import atomic_open
+from cs336_common.state_dict import unwrap_model
 
 FORMAT = "cs336-checkpoint"
 VERSION = 1

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cs336_lab.atomic import atomic_write_text, commit, temp_path
+from cs336_common.atomic import atomic_save_figure, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,7 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
-    # NOTE: savefig picks the format from the suffix, so the temporary file must end in .png too.
-    tmp = temp_path(path, ".tmp.png")
-    try:
-        fig.savefig(tmp)
-        commit(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_save_figure(fig, path)
 
 
 def progress_bar(total: int, initial: int) -> Any:

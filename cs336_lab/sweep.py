@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cs336_lab.atomic import atomic_write_text
+from cs336_common.atomic import atomic_write_text
 from cs336_lab.compare import compare
 from cs336_lab.config import from_dict, read_config_file, to_jsonable
 

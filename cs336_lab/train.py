@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from cs336_lab import api
-from cs336_lab.atomic import prepare_directory, sweep_temp_files
+from cs336_common.atomic import prepare_directory, sweep_temp_files
 from cs336_lab.batches import BatchSampler, autocast, evaluate, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if

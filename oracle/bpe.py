@@ -18,12 +18,9 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from cs336_common.gpt2_files import merges_to_text
 from cs336_grading.expected.bpe import (  # noqa: F401  (re-exported for make_snapshots and the bench)
     GPT2_PATTERN,
-    gpt2_byte_decoder,
-    load_gpt2_files,
-    merges_from_text,
-    merges_to_text,
     naive_train_bpe,
     tiktoken_encoding,
 )
@@ -128,7 +125,7 @@ def corpus_medium() -> bytes:
 def small_merges() -> bytes:
     """The naive trainer's 400 merges on `bpe_corpus_small.txt` (with `<|endoftext|>`)."""
     _, merges = naive_train_bpe(corpus_small().decode("utf-8"), 256 + 400 + 1, [ENDOFTEXT])
-    return merges_to_text(merges)
+    return merges_to_text(merges, header=False).encode("utf-8")
 
 
 FIXTURE_FILES = {

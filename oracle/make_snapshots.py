@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cs336_common.atomic import atomic_write_bytes
 from tests.snapshot_io import write_npz
 
 TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
@@ -55,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, build in fixture_builders().items():
         if not args.names or name in args.names:
             path = FIXTURE_DIR / name
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(build())
-            tmp.replace(path)
+            atomic_write_bytes(path, build())
             print(f"wrote {path.relative_to(TESTS_DIR.parent)}")
     for name, build in snapshot_builders().items():
         if not args.names or name in args.names:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cs336_grading.expected.bpe import gpt2_byte_decoder
+from cs336_common.gpt2_files import bytes_to_unicode
 
 FIXTURES_PATH = (Path(__file__).resolve().parent) / "fixtures"
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from each byte to the printable character that stands for it in vocab.json/merges.txt."""
-    return {byte: char for char, byte in gpt2_byte_decoder().items()}
+    return dict(bytes_to_unicode())  # a copy: the shared table is cached

@@ -9,18 +9,17 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
+
+from cs336_common.atomic import atomic_open
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` to `path` deterministically (atomic: temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             array = np.asarray(arrays[name])
             if array.dtype == object:
@@ -31,7 +30,6 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             zf.writestr(info, buffer.getvalue())
-    os.replace(tmp, path)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -19,7 +19,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_grading.expected.bpe import load_gpt2_files, merges_from_text, tiktoken_encoding
+from cs336_common.gpt2_files import parse_merges, read_merges, read_vocab
+from cs336_grading.expected.bpe import tiktoken_encoding
 from tests import scenarios
 from tests.cases import ENDOFTEXT, SHARED_DATA
 from tests.hints import hinted
@@ -50,7 +51,7 @@ TEXTS = {
 
 def small_vocabulary(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The oracle-trained vocabulary: ids 0-255 bytes, then one per merge, then `<|endoftext|>`."""
-    merges = merges_from_text((fixtures_dir / "bpe_small_merges.txt").read_text(encoding="utf-8"))
+    merges = parse_merges((fixtures_dir / "bpe_small_merges.txt").read_text(encoding="utf-8"))
     vocab = {i: bytes([i]) for i in range(256)}
     for left, right in merges:
         vocab[len(vocab)] = left + right
@@ -326,7 +327,7 @@ _GPT2_DIR = SHARED_DATA / "gpt2"
 def gpt2_bpe():
     if not (_GPT2_DIR / "gpt2_vocab.json").exists():
         pytest.skip(f"GPT-2 vocabulary not found in {_GPT2_DIR}")
-    return load_gpt2_files(_GPT2_DIR / "gpt2_vocab.json", _GPT2_DIR / "gpt2_merges.txt")
+    return read_vocab(_GPT2_DIR / "gpt2_vocab.json")[0], read_merges(_GPT2_DIR / "gpt2_merges.txt")
 
 
 def test_tokenizer_gpt2_vocabulary_matches_tiktoken(gpt2_bpe) -> None:

@@ -8,11 +8,9 @@ merge (slow, but each step can be checked by eye).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 import regex
 import tiktoken
@@ -91,43 +89,3 @@ def tiktoken_encoding(
         "oracle-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials, explicit_n_vocab=None
     )
     return encoding, to_vocab
-
-
-# ------------------------------------------------------------------------------------------ files
-def gpt2_byte_decoder() -> dict[str, int]:
-    """GPT-2's table from its printable stand-in characters back to bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-def load_gpt2_files(vocab_path: Path, merges_path: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Read GPT-2's `vocab.json` (token -> id) and `merges.txt` into bytes."""
-    decoder = gpt2_byte_decoder()
-    to_bytes = lambda token: bytes(decoder[c] for c in token)  # noqa: E731
-    vocab = {i: to_bytes(token) for token, i in json.loads(vocab_path.read_text(encoding="utf-8")).items()}
-    merges = []
-    for line in merges_path.read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#version"):
-            left, right = line.split(" ")
-            merges.append((to_bytes(left), to_bytes(right)))
-    return vocab, merges
-
-
-def merges_to_text(merges: list[tuple[bytes, bytes]]) -> bytes:
-    """Merges in GPT-2's notation, one pair a line (the format of the `*_merges.txt` fixtures)."""
-    encoder = {b: c for c, b in gpt2_byte_decoder().items()}
-    show = lambda token: "".join(encoder[b] for b in token)  # noqa: E731
-    return "".join(f"{show(a)} {show(b)}\n" for a, b in merges).encode("utf-8")
-
-
-def merges_from_text(data: str) -> list[tuple[bytes, bytes]]:
-    decoder = gpt2_byte_decoder()
-    to_bytes = lambda token: bytes(decoder[c] for c in token)  # noqa: E731
-    return [tuple(map(to_bytes, line.split(" "))) for line in data.splitlines() if line]  # type: ignore[misc]

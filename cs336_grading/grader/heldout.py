@@ -24,6 +24,7 @@ import os
 import secrets
 from pathlib import Path
 
+from cs336_common.atomic import atomic_open
 from cs336_grading.env import SECRET_ENV  # noqa: F401 - re-exported
 
 MIN_SECRET_CHARS = 16  # a guessable secret is a public one
@@ -80,11 +81,8 @@ def read_secret(path: str | os.PathLike[str]) -> str:
 def write_secret(path: str | os.PathLike[str], secret: str) -> Path:
     """Store `secret` in `path`, readable by its owner only (created 0600, atomically)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", permissions=0o600) as f:  # a fresh temporary file, never through a link
         f.write(check_secret(secret) + "\n")
-    os.replace(tmp, path)
     return path
 
 

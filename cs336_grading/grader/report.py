@@ -10,12 +10,12 @@ and a problem whose code used a forbidden torch built-in scores 0 when the audit
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_common.atomic import atomic_write_json
 from cs336_grading.untrusted import printable
 
 
@@ -191,13 +191,9 @@ class GradeResult:
         return payload
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write `results.json` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_gradescope(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        """Write `results.json` atomically (a temporary file renamed into place, never through a planted link)."""
+        atomic_write_json(path, self.to_gradescope())
+        return Path(path)
 
     def format_table(self) -> str:
         width = max(len(p.problem.name) for p in self.problems) if self.problems else 10

@@ -12,6 +12,7 @@ submission copies the student's upload into `/autograder/submission`, runs `run_
     run_autograder      python -m cs336_grading.staff.autograder run --root /autograder
     autograder.json     the grading settings (problems, time and memory limits, jobs, leaderboard)
     cs336_grading/      this package, with the pristine harness as cs336_grading/harness/
+    cs336_common/       the helpers it shares with the tools (atomic writes, GPT-2 files, state dicts)
     grading-secret      the course secret: the snapshot tests grade held-out cases drawn from it (`heldout.py`)
     canary/             the known-correct canary (the reference `cs336_basics` + the harness's adapters.py)
     leaderboard/        the staff's leaderboard config and held-out text (when --leaderboard is given)
@@ -40,6 +41,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import cs336_common
+from cs336_common.atomic import atomic_open, atomic_write_json
 from cs336_grading.grader import canary, heldout
 from cs336_grading.staff.autograder_setup import DEFAULT_BASE_IMAGE, RUN_AUTOGRADER, check_base_image, readme, setup_sh
 
@@ -87,11 +90,11 @@ def build_autograder(
         "run_autograder": RUN_AUTOGRADER.encode(),
         "requirements.txt": "".join(f"{pin}\n" for pin in pinned_requirements()).encode(),
     }
-    package = Path(__file__).resolve().parents[1]  # cs336_grading/
-    for path in sorted(package.rglob("*")):
-        rel = path.relative_to(package)
-        if path.is_file() and "__pycache__" not in rel.parts and rel.parts[0] != "harness" and path.suffix != ".pyc":
-            files[f"cs336_grading/{rel.as_posix()}"] = path.read_bytes()
+    for package in (Path(__file__).resolve().parents[1], Path(cs336_common.__file__).resolve().parent):
+        for path in sorted(package.rglob("*")):  # cs336_grading/ and the helpers it shares, cs336_common/
+            rel = path.relative_to(package)
+            if path.is_file() and "__pycache__" not in rel.parts and rel.parts[0] != "harness" and path.suffix != ".pyc":
+                files[f"{package.name}/{rel.as_posix()}"] = path.read_bytes()
     for rel, content in pristine.files.items():
         if rel.startswith("tests/"):
             files["cs336_grading/harness/" + rel.removeprefix("tests/")] = content
@@ -114,15 +117,12 @@ def build_autograder(
 
 
 def _write_zip(out: Path, files: dict[str, bytes], executable: set[str], private: set[str]) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_open(out, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, content in sorted(files.items()):
             info = zipfile.ZipInfo(name, date_time=(2025, 1, 1, 0, 0, 0))  # same bytes for the same inputs
             info.external_attr = (0o755 if name in executable else 0o600 if name in private else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, content)
-    tmp.replace(out)
     return out
 
 
@@ -150,7 +150,6 @@ def _walk(root: Path, max_depth: int) -> list[Path]:
 def run(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Grade `root/submission` into `root/results/results.json` with the settings in `root/source`."""
     from cs336_grading.grader import grade as grader
-    from cs336_grading.staff.batch import write_json
     from cs336_grading.pytest_run.sandbox import SubmissionError
 
     t0 = time.monotonic()
@@ -176,7 +175,7 @@ def run(root: str | os.PathLike[str]) -> dict[str, Any]:
             payload["leaderboard"] = board.entry
         payload["output"] = f"{payload['output']}\n{board.message}"
     payload["execution_time"] = round(time.monotonic() - t0, 1)
-    write_json(root / "results" / "results.json", payload)
+    atomic_write_json(root / "results" / "results.json", payload)
     return payload
 
 
@@ -216,12 +215,10 @@ def _run_main(argv: list[str]) -> int:
     try:
         payload = run(args.root)
     except Exception as e:  # the grader's failure, not the student's: say so where the student looks
-        from cs336_grading.staff.batch import write_json
-
         log.exception("the autograder failed")
         why = f"Grading stopped before your submission ran: {e}" if isinstance(e, canary.CanaryError) else (
             f"The autograder itself failed ({type(e).__name__}: {e})")  # fmt: skip
-        write_json(Path(args.root) / "results" / "results.json", {
+        atomic_write_json(Path(args.root) / "results" / "results.json", {
             "score": 0.0, "output": f"{why}; this is not your fault: please tell the course staff.",
             "visibility": "visible", "tests": [],
         })  # fmt: skip

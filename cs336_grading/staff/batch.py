@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cs336_common.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from cs336_grading import untrusted
 
 from cs336_grading.grader import canary, heldout
@@ -142,29 +143,6 @@ def _fingerprinted(source: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` as JSON atomically (a temporary file renamed into place)."""
-    write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` atomically: a temporary file (this process's own) renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")  # NOTE: savefig picks the format from the suffix
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def read_state(directory: Path) -> dict[str, Any] | None:
     try:
         state = json.loads((directory / STATE).read_text(encoding="utf-8"))
@@ -203,13 +181,13 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
         from cs336_grading.staff.leaderboard import add_to_results
 
         add_to_results(payload, Path(settings["leaderboard"]), entry.source)
-    write_json(out / RESULTS, payload)
+    atomic_write_json(out / RESULTS, payload)
     state = {
         "student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": status,
         "flags": flags, "seconds": round(time.monotonic() - t0, 1), "score": payload["score"],
         **({"reason": reason} if reason else {}),
     }  # fmt: skip
-    write_json(out / STATE, state)
+    atomic_write_json(out / STATE, state)
     return state
 
 
@@ -248,7 +226,7 @@ def failed_state(entry: Entry, out: Path, digest: str, seconds: float, error: st
     """Record (in `out/grading.json`) that grading `entry` failed; the next run grades it again."""
     state = {"student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": "failed",
              "flags": ["grading-failed"], "seconds": round(seconds, 1), "score": None, "error": error[-400:]}  # fmt: skip
-    write_json(out / STATE, state)
+    atomic_write_json(out / STATE, state)
     return state
 
 
@@ -369,10 +347,7 @@ def write_summary(out_dir: Path, states: Sequence[dict[str, Any]]) -> Path:
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{SUMMARY}.tmp"
-    tmp.write_text(text.getvalue(), encoding="utf-8")
-    tmp.replace(out_dir / SUMMARY)
+    atomic_write_text(out_dir / SUMMARY, text.getvalue())
     totals = [float(r["total"]) for r in rows if r["total"] != ""]
     try:
         plot_scores(totals, out_dir / HISTOGRAM)
@@ -396,7 +371,7 @@ def plot_scores(totals: Sequence[float], path: Path) -> None:
     ax.set_ylabel("submissions")
     ax.set_title(f"{len(totals)} graded submission(s)")
     fig.tight_layout()
-    save_figure(fig, path)
+    atomic_save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- CLI

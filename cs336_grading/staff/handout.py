@@ -2,8 +2,8 @@
 
 The kit holds the pristine grading tests (with their snapshots and fixtures, never the oracle), a
 `tests/adapters.py` whose functions keep the reference's signatures and docstrings but raise
-`NotImplementedError`, an empty `cs336_basics` package, copies of the tools (`cs336_lab`) and the grading
-wing (`cs336_grading`), a `pyproject.toml` with the same dependencies, and the student `Makefile` and
+`NotImplementedError`, an empty `cs336_basics` package, copies of the tools (`cs336_lab`), the grading
+wing (`cs336_grading`) and the helpers they share (`cs336_common`), a `pyproject.toml` with the same dependencies, and the student `Makefile` and
 `README.md` from `handout_files/`. In the kit `make test` runs, and every graded test fails with
 `NotImplementedError` (never with an import or a missing-file error).
 
@@ -34,7 +34,7 @@ _PACKAGE = "cs336_basics"
 PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # the kit's whole package
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
 # the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
-_TOOL_PACKAGES = ("cs336_lab", "cs336_grading")
+_TOOL_PACKAGES = ("cs336_common", "cs336_lab", "cs336_grading")
 _SUBPACKAGES = ("cs336_grading.handout_files", "cs336_grading.expected", "cs336_grading.harness",
                     "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures")
 

@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
+from cs336_common.atomic import atomic_write_json
 from cs336_grading.grader.grade import grade
 from cs336_grading.grader.timings import DATA
 
@@ -25,9 +24,7 @@ def regenerate(submission: str, out: Path = DATA, runs: int = 2) -> dict[str, fl
             seconds[nodeid] = max(seconds.get(nodeid, 0.0), float(record.get("worker_seconds", 0.0)))
     payload = {"note": "worker seconds of the reference per graded test; `python -m cs336_grading.staff.make_timings`",
                "tests": {k: round(v, 4) for k, v in sorted(seconds.items())}}  # fmt: skip
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, payload, indent=1)
     return seconds
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from cs336_common.atomic import atomic_save_figure, atomic_write_text
 from cs336_grading.staff import batch
 from cs336_grading.staff.similarity import (
     DEFAULT_THRESHOLD, MIN_MATCHES, Comparison, Pair, boilerplate_hashes, compare, fingerprint_code, handout_sources,
@@ -57,12 +58,12 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
         if flagged and page < MAX_PAGES:
             page += 1
             report = f"{PAGES_DIR}/pair-{page:04d}.html"
-            batch.write_text(out_dir / report, pair_page(result, pair, code))
+            atomic_write_text(out_dir / report, pair_page(result, pair, code))
         rows.append({"rank": rank, "a": pair.a, "b": pair.b, "b_kind": "reference" if pair.b_is_reference else "student",
                      "score": f"{pair.score:.3f}", "score_a": f"{pair.score_a:.3f}", "score_b": f"{pair.score_b:.3f}",
                      "matched": pair.matched, "flagged": "yes" if flagged else "", "report": report,
                      "files": matched_files(result, pair) if flagged or rank <= 200 else ""})  # fmt: skip
-    batch.write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
+    atomic_write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
     try:
         plot_scores(result, threshold, out_dir / PLOT_NAME)
     except ImportError:
@@ -150,7 +151,7 @@ def plot_scores(result: Comparison, threshold: float, path: Path) -> None:
     ax.set_title(f"{result.total_pairs} pairs")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    batch.save_figure(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> None:
@@ -173,7 +174,7 @@ def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> Non
                     "similarity_flag": "flagged" if pair is not None and is_flagged(pair, threshold) else ""})  # fmt: skip
         for key in [k for k in row if k not in columns + SUMMARY_COLUMNS]:
             del row[key]
-    batch.write_text(path, _csv_text(columns + SUMMARY_COLUMNS, rows))
+    atomic_write_text(path, _csv_text(columns + SUMMARY_COLUMNS, rows))
 
 
 # --------------------------------------------------------------------------------------------- run

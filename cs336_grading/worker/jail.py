@@ -38,7 +38,7 @@ MAX_PROCESSES = 256  # threads count too: torch's pools, a student's multiproces
 MAX_FILE_BYTES = 512 << 20
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
 # Installed packages the worker must not read: the grader (its harness holds the snapshots), the reference.
-HIDDEN_PACKAGES = ("cs336_grading", "cs336_basics", "cs336_lab", "oracle", "tests")
+HIDDEN_PACKAGES = ("cs336_grading", "cs336_basics", "cs336_lab", "cs336_common", "oracle", "tests")
 DEVICES = ("null", "zero", "urandom", "random")
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -181,7 +181,7 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
 class _Refuse:
     """A meta-path finder that refuses the grader's and the maintainers' packages (where no jail hides them)."""
 
-    PREFIXES = ("cs336_grading", "oracle", "cs336_lab")
+    PREFIXES = ("cs336_grading", "oracle", "cs336_lab", "cs336_common")
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name.split(".")[0] in self.PREFIXES:
@@ -195,7 +195,7 @@ def _isolate_imports(workspace: str) -> None:
     sys.path[:] = [workspace, *installed]
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
     for name in list(sys.modules):
-        if name.split(".")[0] in ("tests", "cs336_basics", "oracle", "cs336_lab"):
+        if name.split(".")[0] in ("tests", "cs336_basics", "oracle", "cs336_lab", "cs336_common"):
             del sys.modules[name]
     sys.meta_path.insert(0, _Refuse())
     importlib.invalidate_caches()

@@ -67,7 +67,7 @@ def test_the_zip_holds_scripts_settings_and_the_pristine_harness(tmp_path: Path)
         setup = zf.read("setup.sh").decode()
         harness_adapters = zf.read("cs336_grading/harness/adapters.py")
     assert {"setup.sh", "run_autograder", "requirements.txt", "cs336_grading/grader/grade.py",
-            "cs336_grading/harness/conftest.py"} <= names  # fmt: skip
+            "cs336_grading/harness/conftest.py", "cs336_common/atomic.py"} <= names  # fmt: skip
     assert modes["setup.sh"] & 0o111 and modes["run_autograder"] & 0o111
     assert settings == {"total_timeout": 540.0, "problems": ["softmax"]}
     assert "-r requirements.txt" in setup and "download.pytorch.org/whl/cpu" in setup

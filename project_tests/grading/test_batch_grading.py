@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cs336_common.atomic import atomic_write_json
 from cs336_grading.staff import batch
 from cs336_grading.staff.batch import Entry, discover, grade_batch, wants_batch
 
@@ -60,10 +61,10 @@ def fake_runner(scores: dict[str, float], calls: list[str], fail: set[str] = fro
             raise RuntimeError("the grader blew up")
         total = scores[entry.student]
         tests = [{"name": "linear", "score": min(total, 1.0), "max_score": 1}, {"name": "softmax", "score": max(0.0, total - 1), "max_score": 1}]
-        batch.write_json(out / batch.RESULTS, {"score": total, "tests": tests})
+        atomic_write_json(out / batch.RESULTS, {"score": total, "tests": tests})
         state = {"student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": "graded",
                  "flags": ["timeout"] if total == 0 else [], "seconds": 1.5, "score": total}
-        batch.write_json(out / batch.STATE, state)
+        atomic_write_json(out / batch.STATE, state)
         return state
 
     return run

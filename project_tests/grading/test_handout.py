@@ -107,7 +107,8 @@ def test_handout_layout(kit: Path) -> None:
         assert (kit / "tests" / rel).read_bytes() == (tests / rel).read_bytes(), rel
     assert [p.name for p in (kit / "cs336_basics").iterdir()] == ["__init__.py"]
     assert not (kit / "project_tests").exists()
-    assert {"Makefile", "README.md", "pyproject.toml", "cs336_basics", "cs336_lab", "cs336_grading", "tests"} <= {
+    assert {"Makefile", "README.md", "pyproject.toml", "cs336_basics", "cs336_common", "cs336_lab", "cs336_grading",
+            "tests"} <= {
         p.name for p in kit.iterdir()
     }
     # The answer key never ships: no oracle anywhere in the kit, and no harness copy inside the grading package.

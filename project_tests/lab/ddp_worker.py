@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cs336_common.state_dict import unwrap_model
 from cs336_lab.distributed import (
     DistributedContext,
     all_gather_object,
@@ -28,7 +29,6 @@ from cs336_lab.distributed import (
     init_distributed,
     no_sync_if,
     rank_seed,
-    unwrap_model,
     wrap_model,
 )
 from cs336_basics.loss import cross_entropy

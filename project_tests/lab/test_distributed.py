@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cs336_common.state_dict import unwrap_model
 from cs336_lab.distributed import (
     DistributedContext,
     all_gather_object,
@@ -38,7 +39,6 @@ from cs336_lab.distributed import (
     init_distributed,
     no_sync_if,
     rank_seed,
-    unwrap_model,
     wrap_model,
 )
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from cs336_lab.atomic import TEMP_GLOB
+from cs336_common.atomic import TEMP_GLOB
 from cs336_lab.run_checkpoint import read_run_checkpoint, save_run_checkpoint
 from cs336_lab.tokenizer_files import save_tokenizer
 from project_tests.lab.test_distributed import TORCHRUN, child_env, torchrun

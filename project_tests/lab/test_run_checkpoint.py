@@ -16,7 +16,7 @@ from cs336_basics.checkpoint import load_checkpoint
 from cs336_basics.data import get_batch
 from cs336_basics.loss import cross_entropy
 from cs336_basics.optimizer import AdamW, gradient_clipping
-from cs336_lab.atomic import TEMP_GLOB
+from cs336_common.atomic import TEMP_GLOB
 from project_tests.basics.test_training_primitives import _model_and_optimizer
 from cs336_lab.run_checkpoint import FORMAT, VERSION, load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
 

@@ -11,13 +11,16 @@ fails before the rename, the temporary file is deleted and the old file is left 
             f.write(story)
 
 Temporary files are named `.NAME.<pid>.<random>.tmp` (hidden, and easy to sweep: `TEMP_GLOB`) and are created
-with `open(..., "x")`, so the new file gets the usual permissions (0644 under the common umask), not mkstemp's 0600.
+with `O_CREAT | O_EXCL | O_NOFOLLOW`: never through a link someone planted, and with the usual permissions (0644
+under the common umask, not mkstemp's 0600) unless `permissions=` says otherwise (0o600 for a secret). The final
+rename replaces a link at the target instead of following it.
 A process killed with SIGKILL (or by the OOM killer) mid-write cannot delete its temporary file; the next run
 in that directory calls `sweep_temp_files`, which removes those whose writer is gone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -97,18 +100,28 @@ def prepare_directory(path: str | os.PathLike[str], what: str = "output director
     return path
 
 
-def commit(tmp: Path, path: Path) -> None:
-    """Rename the finished (and already fsynced) `tmp` onto `path`, durably."""
+def commit(tmp: Path, path: Path, *, sync_file: bool = False) -> None:
+    """Rename the finished `tmp` onto `path`, durably; `sync_file=True` first fsyncs `tmp` (its writer did not)."""
+    if sync_file:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(tmp, path)
     fsync_directory(path.parent)
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, permissions: int = 0o666,
+                **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, else it is removed.
 
     `mode` is "w" (text, UTF-8 unless `encoding=` says otherwise) or "wb"; `open_kwargs` go to `open`.
-    The parent directory is created if needed.
+    `permissions` are the new file's mode bits before the umask. The parent directory is created if needed.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
@@ -120,7 +133,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: An
     prepare_directory(path.parent)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+        with os.fdopen(os.open(tmp, _CREATE, permissions), mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -149,5 +162,34 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "commit", "fsync_directory", "prepare_directory",
-           "sweep_temp_files", "temp_path", "TEMP_GLOB"]
+def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int | None = 2) -> None:
+    """Write `payload` as JSON (UTF-8, one trailing newline) to `path` atomically.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "state.json"
+    >>> atomic_write_json(target, {"score": 1.5})
+    >>> target.read_text(encoding="utf-8")
+    '{\\n  "score": 1.5\\n}\\n'
+    """
+    atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike[str], *, close: bool = True, **savefig_kwargs: Any) -> None:
+    """Save a matplotlib figure to `path` atomically, in the format its suffix names; then close it.
+
+    NOTE: matplotlib picks the format from a file name's suffix; a file object has none, so it is passed.
+    """
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".").lower() or "png")
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, **savefig_kwargs)
+    finally:
+        if close:
+            import matplotlib.pyplot as plt  # already imported by whoever drew `fig`
+
+            plt.close(fig)
+
+
+__all__ = ["atomic_open", "atomic_save_figure", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "commit",
+           "fsync_directory", "prepare_directory", "sweep_temp_files", "temp_path", "TEMP_GLOB"]
