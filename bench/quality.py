@@ -214,7 +214,7 @@ def _val_at_common_step() -> tuple[int, float, float] | None:
     return (common[-1], vals["ours"][common[-1]], vals["oracle"][common[-1]]) if common else None
 
 
-def write_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s: float) -> dict[str, Any]:
+def write_quality_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s: float) -> dict[str, Any]:
     from bench.common import machine_info
 
     ratio = ours["final_val_loss"] / oracle["final_val_loss"]
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(compare_equal_steps(results, args.steps), indent=2))
         return 0
     plot_curves(RESULTS / "curves.png", args.budget_s)
-    report = write_report(results["ours"], results["oracle"], args.budget_s)
+    report = write_quality_report(results["ours"], results["oracle"], args.budget_s)
     print((RESULTS / "quality.md").read_text())
     docs_dir = args.docs_dir or (REPO_ROOT / "docs" / "quality" if args.budget_s >= 600 else None)
     if docs_dir is not None:

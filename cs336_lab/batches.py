@@ -3,7 +3,7 @@
     tokens = load_training_tokens("data/train.npy", "train_data", context_length=256, vocab_size=10_000)
     sampler = BatchSampler(tokens, batch_size=32, context_length=256, device=device, seed=0)
     x, y = sampler()                             # the package's get_batch, drawn from the sampler's generator
-    loss = evaluate(model, valid_tokens, config, device)    # the same fixed batches on every call
+    loss = estimate_loss(model, valid_tokens, config, device)    # the same fixed batches on every call
 
 The sampler's numpy `Generator` state goes into every checkpoint, so a resumed run draws the batches that an
 uninterrupted one would have drawn.
@@ -85,7 +85,7 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device) -> float:
+def estimate_loss(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device) -> float:
     """Mean validation loss (nats/token) over `eval_batches` fixed batches: the same batches on every call."""
     sampler = BatchSampler(tokens, batch_size=config.batch_size, context_length=config.context_length,
                            device=device, seed=config.seed + 1_000_003)  # fixed: independent of the training sampler
@@ -101,4 +101,4 @@ def evaluate(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: 
     return float(np.mean(losses))
 
 
-__all__ = ["load_training_tokens", "BatchSampler", "autocast", "evaluate"]
+__all__ = ["load_training_tokens", "BatchSampler", "autocast", "estimate_loss"]

@@ -130,7 +130,7 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     """Corpus -> tokenizer -> tokens -> model -> samples under ``config.out`` (see the module docstring)."""
     from cs336_lab.corpus import write_corpus
     from cs336_lab.generate import load_model
-    from cs336_lab.sampling import complete
+    from cs336_lab.sampling import sample_completions
     from cs336_lab.tokenizer_files import load_tokenizer
     from cs336_lab.train import train
 
@@ -161,8 +161,8 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     with cpu_threads(config.threads):
         steps.run("model", model_settings, [ckpt], lambda: train(train_config))
         model, _ = load_model(ckpt, device="cpu")
-        completions = complete(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_p=config.top_p, seed=0)
+        completions = sample_completions(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
+                                         temperature=config.temperature, top_p=config.top_p, seed=0)
     samples = [p + c for p, c in zip(config.prompts, completions)]
     atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
     history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]

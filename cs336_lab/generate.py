@@ -18,7 +18,7 @@ from torch import nn
 
 from cs336_lab import api
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint
-from cs336_lab.sampling import EOS_TOKEN, check_sampling, complete
+from cs336_lab.sampling import EOS_TOKEN, check_sampling, sample_completions
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
         tokenizer = load_tokenizer(tokenizer_dir)
         prompts = args.prompt or [EOS_TOKEN]
-        texts = complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                         use_kv_cache=args.use_kv_cache)
+        texts = sample_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                   use_kv_cache=args.use_kv_cache)
     except USER_ERRORS as err:
         logger.error("%s", err)
         return 2

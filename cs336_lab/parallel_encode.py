@@ -93,7 +93,7 @@ def _write_npy(npy_path: Path, raw_path: Path, dtype: np.dtype, count: int) -> N
         os.fsync(out.fileno())
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
+def pool_context() -> multiprocessing.context.BaseContext:
     """The package's multiprocessing context for chunk workers (fork when safe, else spawn)."""
     return api.get("worker_context")()
 
@@ -121,7 +121,7 @@ def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.
                 return _drain(map(_encode_chunk, jobs), jobs, raw, bar)
             finally:
                 _init_worker(None)
-        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=worker_context(),
+        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=pool_context(),
                                  initializer=_init_worker, initargs=(tokenizer,)) as pool:
             return _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
 

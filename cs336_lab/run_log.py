@@ -89,7 +89,7 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: Path, title: str | 
     atomic_save_figure(fig, path)
 
 
-def progress_bar(total: int, initial: int) -> Any:
+def training_progress_bar(total: int, initial: int) -> Any:
     """A tqdm bar over a run's `total` steps, starting at `initial` (the resumed step)."""
     from tqdm.auto import tqdm
 
@@ -118,7 +118,7 @@ class RunLog:
                  progress: bool, wandb: tuple[str, dict[str, Any]] | None = None) -> None:
         self.out_dir, self.enabled = out_dir, enabled
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=enabled)
-        self.progress = progress_bar(max_steps, start_step) if enabled and progress else None
+        self.progress = training_progress_bar(max_steps, start_step) if enabled and progress else None
         self.wandb = start_wandb(wandb[0], wandb[1], str(out_dir)) if enabled and wandb else None
         self.plotted = 0
         self.window_start, self.window_tokens = time.perf_counter(), 0
@@ -170,4 +170,4 @@ class RunLog:
         self.plot()
 
 
-__all__ = ["MetricsLog", "RunLog", "bytes_per_token", "plot_loss_curve", "progress_bar", "start_wandb"]
+__all__ = ["MetricsLog", "RunLog", "bytes_per_token", "plot_loss_curve", "training_progress_bar", "start_wandb"]

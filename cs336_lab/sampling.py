@@ -1,6 +1,7 @@
 """Text completion for the tools: the package's own `complete` when it has one, else a plain sampling loop.
 
-    texts = complete(model, tokenizer, ["Once upon a time"], max_new_tokens=50, temperature=0.8, top_p=0.95, seed=0)
+    texts = sample_completions(model, tokenizer, ["Once upon a time"], max_new_tokens=50, temperature=0.8,
+                               top_p=0.95, seed=0)
 
 The reference's `complete` (`cs336_basics/decoding.py`) batches prompts and keeps a KV cache. A package
 without it (a student's, say) still gets completions from `plain_complete`: one prompt at a time, the whole
@@ -31,8 +32,8 @@ def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> Non
         raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
-def complete(model: nn.Module, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, temperature: float,
-             top_p: float, seed: int | None, use_kv_cache: bool = True) -> list[str]:
+def sample_completions(model: nn.Module, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
+                       temperature: float, top_p: float, seed: int | None, use_kv_cache: bool = True) -> list[str]:
     """The completion of each prompt (without the prompt), stopping at the end-of-text token."""
     check_sampling(temperature, top_p, max_new_tokens)
     if api.has("complete"):
@@ -80,4 +81,4 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return int(order[choice])
 
 
-__all__ = ["EOS_TOKEN", "check_sampling", "complete", "plain_complete"]
+__all__ = ["EOS_TOKEN", "check_sampling", "sample_completions", "plain_complete"]

@@ -50,7 +50,7 @@ from torch import nn
 
 from cs336_lab import api
 from cs336_common.atomic import prepare_directory, sweep_temp_files
-from cs336_lab.batches import BatchSampler, autocast, evaluate, load_training_tokens
+from cs336_lab.batches import BatchSampler, autocast, estimate_loss, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
@@ -290,7 +290,7 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     """The validation loss (and bits per byte) on the main rank, as a record's fields; {} elsewhere."""
     record: dict[str, Any] = {}
     if run.ctx.is_main:
-        val = evaluate(run.model, run.valid_tokens, run.config, run.ctx.device)
+        val = estimate_loss(run.model, run.valid_tokens, run.config, run.ctx.device)
         run.best_val, run.last_val, run.val_step = min(run.best_val, val), val, run.step
         record = {"val_loss": val}
         if run.bytes_per_token is not None:
@@ -340,7 +340,8 @@ def _unhealthy(run: _Run) -> str | None:
     if run.val_step == run.step and run.last_val is not None:
         loss = run.last_val
     else:  # one fixed validation batch; it draws nothing from the training sampler
-        loss = evaluate(run.model, run.valid_tokens, dataclasses.replace(run.config, eval_batches=1), run.ctx.device)
+        one_batch = dataclasses.replace(run.config, eval_batches=1)
+        loss = estimate_loss(run.model, run.valid_tokens, one_batch, run.ctx.device)
     limit = 2 * math.log(run.config.vocab_size)
     return None if loss <= limit else f"validation loss {loss:.4g} > {limit:.3g}, twice that of uniform guessing"
 
@@ -413,4 +414,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "evaluate", "add_subcommand"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "estimate_loss", "add_subcommand"]

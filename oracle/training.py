@@ -34,7 +34,7 @@ def run_cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
-    expected.clip_gradients(parameters, max_l2_norm)
+    expected.gradient_clipping(parameters, max_l2_norm)
 
 
 def get_adamw_cls() -> Any:

@@ -181,7 +181,7 @@ def cross_entropy_with_grad(logits: Tensor, targets: Tensor, loss_fn: Any = None
     return loss.detach(), leaf.grad
 
 
-def clip_gradients(
+def clipped_gradients(
     values: list[Tensor], grads: list[Tensor | None], max_l2_norm: float, one_shot: bool = False, clip: Any = None
 ) -> list[Tensor | None]:
     """The gradients after clipping parameters `values` holding `grads` (None: no gradient)."""

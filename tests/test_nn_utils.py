@@ -139,8 +139,8 @@ def test_gradient_clipping_above_the_limit(grad_scale: float, max_l2_norm: float
     values, grads = _parameters_with_gradients(grad_scale)
     total_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads[:3]]))
     assert total_norm > max_l2_norm, "test setup: the gradients must start above the limit"
-    clipped = scenarios.run("clip_gradients", values, grads, max_l2_norm)
-    expected = scenarios.clip_gradients(values, grads, max_l2_norm, clip=known.clip_gradients)
+    clipped = scenarios.run("clipped_gradients", values, grads, max_l2_norm)
+    expected = scenarios.clipped_gradients(values, grads, max_l2_norm, clip=known.gradient_clipping)
     with hinted("clipping", clipped[:3], expected[:3], grads=grads[:3], max_l2_norm=max_l2_norm):
         for got, want in zip(clipped[:3], expected[:3], strict=True):
             # The absolute floor follows the clipped gradients' size (entries ~max_l2_norm / 6 here).
@@ -154,7 +154,7 @@ def test_gradient_clipping_above_the_limit(grad_scale: float, max_l2_norm: float
 def test_gradient_clipping_below_the_limit_changes_nothing() -> None:
     values, grads = _parameters_with_gradients(0.01)
     total_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads[:3]]))
-    clipped = scenarios.run("clip_gradients", values, grads, float(total_norm) * 2)
+    clipped = scenarios.run("clipped_gradients", values, grads, float(total_norm) * 2)
     with hinted("clipping", clipped[:3], grads[:3], grads=grads[:3], max_l2_norm=float(total_norm) * 2):
         for got, before in zip(clipped[:3], grads[:3], strict=True):
             torch.testing.assert_close(got, before, rtol=0, atol=0)
@@ -165,7 +165,7 @@ def test_gradient_clipping_uses_the_global_norm() -> None:
     # Hand-worked: gradients (3, 0) and (0, 4) have global norm 5; the limit 1 scales both by 1/(5 + 1e-6).
     grads = [torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
     # A one-shot iterator, like model.parameters().
-    a, b = scenarios.run("clip_gradients", [torch.zeros(2), torch.zeros(2)], grads, 1.0, one_shot=True)
+    a, b = scenarios.run("clipped_gradients", [torch.zeros(2), torch.zeros(2)], grads, 1.0, one_shot=True)
     scale = 1.0 / (5.0 + 1e-6)
     expected = [torch.tensor([3.0 * scale, 0.0]), torch.tensor([0.0, 4.0 * scale])]
     with hinted("clipping", [a, b], expected, grads=grads, max_l2_norm=1.0):
@@ -175,7 +175,7 @@ def test_gradient_clipping_uses_the_global_norm() -> None:
 
 def test_gradient_clipping_on_a_model_matches_torch() -> None:
     clipped = scenarios.run("clip_on_a_model", 0.5)
-    expected = scenarios.clip_on_a_model(0.5, clip=known.clip_gradients)
+    expected = scenarios.clip_on_a_model(0.5, clip=known.gradient_clipping)
     assert [name for name, _ in clipped] == [name for name, _ in expected], "expected the model's parameters"
     for (name, got), (_, want) in zip(clipped, expected, strict=True):
         if want is None:

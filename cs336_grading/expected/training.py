@@ -20,7 +20,7 @@ def cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(inputs.reshape(-1, inputs.shape[-1]), targets.reshape(-1))
 
 
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
+def gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
     """`torch.nn.utils.clip_grad_norm_`: one global L2 norm over every gradient."""
     torch.nn.utils.clip_grad_norm_(list(parameters), max_l2_norm)
 

@@ -85,7 +85,7 @@ def default_harness() -> Path:
 
 
 @dataclass
-class _Run:
+class _GradingRun:
     """The state of one grading run that its steps share."""
 
     pristine: sandbox.Harness
@@ -187,7 +187,7 @@ def grade(
         # The pytest process's guard is looser than any worker budget: it only catches the harness hanging.
         limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
                                 importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
-        run = _Run(pristine, student, tmp_dir, limits, isolate_each)
+        run = _GradingRun(pristine, student, tmp_dir, limits, isolate_each)
         run.run_all(units, jobs)
         graded = planned if planned is not None else run.graded
         missing = [name for name in selected if not any(problem_of(n) == name for n in run.results)]
@@ -202,7 +202,7 @@ def grade(
 
 
 def _scores(
-    selected: list[str], graded: list[str], run: _Run, evidence: dict[str, list[str]], builtins: str
+    selected: list[str], graded: list[str], run: _GradingRun, evidence: dict[str, list[str]], builtins: str
 ) -> tuple[ProblemScore, ...]:
     """Each selected problem's outcomes, and whether its evidence of a forbidden built-in zeroes it."""
     return tuple(
@@ -216,7 +216,7 @@ def _scores(
     )
 
 
-def _outcome(nodeid: str, problem: str, run: _Run) -> TestOutcome:
+def _outcome(nodeid: str, problem: str, run: _GradingRun) -> TestOutcome:
     """A test's outcome; an advisory test's is reported but counts for nothing."""
     status, message = run.results[nodeid]
     if run.records.get(nodeid, {}).get("advisory"):

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_grading import untrusted
-from cs336_grading.staff.leaderboard_files import RuleError, read_checkpoint, read_tokenizer
+from cs336_grading.staff.leaderboard_files import RuleError, read_submitted_checkpoint, read_submitted_tokenizer
 
 METRICS = ("bits_per_byte", "loss")
 FOLDER = "leaderboard"
@@ -154,7 +154,7 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
 
     from cs336_grading.staff import trusted_lm
 
-    state, ckpt_config = read_checkpoint(folder, config.max_checkpoint_bytes)
+    state, ckpt_config = read_submitted_checkpoint(folder, config.max_checkpoint_bytes)
     extra = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     model_config = {**(ckpt_config or {}), **extra}
     for key, standard in _STANDARD.items():
@@ -174,7 +174,7 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
         raise RuleError(f"the model has {parameters:,} parameters, over the limit of {config.max_parameters:,}")
     if arch.vocab_size > config.max_vocab_size:
         raise RuleError(f"the vocabulary has {arch.vocab_size} rows, over the limit of {config.max_vocab_size}")
-    encode, token_bytes = read_tokenizer(folder, extra.get("special_tokens"), arch.vocab_size)
+    encode, token_bytes = read_submitted_tokenizer(folder, extra.get("special_tokens"), arch.vocab_size)
     if text is None:
         text = config.validation_text.read_text(encoding="utf-8")
     tokens = encode(text)

@@ -26,7 +26,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a 32k-token vocabulary takes well under 1 MB
 
 
-def read_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def read_submitted_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(state dict, the checkpoint's config or None) of the one checkpoint file in `folder`."""
     import torch
 
@@ -55,7 +55,7 @@ def read_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, Any], dict[
     return state, config if isinstance(config, dict) else None
 
 
-def read_tokenizer(
+def read_submitted_tokenizer(
     folder: Path, special_tokens: list[str] | None, vocab_rows: int
 ) -> tuple[Callable[[str], list[int]], dict[int, int]]:
     """(text -> ids, id -> byte length) for the tokenizer in `folder` (`vocab.json` + `merges.txt`)."""

@@ -317,7 +317,9 @@ class Comparison:
     common: int  # fingerprints ignored because too much of the batch holds them
 
 
-def compare(prints: Sequence[Fingerprints], boilerplate: set[int], *, max_share: float = 0.2) -> Comparison:
+def compare_fingerprints(
+    prints: Sequence[Fingerprints], boilerplate: set[int], *, max_share: float = 0.2
+) -> Comparison:
     """Count the shared fingerprints of every pair through an inverted index (fingerprint -> submissions).
 
     Boilerplate never counts; nor does a fingerprint held by more than max(10, max_share x students)

@@ -22,8 +22,8 @@ from pathlib import Path
 from cs336_common.atomic import atomic_save_figure, atomic_write_text
 from cs336_grading.staff import batch
 from cs336_grading.staff.similarity import (
-    DEFAULT_THRESHOLD, MIN_MATCHES, Comparison, Pair, boilerplate_hashes, compare, fingerprint_code, handout_sources,
-    load_code, shared_regions,
+    DEFAULT_THRESHOLD, MIN_MATCHES, Comparison, Pair, boilerplate_hashes, compare_fingerprints, fingerprint_code,
+    handout_sources, load_code, shared_regions,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
                      "files": matched_files(result, pair) if flagged or rank <= 200 else ""})  # fmt: skip
     atomic_write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
     try:
-        plot_scores(result, threshold, out_dir / PLOT_NAME)
+        plot_pair_scores(result, threshold, out_dir / PLOT_NAME)
     except ImportError:
         log.warning("matplotlib is not installed: no %s", PLOT_NAME)
     annotate_summary(out_dir, result, threshold)
@@ -130,7 +130,7 @@ def _side(name: str, files: dict[str, str], marks: dict[str, dict[int, str]]) ->
 # ----------------------------------------------------------------------------------- plot, summary
 
 
-def plot_scores(result: Comparison, threshold: float, path: Path) -> None:
+def plot_pair_scores(result: Comparison, threshold: float, path: Path) -> None:
     """A histogram of every pair's score (pairs sharing nothing count at 0), log scale, threshold marked."""
     import matplotlib
 
@@ -200,7 +200,7 @@ def find_similar(
             prints = list(pool.map(fingerprint_code, codes, chunksize=4))
     else:
         prints = [fingerprint_code(code) for code in codes]
-    result = compare(prints, boilerplate_hashes(handout_sources()), max_share=max_share)
+    result = compare_fingerprints(prints, boilerplate_hashes(handout_sources()), max_share=max_share)
     write_report(result, out_dir, threshold, {c.name: c.files for c in codes})
     log.info("similarity: %d submissions, %d references, %d pairs in %.1f s", sum(not c.reference for c in codes),
              sum(c.reference for c in codes), result.total_pairs, time.monotonic() - t0)  # fmt: skip

@@ -258,7 +258,7 @@ def test_read_tokenizer_errors(tmp_path: Path) -> None:
 def test_encode_file_equals_encode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_tokenizer: Tokenizer, num_workers: int, start_method: str
 ) -> None:
-    monkeypatch.setattr(parallel_encode, "worker_context", lambda: multiprocessing.get_context(start_method))
+    monkeypatch.setattr(parallel_encode, "pool_context", lambda: multiprocessing.get_context(start_method))
     monkeypatch.setattr(parallel_encode, "_PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(parallel_encode, "_TARGET_CHUNK_BYTES", 10_000)
     source = FIXTURES / "bpe_corpus_medium.txt"

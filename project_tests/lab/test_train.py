@@ -16,7 +16,7 @@ import torch
 
 import cs336_lab.train as train_mod
 from cs336_lab import api
-from cs336_lab.run_checkpoint import read_run_checkpoint as read_checkpoint
+from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.run_log import bytes_per_token
 from cs336_lab.train import NonFiniteLossError, TrainConfig, train
 
@@ -65,7 +65,7 @@ def test_run_writes_config_metrics_curve_and_checkpoint(tiny_config: TrainConfig
     assert result.final_val_loss == records[-1]["val_loss"]
     assert result.best_val_loss == min(r["val_loss"] for r in records if "val_loss" in r)
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    payload = read_checkpoint(out / "ckpt_latest.pt")
+    payload = read_run_checkpoint(out / "ckpt_latest.pt")
     assert payload["iteration"] == 12 and payload["config"]["num_layers"] == 2
     assert payload["extra"]["tokens_seen"] == result.tokens_seen
 
@@ -94,7 +94,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config)
     monkeypatch.setattr(api, "get_batch", real_get_batch)
-    assert read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")["iteration"] == 4
+    assert read_run_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")["iteration"] == 4
 
     resumed = train(dataclasses.replace(tiny_config, resume=True))
     assert resumed.steps == 12
@@ -119,7 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(api, "cross_entropy", poisoned_loss)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7"):
         train(tiny_config)
-    payload = read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
+    payload = read_run_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
     assert payload["iteration"] == 4
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
 
@@ -139,7 +139,7 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tiny_config: TrainConfig) -
     config = dataclasses.replace(tiny_config, max_steps=100_000, warmup_steps=10, max_time_s=1.0, lr_clock="time")
     result = train(config)
     assert 1 <= result.steps < 100_000
-    assert read_checkpoint(Path(config.out_dir) / "ckpt_latest.pt")["iteration"] == result.steps
+    assert read_run_checkpoint(Path(config.out_dir) / "ckpt_latest.pt")["iteration"] == result.steps
     assert result.final_val_loss is not None  # the last step is always evaluated
 
 
@@ -219,7 +219,7 @@ def test_cli_flags_and_config_file(tiny_config: TrainConfig, tmp_path: Path) -> 
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["d_model"], saved["max_steps"], saved["ffn_type"]) == (16, 2, "silu")  # flag beats file
-    assert read_checkpoint(out / "ckpt_latest.pt")["iteration"] == 2
+    assert read_run_checkpoint(out / "ckpt_latest.pt")["iteration"] == 2
 
 
 def test_cli_exit_codes_for_bad_input_and_divergence(
@@ -249,7 +249,7 @@ def test_torch_compile_trains(tiny_config: TrainConfig) -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("torch.compile on CPU needs a C compiler")
     result = train(dataclasses.replace(tiny_config, compile=True, max_steps=4))
-    payload = read_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
+    payload = read_run_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
     assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved without the wrapper's prefix
     assert math.isfinite(result.final_val_loss)
 

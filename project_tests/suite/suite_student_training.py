@@ -35,7 +35,7 @@ def cross_entropy(inputs: Tensor, targets: Tensor, *, mistake: str = "") -> Tens
     return losses.mean()
 
 
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, *, mistake: str = "") -> None:
+def gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, *, mistake: str = "") -> None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if mistake == "by_value":
         for g in grads:
@@ -152,7 +152,7 @@ def adapters(**switches: Any) -> dict[str, Any]:
     adamw = adamw_class(**switches.get("adamw", {}))
     return {
         "run_cross_entropy": bind(cross_entropy),
-        "run_gradient_clipping": bind(clip_gradients),
+        "run_gradient_clipping": bind(gradient_clipping),
         "get_adamw_cls": lambda: adamw,
         "run_get_lr_cosine_schedule": bind(cosine),
         "run_get_batch": bind(get_batch),
