@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import make_row, median, time_interleaved
-from cs336_common.device import resolve_device
+from cs336_common.device import select_device
 from cs336_lab.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
 from cs336_basics import fast
 from cs336_basics.decoding import generate
@@ -248,7 +248,7 @@ def run(quick: bool = False, device: str | None = None, compile: bool | None = N
     `compile` (default: on a GPU only) adds the torch.compile case: on two busy CPU cores compiling both
     models takes many minutes, so `python -m bench` runs it on a CPU only with `--scale`.
     """
-    dev = resolve_device(device or "auto")
+    dev = select_device(device or "auto")
     return _training_rows(quick, dev, dev.type == "cuda" if compile is None else compile) + _generation_rows(quick, dev)
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def resolve_device(device: str = "auto", *, local_rank: int = 0, distributed: bool = False) -> torch.device:
+def select_device(device: str = "auto", *, local_rank: int = 0, distributed: bool = False) -> torch.device:
     """Map the user's device string to this process's device: "auto" picks CUDA, else MPS (one process), else CPU.
 
     Under `torchrun` (`distributed=True`) a rank owns `cuda:{local_rank}` and only CUDA or CPU is allowed.
 
-    >>> resolve_device("cpu")
+    >>> select_device("cpu")
     device(type='cpu')
     """
     if device == "auto":
@@ -50,4 +50,4 @@ def resolve_device(device: str = "auto", *, local_rank: int = 0, distributed: bo
     return dev
 
 
-__all__ = ["resolve_device"]
+__all__ = ["select_device"]

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cs336_common.device import resolve_device
+from cs336_common.device import select_device
 
 __all__ = [
     "DistributedContext",
@@ -139,7 +139,7 @@ def init_distributed(
     process group is created. Calling it again in a process whose group is already initialised reuses it.
     """
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") == 1:
-        return DistributedContext(device=resolve_device(device))
+        return DistributedContext(device=select_device(device))
 
     missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
     if missing:
@@ -148,7 +148,7 @@ def init_distributed(
             f"(expected all of {', '.join(_TORCHRUN_VARS)})"
         )
     rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
-    dev = resolve_device(device, local_rank=local_rank, distributed=True)
+    dev = select_device(device, local_rank=local_rank, distributed=True)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cs336_common.device
-from cs336_common.device import resolve_device
+from cs336_common.device import select_device
 
 
 def test_docstring_examples() -> None:
@@ -27,7 +27,7 @@ def test_auto(monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, distribute
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert resolve_device("auto", local_rank=1, distributed=distributed) == torch.device(expected)
+    assert select_device("auto", local_rank=1, distributed=distributed) == torch.device(expected)
 
 
 @pytest.mark.parametrize(
@@ -42,4 +42,4 @@ def test_refusals(monkeypatch: pytest.MonkeyPatch, device: str, distributed: boo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match=message):
-        resolve_device(device, distributed=distributed)
+        select_device(device, distributed=distributed)
