@@ -238,7 +238,9 @@ def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         base_data = read_config_file(base_path)
         if "sweep" in base_data:
             raise ValueError(f"{base_path}: a sweep's base config must not have a [sweep] table of its own")
-        data = {**base_data, **data}
+        from cs336_lab.train_config import TrainConfig
+
+        data = merge_config_data(TrainConfig, base_data, data)  # [model] tables merge key by key
     return data, table
 
 

@@ -175,3 +175,27 @@ def test_an_old_format_run_resumes_generates_and_evaluates(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="num_layers=1 in the checkpoint, 2 asked"):
         train(dataclasses.replace(old_file, model=dataclasses.replace(old_file.model, num_layers=2), max_steps=6,
                                   resume=True))
+
+
+def test_sweeps_over_model_fields_and_old_sweep_points_are_not_retrained(tmp_path: Path) -> None:
+    from cs336_lab.config import from_dict, merge_config_data, to_jsonable
+    from cs336_lab.sweep import expand_points, load_sweep_file, run_point
+
+    (tmp_path / "base.toml").write_text("lr_max = 0.01\nmax_steps = 4\nwarmup_steps = 1\n[model]\nd_model = 64\nnum_heads = 4\nd_ff = 128\n")
+    (tmp_path / "s.toml").write_text("d_ff = 96\n[sweep]\nbase = 'base.toml'\n[sweep.grid]\nd_model = [32, 64]\n")
+    data, table = load_sweep_file(tmp_path / "s.toml")
+    configs = [from_dict(TrainConfig, merge_config_data(TrainConfig, data, values, {"out_dir": str(tmp_path / n)}))
+               for n, values, _ in expand_points(table["grid"])]
+    assert [(c.model.d_model, c.model.d_ff, c.model.num_heads, c.lr_max) for c in configs] == [
+        (32, 96, 4, 0.01), (64, 96, 4, 0.01)]
+    # A point finished by an older cs336 recorded its config flat: it is the same config, so it is skipped.
+    config = configs[0]
+    old = _flatten_to_old_format(to_jsonable(dataclasses.replace(config, resume=False)))
+    old["d_ff"] = 96
+    Path(config.out_dir).mkdir()
+    (Path(config.out_dir) / "status.json").write_text(json.dumps({"config": old, "status": "done"}))
+
+    def must_not_train(_config):
+        raise AssertionError("a finished point was trained again")
+
+    assert run_point(config, must_not_train)["status"] == "done"
