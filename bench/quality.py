@@ -242,7 +242,8 @@ def write_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s: float) 
           + step_line +
           f"Data: `../shared/data/pydocs` (Python docs), {VOCAB_SIZE}-token BPE trained by `cs336_basics.train_bpe`. "
           f"Model: d_model {config.model.d_model}, {config.model.num_layers} layers, {config.model.num_heads} heads, "
-          f"d_ff {config.model.d_ff}, context {config.model.context_length}, batch {config.batch_size}. AdamW lr {config.lr_max:g} -> "
+          f"d_ff {config.model.d_ff}, context {config.model.context_length}, batch {config.batch_size}. "
+          f"AdamW lr {config.lr_max:g} -> "
           f"{config.lr_min:g} (cosine over the time budget, {config.warmup_steps / config.max_steps:.0%} warm-up), "
           f"weight decay {config.weight_decay:g}, betas {config.betas}, clip {config.grad_clip:g}.\n\n"
           "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `oracle.model.OracleTransformerLM` "

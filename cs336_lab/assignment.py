@@ -92,7 +92,7 @@ class Assignment:
 
     @classmethod
     def load(cls, package: str = PACKAGE) -> Assignment:
-        """The package's `Assignment`, resolved on the first call and cached (one package per process)."""
+        """The package's `Assignment`, resolved on the first call for that package name, then cached."""
         if package not in _LOADED:
             _LOADED[package] = _resolve(package)
         return _LOADED[package]
@@ -130,7 +130,8 @@ class Assignment:
             if fused_kernels and hasattr(model, "use_fused_kernels"):
                 model.use_fused_kernels()
             return model
-        _refuse_extras(extras, f"{self.package}.ModelConfig with the ablation switches", "a package without ModelConfig")
+        _refuse_extras(extras, f"{self.package}.ModelConfig with the ablation switches",
+                       "a package without ModelConfig")
         return self.TransformerLM(**spec.handout_fields()).to(device)
 
     # --------------------------------------------------------------------------------- training primitives

@@ -146,8 +146,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _flattened_fields(cls: type) -> dict[str, type]:
     """The nested fields of ``cls`` marked ``metadata={"flatten": True}``: name -> their dataclass type."""
     hints = _field_types(cls)
-    return {f.name: _strip_optional(hints[f.name])[0] for f in dataclasses.fields(cls)
-            if f.init and f.metadata.get("flatten") and _is_dataclass_type(_strip_optional(hints[f.name])[0])}  # fmt: skip
+    flattened = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("flatten")}
+    return {name: _strip_optional(hints[name])[0] for name in flattened
+            if _is_dataclass_type(_strip_optional(hints[name])[0])}
 
 
 def nest_flat_keys(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:

@@ -70,7 +70,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelSpec):
             raise TypeError(f"TrainConfig.model must be a ModelSpec, got {type(self.model).__name__}")
-        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every")
+        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every",
+                    "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

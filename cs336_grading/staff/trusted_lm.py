@@ -13,7 +13,8 @@ Pre-norm blocks, RMSNorm (in float32, eps 1e-5 unless the checkpoint's config sa
 adjacent pairs of each head, causal softmax attention scaled by 1/sqrt(d_k), SwiGLU. Shapes give V, D, F and
 the number of layers; the number of heads and RoPE's theta are not in the weights and come from the
 checkpoint's config. The architecture travels as a `cs336_common.model_spec.ModelSpec` (the tools' one model
-description; its ablation switches must hold the handout's values here). It uses torch built-ins freely (this is the grader's code, not the assignment) and
+description; its ablation switches must hold the handout's values here). It uses torch built-ins freely (this
+is the grader's code, not the assignment) and
 never imports `cs336_basics`.
 """
 

@@ -83,7 +83,8 @@ def test_cs336_common_imports_none_of_the_wings() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("cs336_basics", "cs336_lab", "cs336_grading") for n in names), path
-    code = "import sys, cs336_common.model_spec; print(sorted(m for m in sys.modules if m.startswith(('cs336', 'torch'))))"
+    code = ("import sys, cs336_common.model_spec; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cs336', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['cs336_common', 'cs336_common.model_spec']"
 
@@ -181,7 +182,8 @@ def test_sweeps_over_model_fields_and_old_sweep_points_are_not_retrained(tmp_pat
     from cs336_lab.config import from_dict, merge_config_data, to_jsonable
     from cs336_lab.sweep import expand_points, load_sweep_file, run_point
 
-    (tmp_path / "base.toml").write_text("lr_max = 0.01\nmax_steps = 4\nwarmup_steps = 1\n[model]\nd_model = 64\nnum_heads = 4\nd_ff = 128\n")
+    (tmp_path / "base.toml").write_text(
+        "lr_max = 0.01\nmax_steps = 4\nwarmup_steps = 1\n[model]\nd_model = 64\nnum_heads = 4\nd_ff = 128\n")
     (tmp_path / "s.toml").write_text("d_ff = 96\n[sweep]\nbase = 'base.toml'\n[sweep.grid]\nd_model = [32, 64]\n")
     data, table = load_sweep_file(tmp_path / "s.toml")
     configs = [from_dict(TrainConfig, merge_config_data(TrainConfig, data, values, {"out_dir": str(tmp_path / n)}))

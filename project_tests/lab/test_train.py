@@ -40,7 +40,8 @@ def tiny_config(token_files: tuple[Path, Path], tmp_path: Path) -> TrainConfig:
     train_path, valid_path = token_files
     return TrainConfig(
         train_data=str(train_path), valid_data=str(valid_path),
-        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2), batch_size=4, max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
+        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2), batch_size=4,
+        max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
         eval_every=4, eval_batches=2, log_every=1, checkpoint_every=4, out_dir=str(tmp_path / "run"), device="cpu",
         progress=False,
     )
@@ -229,7 +230,8 @@ def test_cli_flags_and_config_file(tiny_config: TrainConfig, tmp_path: Path) -> 
                  "--no-progress", "--ffn-type", "silu"])
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["model"]["d_model"], saved["max_steps"], saved["model"]["ffn_type"]) == (16, 2, "silu")  # flag beats file
+    # flag beats file
+    assert (saved["model"]["d_model"], saved["max_steps"], saved["model"]["ffn_type"]) == (16, 2, "silu")
     assert read_checkpoint(out / "ckpt_latest.pt")["iteration"] == 2
 
 
