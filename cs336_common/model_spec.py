@@ -8,8 +8,8 @@ and the ablation switches of the reference's `ModelConfig` (the student-side dec
 spec whose extras (every field after `rope_theta`) hold their defaults is one that any package's
 `TransformerLM(vocab_size=, ..., rope_theta=)` builds (`handout_fields`, `non_default_extras`).
 
-Adding a switch: a field here (with its check in `_check_choices` or `__post_init__`), and the same field in
-the package's `ModelConfig` with the layer that reads it. Flags, config files, sweeps, checkpoints and the
+Adding a switch: a field here (a `bool` is checked as one; a `Literal` gets a line in `_CHOICES`), and the
+same field in the package's `ModelConfig` with the layer that reads it. Flags, config files, sweeps, checkpoints and the
 "this package lacks the extra" error follow from the field.
 
 This module never imports `cs336_basics`, `cs336_lab` or `cs336_grading`, nor torch.
@@ -88,8 +88,9 @@ class ModelSpec:
         if self.d_model % self.num_heads != 0:
             raise ValueError(f"d_model must be divisible by num_heads, got d_model={self.d_model}, "
                              f"num_heads={self.num_heads}")
-        if not isinstance(self.use_rmsnorm, bool):
-            raise TypeError(f"ModelSpec.use_rmsnorm must be a bool, got {self.use_rmsnorm!r}")
+        for f in dataclasses.fields(self):  # every on/off switch (annotated `bool`)
+            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"ModelSpec.{f.name} must be a bool, got {getattr(self, f.name)!r}")
         _check_choices(self)
         if self.position_embedding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head size, got d_model/num_heads = {self.head_dim}")
