@@ -201,3 +201,11 @@ def test_sweeps_over_model_fields_and_old_sweep_points_are_not_retrained(tmp_pat
         raise AssertionError("a finished point was trained again")
 
     assert run_point(config, must_not_train)["status"] == "done"
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import cs336_common.model_spec
+
+    assert doctest.testmod(cs336_common.model_spec).failed == 0
