@@ -85,11 +85,12 @@ def make_config(
 
     `steps`: the equal-steps check instead, `steps` updates with the schedule on the step counter, no budget.
     """
+    from cs336_common.model_spec import ModelSpec
     from cs336_lab.train import TrainConfig
 
     config = TrainConfig(
         train_data=str(train_npy), valid_data=str(valid_npy), tokenizer_dir=str(tok_dir),
-        vocab_size=VOCAB_SIZE, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
+        model=ModelSpec(vocab_size=VOCAB_SIZE, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384),
         batch_size=16, max_steps=100_000, max_time_s=budget_s, lr_clock="time", warmup_steps=3_000,
         lr_max=3e-3, lr_min=3e-4, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
         eval_every=20, eval_batches=4, log_every=10, checkpoint_every=100_000, seed=0,
@@ -107,8 +108,8 @@ def _oracle_factories() -> tuple[Any, Any]:
 
     from cs336_basics.model import ModelConfig
 
-    def model_factory(settings: dict[str, Any], device: torch.device) -> torch.nn.Module:
-        mc = ModelConfig(**settings)
+    def model_factory(spec: Any, device: torch.device) -> torch.nn.Module:
+        mc = ModelConfig(**spec.to_dict())
         ours = TransformerLM(mc, device=device)  # built under the loop's seed: the same initial weights
         oracle = OracleTransformerLM(mc.vocab_size, mc.context_length, mc.d_model, mc.num_layers, mc.num_heads,
                                      mc.d_ff, mc.rope_theta, mc.eps).to(device)
@@ -150,9 +151,9 @@ def run_side(side: str, budget_s: float, steps: int | None = None) -> dict[str, 
     result = train(config, model_factory=model_factory, optimizer_factory=optimizer_factory)
     torch.manual_seed(config.seed)
     build = model_factory or default_model_factory
-    model = build(config.model_settings(), torch.device("cpu"))
+    model = build(config.model, torch.device("cpu"))
     load_checkpoint(Path(config.out_dir) / "ckpt_latest.pt", model)
-    val = full_validation_loss(model, valid_npy, config.context_length)
+    val = full_validation_loss(model, valid_npy, config.model.context_length)
     bpt = bytes_per_token(tok_dir, load_tokens(valid_npy))
     summary = {"side": side, "steps": result.steps, "tokens": result.tokens_seen,
                "train_time_s": round(result.elapsed_s, 1), "final_val_loss": val,
@@ -240,8 +241,9 @@ def write_quality_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s:
           f"ratio ours/oracle: **{ratio:.4f}** (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}).\n\n"
           + step_line +
           f"Data: `../shared/data/pydocs` (Python docs), {VOCAB_SIZE}-token BPE trained by `cs336_basics.train_bpe`. "
-          f"Model: d_model {config.d_model}, {config.num_layers} layers, {config.num_heads} heads, d_ff {config.d_ff}, "
-          f"context {config.context_length}, batch {config.batch_size}. AdamW lr {config.lr_max:g} -> "
+          f"Model: d_model {config.model.d_model}, {config.model.num_layers} layers, {config.model.num_heads} heads, "
+          f"d_ff {config.model.d_ff}, context {config.model.context_length}, batch {config.batch_size}. "
+          f"AdamW lr {config.lr_max:g} -> "
           f"{config.lr_min:g} (cosine over the time budget, {config.warmup_steps / config.max_steps:.0%} warm-up), "
           f"weight decay {config.weight_decay:g}, betas {config.betas}, clip {config.grad_clip:g}.\n\n"
           "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `oracle.model.OracleTransformerLM` "

@@ -24,6 +24,10 @@ from cs336_basics.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
+# The keyword extensions of the handout's signatures that this package supports, declared for the `cs336`
+# tools (cs336_lab/assignment.py): reproducible batches from a numpy Generator, parallel BPE training.
+CS336_EXTRAS = ("get_batch.generator", "train_bpe.num_workers", "train_bpe.show_progress")
+
 __all__ = [
     # neural-network parts
     "softmax",

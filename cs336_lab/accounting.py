@@ -1,4 +1,5 @@
-"""Resource accounting: parameters, forward/training FLOPs, AdamW training memory and MFU of a `ModelConfig`.
+"""Resource accounting: parameters, forward/training FLOPs, AdamW training memory and MFU of a `ModelSpec`
+(`cs336_common/model_spec.py`).
 
 Everything here is arithmetic on the config (no model is built), so it answers "how big / how slow /
 how much memory" for shapes far too large to instantiate, e.g. `PRESETS["gpt2-xl"]`. The tests check the
@@ -20,30 +21,26 @@ from typing import Any
 
 import torch
 
-from cs336_lab import api
-
-# The accounting is arithmetic on the reference's `ModelConfig`, an optional extra of the package (api.py):
-# without it `cs336 accounting` says so and the trainer reports no MFU.
-ModelConfig: Any = api.get("ModelConfig") if api.has("ModelConfig") else None
+from cs336_common.model_spec import ModelSpec
 
 # The GPT-2 shapes of the handout's accounting problem (vocab 50,257, context 1,024) with this architecture.
 # NOTE: d_ff = 4 * d_model, as the handout's GPT-2 XL accounting question states (d_ff 6,400 for d_model 1,600),
 # not the ~8/3 * d_model SwiGLU default, so that answers can be checked against the handout's numbers.
-PRESETS: dict[str, ModelConfig] = {} if ModelConfig is None else {
-    "gpt2-small": ModelConfig(
+PRESETS: dict[str, ModelSpec] = {
+    "gpt2-small": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=3072
     ),
-    "gpt2-medium": ModelConfig(
+    "gpt2-medium": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=1024, num_layers=24, num_heads=16, d_ff=4096
     ),
-    "gpt2-large": ModelConfig(
+    "gpt2-large": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=1280, num_layers=36, num_heads=20, d_ff=5120
     ),
-    "gpt2-xl": ModelConfig(
+    "gpt2-xl": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=1600, num_layers=48, num_heads=25, d_ff=6400
     ),
     # The handout's TinyStories model (section 7).
-    "tinystories": ModelConfig(
+    "tinystories": ModelSpec(
         vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344, rope_theta=10000.0
     ),
 }
@@ -67,24 +64,24 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
-def resolved_d_ff(config: ModelConfig) -> int:
-    """The feed-forward width the model uses: `ModelConfig` resolves `d_ff=None` to its default
-    (`default_d_ff(d_model)` for SwiGLU, 4 d_model for the SiLU network) when it is built."""
-    assert config.d_ff is not None, "ModelConfig.__post_init__ resolves d_ff"
+def resolved_d_ff(config: ModelSpec) -> int:
+    """The feed-forward width the model uses: `ModelSpec` resolves `d_ff=None` to its default
+    (`default_d_ff(d_model, ffn_type)`) when it is built."""
+    assert config.d_ff is not None, "ModelSpec.__post_init__ resolves d_ff"
     return int(config.d_ff)
 
 
-def _final_norm(config: ModelConfig) -> int:
+def _final_norm(config: ModelSpec) -> int:
     """1 if the model ends in an RMSNorm: pre-norm only (a post-norm stack already ends in one)."""
     return int(config.use_rmsnorm and config.norm_position == "pre")
 
 
-def _num_ffn_matrices(config: ModelConfig) -> int:
+def _num_ffn_matrices(config: ModelSpec) -> int:
     """SwiGLU has w1, w2, w3; the SiLU ablation has w1, w2."""
     return 3 if config.ffn_type == "swiglu" else 2
 
 
-def count_parameters(config: ModelConfig) -> dict[str, int]:
+def count_parameters(config: ModelSpec) -> dict[str, int]:
     """Parameter counts by component, plus `total` and `non_embedding` (total minus the token embeddings).
 
     Per layer: q, k, v, output projections 4 d^2; feed-forward 3 d F (SwiGLU) or 2 d F (SiLU);
@@ -92,7 +89,7 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     final RMSNorm gain d (pre-norm only).
     RoPE has no parameters (its sin/cos tables are non-persistent buffers).
 
-        >>> count_parameters(ModelConfig(vocab_size=10, context_length=4, d_model=8, num_layers=1,
+        >>> count_parameters(ModelSpec(vocab_size=10, context_length=4, d_model=8, num_layers=1,
         ...                              num_heads=2, d_ff=16))["total"]
         824
     """
@@ -111,7 +108,7 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     return counts
 
 
-def forward_flops(config: ModelConfig, seq_len: int, batch_size: int = 1) -> dict[str, float]:
+def forward_flops(config: ModelSpec, seq_len: int, batch_size: int = 1) -> dict[str, float]:
     """FLOPs of one forward pass, by kind of matrix multiply, summed over layers, plus `total`.
 
     A matmul of (m, k) by (k, n) costs 2 m n k FLOPs (one multiply and one add per term). Hence, for
@@ -120,7 +117,7 @@ def forward_flops(config: ModelConfig, seq_len: int, batch_size: int = 1) -> dic
     implementation); each feed-forward matrix 2 B T d F; the LM head 2 B T d V. Elementwise work (norms,
     SiLU, RoPE, residual adds: O(B T d); the softmax: O(B h T^2)) is not counted, as in `FlopCounterMode`.
 
-        >>> cfg = ModelConfig(vocab_size=10, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16)
+        >>> cfg = ModelSpec(vocab_size=10, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16)
         >>> forward_flops(cfg, seq_len=4)["total"]
         6272.0
     """
@@ -141,7 +138,7 @@ def forward_flops(config: ModelConfig, seq_len: int, batch_size: int = 1) -> dic
     return flops
 
 
-def training_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> float:
+def training_flops_per_token(config: ModelSpec, seq_len: int | None = None) -> float:
     """FLOPs of one training step (forward + backward) per token: 3x the forward.
 
     The backward computes two matmuls per forward matmul (the gradient of the input and of the weight),
@@ -152,7 +149,7 @@ def training_flops_per_token(config: ModelConfig, seq_len: int | None = None) ->
     return 3.0 * forward_flops(config, seq_len)["total"] / seq_len
 
 
-def activation_elements(config: ModelConfig, batch_size: int, seq_len: int) -> dict[str, float]:
+def activation_elements(config: ModelSpec, batch_size: int, seq_len: int) -> dict[str, float]:
     """Elements of the activations saved for the backward pass, by component (the handout's accounting).
 
     Per layer: two RMSNorm outputs 2 B T d (none without RMSNorm); Q, K, V 3 B T d; QK^T scores and their softmax 2 B h T^2;
@@ -173,7 +170,7 @@ def activation_elements(config: ModelConfig, batch_size: int, seq_len: int) -> d
 
 
 def training_memory(
-    config: ModelConfig, batch_size: int, seq_len: int | None = None, bytes_per_element: int = 4
+    config: ModelSpec, batch_size: int, seq_len: int | None = None, bytes_per_element: int = 4
 ) -> dict[str, float]:
     """Bytes of AdamW training: parameters, gradients, optimizer state (m and v), activations and total.
 
@@ -246,7 +243,7 @@ def _human(x: float, unit: str = "") -> str:
 
 
 def format_report(
-    config: ModelConfig,
+    config: ModelSpec,
     *,
     batch_size: int = 1,
     seq_len: int | None = None,
@@ -299,10 +296,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default: context_length)")
     parser.add_argument("--bytes-per-element", type=int, default=4, help="4 for float32 (default), 2 for bf16")
     parser.add_argument("--peak-flops", type=float, default=None, help="hardware peak FLOP/s for time estimates")
-    if ModelConfig is None:
-        parser.set_defaults(func=lambda args: api.get("ModelConfig", needed_for="cs336 accounting"))
-        return parser
-    add_dataclass_arguments(parser, ModelConfig)
+    add_dataclass_arguments(parser, ModelSpec)
     parser.set_defaults(func=_handle)
     return parser
 
@@ -315,12 +309,12 @@ def _handle(args: argparse.Namespace) -> int:
             raise ValueError(f"give either --preset or --config, not both (got {args.preset!r} and {args.config!r})")
         overrides = {
             f.name: getattr(args, f.name)
-            for f in dataclasses.fields(ModelConfig)
+            for f in dataclasses.fields(ModelSpec)
             if getattr(args, f.name, UNSET) is not UNSET
         }
         config, title = dataclasses.replace(PRESETS[args.preset], **overrides), args.preset
     else:
-        config, title = config_from_args(ModelConfig, args), "model"
+        config, title = config_from_args(ModelSpec, args), "model"
     report = format_report(
         config,
         batch_size=args.batch_size,

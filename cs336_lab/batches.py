@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cs336_lab import api
+from cs336_lab.assignment import Assignment
 from cs336_lab.train_config import TrainConfig
 
 # Token ids are checked over at most this many leading tokens: scanning a memory-mapped corpus of billions of
@@ -64,7 +64,7 @@ class BatchSampler:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return api.get_batch(self.tokens, self.batch_size, self.context_length, self.device, self.rng)
+        return Assignment.load().sample_batch(self.tokens, self.batch_size, self.context_length, self.device, self.rng)
 
     def state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state
@@ -87,7 +87,7 @@ def autocast(device: torch.device, precision: str) -> Any:
 @torch.no_grad()
 def estimate_loss(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device) -> float:
     """Mean validation loss (nats/token) over `eval_batches` fixed batches: the same batches on every call."""
-    sampler = BatchSampler(tokens, batch_size=config.batch_size, context_length=config.context_length,
+    sampler = BatchSampler(tokens, batch_size=config.batch_size, context_length=config.model.context_length,
                            device=device, seed=config.seed + 1_000_003)  # fixed: independent of the training sampler
     was_training = model.training
     model.eval()
@@ -96,7 +96,7 @@ def estimate_loss(model: nn.Module, tokens: np.ndarray, config: TrainConfig, dev
         x, y = sampler()
         with autocast(device, config.precision):
             logits = model(x)
-        losses.append(api.cross_entropy(logits, y).item())
+        losses.append(Assignment.load().training_loss(logits, y).item())
     model.train(was_training)
     return float(np.mean(losses))
 

@@ -67,10 +67,25 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
                 logger.warning("%s line %d is not JSON: skipped", metrics, number)
     config_path, status_path = path / "config.json", path / "status.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = _flat(json.loads(config_path.read_text(encoding="utf-8"))) if config_path.is_file() else {}
     status = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else {}
     return Run(path=path, config=config, records=records, status=status.get("status", "done"),
                label=status.get("label", ""), note=str(status.get("error", "")).split(" (")[0])
+
+
+def _flat(config: Any) -> Any:
+    """A run's config with its `model` table's keys in its place (as runs stored them before the nesting), so
+    that labels read ``d_model=64`` and old and new runs compare key by key.
+
+    >>> _flat({"lr_max": 0.1, "model": {"d_model": 8}, "seed": 0})
+    {'lr_max': 0.1, 'd_model': 8, 'seed': 0}
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return config
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(value if key == "model" else {key: value})
+    return flat
 
 
 def _format_value(value: Any) -> str:

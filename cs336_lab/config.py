@@ -10,7 +10,10 @@ Precedence, lowest first: the dataclass defaults < the values of ``--config FILE
 Flags are the field names with ``-`` for ``_``. Booleans get ``--flag/--no-flag``; ``Literal`` fields get
 choices; ``X | None`` fields also accept the word ``none``; tuples take several values (``--betas 0.9 0.95``).
 A field whose type is itself a dataclass is *nested*: its fields become ``--<field>.<sub-field>`` flags
-(``--model.d-model 512``) and, in a config file, a table (TOML ``[model]`` or a JSON object).
+(``--model.d-model 512``) and, in a config file, a table (TOML ``[model]`` or a JSON object). A nested field
+with ``metadata={"flatten": True}`` gives its sub-fields plain flags (``--d-model 512``), and a config file
+may also give them as top-level keys (``d_model = 512``, the form of configs written before the nesting) or
+dotted keys (``"model.d_model"``); `nest_flat_keys` moves them into the table.
 Config files use the field names as keys; an unknown key or a value of the wrong type is a clear error.
 """
 
@@ -140,10 +143,55 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return convert(value)
 
 
+def _flattened_fields(cls: type) -> dict[str, type]:
+    """The nested fields of ``cls`` marked ``metadata={"flatten": True}``: name -> their dataclass type."""
+    hints = _field_types(cls)
+    flattened = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("flatten")}
+    return {name: _strip_optional(hints[name])[0] for name in flattened
+            if _is_dataclass_type(_strip_optional(hints[name])[0])}
+
+
+def nest_flat_keys(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
+    """``data`` with the flattened sub-fields of ``cls`` given as top-level keys (``d_model``) or dotted keys
+    (``model.d_model``) moved into their table (``model``); a key given both ways is an error.
+
+    For `TrainConfig`: ``{"lr_max": 0.1, "d_model": 16}`` -> ``{"lr_max": 0.1, "model": {"d_model": 16}}``.
+    """
+    if not isinstance(data, Mapping):
+        return data  # type: ignore[return-value]  # _validate names the error
+    out, own = dict(data), set(_field_types(cls))
+    for name, sub in _flattened_fields(cls).items():
+        table = out.get(name)
+        table = dict(table) if isinstance(table, Mapping) else table
+        sub_names = set(_field_types(sub))
+        for key in list(out):
+            inner = key[len(name) + 1 :] if key.startswith(name + ".") else (key if key not in own else None)
+            if inner is None or inner not in sub_names:
+                continue
+            table = {} if table is None else table
+            if not isinstance(table, dict):
+                raise TypeError(f"{where}{name}: expected a table of {sub.__name__} fields, got {table!r}")
+            if inner in table:
+                raise ValueError(f"{where}{key} is given twice: as a key and in the [{where}{name}] table")
+            table[inner] = out.pop(key)
+        if table is not None:
+            out[name] = table
+    return out
+
+
+def merge_config_data(cls: type, *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw config tables ``layers`` (lowest first) merged key by key, flat keys nested first (see above)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, nest_flat_keys(cls, layer))
+    return merged
+
+
 def _validate(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
     """Check the keys and value types of a (nested) mapping against ``cls``; nested tables stay dicts."""
     if not isinstance(data, Mapping):
         raise TypeError(f"{where or cls.__name__}: expected a table of {cls.__name__} fields, got {data!r}")
+    data = nest_flat_keys(cls, data, where=where)
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
@@ -279,6 +327,7 @@ def add_dataclass_arguments(
     *,
     prefix: str = "",
     add_config_flag: bool = True,
+    dest_prefix: str | None = None,
 ) -> None:
     """Add one flag per field of the dataclass ``cls`` (plus ``--config FILE`` at top level).
 
@@ -296,15 +345,18 @@ def add_dataclass_arguments(
             "flags given explicitly override it",
         )
     hints = _field_types(cls)
+    dest_prefix = prefix if dest_prefix is None else dest_prefix
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = hints[f.name]
         base, optional = _strip_optional(tp)
-        dest = prefix.replace("-", "_") + f.name
+        dest = dest_prefix.replace("-", "_") + f.name
         flag = _flag(prefix, f.name)
         if _is_dataclass_type(base):
-            add_dataclass_arguments(parser, base, prefix=f"{prefix}{f.name}.", add_config_flag=False)
+            flag_prefix = prefix if f.metadata.get("flatten") else f"{prefix}{f.name}."
+            add_dataclass_arguments(parser, base, prefix=flag_prefix, add_config_flag=False,
+                                    dest_prefix=f"{dest_prefix}{f.name}.")
             continue
         kwargs: dict[str, Any] = {"dest": dest, "default": UNSET, "help": _help_text(f)}
         origin = get_origin(base)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cs336_common.model_spec import ModelSpec, field_names
 from cs336_common.atomic import atomic_write_text, prepare_directory
 from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
 from cs336_lab.pipeline import EOT, tokenize_files, train_tokenizer
@@ -33,9 +34,11 @@ from cs336_lab.threads import cpu_threads
 
 logger = logging.getLogger(__name__)
 
-# The demo model and optimiser, tuned for 2.5 minutes of 2 CPU cores (`configs/demo.toml` mirrors this).
+# The demo model and optimiser, tuned for 2.5 minutes of 2 CPU cores (`configs/demo.toml` mirrors this);
+# the model's vocab_size is the trained tokenizer's.
+DEMO_MODEL = ModelSpec(vocab_size=1_024, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
+                       rope_theta=10_000.0)
 DEMO_TRAINING: dict[str, Any] = {
-    "context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "d_ff": 384, "rope_theta": 10_000.0,
     "batch_size": 16, "max_steps": 4_000, "lr_max": 3e-3, "lr_min": 3e-4, "warmup_steps": 100,
     "lr_clock": "time", "weight_decay": 0.1, "betas": (0.9, 0.95), "grad_clip": 1.0,
     "max_time_s": 150.0, "eval_every": 50, "eval_batches": 10, "log_every": 50, "checkpoint_every": 1_000,
@@ -71,16 +74,20 @@ class DemoConfig:
 
 
 def demo_train_config(out: str | Path, *, vocab_size: int = 1_024, **overrides: Any):
-    """The ``TrainConfig`` of the demo's training step, reading and writing under ``out``."""
+    """The ``TrainConfig`` of the demo's training step, reading and writing under ``out``.
+
+    ``overrides`` (and ``DEMO_TRAINING``) may name `ModelSpec` fields: they replace those of ``DEMO_MODEL``."""
     from cs336_lab.train_config import TrainConfig
 
     out = Path(out)
     settings = {**DEMO_TRAINING, **overrides}
+    model_fields = {k: settings.pop(k) for k in field_names() if k in settings}
+    model = dataclasses.replace(DEMO_MODEL, **{**model_fields, "vocab_size": vocab_size})
     if "warmup_steps" not in overrides:  # keep warm-up a small fraction of a shortened run
         settings["warmup_steps"] = min(settings["warmup_steps"], settings["max_steps"] // 10)
     return TrainConfig(
         train_data=str(out / "tokens" / "train.npy"), valid_data=str(out / "tokens" / "valid.npy"),
-        tokenizer_dir=str(out / "tokenizer"), out_dir=str(out / "model"), vocab_size=vocab_size, **settings,
+        tokenizer_dir=str(out / "tokenizer"), out_dir=str(out / "model"), model=model, **settings,
     )
 
 

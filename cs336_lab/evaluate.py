@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cs336_common.model_spec import ModelSpec
 from cs336_common.state_dict import strip_wrapper_prefixes
-from cs336_lab import api  # the one door into the assignment: ours, or a student's package
+from cs336_lab.assignment import Assignment  # the one door into the assignment: ours, or a student's package
 from cs336_lab.batches import load_training_tokens
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.tokenizer_files import read_tokenizer
@@ -145,7 +146,7 @@ def model_config_of(payload: dict[str, Any], checkpoint: Path, config: str | Pat
         return dict(json.loads(beside.read_text(encoding="utf-8")))
     raise ValueError(
         f"checkpoint {checkpoint} stores no config and there is no config.json beside it: pass --config FILE "
-        "(TOML or JSON with vocab_size, context_length, d_model, num_layers, num_heads, ...)"
+        "(TOML or JSON with a [model] table, or top-level keys, of vocab_size, context_length, d_model, num_heads, ...)"
     )
 
 
@@ -156,7 +157,7 @@ def load_for_eval(
     checkpoint = Path(checkpoint)
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     full = model_config_of(payload, checkpoint, config)
-    model = api.build_model(api.model_settings(full), "cpu", fused_kernels=True)
+    model = Assignment.load().build_model(ModelSpec.from_run_config(full), "cpu", fused_kernels=True)
     state = strip_wrapper_prefixes(payload["model"])
     try:
         model.load_state_dict(state)
@@ -190,7 +191,7 @@ def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: i
             token_bytes[token_id] = len(raw)
     if data.suffix == ".npy":  # memory-mapped; at least 2 tokens (one to predict), ids checked against the vocabulary
         return Split(load_training_tokens(str(data), "--data", context_length=1, vocab_size=vocab_size), token_bytes)
-    tokenizer = api.make_tokenizer(vocab, merges, special_tokens)
+    tokenizer = Assignment.load().make_tokenizer(vocab, merges, special_tokens)
     with open(data, encoding="utf-8") as f:
         tokens = np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
     if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
@@ -239,11 +240,12 @@ def evaluate(
     """Score `checkpoint` on every token of `data` (see the module docstring).
 
     `tokenizer` defaults to the `tokenizer_dir` of the checkpoint's config, `context_length` to the model's.
-    The model and the tokenizer are the importable `cs336_basics` package's (see `cs336_lab/api.py`).
+    The model and the tokenizer are the importable `cs336_basics` package's (see `cs336_lab/assignment.py`).
     """
     t0 = time.monotonic()
     model, full_config = load_for_eval(checkpoint, config=config, device=device)
-    model_context, vocab_size = int(full_config["context_length"]), int(full_config["vocab_size"])
+    spec = ModelSpec.from_run_config(full_config)
+    model_context, vocab_size = spec.context_length, spec.vocab_size
     context_length = model_context if context_length is None else context_length
     if not 1 <= context_length <= model_context:
         raise ValueError(f"expected 1 <= --context-length <= the model's {model_context}, got {context_length}")

@@ -2,7 +2,7 @@
 
     cs336 generate --checkpoint runs/demo/ckpt_latest.pt --prompt "Once upon a time" --seed 0
 
-The model is the package's `TransformerLM`, built from the config stored in the checkpoint (see `api.py`);
+The model is the package's `TransformerLM`, built from the config stored in the checkpoint (see `assignment.py`);
 sampling is in `sampling.py`.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cs336_lab import api
+from cs336_common.model_spec import ModelSpec
+from cs336_lab.assignment import Assignment
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint
 from cs336_lab.sampling import EOS_TOKEN, check_sampling, sample_completions
 
@@ -32,7 +33,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     config = payload.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {checkpoint} stores no config: cannot tell which model to build")
-    model = api.build_model(api.model_settings(config), torch.device(device), fused_kernels=True)
+    spec = ModelSpec.from_run_config(config)  # today's [model] table, or the flat keys of an older run
+    model = Assignment.load().build_model(spec, torch.device(device), fused_kernels=True)
     load_run_checkpoint(payload, model)
     return model.eval(), config
 

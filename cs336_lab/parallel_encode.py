@@ -1,7 +1,7 @@
 """Tokenize a large text file in parallel into a `.npy` array of token ids that training memory-maps.
 
 The file is cut at places where cutting cannot change the ids (the start of a special token, or a
-non-space followed by a space: the package's `find_chunk_boundaries`, an optional extra of `api.py`); worker
+non-space followed by a space: the package's `find_chunk_boundaries`, an optional extra of `assignment.py`); worker
 processes encode the chunks with the package's `Tokenizer` and the results are written in order. A package
 without the chunking extras is encoded in this process, streamed through `Tokenizer.encode_iterable`. The array is `uint16` when every id fits (any vocabulary of at most
 65,536 tokens), `uint32` otherwise. Memory stays bounded: chunks are read one at a time by the workers and
@@ -22,12 +22,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from cs336_lab import api
+from cs336_lab.assignment import Assignment
 from cs336_common.atomic import commit, prepare_directory, temp_path
 from cs336_lab.threads import usable_cores
 
-Tokenizer = Any  # the package's Tokenizer (see api.py)
-_CHUNKING = ("find_chunk_boundaries", "read_chunk_text", "worker_context")
+Tokenizer = Any  # the package's Tokenizer (see assignment.py)
 
 __all__ = ["encode_file", "token_dtype"]
 
@@ -95,7 +94,7 @@ def _write_npy(npy_path: Path, raw_path: Path, dtype: np.dtype, count: int) -> N
 
 def pool_context() -> multiprocessing.context.BaseContext:
     """The package's multiprocessing context for chunk workers (fork when safe, else spawn)."""
-    return api.get("worker_context")()
+    return Assignment.load().worker_context()
 
 
 def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.dtype, num_workers: int,
@@ -104,7 +103,7 @@ def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.
     size = input_path.stat().st_size
     bar = _progress(show_progress, size)
     with bar:
-        if not all(api.has(name) for name in _CHUNKING):  # no chunking extras: stream it in this process
+        if not Assignment.load().has_chunking:  # no chunking extras: stream it in this process
             with open(input_path, encoding="utf-8") as lines:
                 ids = np.fromiter(tokenizer.encode_iterable(lines), dtype=dtype)
             raw.write(ids.tobytes())
@@ -113,7 +112,7 @@ def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.
         # A few chunks per worker even for modest files, so that no worker idles while another finishes.
         num_chunks = max(4 * num_workers, -(-size // _TARGET_CHUNK_BYTES))
         with open(input_path, "rb") as f:
-            bounds = api.get("find_chunk_boundaries")(f, num_chunks, tokenizer.special_tokens)
+            bounds = Assignment.load().find_chunk_boundaries(f, num_chunks, tokenizer.special_tokens)
         jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]
         if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
             _init_worker(tokenizer)
@@ -161,5 +160,5 @@ def _encode_chunk(job: tuple[str, int, int, str]) -> np.ndarray:
     """The ids of the bytes `[start, end)` of a file (runs in a worker process)."""
     path, start, end, dtype = job
     assert _worker_tokenizer is not None
-    text = api.get("read_chunk_text")(path, start, end)
+    text = Assignment.load().read_chunk_text(path, start, end)
     return np.asarray(_worker_tokenizer.encode(text), dtype=dtype)

@@ -3,7 +3,7 @@
     cs336 train-bpe data/train.txt --vocab-size 10000 --out data/tokenizer     # vocab.json + merges.txt
     cs336 tokenize --tokenizer data/tokenizer --out-dir data/tokens data/train.txt data/valid.txt
 
-Training is the package's `train_bpe` and encoding its `Tokenizer` (through `cs336_lab/api.py`); the tokenizer
+Training is the package's `train_bpe` and encoding its `Tokenizer` (through `cs336_lab/assignment.py`); the tokenizer
 files are the tools' format (`tokenizer_files.py`) and the token arrays `.npy` files (`parallel_encode.py`).
 """
 
@@ -24,7 +24,7 @@ def train_tokenizer(
     num_workers: int | None = None, show_progress: bool = False,
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
-    from cs336_lab import api
+    from cs336_lab.assignment import Assignment
     from cs336_common.atomic import prepare_directory
     from cs336_lab.tokenizer_files import save_tokenizer
 
@@ -34,8 +34,8 @@ def train_tokenizer(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1 (or left out: all cores), got {num_workers}")
     prepare_directory(out_dir, "--out")
-    vocab, merges = api.train_bpe(str(input_path), vocab_size, list(special_tokens), num_workers=num_workers,
-                                  show_progress=show_progress)
+    vocab, merges = Assignment.load().run_train_bpe(str(input_path), vocab_size, list(special_tokens),
+                                                   num_workers=num_workers, show_progress=show_progress)
     save_tokenizer(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
     logger.info("tokenizer: %d tokens, %d merges -> %s", len(vocab), len(merges), out_dir)
     if len(vocab) < vocab_size:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cs336_lab import api
+from cs336_lab.assignment import Assignment
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -36,9 +36,10 @@ def sample_completions(model: nn.Module, tokenizer: Any, prompts: list[str], *, 
                        temperature: float, top_p: float, seed: int | None, use_kv_cache: bool = True) -> list[str]:
     """The completion of each prompt (without the prompt), stopping at the end-of-text token."""
     check_sampling(temperature, top_p, max_new_tokens)
-    if api.has("complete"):
-        return api.get("complete")(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed, use_kv_cache=use_kv_cache)
+    package_complete = Assignment.load().complete
+    if package_complete is not None:
+        return package_complete(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, seed=seed, use_kv_cache=use_kv_cache)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return [plain_complete(model, tokenizer, p, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, generator=generator) for p in prompts]

@@ -34,7 +34,7 @@ from typing import Any
 
 from cs336_common.atomic import atomic_write_text
 from cs336_lab.compare import compare
-from cs336_lab.config import from_dict, read_config_file, to_jsonable
+from cs336_lab.config import from_dict, merge_config_data, read_config_file, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,19 @@ def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
     return "diverged" if len(losses) >= 2 and losses[-1] > losses[0] else "done"
 
 
-def _ran_with(out_dir: Path) -> dict[str, Any] | None:
+def _ran_with(out_dir: Path, cls: type) -> dict[str, Any] | None:
     """The config an interrupted point ran with (its config.json, `resume` set to False), or None."""
     path = out_dir / "config.json"
-    return {**json.loads(path.read_text(encoding="utf-8")), "resume": False} if path.is_file() else None
+    return _normalised(cls, json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+def _normalised(cls: type, stored: Any) -> Any:
+    """A stored config in today's form (`resume` False): an older run's flat model keys nested in `model`;
+    as stored when it does not load (it then differs from any config, and the point trains again)."""
+    try:
+        return to_jsonable(from_dict(cls, {**stored, "resume": False}))
+    except (TypeError, ValueError):
+        return stored
 
 
 def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> dict[str, Any]:
@@ -119,10 +128,10 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     out_dir = Path(config.out_dir)
     wanted = to_jsonable(dataclasses.replace(config, resume=False))
     old = _read_status(out_dir)
-    if old is not None and old.get("config") == wanted:
+    if old is not None and _normalised(type(config), old.get("config")) == wanted:
         logger.info("%s: already %s, skipped", out_dir.name, old["status"])
         return old
-    resume = old is None and (out_dir / CHECKPOINT_NAME).is_file() and _ran_with(out_dir) == wanted
+    resume = old is None and (out_dir / CHECKPOINT_NAME).is_file() and _ran_with(out_dir, type(config)) == wanted
     if old is not None or (not resume and (out_dir / CHECKPOINT_NAME).is_file()):
         logger.warning("%s: its config changed since it ran: training it again from scratch", out_dir.name)
     logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
@@ -193,7 +202,8 @@ def sweep(
     configs, labels = [], []
     for name, values, named in expand_points(grid, points):
         try:
-            configs.append(from_dict(TrainConfig, {**base, **values, "out_dir": str(out / name)}))
+            data = merge_config_data(TrainConfig, base, values, {"out_dir": str(out / name)})  # d_model = [model]
+            configs.append(from_dict(TrainConfig, data))
         except (TypeError, ValueError) as err:
             raise type(err)(f"sweep point {name}: {err}") from None
         labels.append(name if named else None)
@@ -228,7 +238,9 @@ def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         base_data = read_config_file(base_path)
         if "sweep" in base_data:
             raise ValueError(f"{base_path}: a sweep's base config must not have a [sweep] table of its own")
-        data = {**base_data, **data}
+        from cs336_lab.train_config import TrainConfig
+
+        data = merge_config_data(TrainConfig, base_data, data)  # [model] tables merge key by key
     return data, table
 
 

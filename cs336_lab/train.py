@@ -15,7 +15,7 @@ in `out_dir` (see `run_log.py`):
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
 
 The model, loss, optimizer, schedule, clipping and batching are the assignment's, reached through
-`cs336_lab/api.py`, so the loop trains a student's own package as well as ours.
+`cs336_lab/assignment.py`, so the loop trains a student's own package as well as ours.
 
 A run stops cleanly on SIGTERM or SIGINT (`stop_signals.py`: finish the step, save, exit) and stops with
 `NonFiniteLossError` when it diverges; a checkpoint is written only for a healthy model, so `ckpt_latest.pt`
@@ -48,8 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cs336_lab import api
 from cs336_common.atomic import prepare_directory, sweep_temp_files
+from cs336_common.model_spec import ModelSpec
+from cs336_lab.assignment import Assignment
 from cs336_lab.batches import BatchSampler, autocast, estimate_loss, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
@@ -60,19 +61,19 @@ from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError, TrainCon
 
 logger = logging.getLogger(__name__)
 
-ModelFactory = Callable[[dict[str, Any], torch.device], nn.Module]
+ModelFactory = Callable[[ModelSpec, torch.device], nn.Module]
 OptimizerFactory = Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]
 
 
-def default_model_factory(model_settings: dict[str, Any], device: torch.device) -> nn.Module:
-    """The package's `TransformerLM` for the model fields of a run (see `cs336_lab/api.py`), with our
+def default_model_factory(spec: ModelSpec, device: torch.device) -> nn.Module:
+    """The package's `TransformerLM` for the run's `ModelSpec` (see `cs336_lab/assignment.py`), with our
     reference's hand-written kernels switched on (the same model, a faster eager step)."""
-    return api.build_model(model_settings, device, fused_kernels=True)
+    return Assignment.load().build_model(spec, device, fused_kernels=True)
 
 
 def default_optimizer_factory(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """The package's `AdamW` with the run's hyper-parameters."""
-    return api.make_optimizer(params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps,
+    return Assignment.load().make_optimizer(params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps,
                               weight_decay=config.weight_decay)
 
 
@@ -109,7 +110,7 @@ def train(
 ) -> TrainResult:
     """Train a language model as described by `config`; see the module docstring.
 
-    `model_factory(model_settings, device)` and `optimizer_factory(params, config)` replace the package's
+    `model_factory(spec, device)` and `optimizer_factory(params, config)` replace the package's
     `TransformerLM` and `AdamW`, e.g. to train the torch-native oracle model with the very same loop.
     Raises `NonFiniteLossError` (a `FloatingPointError`) when the loss diverges.
     """
@@ -136,7 +137,7 @@ def train(
 def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFactory,
             optimizer_factory: OptimizerFactory) -> _Run:
     """Data, model, optimizer and sampler; restored from the checkpoint when resuming."""
-    sizes = {"context_length": config.context_length, "vocab_size": config.vocab_size}
+    sizes = {"context_length": config.model.context_length, "vocab_size": config.model.vocab_size}
     train_tokens = load_training_tokens(config.train_data, "train_data", **sizes)
     valid_tokens = load_training_tokens(config.valid_data, "valid_data", **sizes)
     ckpt_path = Path(config.out_dir) / CHECKPOINT_NAME
@@ -144,9 +145,9 @@ def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFa
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt_path}")
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = model_factory(config.model_settings(), ctx.device)
+    model = model_factory(config.model, ctx.device)
     optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
-    sampler = BatchSampler(train_tokens, batch_size=config.batch_size, context_length=config.context_length,
+    sampler = BatchSampler(train_tokens, batch_size=config.batch_size, context_length=config.model.context_length,
                            device=ctx.device, seed=ctx.seed(config.seed))
     run = _Run(config, ctx, model, model, optimizer, sampler, valid_tokens)
     if config.resume:
@@ -177,7 +178,7 @@ def _resume(run: _Run) -> None:
 
 def _check_same_model(stored: dict[str, Any], config: TrainConfig) -> None:
     """Refuse to resume a checkpoint into another architecture (some changes, e.g. num_heads, fit its shapes)."""
-    saved, wanted = api.model_settings(stored), config.model_settings()
+    saved, wanted = ModelSpec.from_run_config(stored).to_dict(), config.model.to_dict()  # old flat configs too
     changed = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
     if changed:
         diff = ", ".join(f"{k}={saved[k]!r} in the checkpoint, {wanted[k]!r} asked" for k in changed)
@@ -234,7 +235,7 @@ def _loop(run: _Run) -> TrainResult:
 
 def _tokens_per_step(run: _Run) -> int:
     c = run.config
-    return c.batch_size * c.context_length * c.grad_accum_steps * run.ctx.world_size
+    return c.batch_size * c.model.context_length * c.grad_accum_steps * run.ctx.world_size
 
 
 def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
@@ -243,7 +244,7 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
     if config.lr_clock == "time":
         assert config.max_time_s is not None
         it = elapsed_s / config.max_time_s * config.max_steps
-    return api.cosine_lr(it, config.lr_max, config.lr_min, config.warmup_steps, config.max_steps)
+    return Assignment.load().lr_at(it, config.lr_max, config.lr_min, config.warmup_steps, config.max_steps)
 
 
 def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float, float, float, bool]:
@@ -261,11 +262,11 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
         with no_sync_if(run.train_model, micro < config.grad_accum_steps - 1):  # all-reduce on the last one
             with autocast(run.ctx.device, config.precision):
                 logits = run.train_model(x)
-            loss = api.cross_entropy(logits, y) / config.grad_accum_steps
+            loss = Assignment.load().training_loss(logits, y) / config.grad_accum_steps
             loss.backward()
         loss_sum += loss.item()
     params = [p for p in run.model.parameters() if p.grad is not None]
-    grad_norm = api.clip_gradients(params, config.grad_clip)
+    grad_norm = Assignment.load().clip_and_measure(params, config.grad_clip)
     loss_mean, elapsed, votes = run.ctx.means([loss_sum, time.perf_counter() - start, float(signalled)])
     if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
         what = "loss" if not math.isfinite(loss_mean) else "gradient norm"
@@ -342,7 +343,7 @@ def _unhealthy(run: _Run) -> str | None:
     else:  # one fixed validation batch; it draws nothing from the training sampler
         one_batch = dataclasses.replace(run.config, eval_batches=1)
         loss = estimate_loss(run.model, run.valid_tokens, one_batch, run.ctx.device)
-    limit = 2 * math.log(run.config.vocab_size)
+    limit = 2 * math.log(run.config.model.vocab_size)
     return None if loss <= limit else f"validation loss {loss:.4g} > {limit:.3g}, twice that of uniform guessing"
 
 
@@ -354,13 +355,11 @@ def _mfu_factor(config: TrainConfig, ctx: DistributedContext) -> float | None:
 
 def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | None, float | None]:
     """FLOPs per trained token and the peak FLOP/s for MFU: the user's, else the device's known peak."""
-    if not api.has("ModelConfig"):
-        return None, None  # the accounting works on the reference's ModelConfig
     from cs336_lab.accounting import peak_flops_for_device, training_flops_per_token
 
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     try:
-        flops = training_flops_per_token(config.model_config(), config.context_length)
+        flops = training_flops_per_token(config.model, config.model.context_length)
         if config.peak_flops is not None:
             return flops, config.peak_flops
         return flops, peak_flops_for_device(device, torch.bfloat16 if bf16 else torch.float32)

@@ -1,18 +1,18 @@
 """`TrainConfig`, everything that defines a training run (one `cs336 train` flag per field), and `TrainResult`.
 
-The model fields carry the handout's names (`vocab_size`, `context_length`, `d_model`, `num_layers`,
-`num_heads`, `d_ff`, `rope_theta`) and the ablation switches of the reference's `ModelConfig`; every other
-field belongs to the trainer. A value that cannot work is refused here, before anything is loaded or written.
+The model is a nested `ModelSpec` (`config.model`, declared and validated in `cs336_common/model_spec.py`):
+its flags stay plain (`--d-model`, `--eps`, `--no-use-rmsnorm`), and a config file gives it as a `[model]`
+table or, as configs written before the nesting did, as top-level keys. Every other field belongs to the
+trainer. A value that cannot work is refused here, before anything is loaded or written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cs336_lab import api
+from cs336_common.model_spec import ModelSpec
 
 CHECKPOINT_NAME = "ckpt_latest.pt"
 
@@ -29,19 +29,8 @@ class TrainConfig:
     train_data: str = field(default="", metadata=_help("training tokens, a 1-d .npy array"))
     valid_data: str = field(default="", metadata=_help("validation tokens, a 1-d .npy array"))
     tokenizer_dir: str | None = field(default=None, metadata=_help("tokenizer directory: bits/byte and samples"))
-    # model (maps onto ModelConfig)
-    vocab_size: int = 10_000
-    context_length: int = 256
-    d_model: int = 512
-    num_layers: int = 4
-    num_heads: int = 16
-    d_ff: int | None = field(default=None, metadata=_help("feed-forward width; none = about 8/3 d_model"))
-    rope_theta: float = 10_000.0
-    use_rmsnorm: bool = field(default=True, metadata=_help("ablation: --no-use-rmsnorm drops every RMSNorm"))
-    norm_position: Literal["pre", "post"] = "pre"
-    position_embedding: Literal["rope", "none"] = field(default="rope", metadata=_help("'none' = NoPE"))
-    ffn_type: Literal["swiglu", "silu"] = "swiglu"
-    init: str = field(default="assignment", metadata=_help("weight initialisation scheme (the package's ModelConfig)"))
+    # model: flags without a prefix (--d-model); a [model] table or top-level keys in a config file
+    model: ModelSpec = field(default_factory=ModelSpec, metadata={"flatten": True})
     # optimisation
     batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
     grad_accum_steps: int = 1
@@ -79,8 +68,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "batch_size",
-                    "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every")
+        if not isinstance(self.model, ModelSpec):
+            raise TypeError(f"TrainConfig.model must be a ModelSpec, got {type(self.model).__name__}")
+        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every",
+                    "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -96,14 +87,6 @@ class TrainConfig:
             raise ValueError(f"peak_flops must be positive or None, got {self.peak_flops}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
-
-    def model_settings(self) -> dict[str, Any]:
-        """The model fields of this config (what `cs336_lab.api.build_model` takes)."""
-        return api.model_settings(dataclasses.asdict(self))
-
-    def model_config(self) -> Any:
-        """The reference's `ModelConfig` for this run (an optional extra of the package, see `api.py`)."""
-        return api.get("ModelConfig", needed_for="TrainConfig.model_config")(**self.model_settings())
 
 
 @dataclass

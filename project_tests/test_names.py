@@ -50,9 +50,6 @@ HANDOUT = {
 # Another spelling of a handout name, and where it may still be defined (with what it means there).
 OTHER_SPELLINGS = {
     "clip_gradients": {
-        # NOTE: the door into the package, being replaced by a typed one: its wrapper clips with the package's
-        # `gradient_clipping` and returns the norm before it; the new door should not use this name.
-        "cs336_lab/api.py",
     },
 }
 # Public names that several modules of the packages define on purpose, with one meaning.

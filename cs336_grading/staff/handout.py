@@ -34,7 +34,7 @@ _PACKAGE = "cs336_basics"
 PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # the kit's whole package
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
 # the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
-_TOOL_PACKAGES = ("cs336_common", "cs336_lab", "cs336_grading")
+_TOOL_PACKAGES = ("cs336_common", "cs336_lab", "cs336_grading")  # cs336_common: what the other two share
 _SUBPACKAGES = ("cs336_grading.handout_files", "cs336_grading.expected", "cs336_grading.harness",
                     "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures")
 

@@ -33,6 +33,7 @@ trained model; the tests allow 1e-6).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -44,12 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cs336_common.model_spec import HANDOUT_FIELDS, ModelSpec
 from cs336_grading import untrusted
 from cs336_grading.staff.leaderboard_files import RuleError, read_submitted_checkpoint, read_submitted_tokenizer
 
 METRICS = ("bits_per_byte", "loss")
 FOLDER = "leaderboard"
-_STANDARD = {"use_rmsnorm": True, "norm_position": "pre", "position_embedding": "rope", "ffn_type": "swiglu"}
+# The switches of a ModelSpec beyond the handout's fields, at the handout's values (eps may differ; init is moot).
+_STANDARD = {f.name: f.default for f in dataclasses.fields(ModelSpec) if f.name not in (*HANDOUT_FIELDS, "eps", "init")}
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
 
     state, ckpt_config = read_submitted_checkpoint(folder, config.max_checkpoint_bytes)
     extra = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    model_config = {**(ckpt_config or {}), **extra}
+    model_config = {**_model_fields(ckpt_config or {}), **_model_fields(extra)}
     for key, standard in _STANDARD.items():
         if model_config.get(key, standard) != standard:
             raise RuleError(f"the leaderboard scores the handout's architecture ({key}={standard!r}), got {model_config[key]!r}")
@@ -165,7 +168,7 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
     try:
         arch = trusted_lm.infer_architecture(
             state, num_heads=int(model_config["num_heads"]), rope_theta=float(model_config.get("rope_theta", 10_000.0)),
-            eps=float(model_config.get("eps", 1e-5)),
+            eps=float(model_config.get("eps", 1e-5)), context_length=config.context_length,
         )  # fmt: skip
     except (ValueError, TypeError) as e:
         raise RuleError(str(e)) from e
@@ -188,6 +191,12 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
         "predicted_bytes": num_bytes, "parameters": parameters, "vocab_size": arch.vocab_size,
         "context_length": config.context_length,
     }  # fmt: skip
+
+
+def _model_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config's model fields: its `model` table (`cs336 train` today), else its top-level keys (older runs)."""
+    nested = config.get("model")
+    return dict(nested) if isinstance(nested, Mapping) else dict(config)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

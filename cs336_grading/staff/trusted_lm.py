@@ -12,18 +12,21 @@ architecture is the handout's, fixed by the state-dict keys of INTERFACE.md:
 Pre-norm blocks, RMSNorm (in float32, eps 1e-5 unless the checkpoint's config says otherwise), RoPE on
 adjacent pairs of each head, causal softmax attention scaled by 1/sqrt(d_k), SwiGLU. Shapes give V, D, F and
 the number of layers; the number of heads and RoPE's theta are not in the weights and come from the
-checkpoint's config. It uses torch built-ins freely (this is the grader's code, not the assignment) and
+checkpoint's config. The architecture travels as a `cs336_common.model_spec.ModelSpec` (the tools' one model
+description; its ablation switches must hold the handout's values here). It uses torch built-ins freely (this
+is the grader's code, not the assignment) and
 never imports `cs336_basics`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from cs336_common.model_spec import ModelSpec
 
 BLOCK_SHAPES = {  # block key -> shape in terms of D (d_model) and F (d_ff)
     "attn.q_proj.weight": ("D", "D"),
@@ -40,19 +43,11 @@ TOP_SHAPES = {"token_embeddings.weight": ("V", "D"), "ln_final.weight": ("D",), 
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
 
 
-@dataclass(frozen=True)
-class Architecture:
-    vocab_size: int
-    d_model: int
-    d_ff: int
-    num_layers: int
-    num_heads: int
-    rope_theta: float = 10_000.0
-    eps: float = 1e-5
+def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: float, eps: float,
+                       context_length: int) -> ModelSpec:
+    """The `ModelSpec` of `state`, checked key by key and shape by shape; ValueError names what is wrong.
 
-
-def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: float, eps: float) -> Architecture:
-    """The architecture of `state`, checked key by key and shape by shape; ValueError names what is wrong."""
+    `context_length` is not in the weights either: the caller's scoring window."""
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER_KEY.fullmatch(k))})
     for key in ("token_embeddings.weight", "layers.0.ffn.w1.weight"):
         if key not in state or state[key].ndim != 2:
@@ -76,7 +71,17 @@ def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: 
             raise ValueError(f"expected finite floating-point weights in {key}, got {state[key].dtype} (or NaN/inf)")
     if num_heads < 1 or d_model % num_heads or (d_model // num_heads) % 2:
         raise ValueError(f"expected num_heads dividing d_model={d_model} into even head sizes, got {num_heads}")
-    return Architecture(int(vocab_size), int(d_model), int(d_ff), len(layers), num_heads, rope_theta, eps)
+    return ModelSpec(vocab_size=int(vocab_size), context_length=context_length, d_model=int(d_model),
+                     num_layers=len(layers), num_heads=num_heads, d_ff=int(d_ff), rope_theta=rope_theta, eps=eps)
+
+
+def check_handout_spec(arch: ModelSpec) -> None:
+    """Refuse a spec this forward pass does not compute: any switch off the handout's (eps may differ)."""
+    if not isinstance(arch, ModelSpec):
+        raise TypeError(f"expected a ModelSpec, got {type(arch).__name__}")
+    off = {k: v for k, v in arch.non_default_extras().items() if k not in ("eps", "init")}
+    if off:
+        raise ValueError(f"the trusted LM computes the handout's model; expected default switches, got {off}")
 
 
 def _rms_norm(x: Tensor, gain: Tensor, eps: float) -> Tensor:
@@ -95,8 +100,9 @@ def _rope(x: Tensor, theta: float) -> Tensor:
 
 
 @torch.no_grad()
-def logits(state: dict[str, Tensor], arch: Architecture, token_ids: Tensor) -> Tensor:
+def logits(state: dict[str, Tensor], arch: ModelSpec, token_ids: Tensor) -> Tensor:
     """Next-token logits (B, T, V) for `token_ids` (B, T): the handout's model, in float32."""
+    check_handout_spec(arch)
     w = {k: v.float() for k, v in state.items()}
     B, T = token_ids.shape
     H, hd = arch.num_heads, arch.d_model // arch.num_heads
@@ -116,7 +122,7 @@ def logits(state: dict[str, Tensor], arch: Architecture, token_ids: Tensor) -> T
 
 
 @torch.no_grad()
-def total_nats(state: dict[str, Tensor], arch: Architecture, tokens: Tensor, context_length: int,
+def total_nats(state: dict[str, Tensor], arch: ModelSpec, tokens: Tensor, context_length: int,
                batch_size: int = 16) -> float:
     """Sum of -ln p(token) over every token after the first, in disjoint windows of `context_length`.
 
@@ -134,6 +140,6 @@ def total_nats(state: dict[str, Tensor], arch: Architecture, tokens: Tensor, con
     return total
 
 
-def _window_nats(state: dict[str, Tensor], arch: Architecture, rows: Tensor) -> float:
+def _window_nats(state: dict[str, Tensor], arch: ModelSpec, rows: Tensor) -> float:
     out = logits(state, arch, rows[:, :-1])
     return float(F.cross_entropy(out.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").double().sum())

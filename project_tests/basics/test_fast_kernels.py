@@ -196,14 +196,14 @@ def test_multi_tensor_adamw_matches_the_per_tensor_loop_with_uneven_step_counts(
 
 
 def test_the_tools_train_and_sample_with_the_fast_kernels() -> None:
-    from cs336_lab import api
+    from cs336_common.model_spec import ModelSpec
+    from cs336_lab.assignment import Assignment
     from cs336_lab.train import default_model_factory
 
-    settings = dict(vocab_size=50, context_length=16, d_model=16, num_layers=2, num_heads=2, d_ff=None,
-                    rope_theta=10000.0)
-    model = default_model_factory(settings, torch.device("cpu"))
+    spec = ModelSpec(vocab_size=50, context_length=16, d_model=16, num_layers=2, num_heads=2)
+    model = default_model_factory(spec, torch.device("cpu"))
     attention = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
     assert len(attention) == 2 and all(m.fused_kernels for m in attention)
-    assert not any(m.fused_kernels for m in api.build_model(settings, "cpu").modules()
+    assert not any(m.fused_kernels for m in Assignment.load().build_model(spec, "cpu").modules()
                    if isinstance(m, MultiHeadSelfAttention)), "fused kernels are opt-in"
-    assert api._fast_kernel("cross_entropy") is fast.cross_entropy
+    assert Assignment.load().fast_cross_entropy is fast.cross_entropy

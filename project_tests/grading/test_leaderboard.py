@@ -235,3 +235,15 @@ def test_an_unexpected_failure_is_no_entry_not_a_crash(tmp_path: Path, monkeypat
     monkeypatch.setattr(trusted_lm, "total_nats", explode)
     result = score(make_config(tmp_path), make_submission(tmp_path / "grace"))
     assert rejected(result, "could not be scored (OverflowError: something nobody foresaw)")
+
+
+def test_a_checkpoint_with_a_model_table_is_read_as_cs336_train_writes_it(tmp_path: Path) -> None:
+    rules = make_config(tmp_path)
+
+    def nested(switches: dict[str, object]):  # type: ignore[no-untyped-def]
+        return lambda model: {"model": model.state_dict(), "iteration": 0,
+                              "config": {"lr_max": 0.1, "model": CONFIG.to_dict() | switches}}
+
+    assert score(rules, make_submission(tmp_path / "a", payload=nested({}))).entry is not None
+    post = make_submission(tmp_path / "b", payload=nested({"norm_position": "post"}))
+    assert rejected(score(rules, post), "the leaderboard scores the handout's architecture (norm_position='pre')")

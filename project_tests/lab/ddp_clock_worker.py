@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
         if rank == 1 and module.training:
             time.sleep(0.03)
 
-    def factory(model_settings: dict[str, Any], device: torch.device) -> nn.Module:
-        model = TransformerLM(ModelConfig(**model_settings), device=device)
+    def factory(spec: Any, device: torch.device) -> nn.Module:
+        model = TransformerLM(ModelConfig(**spec.to_dict()), device=device)
         model.register_forward_pre_hook(slow_on_rank_one)
         models.append(model)
         return model

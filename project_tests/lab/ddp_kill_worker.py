@@ -36,8 +36,8 @@ def killing_factory(kill_rank: int, kill_step: int) -> Any:
         if rank == kill_rank and calls == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def factory(model_settings: dict[str, Any], device: torch.device) -> nn.Module:
-        model = TransformerLM(ModelConfig(**model_settings), device=device)
+    def factory(spec: Any, device: torch.device) -> nn.Module:
+        model = TransformerLM(ModelConfig(**spec.to_dict()), device=device)
         model.register_forward_pre_hook(hook)
         return model
 

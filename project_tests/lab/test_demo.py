@@ -48,7 +48,7 @@ def test_demo_writes_every_stage(demo_run):
     assert [s for s, _ in result.val_curve] == [2, 4]
     assert result.val_curve[-1][1] < result.val_curve[0][1] + 0.5  # sane numbers, not a quality check
     assert [s.startswith(p) for s, p in zip(result.samples, ["Once upon a time", "Tom"])] == [True, True]
-    saved = json.loads((out / "model" / "config.json").read_text())
+    saved = json.loads((out / "model" / "config.json").read_text())["model"]
     assert saved["d_model"] == 32
     from cs336_lab.tokenizer_files import load_tokenizer
 
@@ -112,17 +112,20 @@ def test_ready_configs_load(name):
 def test_tinystories_config_is_the_handouts():
     from cs336_lab.train_config import TrainConfig
 
-    c = load_config(TrainConfig, REPO / "configs" / "tinystories.toml")
+    c = load_config(TrainConfig, REPO / "configs" / "tinystories.toml").model
+    t = load_config(TrainConfig, REPO / "configs" / "tinystories.toml")
     assert (c.vocab_size, c.context_length, c.d_model, c.d_ff, c.num_layers, c.num_heads, c.rope_theta) == (
         10_000, 256, 512, 1344, 4, 16, 10_000.0)
-    assert c.batch_size * c.context_length * c.max_steps * c.grad_accum_steps == 327_680_000
+    assert t.batch_size * c.context_length * t.max_steps * t.grad_accum_steps == 327_680_000
 
 
 def test_demo_model_size_is_in_range():
     from cs336_basics.model import TransformerLM
 
     config = demo_train_config("runs/demo", vocab_size=DemoConfig().vocab_size)
-    n = TransformerLM(config.model_config()).num_parameters()
+    from cs336_basics.model import ModelConfig
+
+    n = TransformerLM(ModelConfig(**config.model.to_dict())).num_parameters()
     assert 1_000_000 <= n <= 3_000_000
 
 

@@ -164,7 +164,7 @@ def test_a_trained_checkpoint_agrees_with_the_naive_loop_to_1e6(tmp_path: Path) 
     result = evaluate(run.checkpoint, run.valid_text)
     model, _ = load_for_eval(run.checkpoint)
     tokens = load_tokenizer(run.tokenizer_dir).encode(run.valid_text.read_text(encoding="utf-8"))
-    nats, count = naive_nats(model, tokens, run.config.context_length, run.config.context_length)
+    nats, count = naive_nats(model, tokens, run.config.model.context_length, run.config.model.context_length)
     assert result.predicted_tokens == count
     assert abs(result.loss - nats / count) < 1e-6
-    assert result.loss < math.log(run.config.vocab_size)  # it learned something
+    assert result.loss < math.log(run.config.model.vocab_size)  # it learned something

@@ -81,7 +81,7 @@ def test_interrupted_sweep_resumes_and_skips_finished_points(base: dict[str, Any
     CrashingLM.calls, CrashingLM.crash_at = -8 - 2 - 2, 8  # the first point's 8 steps and 2 evaluations pass
     crashing = lambda config: train(  # noqa: E731
         config,
-        model_factory=lambda settings, device: CrashingLM(ModelConfig(**settings), device=device, fused_kernels=True),
+        model_factory=lambda spec, device: CrashingLM(ModelConfig(**spec.to_dict()), device=device, fused_kernels=True),
     )
     with pytest.raises(KeyboardInterrupt):
         sweep(base, grid, tmp_path / "s", train_fn=crashing)
@@ -148,7 +148,7 @@ def test_listed_points_are_named_and_crossed_with_the_grid(base: dict[str, Any],
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
         "baseline+seed=0", "position_embedding=none+seed=0", "post-norm+seed=0"]
     config = json.loads((out / "post-norm+seed=0" / "config.json").read_text())
-    assert (config["norm_position"], config["max_steps"], config["d_model"]) == ("post", 4, 16)  # file beats base
+    assert (config["model"]["norm_position"], config["max_steps"], config["model"]["d_model"]) == ("post", 4, 16)
     rows = (out / "compare.md").read_text().splitlines()[2:]
     # Named points keep their names; the unnamed one is labelled by the keys that differ between the runs.
     assert [r.split(" | ")[0] for r in rows] == [
@@ -190,7 +190,7 @@ def test_ctrl_c_stops_the_sweep_and_the_point_resumes(base: dict[str, Any], tmp_
 
     grid = {"lr_max": [1e-3, 1e-2]}
     signalling = lambda config: train(  # noqa: E731
-        config, model_factory=lambda settings, device: SignallingLM(ModelConfig(**settings), device=device))
+        config, model_factory=lambda spec, device: SignallingLM(ModelConfig(**spec.to_dict()), device=device))
     with pytest.raises(KeyboardInterrupt, match=r"stopped by SIGINT after step \d"):
         sweep(base, grid, tmp_path / "s", train_fn=signalling)
     first = tmp_path / "s" / "lr_max=0.001"

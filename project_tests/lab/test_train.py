@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import cs336_lab.train as train_mod
-from cs336_lab import api
+from cs336_common.model_spec import ModelSpec
+from cs336_lab.assignment import Assignment
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.run_log import bytes_per_token
-from cs336_lab.train import NonFiniteLossError, TrainConfig, train
+from cs336_lab.train import NonFiniteLossError, TrainConfig, default_model_factory, train
 
 VOCAB = 64
 
@@ -38,11 +39,16 @@ def token_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tiny_config(token_files: tuple[Path, Path], tmp_path: Path) -> TrainConfig:
     train_path, valid_path = token_files
     return TrainConfig(
-        train_data=str(train_path), valid_data=str(valid_path), vocab_size=VOCAB, context_length=16, d_model=32,
-        num_layers=2, num_heads=2, batch_size=4, max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
+        train_data=str(train_path), valid_data=str(valid_path),
+        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2), batch_size=4,
+        max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
         eval_every=4, eval_batches=2, log_every=1, checkpoint_every=4, out_dir=str(tmp_path / "run"), device="cpu",
         progress=False,
     )
+
+
+def _with_model(config: TrainConfig, **fields) -> TrainConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **fields))
 
 
 def _losses(history: list[dict]) -> list[tuple]:
@@ -55,7 +61,7 @@ def test_run_writes_config_metrics_curve_and_checkpoint(tiny_config: TrainConfig
     result = train(tiny_config)
     out = Path(tiny_config.out_dir)
     assert result.steps == 12 and result.tokens_seen == 12 * 4 * 16
-    assert json.loads((out / "config.json").read_text())["d_model"] == 32
+    assert json.loads((out / "config.json").read_text())["model"]["d_model"] == 32
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records == result.history
     assert [r["step"] for r in records] == list(range(1, 13))
@@ -66,7 +72,7 @@ def test_run_writes_config_metrics_curve_and_checkpoint(tiny_config: TrainConfig
     assert result.best_val_loss == min(r["val_loss"] for r in records if "val_loss" in r)
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     payload = read_run_checkpoint(out / "ckpt_latest.pt")
-    assert payload["iteration"] == 12 and payload["config"]["num_layers"] == 2
+    assert payload["iteration"] == 12 and payload["config"]["model"]["num_layers"] == 2
     assert payload["extra"]["tokens_seen"] == result.tokens_seen
 
 
@@ -82,7 +88,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(
     reference = train(dataclasses.replace(tiny_config, out_dir=str(tmp_path / "whole")))
 
     # Crash in the middle of step 7 (the 7th training batch; evaluations at step 4 drew 2 more).
-    real_get_batch, calls = api.get_batch, {"n": 0}
+    real_get_batch, calls = Assignment.sample_batch, {"n": 0}
 
     def crashing_get_batch(*args, **kwargs):
         calls["n"] += 1
@@ -90,10 +96,10 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(
             raise KeyboardInterrupt("simulated kill")
         return real_get_batch(*args, **kwargs)
 
-    monkeypatch.setattr(api, "get_batch", crashing_get_batch)
+    monkeypatch.setattr(Assignment, "sample_batch", crashing_get_batch)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config)
-    monkeypatch.setattr(api, "get_batch", real_get_batch)
+    monkeypatch.setattr(Assignment, "sample_batch", real_get_batch)
     assert read_run_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")["iteration"] == 4
 
     resumed = train(dataclasses.replace(tiny_config, resume=True))
@@ -109,14 +115,14 @@ def test_resume_without_checkpoint_is_an_error(tiny_config: TrainConfig) -> None
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss, calls = api.cross_entropy, {"n": 0}
+    real_loss, calls = Assignment.training_loss, {"n": 0}
 
-    def poisoned_loss(logits, targets):
+    def poisoned_loss(self, logits, targets):
         calls["n"] += 1  # steps 1-4 use calls 1-4, the step-4 evaluation 5-6, step 7 is call 9
-        loss = real_loss(logits, targets)
+        loss = real_loss(self, logits, targets)
         return loss * math.nan if calls["n"] == 9 else loss
 
-    monkeypatch.setattr(api, "cross_entropy", poisoned_loss)
+    monkeypatch.setattr(Assignment, "training_loss", poisoned_loss)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7"):
         train(tiny_config)
     payload = read_run_checkpoint(Path(tiny_config.out_dir) / "ckpt_latest.pt")
@@ -149,10 +155,16 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tiny_config: TrainConfig) -
     ids=["no-rmsnorm", "post-norm", "nope", "silu-ffn"],
 )
 def test_ablation_switches_reach_the_model(tiny_config: TrainConfig, switches: dict) -> None:
-    config = dataclasses.replace(tiny_config, max_steps=2, **switches)
-    model_config = config.model_config()
-    assert all(getattr(model_config, k) == v for k, v in switches.items())
-    assert math.isfinite(train(config).final_val_loss)
+    config = dataclasses.replace(_with_model(tiny_config, **switches), max_steps=2)
+    built = []
+
+    def model_factory(spec, device):
+        model = default_model_factory(spec, device)
+        built.append(model.config)
+        return model
+
+    assert math.isfinite(train(config, model_factory=model_factory).final_val_loss)
+    assert all(getattr(built[0], k) == v for k, v in switches.items())  # the package's ModelConfig got them
 
 
 def test_custom_model_and_optimizer_factories(tiny_config: TrainConfig) -> None:
@@ -160,16 +172,16 @@ def test_custom_model_and_optimizer_factories(tiny_config: TrainConfig) -> None:
 
     built = []
 
-    def model_factory(model_settings, device):
-        built.append(model_settings)
-        return TransformerLM(ModelConfig(**model_settings), device=device)
+    def model_factory(spec, device):
+        built.append(spec)
+        return TransformerLM(ModelConfig(**spec.to_dict()), device=device)
 
     def optimizer_factory(params, config):
         return torch.optim.SGD(params, lr=config.lr_max)
 
     result = train(dataclasses.replace(tiny_config, max_steps=2), model_factory=model_factory,
                    optimizer_factory=optimizer_factory)
-    assert result.steps == 2 and built[0]["d_model"] == 32
+    assert result.steps == 2 and built[0].d_model == 32
 
 
 @pytest.mark.parametrize(
@@ -218,7 +230,8 @@ def test_cli_flags_and_config_file(tiny_config: TrainConfig, tmp_path: Path) -> 
                  "--no-progress", "--ffn-type", "silu"])
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["d_model"], saved["max_steps"], saved["ffn_type"]) == (16, 2, "silu")  # flag beats file
+    # flag beats file
+    assert (saved["model"]["d_model"], saved["max_steps"], saved["model"]["ffn_type"]) == (16, 2, "silu")
     assert read_run_checkpoint(out / "ckpt_latest.pt")["iteration"] == 2
 
 
@@ -226,7 +239,7 @@ def test_cli_exit_codes_for_bad_input_and_divergence(
     tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _cli(["train", "--train-data", str(tmp_path / "missing.npy"), "--valid-data", "x"]) == 2
-    monkeypatch.setattr(api, "cross_entropy", lambda logits, targets: logits.sum() * math.inf)
+    monkeypatch.setattr(Assignment, "training_loss", lambda self, logits, targets: logits.sum() * math.inf)
     code = _cli(["train", "--train-data", tiny_config.train_data, "--valid-data", tiny_config.valid_data,
                  "--vocab-size", "64", "--context-length", "16", "--d-model", "16", "--num-heads", "2",
                  "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "0", "--max-steps", "2",
@@ -256,7 +269,7 @@ def test_torch_compile_trains(tiny_config: TrainConfig) -> None:
 
 def test_token_ids_beyond_the_vocabulary_are_named(tiny_config: TrainConfig) -> None:
     with pytest.raises(ValueError, match=r"token id 62, expected ids in \[0, vocab_size=50\)"):
-        train(dataclasses.replace(tiny_config, vocab_size=50))
+        train(_with_model(tiny_config, vocab_size=50))
 
 
 def test_mfu_uses_the_peak_flops_the_user_gives(tiny_config: TrainConfig) -> None:
@@ -264,7 +277,7 @@ def test_mfu_uses_the_peak_flops_the_user_gives(tiny_config: TrainConfig) -> Non
 
     config = dataclasses.replace(tiny_config, max_steps=3, warmup_steps=1, peak_flops=1e9)
     records = train(config).history
-    flops = training_flops_per_token(config.model_config(), config.context_length)
+    flops = training_flops_per_token(config.model, config.model.context_length)
     for r in records:  # on CPU no peak is known: without peak_flops there would be no "mfu" at all
         assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, rel=1e-9)
     assert "mfu" not in train(dataclasses.replace(config, peak_flops=None, out_dir=config.out_dir + "2")).history[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cs336_common.model_spec import ModelSpec
 from cs336_lab.corpus import write_corpus
 from cs336_lab.pipeline import tokenize_files, train_tokenizer
 from cs336_lab.train import train
@@ -40,7 +41,7 @@ def make_tiny_run(root: Path, *, steps: int = 40) -> TinyRun:
     train_npy, valid_npy = sorted(counts, key=lambda p: p.stem != "train")
     config = TrainConfig(
         train_data=str(train_npy), valid_data=str(valid_npy), tokenizer_dir=str(tokenizer_dir),
-        vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH, d_model=32, num_layers=2, num_heads=4,
+        model=ModelSpec(vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH, d_model=32, num_layers=2, num_heads=4),
         batch_size=8, max_steps=steps, warmup_steps=4, lr_max=3e-3, eval_every=steps, eval_batches=2,
         log_every=steps, checkpoint_every=steps, out_dir=str(root / "run"), progress=False, device="cpu",
     )  # fmt: skip
