@@ -50,10 +50,10 @@ def handout_d_ff(d_model: int) -> int:
     return max(64, 64 * round(8 * d_model / 3 / 64))
 
 
-def default_d_ff(d_model: int, ffn_type: str = "swiglu") -> int:
+def implied_d_ff(d_model: int, ffn_type: str = "swiglu") -> int:
     """`d_ff` for `d_ff=None`: `handout_d_ff` for SwiGLU, 4 d_model for the SiLU network (equal parameters).
 
-    >>> default_d_ff(512), default_d_ff(512, "silu")
+    >>> implied_d_ff(512), implied_d_ff(512, "silu")
     (1344, 2048)
     """
     return handout_d_ff(d_model) if ffn_type == "swiglu" else 4 * d_model
@@ -63,7 +63,7 @@ def default_d_ff(d_model: int, ffn_type: str = "swiglu") -> int:
 class ModelSpec:
     """Everything that defines the architecture of a Transformer LM (see the module docstring).
 
-    `d_ff=None` resolves to `default_d_ff(d_model, ffn_type)` at construction; afterwards `d_ff` is an int.
+    `d_ff=None` resolves to `implied_d_ff(d_model, ffn_type)` at construction; afterwards `d_ff` is an int.
     NOTE: `dataclasses.replace(spec, d_model=...)` keeps the resolved `d_ff`; pass `d_ff=None` to re-derive it.
     """
 
@@ -100,7 +100,7 @@ class ModelSpec:
                 raise ValueError(f"ModelSpec.{name} must be a positive finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.d_ff is None:
-            object.__setattr__(self, "d_ff", default_d_ff(self.d_model, self.ffn_type))
+            object.__setattr__(self, "d_ff", implied_d_ff(self.d_model, self.ffn_type))
         _check_positive_int("d_ff", self.d_ff)
 
     @property
@@ -157,4 +157,4 @@ def _check_choices(spec: ModelSpec) -> None:
             raise ValueError(f"ModelSpec.{name} must be one of {get_args(choices)}, got {getattr(spec, name)!r}")
 
 
-__all__ = ["ModelSpec", "HANDOUT_FIELDS", "handout_d_ff", "default_d_ff", "field_names"]
+__all__ = ["ModelSpec", "HANDOUT_FIELDS", "handout_d_ff", "implied_d_ff", "field_names"]

@@ -66,7 +66,7 @@ _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 
 def resolved_d_ff(config: ModelSpec) -> int:
     """The feed-forward width the model uses: `ModelSpec` resolves `d_ff=None` to its default
-    (`default_d_ff(d_model, ffn_type)`) when it is built."""
+    (`implied_d_ff(d_model, ffn_type)` of cs336_common/model_spec.py) when it is built."""
     assert config.d_ff is not None, "ModelSpec.__post_init__ resolves d_ff"
     return int(config.d_ff)
 

@@ -209,3 +209,15 @@ def test_docstring_examples() -> None:
     import cs336_common.model_spec
 
     assert doctest.testmod(cs336_common.model_spec).failed == 0
+
+
+def test_the_tools_d_ff_formula_is_the_assignments() -> None:
+    """The one formula has two homes on purpose: the assignment stands alone, the tools never import it."""
+    from cs336_basics.layers import default_d_ff
+
+    from cs336_common.model_spec import handout_d_ff, implied_d_ff
+
+    for d_model in range(1, 4097):
+        assert handout_d_ff(d_model) == default_d_ff(d_model), d_model
+        assert implied_d_ff(d_model, "swiglu") == default_d_ff(d_model), d_model
+        assert implied_d_ff(d_model, "silu") == 4 * d_model, d_model
