@@ -92,12 +92,12 @@ def test_a_command_module_with_a_broken_import_is_an_error(monkeypatch, tmp_path
     # a module that exists but fails to import one of ITS dependencies is a real error, not skipped
     (tmp_path / "cs336_broken_for_test.py").write_text("import cs336_dependency_that_does_not_exist\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cs336_broken_for_test",))
+    monkeypatch.setattr(cli, "COMMANDS", {"broken": ("cs336_broken_for_test", "a broken command", None)})
     with pytest.raises(ModuleNotFoundError, match="cs336_dependency_that_does_not_exist"):
         build_parser()
 
 
 def test_a_missing_command_module_is_an_error(monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cs336_basics.not_written_yet",))
+    monkeypatch.setattr(cli, "COMMANDS", {"later": ("cs336_basics.not_written_yet", "a missing command", None)})
     with pytest.raises(ModuleNotFoundError):
         build_parser()
