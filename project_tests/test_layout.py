@@ -26,7 +26,7 @@ FORBIDDEN = {
     "cs336_common": {"cs336_basics", "cs336_lab", "cs336_grading", "tests", "bench"},
     "cs336_grading": {"cs336_basics", "cs336_lab"},
 }
-REGISTRIES = {"COMMANDS"}  # tables of the module names a module imports with importlib
+REGISTRIES = {"COMMANDS", "COMMAND_MODULES"}  # tables of module names imported with importlib (the second: its old name)
 # The grader's pytest plugin patches the harness it runs in (`tests.adapters` -> the sandboxed worker): the harness
 # is its data, reached by name at run time, not code it builds on. The one edge from cs336_grading to tests.
 HARNESS_HOOKS = {("cs336_grading.pytest_run.plugin", "tests")}
