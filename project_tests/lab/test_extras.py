@@ -92,3 +92,11 @@ def test_the_extras_of_the_cli_are_those_of_pyproject() -> None:
         names = {d.split(">")[0].split("=")[0].split("[")[0].replace("-", "_") for d in declared[extra]}
         assert set(modules) <= names, extra
     assert "cs336-basics[grading]" in declared["dev"]
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from cs336_lab import errors
+
+    assert doctest.testmod(errors).failed == 0
