@@ -28,8 +28,8 @@ from cs336_lab.errors import USER_ERRORS, extra_of, missing_modules, needs_extra
 logger = logging.getLogger("cs336_lab")
 
 # Every sub-command: name -> (the module that defines it with `add_subcommand`, its line in `cs336 --help`, the
-# extra of pyproject.toml it needs or None). `cs336 COMMAND` imports that one module only, and the module
-# imports its machinery (torch, the grader, pytest...) when it runs, so `cs336 --help` needs nothing.
+# extra of pyproject.toml it needs or None). `cs336 COMMAND` imports that one module only, so `cs336 --help`
+# imports none of them, and a command that needs an extra says so (exit 2, one line) instead of a traceback.
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("cs336_lab.demo", "the whole pipeline on the synthetic corpus (CPU, < 5 min)", None),
     "train-bpe": ("cs336_lab.pipeline", "train a byte-level BPE tokenizer on a text file", None),
@@ -52,7 +52,6 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
 }  # fmt: skip
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
-
 
 
 class _Formatter(logging.Formatter):
