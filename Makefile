@@ -10,7 +10,7 @@ SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 IMAGES ?= ubuntu-24.04
 
-.PHONY: install test test-slow test-all test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install test test-slow test-all test-wheel test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-slow: install
 	$(PYTEST) -m slow project_tests
 
 test-all: test test-slow
+
+## The package as a new user gets it (.ci/test_wheel.sh; ~5 min on 2 free cores, ~9 on a loaded machine): build
+## the wheel and check what it ships, install it into a fresh venv under /tmp, run every `cs336 ... --help` and a
+## tiny `cs336 train`, then with the grading extra grade the reference at full marks. Needs no .venv.
+test-wheel:
+	PYTHON=$(PYTHON) .ci/test_wheel.sh
 
 ## The Gradescope autograder in a debootstrapped base system, IMAGES=ubuntu-24.04 (or debian-12; root, debootstrap, ~10 min):
 ## setup.sh as root, then run_autograder on the reference (full marks) and a broken submission.

@@ -1,7 +1,7 @@
 """The elementary layers of the Transformer: Linear, Embedding, RMSNorm and the two feed-forward networks.
 
 Every layer takes explicit sizes plus `device`/`dtype`, initialises itself in `reset_parameters()`
-(truncated normals as in the handout, see INTERFACE.md) and names its parameters exactly like the
+(truncated normals as in the handout, see docs/INTERFACE.md) and names its parameters exactly like the
 state-dict keys of the assignment, so `load_state_dict` needs no remapping.
 """
 

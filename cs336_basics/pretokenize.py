@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 
 import regex
 
-#: GPT-2's pre-tokenisation pattern (INTERFACE.md): contractions, optional space + letters, optional
+#: GPT-2's pre-tokenisation pattern (docs/INTERFACE.md): contractions, optional space + letters, optional
 #: space + digits, optional space + other symbols, whitespace not followed by a non-space, whitespace.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)

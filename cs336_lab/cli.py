@@ -8,9 +8,10 @@
     cs336 train --config configs/demo.toml      # every option also has a flag: cs336 train --help
     cs336 generate --checkpoint runs/demo/model/ckpt_latest.pt --prompt "Once upon a time"
 
-Each module of ``COMMAND_MODULES`` registers its sub-commands with ``add_subcommand(subparsers)``, each
-handler ``func(args) -> int`` returns the exit code. Exit codes: 0 success, 1 failure (e.g. the network, a
-diverged run), 2 usage error or bad input, reported in one line without a traceback (``-v`` shows it).
+Each module of ``COMMANDS`` registers its sub-commands with ``add_subcommand(subparsers)``, each handler
+``func(args) -> int`` returns the exit code; ``cs336 COMMAND`` imports only the module of COMMAND. Exit codes
+(`cs336_lab/errors.py`): 0 success, 1 failure (e.g. the network, a diverged run), 2 usage error, bad input or
+a missing extra, reported in one line without a traceback (``-v`` shows it).
 """
 
 from __future__ import annotations
@@ -19,34 +20,38 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cs336_lab import __version__
+from cs336_lab.errors import USER_ERRORS, extra_of, missing_modules, needs_extra
 
 logger = logging.getLogger("cs336_lab")
 
-# Modules that provide sub-commands, in the order of `cs336 --help`.
-COMMAND_MODULES: tuple[str, ...] = (
-    "cs336_lab.demo",  # demo
-    "cs336_lab.pipeline",  # train-bpe, tokenize
-    "cs336_lab.corpus",  # make-corpus
-    "cs336_lab.download",  # download
-    "cs336_lab.train",  # train
-    "cs336_lab.generate",  # generate
-    "cs336_lab.evaluate",  # evaluate
-    "cs336_lab.accounting",
-    "cs336_lab.compare",  # compare
-    "cs336_lab.sweep",  # sweep
-    "cs336_grading.cli",  # the course staff's wing: grade (one or a batch), handout, autograder, similarity
-    "cs336_grading.staff.handout",
-    "cs336_grading.staff.autograder",
-    "cs336_grading.staff.similarity_report",  # similarity
-)
+# Every sub-command: name -> (the module that defines it with `add_subcommand`, its line in `cs336 --help`, the
+# extra of pyproject.toml it needs or None). `cs336 COMMAND` imports that one module only, so `cs336 --help`
+# imports none of them, and a command that needs an extra says so (exit 2, one line) instead of a traceback.
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "demo": ("cs336_lab.demo", "the whole pipeline on the synthetic corpus (CPU, < 5 min)", None),
+    "train-bpe": ("cs336_lab.pipeline", "train a byte-level BPE tokenizer on a text file", None),
+    "tokenize": ("cs336_lab.pipeline", "encode text files to .npy token arrays", None),
+    "make-corpus": ("cs336_lab.corpus", "generate the synthetic children's-stories corpus (offline)", None),
+    "download": ("cs336_lab.download", "download TinyStories or the OpenWebText sample (resumable)", None),
+    "train": ("cs336_lab.train", "train a Transformer LM on .npy token arrays", None),
+    "generate": ("cs336_lab.generate", "complete prompts with a trained checkpoint", None),
+    "evaluate": ("cs336_lab.evaluate", "the loss of a checkpoint over a whole split (nats/token, bits/byte)", None),
+    "accounting": ("cs336_lab.accounting", "parameters, FLOPs and training memory of a model config or preset", None),
+    "compare": ("cs336_lab.compare", "overlay the loss curves of several runs, with a table", None),
+    "sweep": ("cs336_lab.sweep", "train a grid of configs one by one, then compare them", None),
+    # the course staff's wing: grade (one or a batch), handout, autograder, similarity
+    "grade": ("cs336_grading.cli", "grade a student submission (directory or .zip) against the pristine tests",
+              "grading"),
+    "handout": ("cs336_grading.staff.handout",
+                "build the student starter kit (tests, fixtures, stub adapters, empty package)", "grading"),
+    "autograder": ("cs336_grading.staff.autograder", "build the Gradescope autograder zip", "grading"),
+    "similarity": ("cs336_grading.staff.similarity_report", "find similar submissions in a batch (course staff)", None),
+}  # fmt: skip
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
-
-# Bad input: exit code 2 with one line. The OS errors of a path of the wrong kind are the user's too.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 class _Formatter(logging.Formatter):
@@ -86,8 +91,10 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
                        help="warnings and errors only")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``cs336`` parser, with the sub-commands of every available module of ``COMMAND_MODULES``."""
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``cs336`` parser: the sub-commands named in ``commands`` in full (default: all of ``COMMANDS``), the
+    others as their line in ``cs336 --help`` only (their modules are not imported)."""
+    wanted = set(COMMANDS) if commands is None else set(commands)
     parser = argparse.ArgumentParser(
         prog="cs336", description="Train a Transformer language model from scratch: tokenizer, model, samples.",
         epilog="Run `cs336 COMMAND --help` for the options of a command.",
@@ -95,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_verbosity(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in dict.fromkeys(module for command, (module, _, _) in COMMANDS.items() if command in wanted):
         importlib.import_module(name).add_subcommand(subparsers)
+    for command, (_, help_line, _) in COMMANDS.items():
+        if command not in subparsers.choices:
+            subparsers.add_parser(command, help=help_line, add_help=False)
     for sub in subparsers.choices.values():
         try:
             _add_verbosity(sub, top_level=False)
@@ -105,16 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``: its first word that is not an option (the top level takes no values)."""
+    return next((word for word in argv if not word.startswith("-") and word in COMMANDS), None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the handler of ``args.command``: exit 2 with one line if an extra it needs is not installed."""
+    extra = COMMANDS[args.command][2]
+    if extra is not None and missing_modules(extra):
+        print(needs_extra(args.command, extra), file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as err:  # an optional module reached at run time (e.g. `--wandb` without wandb)
+        if (extra := extra_of(err.name or "")) is None:
+            raise
+        print(needs_extra(args.command, extra), file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the sub-command, return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    parser = build_parser([] if command is None else [command])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on usage errors and 0 on --help/--version
         return int(exit_.code or 0)
     configure_logging(args.verbosity)
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except USER_ERRORS as err:
         logger.error("%s", err, exc_info=args.verbosity > 0)
         return 2

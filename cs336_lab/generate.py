@@ -61,7 +61,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cs336_lab.cli import USER_ERRORS
+    from cs336_lab.errors import USER_ERRORS
     from cs336_lab.tokenizer_files import load_tokenizer
 
     try:

@@ -102,7 +102,8 @@ def start_wandb(project: str, config: dict[str, Any], out_dir: str) -> Any:
     try:
         import wandb
     except ImportError:
-        logger.warning("wandb=True but the wandb package is not installed: logging to metrics.jsonl only")
+        logger.warning("wandb=True but the wandb package is not installed (pip install 'cs336-basics[wandb]'): "
+                       "logging to metrics.jsonl only")
         return None
     return wandb.init(project=project, config=config, dir=out_dir)
 

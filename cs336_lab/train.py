@@ -390,7 +390,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cs336_lab.cli import USER_ERRORS
+    from cs336_lab.errors import USER_ERRORS
     from cs336_lab.config import config_from_args
 
     try:

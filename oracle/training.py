@@ -22,7 +22,18 @@ from torch import Tensor
 
 from cs336_grading.expected import training as expected
 from cs336_grading.expected.draws import BUILDERS, draw
-from cs336_grading.expected.training import ADAMW_ATOL, adamw_scenario, assert_adamw_matches_torch  # noqa: F401
+from cs336_grading.expected.training import ADAMW_ATOL, assert_trajectories_match  # noqa: F401 - ADAMW_ATOL re-exported
+from tests.scenarios import adamw_trajectory
+
+def adamw_scenario(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> list[list[Tensor]]:
+    """The AdamW scenario of the graded tests (`tests/scenarios.py`, shipped to the worker) run here."""
+    return adamw_trajectory(optimizer_cls)
+
+
+def assert_adamw_matches_torch(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> None:
+    """`optimizer_cls` follows torch.optim.AdamW's trajectory on the scenario within ADAMW_ATOL."""
+    assert_trajectories_match(adamw_scenario(optimizer_cls), adamw_scenario(torch.optim.AdamW))
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Adapters (same names and parameters as tests/adapters.py)

@@ -2,7 +2,7 @@
 
 Each adapter builds the implementation's module (or calls its function), loads the given weights and
 runs it: no logic lives here. Graders swap this file together with `cs336_basics/`; the names, parameter
-names and meanings follow the CS336 (Spring 2025) Assignment 1 contract (see INTERFACE.md).
+names and meanings follow the CS336 (Spring 2025) Assignment 1 contract (see docs/INTERFACE.md).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Cases are built to make typical bugs fail: d_k != d_v, queries != keys, non-defa
 norm gains far from 1, batch-specific and out-of-order RoPE positions, theta != 10000, d_ff not derived
 from d_model, and sequences shorter than the context, float16 inputs whose squares overflow.
 
-Dtypes: only RMSNorm's is graded (returned in the input dtype, the rule INTERFACE.md states). A float32
+Dtypes: only RMSNorm's is graded (returned in the input dtype, the rule docs/INTERFACE.md states). A float32
 result for bf16 input is as correct as a bf16 one elsewhere; `test_bf16_in_bf16_out` and the bf16 LM
 forward are advisory (marker `advisory`, 0 points). A failing comparison names the catalogued mistake the
 output matches (`tests/hints.py`).

@@ -13,7 +13,7 @@ case adds inputs beyond ±88 (where `exp(x)` overflows float32).
 
 Keys are `<case>.<name>`; expectations are computed in float64 from the float32 inputs and stored as float32,
 and bf16 cases store bf16-representable float32 values (npz has no bf16). The case tables (`RMSNORM_CASES`,
-`ROPE_CASES`, `MHA`, `BLOCK`, `LM`, ...) live in the harness's `tests/cases.py`, which the tests read too.
+`ROPE_CASES`, `MHA`, `BLOCK`, `LM`, ...) live in `cases.py` beside this file; the tests read them too.
 
 NOTE: the bytes of the committed snapshots depend on the order of every random draw below: reordering two
 draws of a public case changes its file (`project_tests/suite/test_snapshot_drift.py` fails). Held-out-only
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cs336_grading.expected.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
 from cs336_grading.expected.model import (
     multihead_self_attention,
     rmsnorm,
@@ -38,9 +39,6 @@ from cs336_grading.expected.model import (
     transformer_block,
     transformer_lm,
 )
-
-# NOTE: the harness's case tables: importable wherever the graded tests run (a checkout, a grading workspace).
-from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
 
 
 class _Rng:

@@ -95,7 +95,7 @@ def transformer_block(
 def transformer_lm(
     in_indices: Tensor, weights: dict[str, Tensor], num_layers: int, num_heads: int, theta: float, eps: float = 1e-5
 ) -> Tensor:
-    """Logits of the pre-norm Transformer LM with the INTERFACE.md state-dict keys."""
+    """Logits of the pre-norm Transformer LM with the docs/INTERFACE.md state-dict keys."""
     x = F.embedding(in_indices, weights["token_embeddings.weight"])
     for i in range(num_layers):
         prefix = f"layers.{i}."

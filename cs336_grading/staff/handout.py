@@ -3,12 +3,13 @@
 The kit holds the pristine grading tests (with their snapshots and fixtures, never the oracle), a
 `tests/adapters.py` whose functions keep the reference's signatures and docstrings but raise
 `NotImplementedError`, an empty `cs336_basics` package, copies of the tools (`cs336_lab`), the grading
-wing (`cs336_grading`) and the helpers they share (`cs336_common`), a `pyproject.toml` with the same dependencies, and the student `Makefile` and
-`README.md` from `handout_files/`. In the kit `make test` runs, and every graded test fails with
+wing (`cs336_grading`) and the helpers they share (`cs336_common`), the adapter contract `docs/INTERFACE.md`,
+a `pyproject.toml` with the same dependencies, and the student `Makefile` and `README.md` from
+`handout_files/`. In the kit `make test` runs, and every graded test fails with
 `NotImplementedError` (never with an import or a missing-file error).
 
-Everything comes from the installed packages (the harness is `cs336_grading.harness`), so the kit can be
-built from a plain `pip install .` as well as from a checkout.
+Everything comes from the installed packages (the harness is `cs336_grading.harness`, the contract
+`cs336_grading/docs/INTERFACE.md`), so the kit can be built from an installed wheel as well as from a checkout.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
 MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 # Never in the kit, even if left inside the package: the course secret and the canary (`heldout.py`, `canary.py`).
-_STAFF_ONLY = shutil.ignore_patterns("harness", "*.pyc", "__pycache__", "grading-secret", "*.secret", "canary")
+_STAFF_ONLY = shutil.ignore_patterns("harness", "docs", "*.pyc", "__pycache__", "grading-secret", "*.secret", "canary")
 _PACKAGE = "cs336_basics"
 PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # the kit's whole package
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
 # the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
 _TOOL_PACKAGES = ("cs336_common", "cs336_lab", "cs336_grading")  # cs336_common: what the other two share
 _SUBPACKAGES = ("cs336_grading.handout_files", "cs336_grading.expected", "cs336_grading.harness",
-                    "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures")
+                    "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures", "cs336_grading.docs")
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def student_pyproject(*, dependencies: list[str], dev: list[str], requires_pytho
         "",
         "[tool.setuptools.package-dir]",
         '"cs336_grading.harness" = "tests"',
+        '"cs336_grading.docs" = "docs"',
         "",
         "[tool.setuptools.package-data]",
         '"cs336_grading" = ["timings.json"]',
@@ -150,6 +152,7 @@ def student_pyproject(*, dependencies: list[str], dev: list[str], requires_pytho
         '"cs336_grading.harness" = ["*.py"]',
         '"cs336_grading.harness._snapshots" = ["*.npz"]',
         '"cs336_grading.harness.fixtures" = ["*.txt"]',
+        '"cs336_grading.docs" = ["INTERFACE.md"]',
         "",
         "[tool.pytest.ini_options]",
         'addopts = "-ra"',
@@ -160,12 +163,26 @@ def student_pyproject(*, dependencies: list[str], dev: list[str], requires_pytho
 
 
 def _installed_requirements() -> tuple[list[str], list[str], str]:
-    """(dependencies, dev extras, requires-python) of the installed `cs336-basics` distribution."""
+    """(dependencies, the kit's dev extra, requires-python) of the installed `cs336-basics` distribution.
+
+    The kit's `dev` extra is the project's `grading` extra: what the graded suite needs to run.
+    """
     meta = importlib.metadata.metadata("cs336-basics")
     requires = importlib.metadata.requires("cs336-basics") or []
     base = [r for r in requires if "extra ==" not in r]
-    dev = [r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r.replace("'", '"')]
+    dev = [r.split(";")[0].strip() for r in requires if 'extra == "grading"' in r.replace("'", '"')]
     return base, dev, meta.get("Requires-Python") or ">=3.11"
+
+
+def interface_doc() -> Path:
+    """The adapter contract `docs/INTERFACE.md`: in a wheel the package data `cs336_grading/docs/`, in a checkout
+    the project's `docs/`."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = (package / "docs" / "INTERFACE.md", package.parent / "docs" / "INTERFACE.md")
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"expected the adapter contract at {' or '.join(map(str, candidates))}, found none")
+    return found
 
 
 def _package_dir(name: str) -> Path:
@@ -208,7 +225,7 @@ def _write_kit(root: Path, tests: Path) -> None:
     (root / _PACKAGE).mkdir()
     (root / _PACKAGE / "__init__.py").write_text(PACKAGE_INIT)
     for name in _TOOL_PACKAGES:
-        # NOTE: an installed grading package carries its harness inside; the kit's tests/ takes that role.
+        # NOTE: an installed grading package carries its harness and docs inside; the kit's tests/ and docs/ take that role.
         shutil.copytree(_package_dir(name), root / name, ignore=_STAFF_ONLY)
     dependencies, dev, requires_python = _installed_requirements()
     (root / "pyproject.toml").write_text(
@@ -216,6 +233,8 @@ def _write_kit(root: Path, tests: Path) -> None:
     )
     for name in ("Makefile", "README.md"):
         shutil.copyfile(HANDOUT_FILES / name, root / name)
+    (root / "docs").mkdir()
+    shutil.copyfile(interface_doc(), root / "docs" / "INTERFACE.md")
     (root / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
     (root / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
 

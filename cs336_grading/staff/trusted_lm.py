@@ -3,7 +3,7 @@
 The leaderboard scores a submitted checkpoint with this forward pass instead of the student's model, so a
 model that lies about its loss (a patched cross-entropy, a forward that peeks at the targets, a cached
 answer) cannot gain anything: only the weights come from the student, and weights are data. The
-architecture is the handout's, fixed by the state-dict keys of INTERFACE.md:
+architecture is the handout's, fixed by the state-dict keys of docs/INTERFACE.md:
 
     token_embeddings.weight (V, D)   layers.{i}.ln1.weight (D)   layers.{i}.attn.{q,k,v}_proj.weight (D, D)
     lm_head.weight (V, D)            layers.{i}.ln2.weight (D)   layers.{i}.attn.output_proj.weight (D, D)
@@ -60,7 +60,7 @@ def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: 
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(
-            "expected exactly the state-dict keys of INTERFACE.md (the handout's pre-norm SwiGLU model); "
+            "expected exactly the state-dict keys of docs/INTERFACE.md (the handout's pre-norm SwiGLU model); "
             f"missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
     for key, names in expected.items():

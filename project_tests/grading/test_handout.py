@@ -119,10 +119,17 @@ def test_handout_pyproject_has_the_reference_dependencies(kit: Path) -> None:
     ours = tomllib.loads((REPO / "pyproject.toml").read_text())
     theirs = tomllib.loads((kit / "pyproject.toml").read_text())
     assert theirs["project"]["dependencies"] == ours["project"]["dependencies"]
-    assert theirs["project"]["optional-dependencies"] == ours["project"]["optional-dependencies"]
+    # The kit's `dev` extra is what its graded suite needs: the project's `grading` extra.
+    assert theirs["project"]["optional-dependencies"] == {"dev": ours["project"]["optional-dependencies"]["grading"]}
     # The kit's tests register their own markers (conftest.py), so its pytest settings need no copy of ours.
     assert theirs["project"]["scripts"] == {"cs336": "cs336_lab.cli:main"}  # students train with the tools
-    assert theirs["tool"]["setuptools"]["package-dir"] == {"cs336_grading.harness": "tests"}
+    assert theirs["tool"]["setuptools"]["package-dir"] == {"cs336_grading.harness": "tests", "cs336_grading.docs": "docs"}
+
+
+def test_the_kit_carries_the_adapter_contract(kit: Path) -> None:
+    assert (kit / "docs" / "INTERFACE.md").read_bytes() == (REPO / "docs" / "INTERFACE.md").read_bytes()
+    assert [p.name for p in (kit / "docs").iterdir()] == ["INTERFACE.md"]  # the contract, not our lab notes
+    assert not (kit / "cs336_grading" / "docs").exists()
 
 
 def test_handout_makefile_has_only_student_targets(kit: Path) -> None:

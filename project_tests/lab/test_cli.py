@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -92,12 +94,25 @@ def test_a_command_module_with_a_broken_import_is_an_error(monkeypatch, tmp_path
     # a module that exists but fails to import one of ITS dependencies is a real error, not skipped
     (tmp_path / "cs336_broken_for_test.py").write_text("import cs336_dependency_that_does_not_exist\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cs336_broken_for_test",))
+    monkeypatch.setattr(cli, "COMMANDS", {"broken": ("cs336_broken_for_test", "a broken command", None)})
     with pytest.raises(ModuleNotFoundError, match="cs336_dependency_that_does_not_exist"):
         build_parser()
 
 
 def test_a_missing_command_module_is_an_error(monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cs336_basics.not_written_yet",))
+    monkeypatch.setattr(cli, "COMMANDS", {"later": ("cs336_basics.not_written_yet", "a missing command", None)})
     with pytest.raises(ModuleNotFoundError):
         build_parser()
+
+
+def test_the_command_table_matches_the_commands() -> None:
+    """`cli.COMMANDS` (what `cs336 --help` lists without importing anything) names each command's own module and
+    repeats its help line: built in full, the parser has the same commands, lines and order."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {choice.dest: choice.help for choice in action._choices_actions}
+    assert listed == {command: help_line for command, (_, help_line, _) in cli.COMMANDS.items()}
+    assert list(action.choices) == list(cli.COMMANDS)
+    light = build_parser([])
+    light_action = next(a for a in light._actions if isinstance(a, argparse._SubParsersAction))
+    assert {c.dest: c.help for c in light_action._choices_actions} == listed
