@@ -106,7 +106,7 @@ def _finished_status(history: Sequence[Mapping[str, Any]]) -> str:
 def _ran_with(out_dir: Path) -> dict[str, Any] | None:
     """The config an interrupted point ran with (its config.json, `resume` set to False), or None."""
     path = out_dir / "config.json"
-    return {**json.loads(path.read_text(encoding="utf-8")), "resume": False} if path.is_file() else None
+    return {**json.loads(path.read_text(encoding="utf-8")), "resume": False, "start_over": False} if path.is_file() else None
 
 
 def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError
 
     out_dir = Path(config.out_dir)
-    wanted = to_jsonable(dataclasses.replace(config, resume=False))
+    wanted = to_jsonable(dataclasses.replace(config, resume=False, start_over=False))
     old = _read_status(out_dir)
     if old is not None and old.get("config") == wanted:
         logger.info("%s: already %s, skipped", out_dir.name, old["status"])
@@ -128,7 +128,8 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
     status: dict[str, Any] = {"config": wanted} | ({"label": label} if label else {})
     try:
-        result = train_fn(dataclasses.replace(config, resume=resume))
+        # A point trained again from scratch moves its earlier run aside (`run_folder.py`): nothing is deleted.
+        result = train_fn(dataclasses.replace(config, resume=resume, start_over=not resume))
         reason = getattr(result, "stop_reason", "")
         if reason in ("SIGINT", "SIGTERM"):  # train saved and returned: the sweep stops too, resumable
             raise KeyboardInterrupt(f"{out_dir.name} stopped by {reason} after step {result.steps}; "

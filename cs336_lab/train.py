@@ -14,6 +14,9 @@ in `out_dir` (see `run_log.py`):
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
 
+A run locks `out_dir` while it runs, and refuses a folder that holds an earlier run unless asked to `resume` it
+or to `start_over` (which moves the earlier run aside, deleting nothing; see `run_folder.py`).
+
 The model, loss, optimizer, schedule, clipping and batching are the assignment's, reached through
 `cs336_lab/api.py`, so the loop trains a student's own package as well as ours.
 
@@ -54,6 +57,7 @@ from cs336_lab.batches import BatchSampler, autocast, evaluate, load_training_to
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
+from cs336_lab.run_folder import hold_run_folder
 from cs336_lab.run_log import RunLog, bytes_per_token
 from cs336_lab.stop_signals import StopSignals
 from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, TrainResult
@@ -117,9 +121,10 @@ def train(
     ctx = init_distributed(config.device)
     run: _Run | None = None
     try:
-        run = _set_up(config, ctx, model_factory or default_model_factory,
-                      optimizer_factory or default_optimizer_factory)
-        return _loop(run)
+        with hold_run_folder(config, ctx):  # out_dir is locked, and checked for an earlier run, until the end
+            run = _set_up(config, ctx, model_factory or default_model_factory,
+                          optimizer_factory or default_optimizer_factory)
+            return _loop(run)
     except BaseException as exc:
         if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
             traceback.clear_frames(exc.__traceback__)
