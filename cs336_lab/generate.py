@@ -18,6 +18,7 @@ from torch import nn
 
 from cs336_lab import api
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint
+from cs336_lab.run_tokenizer import RECORD_KEY, check_tokenizer, find_tokenizer_dir
 from cs336_lab.sampling import EOS_TOKEN, check_sampling, complete
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the `TransformerLM` described by the config stored in a checkpoint and load its weights.
 
-    Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config).
+    Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config),
+    with the checkpoint's record of its tokenizer under `RECORD_KEY` (see `run_tokenizer.py`), if it has one.
     """
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     config = payload.get("config")
@@ -34,7 +36,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
         raise ValueError(f"checkpoint {checkpoint} stores no config: cannot tell which model to build")
     model = api.build_model(api.model_settings(config), torch.device(device), fused_kernels=True)
     load_run_checkpoint(payload, model)
-    return model.eval(), config
+    record = (payload.get("extra") or {}).get(RECORD_KEY) if isinstance(payload.get("extra"), dict) else None
+    return model.eval(), {**config, RECORD_KEY: record} if record else config
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -60,15 +63,18 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cs336_lab.cli import USER_ERRORS
-    from cs336_lab.tokenizer_files import load_tokenizer
+    from cs336_lab.tokenizer_files import read_tokenizer
 
     try:
         check_sampling(args.temperature, args.top_p, args.max_new_tokens)
         model, config = load_model(args.checkpoint, device=args.device)
-        tokenizer_dir = args.tokenizer or config.get("tokenizer_dir")
-        if not tokenizer_dir:
+        tokenizer_dir = find_tokenizer_dir(args.tokenizer, config, args.checkpoint)
+        if tokenizer_dir is None:
             raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
-        tokenizer = load_tokenizer(tokenizer_dir)
+        vocab, merges, special_tokens = read_tokenizer(tokenizer_dir)
+        check_tokenizer(vocab, merges, special_tokens, model_vocab_size=int(api.model_settings(config)["vocab_size"]),
+                        record=config.get(RECORD_KEY), where=tokenizer_dir)
+        tokenizer = api.make_tokenizer(vocab, merges, special_tokens)
         prompts = args.prompt or [EOS_TOKEN]
         texts = complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,

@@ -59,6 +59,7 @@ from cs336_lab.distributed import DistributedContext, cleanup, init_distributed,
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
 from cs336_lab.run_folder import hold_run_folder
 from cs336_lab.run_log import RunLog, bytes_per_token
+from cs336_lab.run_tokenizer import RECORD_KEY, absolute_paths, tokenizer_record
 from cs336_lab.stop_signals import StopSignals
 from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, TrainResult
 
@@ -99,6 +100,7 @@ class _Run:
     val_step: int = -1  # the step `last_val` was measured at
     saved_step: int = 0
     bytes_per_token: float | None = None
+    tokenizer: dict[str, Any] | None = None  # what the checkpoint remembers of the tokenizer (run_tokenizer.py)
 
     @property
     def ckpt_path(self) -> Path:
@@ -161,6 +163,7 @@ def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFa
         run.train_model = torch.compile(run.train_model)  # type: ignore[assignment]
     if ctx.is_main and config.tokenizer_dir:
         run.bytes_per_token = bytes_per_token(config.tokenizer_dir, valid_tokens)
+        run.tokenizer = tokenizer_record(config.tokenizer_dir)
     return run
 
 
@@ -319,9 +322,10 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
     states = run.ctx.gather(run.sampler.state())
     if run.ctx.is_main:
         extra = {"tokens_seen": run.tokens_seen, "elapsed_s": elapsed_s, "best_val_loss": run.best_val,
-                 "sampler_states": states, "world_size": run.ctx.world_size}
+                 "sampler_states": states, "world_size": run.ctx.world_size, RECORD_KEY: run.tokenizer}
+        # Absolute paths: `cs336 generate --checkpoint` finds the tokenizer from any folder.
         save_run_checkpoint(run.ckpt_path, run.model, run.optimizer, run.step,
-                            config=dataclasses.asdict(run.config), extra=extra, save_rng=True)
+                            config=absolute_paths(dataclasses.asdict(run.config)), extra=extra, save_rng=True)
     run.saved_step = run.step
     run.ctx.barrier()
 

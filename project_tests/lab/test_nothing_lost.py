@@ -9,14 +9,18 @@ match the model is an error.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from cs336_lab.run_folder import RunFolderBusyError, lock_run_folder
+from cs336_lab.tokenizer_files import save_tokenizer
 from project_tests.lab.test_faults import cs336, data, metric_steps, one_error_line, start, train_args, wait_for
 
 __all__ = ["data"]  # the fixture, shared with test_faults
@@ -114,3 +118,66 @@ def test_tokenize_never_replaces_a_token_file_silently(data: Path, tmp_path: Pat
     done = _tokenize(data, out, tmp_path / "other" / "story.txt", extra=("--overwrite",))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "story.npy").read_bytes() != first
+
+
+# ------------------------------------------------------------------ 6: a checkpoint's paths resolve from anywhere
+
+
+def _train_relative(data: Path, work: Path) -> Path:
+    """Train 2 steps from the folder `work` with relative paths only; return the checkpoint's absolute path."""
+    work.mkdir()
+    for name in ("train.npy", "valid.npy"):
+        shutil.copyfile(data / name, work / name)
+    shutil.copytree(data / "tok", work / "tok")
+    args = train_args(data, Path("run"), "--max-steps", "2")
+    for flag, value in (("--train-data", "train.npy"), ("--valid-data", "valid.npy"), ("--tokenizer-dir", "tok")):
+        args[args.index(flag) + 1] = value
+    done = cs336(*args, cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "run" / "ckpt_latest.pt"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_with_relative_paths_generates_from_another_folder(data: Path, tmp_path: Path) -> None:
+    ckpt = _train_relative(data, tmp_path / "work")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = cs336("generate", "--checkpoint", str(ckpt), "--prompt", "ab", "--max-new-tokens", "3", "--seed", "0",
+                 cwd=elsewhere)
+    assert done.returncode == 0 and done.stdout.startswith("ab"), done.stderr[-3000:]
+    done = cs336("evaluate", "--checkpoint", str(ckpt), "--data", str(data / "story.txt"), "--no-progress",
+                 cwd=elsewhere)
+    assert done.returncode == 0 and json.loads(done.stdout)["bits_per_byte"] is not None, done.stderr[-3000:]
+
+    # An older checkpoint recorded the relative path as given: the error names every path tried.
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"]["tokenizer_dir"] = "tok-gone"
+    torch.save(payload, tmp_path / "old.pt")
+    line = one_error_line(cs336("generate", "--checkpoint", str(tmp_path / "old.pt"), cwd=elsewhere))
+    assert str(elsewhere / "tok-gone") in line and str(tmp_path / "tok-gone") in line and "--tokenizer" in line
+
+
+# ------------------------------------------------------------------ 5: the tokenizer must be the model's
+
+
+@pytest.mark.slow
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused_and_another_one_warned(data: Path, tmp_path: Path) -> None:
+    ckpt = _train_relative(data, tmp_path / "work")
+    byte_vocab = {i: bytes([i]) for i in range(256)}
+    merges = [(b"a", bytes([97 + i % 26])) for i in range(43)]  # 300 tokens, as a larger BPE would have
+    save_tokenizer(byte_vocab | {256 + i: a + b for i, (a, b) in enumerate(merges)} | {299: b"<|endoftext|>"},
+                   merges, tmp_path / "tok300", ["<|endoftext|>"])
+    save_tokenizer({i: bytes([i]) for i in range(199)} | {199: b"<|endoftext|>"}, [], tmp_path / "tok200",
+                   ["<|endoftext|>"])  # fewer tokens than the model: ids it cannot decode (the issue's case)
+    swapped = byte_vocab | {97: b"b", 98: b"a", 256: b"<|endoftext|>"}  # the model's size, another tokenizer
+    save_tokenizer(swapped, [], tmp_path / "other257", ["<|endoftext|>"])
+    story = str(data / "story.txt")
+    for command in (("generate", "--prompt", "ab", "--max-new-tokens", "2"), ("evaluate", "--data", story)):
+        for size in (300, 200):
+            line = one_error_line(cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(tmp_path / f"tok{size}")))
+            assert f"model's 257 tokens, got {size}" in line and str(tmp_path / f"tok{size}") in line, command
+        done = cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(tmp_path / "other257"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "is not the one the model was trained with" in done.stderr and str(tmp_path / "work" / "tok") in done.stderr
+        done = cs336(*command, "--checkpoint", str(ckpt))  # the recorded tokenizer: no warning
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-3000:]
