@@ -21,7 +21,7 @@ import torch
 
 from cs336_lab.run_folder import RunFolderBusyError, lock_run_folder
 from cs336_lab.tokenizer_files import save_tokenizer
-from project_tests.lab.test_faults import cs336, data, metric_steps, one_error_line, start, train_args, wait_for
+from project_tests.lab.test_faults import VOCAB, cs336, data, metric_steps, one_error_line, start, train_args, wait_for
 
 __all__ = ["data"]  # the fixture, shared with test_faults
 
@@ -123,18 +123,29 @@ def test_tokenize_never_replaces_a_token_file_silently(data: Path, tmp_path: Pat
 # ------------------------------------------------------------------ 6: a checkpoint's paths resolve from anywhere
 
 
-def _train_relative(data: Path, work: Path) -> Path:
-    """Train 2 steps from the folder `work` with relative paths only; return the checkpoint's absolute path."""
+def _train_relative(data: Path, work: Path, tokenizer: Path | None = None, vocab_size: int = VOCAB) -> Path:
+    """Train 2 steps from the folder `work` with relative paths only (the tokenizer copied to `work/tok`);
+    return the checkpoint's absolute path."""
     work.mkdir()
     for name in ("train.npy", "valid.npy"):
         shutil.copyfile(data / name, work / name)
-    shutil.copytree(data / "tok", work / "tok")
+    shutil.copytree(tokenizer or data / "tok", work / "tok")
     args = train_args(data, Path("run"), "--max-steps", "2")
-    for flag, value in (("--train-data", "train.npy"), ("--valid-data", "valid.npy"), ("--tokenizer-dir", "tok")):
+    for flag, value in (("--train-data", "train.npy"), ("--valid-data", "valid.npy"), ("--tokenizer-dir", "tok"),
+                        ("--vocab-size", str(vocab_size))):
         args[args.index(flag) + 1] = value
     done = cs336(*args, cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
     return work / "run" / "ckpt_latest.pt"
+
+
+def _bpe_like(path: Path, size: int, swap: bool = False) -> Path:
+    """A tokenizer of `size` tokens: the 256 bytes (a and b swapped if `swap`), two-letter merges, <|endoftext|>."""
+    vocab = {i: bytes([i]) for i in range(256)} | ({97: b"b", 98: b"a"} if swap else {})
+    merges = [(b"a", bytes([97 + i % 26])) for i in range(size - 257)]
+    vocab |= {256 + i: a + b for i, (a, b) in enumerate(merges)} | {size - 1: b"<|endoftext|>"}
+    save_tokenizer(vocab, merges, path, ["<|endoftext|>"])
+    return path
 
 
 @pytest.mark.slow
@@ -162,21 +173,15 @@ def test_a_checkpoint_trained_with_relative_paths_generates_from_another_folder(
 
 @pytest.mark.slow
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused_and_another_one_warned(data: Path, tmp_path: Path) -> None:
-    ckpt = _train_relative(data, tmp_path / "work")
-    byte_vocab = {i: bytes([i]) for i in range(256)}
-    merges = [(b"a", bytes([97 + i % 26])) for i in range(43)]  # 300 tokens, as a larger BPE would have
-    save_tokenizer(byte_vocab | {256 + i: a + b for i, (a, b) in enumerate(merges)} | {299: b"<|endoftext|>"},
-                   merges, tmp_path / "tok300", ["<|endoftext|>"])
-    save_tokenizer({i: bytes([i]) for i in range(199)} | {199: b"<|endoftext|>"}, [], tmp_path / "tok200",
-                   ["<|endoftext|>"])  # fewer tokens than the model: ids it cannot decode (the issue's case)
-    swapped = byte_vocab | {97: b"b", 98: b"a", 256: b"<|endoftext|>"}  # the model's size, another tokenizer
-    save_tokenizer(swapped, [], tmp_path / "other257", ["<|endoftext|>"])
+    # The issue's case: a model of 300 tokens given a tokenizer of fewer (257, ids it cannot decode), or more.
+    ckpt = _train_relative(data, tmp_path / "work", _bpe_like(tmp_path / "tok300", 300), vocab_size=300)
     story = str(data / "story.txt")
     for command in (("generate", "--prompt", "ab", "--max-new-tokens", "2"), ("evaluate", "--data", story)):
-        for size in (300, 200):
-            line = one_error_line(cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(tmp_path / f"tok{size}")))
-            assert f"model's 257 tokens, got {size}" in line and str(tmp_path / f"tok{size}") in line, command
-        done = cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(tmp_path / "other257"))
+        for tokenizer, size in ((data / "tok", 257), (_bpe_like(tmp_path / "tok400", 400), 400)):
+            line = one_error_line(cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(tokenizer)))
+            assert f"model's 300 tokens, got {size}" in line and str(tokenizer) in line, command
+        other = _bpe_like(tmp_path / "other300", 300, swap=True)  # the model's size, another tokenizer
+        done = cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(other))
         assert done.returncode == 0, done.stderr[-3000:]
         assert "is not the one the model was trained with" in done.stderr and str(tmp_path / "work" / "tok") in done.stderr
         done = cs336(*command, "--checkpoint", str(ckpt))  # the recorded tokenizer: no warning
