@@ -21,6 +21,7 @@ import torch
 
 from cs336_lab.run_folder import RunFolderBusyError, lock_run_folder
 from cs336_lab.tokenizer_files import save_tokenizer
+from project_tests.lab.test_distributed import torchrun
 from project_tests.lab.test_faults import VOCAB, cs336, data, metric_steps, one_error_line, start, train_args, wait_for
 
 __all__ = ["data"]  # the fixture, shared with test_faults
@@ -75,6 +76,17 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_with_its_pid(data: Path
     assert steps == list(range(1, len(steps) + 1))  # one run's records, in order
     done = cs336(*train_args(data, out, "--max-steps", str(steps[-1] + 1), "--resume"))
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_stops_when_rank_zero_refuses_the_folder(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # an earlier run
+    output = torchrun(["-m", "cs336_lab.cli", *train_args(data, out, "--max-steps", "2")], nproc=2, cwd=tmp_path,
+                      expect_failure=True, timeout=180)  # a rank left waiting in a collective would time out
+    assert "already holds a run (config.json)" in output
+    assert (out / "config.json").read_text() == "{}\n" and not (out / "metrics.jsonl").exists()
 
 
 def test_the_lock_is_held_inside_the_block_only(tmp_path: Path) -> None:
