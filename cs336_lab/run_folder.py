@@ -41,7 +41,8 @@ LOCK_NAME = ".cs336-run.lock"
 RUN_MARKERS = ("config.json", "ckpt_latest.pt", "metrics.jsonl")
 RUN_FILES = (*RUN_MARKERS, "loss_curve.png", "status.json")
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderBusyError", "run_files", "lock_run_folder", "hold_run_folder"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderBusyError", "run_files", "lock_run_folder", "check_run_folder",
+           "hold_run_folder"]
 
 
 class RunFolderBusyError(FileExistsError):
