@@ -156,7 +156,7 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
                                       num_workers=config.num_workers, show_progress=config.progress))
     steps.run("tokens", {}, arrays,
               lambda: tokenize_files(tok_dir, texts, tokens_dir, num_workers=config.num_workers,
-                                     show_progress=config.progress))
+                                     show_progress=config.progress, overwrite=True))  # the demo's own files
     tokenizer = load_tokenizer(tok_dir)
     # The model's vocabulary is exactly the tokenizer's: a small corpus may stop BPE short of --vocab-size, and
     # NOTE: a padded vocabulary would let sampling pick ids that the tokenizer cannot decode.
@@ -166,7 +166,8 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
     model_settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
     with cpu_threads(config.threads):
-        steps.run("model", model_settings, [ckpt], lambda: train(train_config))
+        # A model trained again (--force, changed settings) moves the earlier one aside: see run_folder.py.
+        steps.run("model", model_settings, [ckpt], lambda: train(dataclasses.replace(train_config, start_over=True)))
         model, _ = load_model(ckpt, device="cpu")
         completions = sample_completions(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
                                          temperature=config.temperature, top_p=config.top_p, seed=0)

@@ -41,6 +41,7 @@ from cs336_common.state_dict import strip_wrapper_prefixes
 from cs336_lab.assignment import Assignment  # the one door into the assignment: ours, or a student's package
 from cs336_lab.batches import load_training_tokens
 from cs336_lab.run_checkpoint import read_run_checkpoint
+from cs336_lab.run_tokenizer import RECORD_KEY, check_tokenizer, find_tokenizer_dir
 from cs336_lab.tokenizer_files import read_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -153,11 +154,15 @@ def model_config_of(payload: dict[str, Any], checkpoint: Path, config: str | Pat
 def load_for_eval(
     checkpoint: str | Path, *, config: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The package's `TransformerLM` with the weights of `checkpoint`, in eval mode, and its full config dict."""
+    """The package's `TransformerLM` with the weights of `checkpoint`, in eval mode, and its full config dict
+    (with the checkpoint's record of its tokenizer under `RECORD_KEY`, if it has one)."""
     checkpoint = Path(checkpoint)
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     full = model_config_of(payload, checkpoint, config)
     model = Assignment.load().build_model(ModelSpec.from_run_config(full), "cpu", fused_kernels=True)
+    extra = payload.get("extra")
+    if isinstance(extra, dict) and extra.get(RECORD_KEY):  # the tokenizer it was trained with (run_tokenizer.py)
+        full[RECORD_KEY] = extra[RECORD_KEY]
     state = strip_wrapper_prefixes(payload["model"])
     try:
         model.load_state_dict(state)
@@ -174,8 +179,12 @@ class Split:
     token_bytes: np.ndarray | None
 
 
-def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: int) -> Split:
-    """A `.npy` token array as is, or a text file encoded with the package's `Tokenizer` for `tokenizer_dir`."""
+def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: int,
+               record: dict[str, Any] | None = None) -> Split:
+    """A `.npy` token array as is, or a text file encoded with the package's `Tokenizer` for `tokenizer_dir`.
+
+    The tokenizer must fit the model (`check_tokenizer`, against `record`: the checkpoint's memory of its own).
+    """
     data = Path(data)
     if data.suffix not in (".npy", *TEXT_SUFFIXES):
         raise ValueError(f"expected a .npy token array or a text file ({', '.join(TEXT_SUFFIXES)}), got {data}")
@@ -186,6 +195,7 @@ def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: i
     token_bytes = None
     if tokenizer_dir is not None:
         vocab, merges, special_tokens = read_tokenizer(tokenizer_dir)
+        check_tokenizer(vocab, merges, special_tokens, model_vocab_size=vocab_size, record=record, where=tokenizer_dir)
         token_bytes = np.zeros(max(vocab) + 1, dtype=np.int64)
         for token_id, raw in vocab.items():
             token_bytes[token_id] = len(raw)
@@ -251,7 +261,8 @@ def evaluate(
         raise ValueError(f"expected 1 <= --context-length <= the model's {model_context}, got {context_length}")
     if batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {batch_size}")
-    split = load_split(data, tokenizer if tokenizer is not None else full_config.get("tokenizer_dir"), vocab_size)
+    tokenizer_dir = find_tokenizer_dir(tokenizer, full_config, checkpoint)
+    split = load_split(data, tokenizer_dir, vocab_size, full_config.get(RECORD_KEY))
     tokens = split.tokens
     windows = plan_windows(len(tokens), context_length, stride)
     nats, count = sum_token_losses(model, tokens, windows, batch_size=batch_size, device=device, progress=progress)

@@ -19,6 +19,7 @@ from torch import nn
 from cs336_common.model_spec import ModelSpec
 from cs336_lab.assignment import Assignment
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint
+from cs336_lab.run_tokenizer import RECORD_KEY, check_tokenizer, find_tokenizer_dir
 from cs336_lab.sampling import EOS_TOKEN, check_sampling, sample_completions
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the `TransformerLM` described by the config stored in a checkpoint and load its weights.
 
-    Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config).
+    Returns the model (in eval mode) and the checkpoint's config dict (a training config or a model config),
+    with the checkpoint's record of its tokenizer under `RECORD_KEY` (see `run_tokenizer.py`), if it has one.
     """
     payload = read_run_checkpoint(checkpoint, map_location="cpu")
     config = payload.get("config")
@@ -36,7 +38,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     spec = ModelSpec.from_run_config(config)  # today's [model] table, or the flat keys of an older run
     model = Assignment.load().build_model(spec, torch.device(device), fused_kernels=True)
     load_run_checkpoint(payload, model)
-    return model.eval(), config
+    record = (payload.get("extra") or {}).get(RECORD_KEY) if isinstance(payload.get("extra"), dict) else None
+    return model.eval(), {**config, RECORD_KEY: record} if record else config
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -62,15 +65,18 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cs336_lab.errors import USER_ERRORS
-    from cs336_lab.tokenizer_files import load_tokenizer
+    from cs336_lab.tokenizer_files import read_tokenizer
 
     try:
         check_sampling(args.temperature, args.top_p, args.max_new_tokens)
         model, config = load_model(args.checkpoint, device=args.device)
-        tokenizer_dir = args.tokenizer or config.get("tokenizer_dir")
-        if not tokenizer_dir:
+        tokenizer_dir = find_tokenizer_dir(args.tokenizer, config, args.checkpoint)
+        if tokenizer_dir is None:
             raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
-        tokenizer = load_tokenizer(tokenizer_dir)
+        vocab, merges, special_tokens = read_tokenizer(tokenizer_dir)
+        check_tokenizer(vocab, merges, special_tokens, model_vocab_size=ModelSpec.from_run_config(config).vocab_size,
+                        record=config.get(RECORD_KEY), where=tokenizer_dir)
+        tokenizer = Assignment.load().make_tokenizer(vocab, merges, special_tokens)
         prompts = args.prompt or [EOS_TOKEN]
         texts = sample_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,

@@ -46,23 +46,43 @@ def train_tokenizer(
 
 def tokenize_files(
     tokenizer_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
-    num_workers: int | None = None, show_progress: bool = False,
+    num_workers: int | None = None, show_progress: bool = False, overwrite: bool = False,
 ) -> dict[Path, int]:
-    """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}."""
+    """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}.
+
+    Refused before any work: two inputs with one stem (``a/train.txt``, ``b/train.txt``: the second would replace
+    the first), and, unless `overwrite`, an output that already exists.
+    """
     from cs336_common.atomic import prepare_directory
     from cs336_lab.parallel_encode import encode_file
     from cs336_lab.tokenizer_files import load_tokenizer
 
     for path in inputs:
         _check_text_file(path, "input text")
+    outputs = _token_files(inputs, Path(out_dir), overwrite=overwrite)
     tokenizer = load_tokenizer(tokenizer_dir)
     prepare_directory(out_dir, "--out-dir")
     counts = {}
-    for path in inputs:
-        output = Path(out_dir) / (Path(path).stem + ".npy")
+    for path, output in zip(inputs, outputs):
         counts[output] = encode_file(path, output, tokenizer, num_workers=num_workers, show_progress=show_progress)
         logger.info("%s: %d tokens -> %s", path, counts[output], output)
     return counts
+
+
+def _token_files(inputs: Sequence[str | Path], out_dir: Path, *, overwrite: bool) -> list[Path]:
+    """``out_dir/<stem>.npy`` for each input; `FileExistsError` for a shared stem or (unless `overwrite`) an
+    existing file."""
+    outputs = [out_dir / (Path(path).stem + ".npy") for path in inputs]
+    for output in dict.fromkeys(outputs):
+        sources = [str(path) for path, other in zip(inputs, outputs) if other == output]
+        if len(sources) > 1:
+            raise FileExistsError(f"expected input files with distinct names, got {' and '.join(sources)}, which "
+                                  f"would all be written to {output}; tokenize them into separate --out-dir folders")
+    existing = [str(output) for output in outputs if output.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"--out-dir {out_dir} already holds {', '.join(existing)}: pass --overwrite to replace "
+                              "them, or choose another --out-dir")
+    return outputs
 
 
 def _check_text_file(path: str | Path, what: str) -> None:
@@ -83,7 +103,7 @@ def _run_train_bpe(args: argparse.Namespace) -> int:
 
 def _run_tokenize(args: argparse.Namespace) -> int:
     tokenize_files(args.tokenizer, args.inputs, args.out_dir, num_workers=args.num_workers,
-                   show_progress=not args.no_progress)
+                   show_progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -103,6 +123,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", type=Path, nargs="+", help="text files; each becomes OUT_DIR/<stem>.npy")
     p.add_argument("--tokenizer", type=Path, required=True, help="a directory written by `cs336 train-bpe`")
     p.add_argument("--out-dir", type=Path, required=True, help="directory for the .npy files")
+    p.add_argument("--overwrite", action="store_true", help="replace .npy files that already exist in OUT_DIR")
     p.add_argument("--num-workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_tokenize)

@@ -113,7 +113,7 @@ def _normalised(cls: type, stored: Any) -> Any:
     """A stored config in today's form (`resume` False): an older run's flat model keys nested in `model`;
     as stored when it does not load (it then differs from any config, and the point trains again)."""
     try:
-        return to_jsonable(from_dict(cls, {**stored, "resume": False}))
+        return to_jsonable(from_dict(cls, {**stored, "resume": False, "start_over": False}))
     except (TypeError, ValueError):
         return stored
 
@@ -126,7 +126,7 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError
 
     out_dir = Path(config.out_dir)
-    wanted = to_jsonable(dataclasses.replace(config, resume=False))
+    wanted = to_jsonable(dataclasses.replace(config, resume=False, start_over=False))
     old = _read_status(out_dir)
     if old is not None and _normalised(type(config), old.get("config")) == wanted:
         logger.info("%s: already %s, skipped", out_dir.name, old["status"])
@@ -137,7 +137,8 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
     logger.info("%s: %s", out_dir.name, "resuming from its checkpoint" if resume else "training")
     status: dict[str, Any] = {"config": wanted} | ({"label": label} if label else {})
     try:
-        result = train_fn(dataclasses.replace(config, resume=resume))
+        # A point trained again from scratch moves its earlier run aside (`run_folder.py`): nothing is deleted.
+        result = train_fn(dataclasses.replace(config, resume=resume, start_over=not resume))
         reason = getattr(result, "stop_reason", "")
         if reason in ("SIGINT", "SIGTERM"):  # train saved and returned: the sweep stops too, resumable
             raise KeyboardInterrupt(f"{out_dir.name} stopped by {reason} after step {result.steps}; "

@@ -14,6 +14,9 @@ in `out_dir` (see `run_log.py`):
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
 
+A run locks `out_dir` while it runs, and refuses a folder that holds an earlier run unless asked to `resume` it
+or to `start_over` (which moves the earlier run aside, deleting nothing; see `run_folder.py`).
+
 The model, loss, optimizer, schedule, clipping and batching are the assignment's, reached through
 `cs336_lab/assignment.py`, so the loop trains a student's own package as well as ours.
 
@@ -55,7 +58,9 @@ from cs336_lab.batches import BatchSampler, autocast, estimate_loss, load_traini
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
+from cs336_lab.run_folder import hold_run_folder
 from cs336_lab.run_log import RunLog, bytes_per_token
+from cs336_lab.run_tokenizer import RECORD_KEY, absolute_paths, tokenizer_record
 from cs336_lab.stop_signals import StopSignals
 from cs336_lab.train_config import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, TrainResult
 
@@ -96,6 +101,7 @@ class _Run:
     val_step: int = -1  # the step `last_val` was measured at
     saved_step: int = 0
     bytes_per_token: float | None = None
+    tokenizer: dict[str, Any] | None = None  # what the checkpoint remembers of the tokenizer (run_tokenizer.py)
 
     @property
     def ckpt_path(self) -> Path:
@@ -118,9 +124,10 @@ def train(
     ctx = init_distributed(config.device)
     run: _Run | None = None
     try:
-        run = _set_up(config, ctx, model_factory or default_model_factory,
-                      optimizer_factory or default_optimizer_factory)
-        return _loop(run)
+        with hold_run_folder(config, ctx):  # out_dir is locked, and checked for an earlier run, until the end
+            run = _set_up(config, ctx, model_factory or default_model_factory,
+                          optimizer_factory or default_optimizer_factory)
+            return _loop(run)
     except BaseException as exc:
         if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
             traceback.clear_frames(exc.__traceback__)
@@ -157,6 +164,7 @@ def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFa
         run.train_model = torch.compile(run.train_model)  # type: ignore[assignment]
     if ctx.is_main and config.tokenizer_dir:
         run.bytes_per_token = bytes_per_token(config.tokenizer_dir, valid_tokens)
+        run.tokenizer = tokenizer_record(config.tokenizer_dir)
     return run
 
 
@@ -315,9 +323,10 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
     states = run.ctx.gather(run.sampler.state())
     if run.ctx.is_main:
         extra = {"tokens_seen": run.tokens_seen, "elapsed_s": elapsed_s, "best_val_loss": run.best_val,
-                 "sampler_states": states, "world_size": run.ctx.world_size}
+                 "sampler_states": states, "world_size": run.ctx.world_size, RECORD_KEY: run.tokenizer}
+        # Absolute paths: `cs336 generate --checkpoint` finds the tokenizer from any folder.
         save_run_checkpoint(run.ckpt_path, run.model, run.optimizer, run.step,
-                            config=dataclasses.asdict(run.config), extra=extra, save_rng=True)
+                            config=absolute_paths(dataclasses.asdict(run.config)), extra=extra, save_rng=True)
     run.saved_step = run.step
     run.ctx.barrier()
 

@@ -53,6 +53,8 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     out_dir: str = "runs/train"
     resume: bool = field(default=False, metadata=_help("continue from out_dir/ckpt_latest.pt"))
+    start_over: bool = field(default=False, metadata=_help(
+        "out_dir holds an earlier run: move its files to a new sibling folder <out_dir>.old-<timestamp>, train anew"))
     seed: int = 0
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
     wandb: bool = field(default=False, metadata=_help("also log to Weights & Biases (if installed)"))
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"peak_flops must be positive or None, got {self.peak_flops}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.resume and self.start_over:
+            raise ValueError("expected at most one of resume and start_over, got both")
 
 
 @dataclass

@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 
 HANDOUT_FILES = Path(__file__).resolve().parent / "handout_files"
-MARKER = ".cs336-handout"  # marks a directory this module built, so that rebuilding may replace it
+# Marks a directory this module built, with the SHA-256 of every file it wrote: a rebuild replaces the kit only
+# while every file in it is still exactly what was written (a student's work is never erased).
+MARKER = ".cs336-handout"
+MANIFEST_FORMAT = "cs336-handout-manifest"
+# Caches that tools make in a kit and remake at will: never the student's work, ignored by the manifest check.
+_CACHES = frozenset({"__pycache__", ".pytest_cache", ".hypothesis"})
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 # Never in the kit, even if left inside the package: the course secret and the canary (`heldout.py`, `canary.py`).
 _STAFF_ONLY = shutil.ignore_patterns("harness", "docs", "*.pyc", "__pycache__", "grading-secret", "*.secret", "canary")
@@ -194,7 +202,7 @@ def build_handout(out: str | os.PathLike[str], *, harness: str | os.PathLike[str
     """Write the starter kit to `out` (atomically: built beside it, then renamed into place).
 
     `harness` is the pristine tests directory (default: the one installed with this package). An existing
-    `out` is replaced only if an earlier `build_handout` made it.
+    `out` is replaced only if an earlier `build_handout` made it and nobody changed it since (`_check_untouched`).
     """
     from cs336_grading.grader.grade import default_harness
 
@@ -203,8 +211,8 @@ def build_handout(out: str | os.PathLike[str], *, harness: str | os.PathLike[str
         if not required.is_file():
             raise FileNotFoundError(f"expected {required} in the grading harness, found none")
     out = Path(out).resolve()
-    if out.exists() and not (out / MARKER).exists():
-        raise FileExistsError(f"{out} exists and is not a handout built by `cs336 handout`; choose another path")
+    if out.exists():
+        _check_untouched(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private
@@ -236,7 +244,53 @@ def _write_kit(root: Path, tests: Path) -> None:
     (root / "docs").mkdir()
     shutil.copyfile(interface_doc(), root / "docs" / "INTERFACE.md")
     (root / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
-    (root / MARKER).write_text("built by `cs336 handout`; safe to delete\n")
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": _file_hashes(root)}
+    (root / MARKER).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _file_hashes(root: Path, only: Collection[str] | None = None) -> dict[str, str]:
+    """SHA-256 of every file under `root` (relative POSIX path -> hex digest), caches and the marker left out.
+
+    Files outside `only` (when given) are listed with an empty digest, unread (a student's .venv is large).
+    A symbolic link counts as a file whose "digest" names its target, so it never matches a written file.
+    """
+    hashes: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _CACHES and not d.endswith(".egg-info")]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = Path(folder, name)
+            relative = path.relative_to(root).as_posix()
+            if relative == MARKER:
+                continue
+            if path.is_symlink():
+                hashes[relative] = f"link -> {os.readlink(path)}"
+            elif only is not None and relative not in only:
+                hashes[relative] = ""
+            else:
+                hashes[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def _check_untouched(out: Path) -> None:
+    """`FileExistsError` unless `out` is a kit that `build_handout` wrote and nobody changed since."""
+    try:
+        manifest = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        written = manifest["files"] if manifest.get("format") == MANIFEST_FORMAT else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, dict):
+        what = "an older handout without a manifest" if (out / MARKER).is_file() else "not a handout built by `cs336 handout`"
+        raise FileExistsError(f"{out} exists and is {what}: expected an unchanged kit to replace; choose another "
+                              "path, or move it away yourself")
+    found = _file_hashes(out, only=written)
+    changed = sorted(k for k in found.keys() & written.keys() if found[k] != written[k])
+    added = sorted(found.keys() - written.keys())
+    removed = sorted(written.keys() - found.keys())
+    if changed or added or removed:
+        parts = [f"{what} {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
+                 for what, names in (("changed", changed), ("added", added), ("removed", removed)) if names]
+        raise FileExistsError(f"{out} is a handout someone worked in ({'; '.join(parts)}): expected the kit as "
+                              "`cs336 handout` wrote it; nothing was replaced: choose another path, or move it away")
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -146,10 +146,12 @@ def test_handout_makefile_has_only_student_targets(kit: Path) -> None:
     assert "\n\t" in makefile  # recipes are tab-indented
 
 
-def test_rebuilding_replaces_a_handout_but_never_another_directory(tmp_path: Path) -> None:
+def test_rebuilding_replaces_an_untouched_handout_but_never_another_directory(tmp_path: Path) -> None:
     out = build_handout(tmp_path / "kit")
-    (out / "cs336_basics" / "mine.py").write_text("x = 1\n")
-    assert build_handout(out) == out and not (out / "cs336_basics" / "mine.py").exists()
+    (out / "cs336_basics" / "__pycache__").mkdir()
+    (out / "cs336_basics" / "__pycache__" / "x.pyc").write_bytes(b"cache")  # caches are not the student's work
+    marker = (out / MARKER).read_text()
+    assert build_handout(out) == out and (out / MARKER).read_text() == marker
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep")
@@ -157,6 +159,24 @@ def test_rebuilding_replaces_a_handout_but_never_another_directory(tmp_path: Pat
         build_handout(precious)
     assert (precious / "notes.txt").read_text() == "keep" and not (precious / MARKER).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kit", "precious"]  # no staging left behind
+
+
+def test_the_cli_never_erases_a_students_work_in_a_handout(tmp_path: Path) -> None:
+    """Issue 23, case 1: `cs336 handout DIR` over a kit a student worked in used to replace it (rc 0)."""
+    out = build_handout(tmp_path / "kit")
+    (out / "cs336_basics" / "model.py").write_text("class Linear: ...\n")
+    adapters = (out / "tests" / "adapters.py").read_text().replace("raise NotImplementedError", "return 1", 1)
+    (out / "tests" / "adapters.py").write_text(adapters)
+    (out / "README.md").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    done = subprocess.run([sys.executable, "-m", "cs336_lab.cli", "handout", str(out)], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert "changed tests/adapters.py" in lines[0] and "added cs336_basics/model.py" in lines[0]
+    assert "removed README.md" in lines[0] and str(out) in lines[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kit"]  # no staging left behind
 
 
 def test_cli_builds_the_handout(tmp_path: Path) -> None:

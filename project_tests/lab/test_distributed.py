@@ -440,7 +440,7 @@ def test_torch_compile_inductor_under_ddp(tmp_path: Path, single_run: dict[str, 
 
 KILL_WORKER = Path(__file__).resolve().parent / "ddp_kill_worker.py"
 VOCAB, CONTEXT, BATCH, STEPS, KILL_STEP = 64, 16, 4, 8, 6
-RUN_FILES = {"config.json", "metrics.jsonl", "ckpt_latest.pt", "loss_curve.png"}
+RUN_FILES = {"config.json", "metrics.jsonl", "ckpt_latest.pt", "loss_curve.png", ".cs336-run.lock"}  # the lock: run_folder.py
 INFO_LINE = re.compile(r"^\d\d:\d\d:\d\d (?!error: |warning: |critical: ).*$", re.MULTILINE)  # cli._Formatter
 DETERMINISTIC_KEYS = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")  # not time_s, tokens_per_s
 
