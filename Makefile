@@ -10,7 +10,7 @@ SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 IMAGES ?= ubuntu-24.04
 
-.PHONY: install test test-slow test-all test-wheel test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install lint format test test-slow test-all test-wheel test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
 
 install: $(STAMP)
 
@@ -19,9 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $(STAMP)
 
+## The code's format and lint (ruff, configured in pyproject.toml): checked first by `make test`.
+lint: install
+	$(BIN)/ruff format --check --diff .
+	$(BIN)/ruff check .
+
+## Format the code and apply the linter's safe fixes.
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
 ## The grading suite against our reference (tests/adapters.py), then against the oracle's own adapters
 ## (proves that any correct implementation passes), then the reference's own tests.
-test: install
+test: install lint
 	$(PYTEST) tests
 	$(PYTEST) -p oracle.use_oracle tests
 	$(PYTEST) -m "not slow" project_tests

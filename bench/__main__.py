@@ -50,7 +50,9 @@ def _check_rows(module_name: str, rows: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def run_benchmarks(names: list[str], *, quick: bool, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def run_benchmarks(
+    names: list[str], *, quick: bool, options: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Run the named benchmarks (short names or dotted module paths); a failing one is recorded, not fatal."""
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
@@ -72,36 +74,67 @@ def run_benchmarks(names: list[str], *, quick: bool, options: dict[str, dict[str
             r.setdefault("benchmark", name)
         rows.extend(new_rows)
         logger.info("%s done in %.1f s", module_name, timings[name])
-    return {"machine": machine_info(), "quick": quick, "benchmarks": names, "seconds": timings,
-            "rows": rows, "errors": errors}
+    return {
+        "machine": machine_info(),
+        "quick": quick,
+        "benchmarks": names,
+        "seconds": timings,
+        "rows": rows,
+        "errors": errors,
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `python -m bench` (`make bench BENCH_FLAGS=...`)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes, few repeats)")
     parser.add_argument(
-        "--only", action="append", metavar="NAME",
+        "--only",
+        action="append",
+        metavar="NAME",
         help=f"run only this benchmark (one of {', '.join(ALL_BENCHMARKS)}, or a module path); repeatable",
     )
     parser.add_argument(
-        "--scale", action="store_true",
+        "--scale",
+        action="store_true",
         help="also the scale rows: context length 128-1024, BPE and encode_file at corpus sizes (tens of minutes)",
     )
-    parser.add_argument("--scale-mb", default=None, metavar="MB,MB,...",
-                        help="corpus sizes of the scale rows in MB (default 250,500,1000,2000)")
-    parser.add_argument("--scale-encode-max-mb", type=float, default=None, metavar="MB",
-                        help="leave out the encode_file scale rows above this corpus size (default: none)")
-    parser.add_argument("--quality", action="store_true",
-                        help="also the quality row: two 10-minute training runs side by side (bench.quality)")
+    parser.add_argument(
+        "--scale-mb",
+        default=None,
+        metavar="MB,MB,...",
+        help="corpus sizes of the scale rows in MB (default 250,500,1000,2000)",
+    )
+    parser.add_argument(
+        "--scale-encode-max-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="leave out the encode_file scale rows above this corpus size (default: none)",
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also the quality row: two 10-minute training runs side by side (bench.quality)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"results directory ({RESULTS_DIR})")
     parser.add_argument(
-        "--docs-dir", type=Path, default=None,
+        "--docs-dir",
+        type=Path,
+        default=None,
         help=f"also write latest.{{md,json}} here (default: {DOCS_DIR} for a full run of all benchmarks)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch intra-op threads (default: torch's choice); 1 gives steadier numbers on a busy machine",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch
@@ -111,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
-    names = args.only or [*BENCHMARKS, *(SCALE_BENCHMARKS if args.scale else ()),
-                          *(QUALITY_BENCHMARKS if args.quality else ())]
+    names = args.only or [
+        *BENCHMARKS,
+        *(SCALE_BENCHMARKS if args.scale else ()),
+        *(QUALITY_BENCHMARKS if args.quality else ()),
+    ]
     scale: dict[str, Any] = {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {}
     if args.scale_encode_max_mb is not None:
         scale["encode_max_mb"] = args.scale_encode_max_mb
@@ -122,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, err in results["errors"].items():
         print(f"FAILED {name}: {err}")
 
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     write_results(results, args.out_dir, stem=stamp)
     json_path, md_path = write_results(results, args.out_dir)
     print(f"results: {md_path} and {json_path}")

@@ -49,8 +49,9 @@ def attention_seconds(batch: int, seq_len: int, repeats: int) -> dict[str, float
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, c.num_heads, seq_len, c.head_dim, generator=gen).requires_grad_() for _ in range(3))
     grad = torch.randn(batch, c.num_heads, seq_len, c.head_dim, generator=gen)
-    times = time_interleaved({kind: _attention_fn(kind, q, k, v, grad) for kind in ("ours", "fused")},
-                             repeats=repeats, warmup=1)
+    times = time_interleaved(
+        {kind: _attention_fn(kind, q, k, v, grad) for kind in ("ours", "fused")}, repeats=repeats, warmup=1
+    )
     return {name: median(ts) for name, ts in times.items()}
 
 
@@ -67,28 +68,53 @@ def run(quick: bool = False, docs_dir: Path | None = DOCS_DIR) -> list[dict[str,
         row = make_row(
             f"LM training step, TinyStories, context {seq_len} (B={batch})",
             "torch-native oracle (fused causal SDPA) + torch.optim.AdamW",
-            n / step["ours"], n / step["oracle"], "tokens/s", goal=">= 1",
+            n / step["ours"],
+            n / step["oracle"],
+            "tokens/s",
+            goal=">= 1",
             notes=f"attention core (fwd+bwd, {config.num_layers} layers): ours {attn['ours'] * 1e3:.0f} ms "
             f"({attn['ours'] / step['ours']:.0%} of our step) vs fused {attn['fused'] * 1e3:.0f} ms "
             f"({attn['fused'] / step['oracle']:.0%} of its step); CPU-time ratio "
             f"{step['oracle_cpu'] / step['ours_cpu']:.2f}x",
         )
-        rows.append(row | {"seq_len": seq_len, "ours_s": step["ours"], "peer_s": step["oracle"],
-                           "ours_attn_s": attn["ours"], "peer_attn_s": attn["fused"]})
-    k = {key: fit_exponent(*series_of(rows, "seq_len", key)) for key in ("ours_s", "peer_s", "ours_attn_s", "peer_attn_s")}
-    rows.append(make_row(
-        f"LM training step: growth exponent of step time (T^k), {tokens} tokens per step",
-        "torch-native oracle", k["ours_s"] or 0.0, k["peer_s"] or 0.0, "k",
-        notes=f"attention core alone: ours {exponent_text(k['ours_attn_s'])} vs fused {exponent_text(k['peer_attn_s'])} "
-        "(at fixed tokens per step, 1 = cost per token linear in T)",
-    ))
+        rows.append(
+            row
+            | {
+                "seq_len": seq_len,
+                "ours_s": step["ours"],
+                "peer_s": step["oracle"],
+                "ours_attn_s": attn["ours"],
+                "peer_attn_s": attn["fused"],
+            }
+        )
+    k = {
+        key: fit_exponent(*series_of(rows, "seq_len", key))
+        for key in ("ours_s", "peer_s", "ours_attn_s", "peer_attn_s")
+    }
+    rows.append(
+        make_row(
+            f"LM training step: growth exponent of step time (T^k), {tokens} tokens per step",
+            "torch-native oracle",
+            k["ours_s"] or 0.0,
+            k["peer_s"] or 0.0,
+            "k",
+            notes=f"attention core alone: ours {exponent_text(k['ours_attn_s'])} vs fused {exponent_text(k['peer_attn_s'])} "
+            "(at fixed tokens per step, 1 = cost per token linear in T)",
+        )
+    )
     if docs_dir is not None and not quick:
-        series = {"ours: step": series_of(rows, "seq_len", "ours_s"), "oracle: step": series_of(rows, "seq_len", "peer_s"),
-                  "ours: attention": series_of(rows, "seq_len", "ours_attn_s"),
-                  "fused SDPA: attention": series_of(rows, "seq_len", "peer_attn_s")}
-        plot_growth(docs_dir / "growth_context.png",
-                    f"training step vs context length, TinyStories model, {TOKENS_PER_STEP} tokens/step",
-                    "context length T", [("seconds per step", series)])
+        series = {
+            "ours: step": series_of(rows, "seq_len", "ours_s"),
+            "oracle: step": series_of(rows, "seq_len", "peer_s"),
+            "ours: attention": series_of(rows, "seq_len", "ours_attn_s"),
+            "fused SDPA: attention": series_of(rows, "seq_len", "peer_attn_s"),
+        }
+        plot_growth(
+            docs_dir / "growth_context.png",
+            f"training step vs context length, TinyStories model, {TOKENS_PER_STEP} tokens/step",
+            "context length T",
+            [("seconds per step", series)],
+        )
     return rows
 
 

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import make_row, median, time_interleaved
-from cs336_common.device import select_device
-from cs336_lab.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
 from cs336_basics import fast
 from cs336_basics.decoding import generate
 from cs336_basics.loss import cross_entropy
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
+from cs336_common.device import select_device
+from cs336_lab.accounting import mfu, peak_flops_for_device, resolved_d_ff, training_flops_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,14 @@ def _oracle_model(config: ModelConfig, device: torch.device) -> torch.nn.Module:
     ).to(device)
 
 
-def _step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, x: torch.Tensor,
-             y: torch.Tensor, device: torch.device) -> Any:
+def _step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+) -> Any:
     """One training step on a fixed batch, as a closure for `time_interleaved`."""
 
     def step() -> None:
@@ -119,10 +125,12 @@ def _contestants(case: StepCase, device: torch.device) -> dict[str, Any]:
     x, y = tokens[:, :-1], tokens[:, 1:]
     if case.compile:
         return {
-            "textbook": _step_fn(torch.compile(textbook), AdamW(textbook.parameters(), **hyper), cross_entropy, x, y,
-                                 device),
-            "oracle": _step_fn(torch.compile(oracle), torch.optim.AdamW(oracle.parameters(), **hyper), _oracle_loss,
-                               x, y, device),
+            "textbook": _step_fn(
+                torch.compile(textbook), AdamW(textbook.parameters(), **hyper), cross_entropy, x, y, device
+            ),
+            "oracle": _step_fn(
+                torch.compile(oracle), torch.optim.AdamW(oracle.parameters(), **hyper), _oracle_loss, x, y, device
+            ),
         }
     return {
         "textbook": _step_fn(textbook, AdamW(textbook.parameters(), **hyper), cross_entropy, x, y, device),
@@ -182,12 +190,19 @@ def _training_row(case: StepCase, device: torch.device, seconds: dict[str, float
         notes += f"; fp32 MFU ours {mfu(ours_tps, flops_per_token, peak):.1%}, oracle {mfu(oracle_tps, flops_per_token, peak):.1%}"
     if name == "fused":
         notes += f"; textbook form / fused kernels step time {seconds['textbook'] / seconds['fused']:.2f}x"
-    variant = "torch.compile of the textbook form" if case.compile else (
-        "fused kernels (cs336_basics/fast.py)" if name == "fused" else "textbook form")
+    variant = (
+        "torch.compile of the textbook form"
+        if case.compile
+        else ("fused kernels (cs336_basics/fast.py)" if name == "fused" else "textbook form")
+    )
     row = make_row(
         f"LM training step (fwd+bwd+AdamW), {case.name}, {device.type}, {variant}",
         "torch-native oracle + torch.optim.AdamW" + (", torch.compile" if case.compile else ""),
-        ours_tps, oracle_tps, "tokens/s", goal=case.goal if name == "fused" or case.compile else None, notes=notes,
+        ours_tps,
+        oracle_tps,
+        "tokens/s",
+        goal=case.goal if name == "fused" or case.compile else None,
+        notes=notes,
     )
     # Extra machine-readable fields (the aggregator keeps them in the JSON).
     row |= {
@@ -236,7 +251,9 @@ def _generation_rows(quick: bool, device: torch.device) -> list[dict[str, Any]]:
         make_row(
             f"generation, {new_tokens} new tokens, {name}, {device.type}",
             "same model without KV cache",
-            cache_tps, no_cache_tps, "tokens/s",
+            cache_tps,
+            no_cache_tps,
+            "tokens/s",
             notes=f"prompt {prompt_len} tokens, context 512, batch 1; ratio = KV-cache speed-up",
         )
     ]

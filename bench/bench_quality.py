@@ -25,10 +25,15 @@ def run(quick: bool = False, budget_s: float | None = None) -> list[dict[str, An
     subprocess.run([sys.executable, "-m", "bench.quality", "--budget-s", str(budget)], cwd=REPO_ROOT, check=False)
     report = json.loads((REPO_ROOT / "bench" / "results" / "quality" / "quality.json").read_text())
     ours, peer = report["ours"], report["oracle"]
-    return [make_row(
-        f"quality: pydocs, 4,096-token BPE, d256 L4 ctx128, {budget:.0f} s on one thread, bits/byte (whole valid split)",
-        "torch-native oracle + torch.optim.AdamW, same BPE, trained at the same time on the other core",
-        ours["final_val_bpb"], peer["final_val_bpb"], "bits/byte", goal="<= 0.97",
-        notes=f"steps ours {ours['steps']} vs {peer['steps']}; tokens/s ours {ours['tokens_per_s']:.0f} vs "
-        f"{peer['tokens_per_s']:.0f}",
-    )]
+    return [
+        make_row(
+            f"quality: pydocs, 4,096-token BPE, d256 L4 ctx128, {budget:.0f} s on one thread, bits/byte (whole valid split)",
+            "torch-native oracle + torch.optim.AdamW, same BPE, trained at the same time on the other core",
+            ours["final_val_bpb"],
+            peer["final_val_bpb"],
+            "bits/byte",
+            goal="<= 0.97",
+            notes=f"steps ours {ours['steps']} vs {peer['steps']}; tokens/s ours {ours['tokens_per_s']:.0f} vs "
+            f"{peer['tokens_per_s']:.0f}",
+        )
+    ]

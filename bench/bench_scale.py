@@ -43,8 +43,9 @@ def measure(args: list[str]) -> dict[str, Any]:
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.scale_job", *args], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.scale_job", *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     peak = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -70,25 +71,38 @@ def _pair(i: int, ours: list[str], peer: list[str]) -> tuple[dict[str, Any], dic
     return measure(ours), b
 
 
-def _row(component: str, size_mb: float, ours: dict[str, Any], peer: dict[str, Any], peer_name: str,
-         unit_note: str) -> dict[str, Any]:
+def _row(
+    component: str, size_mb: float, ours: dict[str, Any], peer: dict[str, Any], peer_name: str, unit_note: str
+) -> dict[str, Any]:
     row = make_row(
-        f"{component}, Zipf corpus {size_mb:g} MB", peer_name, ours["seconds"], peer["seconds"], "s",
+        f"{component}, Zipf corpus {size_mb:g} MB",
+        peer_name,
+        ours["seconds"],
+        peer["seconds"],
+        "s",
         goal="<= 1",
         notes=f"peak RSS ours {ours['peak_rss'] / 1e9:.2f} GB vs peer {peer['peak_rss'] / 1e9:.2f} GB "
         f"(goal <= {RSS_GOAL_BYTES / 1e9:g} GB: {'met' if ours['peak_rss'] <= RSS_GOAL_BYTES else 'NOT met'}); "
         f"{unit_note}",
     )
-    return row | {"size_mb": size_mb, "ours_rss": ours["peak_rss"], "peer_rss": peer["peak_rss"],
-                  "ours_s": ours["seconds"], "peer_s": peer["seconds"]}
+    return row | {
+        "size_mb": size_mb,
+        "ours_rss": ours["peak_rss"],
+        "peer_rss": peer["peak_rss"],
+        "ours_s": ours["seconds"],
+        "peer_s": peer["seconds"],
+    }
 
 
 def _growth_row(component: str, peer_name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     k = {key: fit_exponent(*series_of(rows, "size_mb", key)) for key in ("ours_s", "peer_s", "ours_rss", "peer_rss")}
     sizes = ", ".join(f"{r['size_mb']:g}" for r in rows)
     return make_row(
-        f"{component}: growth exponent of time (size^k), {sizes} MB", peer_name,
-        k["ours_s"] or 0.0, k["peer_s"] or 0.0, "k",
+        f"{component}: growth exponent of time (size^k), {sizes} MB",
+        peer_name,
+        k["ours_s"] or 0.0,
+        k["peer_s"] or 0.0,
+        "k",
         notes=f"peak RSS exponent ours {exponent_text(k['ours_rss'])} vs peer {exponent_text(k['peer_rss'])}; "
         "1 = linear; a flat memory (k ≈ 0) means it follows the distinct pre-tokens, not the corpus",
     )
@@ -97,14 +111,20 @@ def _growth_row(component: str, peer_name: str, rows: list[dict[str, Any]]) -> d
 def _plot(name: str, title: str, rows: list[dict[str, Any]], peer_name: str, docs_dir: Path) -> None:
     panels = [
         ("seconds", {"ours": series_of(rows, "size_mb", "ours_s"), peer_name: series_of(rows, "size_mb", "peer_s")}),
-        ("peak RSS (bytes)",
-         {"ours": series_of(rows, "size_mb", "ours_rss"), peer_name: series_of(rows, "size_mb", "peer_rss")}),
+        (
+            "peak RSS (bytes)",
+            {"ours": series_of(rows, "size_mb", "ours_rss"), peer_name: series_of(rows, "size_mb", "peer_rss")},
+        ),
     ]
     plot_growth(docs_dir / f"growth_{name}.png", title, "corpus size (MB)", panels)
 
 
-def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path | None = DOCS_DIR,
-        encode_max_mb: float | None = None) -> list[dict]:
+def run(
+    quick: bool = False,
+    sizes_mb: list[float] | None = None,
+    docs_dir: Path | None = DOCS_DIR,
+    encode_max_mb: float | None = None,
+) -> list[dict]:
     """BPE and encode rows at each size, then a growth row for each; plots into `docs_dir` (None: no plots).
 
     `encode_max_mb` leaves out the encode rows above that size (both sides encode at ~2-4 MB/s on one core:
@@ -119,21 +139,40 @@ def run(quick: bool = False, sizes_mb: list[float] | None = None, docs_dir: Path
         corpora = write_zipf_corpora({work / f"zipf_{size_mb:g}mb.txt": int(size_mb * 1e6) for size_mb in sizes})
         for i, (size_mb, corpus) in enumerate(zip(sizes, corpora)):
             save = [str(tokenizer)] if i == 0 else []
-            ours, peer = _pair(i, ["bpe-ours", str(corpus), str(VOCAB_SIZE), *save],
-                               ["bpe-hf", str(corpus), str(VOCAB_SIZE)])
-            bpe_rows.append(_row(f"train BPE, {VOCAB_SIZE} vocab", size_mb, ours, peer, "HF tokenizers BpeTrainer",
-                                 f"wall incl. start-up ours {ours['wall_s']:.1f} s vs {peer['wall_s']:.1f} s"))
+            ours, peer = _pair(
+                i, ["bpe-ours", str(corpus), str(VOCAB_SIZE), *save], ["bpe-hf", str(corpus), str(VOCAB_SIZE)]
+            )
+            bpe_rows.append(
+                _row(
+                    f"train BPE, {VOCAB_SIZE} vocab",
+                    size_mb,
+                    ours,
+                    peer,
+                    "HF tokenizers BpeTrainer",
+                    f"wall incl. start-up ours {ours['wall_s']:.1f} s vs {peer['wall_s']:.1f} s",
+                )
+            )
             out = work / "ids.npy"
             if encode_max_mb is not None and size_mb > encode_max_mb:
                 corpus.unlink()
                 continue
-            ours, peer = _pair(i, ["encode-ours", str(corpus), str(tokenizer), str(out)],
-                               ["encode-tiktoken", str(corpus), str(tokenizer)])
+            ours, peer = _pair(
+                i,
+                ["encode-ours", str(corpus), str(tokenizer), str(out)],
+                ["encode-tiktoken", str(corpus), str(tokenizer)],
+            )
             if ours["tokens"] != peer["tokens"]:
                 raise AssertionError(f"encode_file gave {ours['tokens']} tokens, tiktoken {peer['tokens']}")
-            encode_rows.append(_row("encode_file to .npy, 2 processes", size_mb, ours, peer,
-                                    "tiktoken, one thread, 16 MB pieces",
-                                    f"{ours['tokens']:,} tokens (same count as tiktoken)"))
+            encode_rows.append(
+                _row(
+                    "encode_file to .npy, 2 processes",
+                    size_mb,
+                    ours,
+                    peer,
+                    "tiktoken, one thread, 16 MB pieces",
+                    f"{ours['tokens']:,} tokens (same count as tiktoken)",
+                )
+            )
             corpus.unlink()
             out.unlink(missing_ok=True)
     rows = [*bpe_rows, _growth_row("train BPE", "HF tokenizers", bpe_rows), *encode_rows]
@@ -153,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes_mb.split(",")] if args.sizes_mb else None
-    print(format_table(run(sizes_mb=sizes, docs_dir=None if args.no_plots else DOCS_DIR,
-                           encode_max_mb=args.encode_max_mb)))
+    print(
+        format_table(
+            run(sizes_mb=sizes, docs_dir=None if args.no_plots else DOCS_DIR, encode_max_mb=args.encode_max_mb)
+        )
+    )
 
 
 if __name__ == "__main__":

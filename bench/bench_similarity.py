@@ -25,12 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bases() -> list[dict[str, str]]:
-    oracle = [p for p in sorted((REPO / "oracle").glob("*.py")) if p.name not in ("adapters.py", "use_oracle.py", "__init__.py")]
+    oracle = [
+        p
+        for p in sorted((REPO / "oracle").glob("*.py"))
+        if p.name not in ("adapters.py", "use_oracle.py", "__init__.py")
+    ]
     return [
-        {p.name: p.read_text() for p in sorted((REPO / "cs336_basics").glob("*.py"))} | {"adapters": (REPO / "tests/adapters.py").read_text()},
+        {p.name: p.read_text() for p in sorted((REPO / "cs336_basics").glob("*.py"))}
+        | {"adapters": (REPO / "tests/adapters.py").read_text()},
         {p.name: p.read_text() for p in sorted((REPO / "project_tests" / "suite").glob("suite_student_*.py"))},
         {p.name: p.read_text() for p in oracle},
-    ]  # fmt: skip
+    ]
 
 
 def _subset(source: str, rng: random.Random) -> str:
@@ -64,8 +69,15 @@ def main(sizes: list[int]) -> list[dict[str, float]]:
             for share in (0.2, 1.0):
                 t0 = time.monotonic()
                 result = find_similar(subs[:n], Path(tmp) / f"out{n}-{share}", max_share=share, threshold=0.5)
-                rows.append({"submissions": n, "pairs": result.total_pairs, "max_share": share,
-                             "sharing_pairs": len(result.pairs), "seconds": round(time.monotonic() - t0, 1)})  # fmt: skip
+                rows.append(
+                    {
+                        "submissions": n,
+                        "pairs": result.total_pairs,
+                        "max_share": share,
+                        "sharing_pairs": len(result.pairs),
+                        "seconds": round(time.monotonic() - t0, 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 

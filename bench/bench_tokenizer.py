@@ -28,9 +28,9 @@ import numpy as np
 
 from bench.common import REPO_ROOT, SHARED_DATA, format_table, make_row, median, time_interleaved
 from cs336_basics.bpe_trainer import train_bpe
-from cs336_lab.parallel_encode import encode_file
 from cs336_basics.pretokenize import GPT2_PATTERN, last_safe_cut
 from cs336_basics.tokenizer import Tokenizer
+from cs336_lab.parallel_encode import encode_file
 
 ENDOFTEXT = "<|endoftext|>"
 PYDOCS = SHARED_DATA / "pydocs" / "train.txt"

@@ -147,11 +147,17 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -164,7 +170,7 @@ def machine_info() -> dict[str, Any]:
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "git_commit": _git_commit(),
         "cpu": _cpu_model(),
         "cores": affinity,
@@ -200,8 +206,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
-            r["work"], r["peer"], _fmt(r["ours"]), _fmt(r["peer_value"]), r["unit"],
-            "-" if r["ratio"] is None else f"{r['ratio']:.3g}x", r["goal"] or "-", _met_text(r["met"]), r.get("notes", ""),
+            r["work"],
+            r["peer"],
+            _fmt(r["ours"]),
+            _fmt(r["peer_value"]),
+            r["unit"],
+            "-" if r["ratio"] is None else f"{r['ratio']:.3g}x",
+            r["goal"] or "-",
+            _met_text(r["met"]),
+            r.get("notes", ""),
         ]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.common import REPO_ROOT, SHARED_DATA
@@ -89,36 +88,59 @@ def make_config(
     from cs336_lab.train import TrainConfig
 
     config = TrainConfig(
-        train_data=str(train_npy), valid_data=str(valid_npy), tokenizer_dir=str(tok_dir),
+        train_data=str(train_npy),
+        valid_data=str(valid_npy),
+        tokenizer_dir=str(tok_dir),
         model=ModelSpec(vocab_size=VOCAB_SIZE, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384),
-        batch_size=16, max_steps=100_000, max_time_s=budget_s, lr_clock="time", warmup_steps=3_000,
-        lr_max=3e-3, lr_min=3e-4, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
-        eval_every=20, eval_batches=4, log_every=10, checkpoint_every=100_000, seed=0,
-        out_dir=str(side_dir(side, steps)), device="cpu", precision="fp32", progress=False,
+        batch_size=16,
+        max_steps=100_000,
+        max_time_s=budget_s,
+        lr_clock="time",
+        warmup_steps=3_000,
+        lr_max=3e-3,
+        lr_min=3e-4,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+        eval_every=20,
+        eval_batches=4,
+        log_every=10,
+        checkpoint_every=100_000,
+        seed=0,
+        out_dir=str(side_dir(side, steps)),
+        device="cpu",
+        precision="fp32",
+        progress=False,
     )
     if steps is not None:
-        config = dataclasses.replace(config, max_steps=steps, warmup_steps=max(1, steps * 3 // 100), max_time_s=None,
-                                     lr_clock="steps", eval_every=max(1, steps // 10))
+        config = dataclasses.replace(
+            config,
+            max_steps=steps,
+            warmup_steps=max(1, steps * 3 // 100),
+            max_time_s=None,
+            lr_clock="steps",
+            eval_every=max(1, steps // 10),
+        )
     return config
 
 
 def _oracle_factories() -> tuple[Any, Any]:
-    from cs336_basics.model import TransformerLM
+    from cs336_basics.model import ModelConfig, TransformerLM
     from oracle.model import OracleTransformerLM
-
-    from cs336_basics.model import ModelConfig
 
     def model_factory(spec: Any, device: torch.device) -> torch.nn.Module:
         mc = ModelConfig(**spec.to_dict())
         ours = TransformerLM(mc, device=device)  # built under the loop's seed: the same initial weights
-        oracle = OracleTransformerLM(mc.vocab_size, mc.context_length, mc.d_model, mc.num_layers, mc.num_heads,
-                                     mc.d_ff, mc.rope_theta, mc.eps).to(device)
+        oracle = OracleTransformerLM(
+            mc.vocab_size, mc.context_length, mc.d_model, mc.num_layers, mc.num_heads, mc.d_ff, mc.rope_theta, mc.eps
+        ).to(device)
         oracle.load_state_dict(ours.state_dict())
         return oracle
 
     def optimizer_factory(params: list, config: Any) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps,
-                                 weight_decay=config.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
+        )
 
     return model_factory, optimizer_factory
 
@@ -155,11 +177,17 @@ def run_side(side: str, budget_s: float, steps: int | None = None) -> dict[str, 
     load_checkpoint(Path(config.out_dir) / "ckpt_latest.pt", model)
     val = full_validation_loss(model, valid_npy, config.model.context_length)
     bpt = bytes_per_token(tok_dir, load_tokens(valid_npy))
-    summary = {"side": side, "steps": result.steps, "tokens": result.tokens_seen,
-               "train_time_s": round(result.elapsed_s, 1), "final_val_loss": val,
-               "final_val_bpb": val / math.log(2) / bpt, "bytes_per_token": bpt,
-               "params": sum(p.numel() for p in model.parameters()),
-               "tokens_per_s": result.tokens_seen / result.elapsed_s}
+    summary = {
+        "side": side,
+        "steps": result.steps,
+        "tokens": result.tokens_seen,
+        "train_time_s": round(result.elapsed_s, 1),
+        "final_val_loss": val,
+        "final_val_bpb": val / math.log(2) / bpt,
+        "bytes_per_token": bpt,
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens_per_s": result.tokens_seen / result.elapsed_s,
+    }
     (Path(config.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -171,9 +199,13 @@ def compare_equal_steps(results: dict[str, dict[str, Any]], steps: int) -> dict[
         records = [json.loads(line) for line in (side_dir(side, steps) / "metrics.jsonl").read_text().splitlines()]
         curves[side] = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     diffs = [abs(curves["ours"][k] - curves["oracle"][k]) for k in curves["ours"] if k in curves["oracle"]]
-    summary = {"steps": steps, "val_curves": curves, "max_abs_val_diff": max(diffs),
-               "final_full_val": {side: results[side]["final_val_loss"] for side in results},
-               "ratio": results["ours"]["final_val_loss"] / results["oracle"]["final_val_loss"]}
+    summary = {
+        "steps": steps,
+        "val_curves": curves,
+        "max_abs_val_diff": max(diffs),
+        "final_full_val": {side: results[side]["final_val_loss"] for side in results},
+        "ratio": results["ours"]["final_val_loss"] / results["oracle"]["final_val_loss"],
+    }
     (RESULTS / f"steps{steps}" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -221,38 +253,54 @@ def write_quality_report(ours: dict[str, Any], oracle: dict[str, Any], budget_s:
     ratio = ours["final_val_loss"] / oracle["final_val_loss"]
     config = make_config("ours", budget_s, Path(), Path(), Path())
     same_step = _val_at_common_step()
-    report = {"budget_s": budget_s, "goal": f"ours / oracle <= {GOAL}", "ratio": ratio, "met": ratio <= GOAL,
-              "ours": ours, "oracle": oracle, "val_at_common_step": same_step, "machine": machine_info(),
-              "config": dataclasses.asdict(config)}
+    report = {
+        "budget_s": budget_s,
+        "goal": f"ours / oracle <= {GOAL}",
+        "ratio": ratio,
+        "met": ratio <= GOAL,
+        "ours": ours,
+        "oracle": oracle,
+        "val_at_common_step": same_step,
+        "machine": machine_info(),
+        "config": dataclasses.asdict(config),
+    }
     (RESULTS / "quality.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     rows = "\n".join(
         f"| {s['side']} | {s['final_val_loss']:.4f} | {s['final_val_bpb']:.4f} | {s['steps']} | {s['tokens']:,} "
-        f"| {s['tokens_per_s']:.0f} | {s['params']:,} |" for s in (ours, oracle))
-    step_line = (f"At the last evaluation both reached (step {same_step[0]}: the same updates, but the schedule "
-                 f"follows the clock, so the slower run had already decayed its learning rate further), the "
-                 f"validation loss on the 4 fixed batches was {same_step[1]:.4f} (ours) vs {same_step[2]:.4f} "
-                 f"(oracle), ratio {same_step[1] / same_step[2]:.4f}.\n\n" if same_step else "")
-    md = (f"# Quality: ours vs the torch-native oracle ({budget_s:.0f} s each, CPU)\n\n"
-          f"`python -m bench.quality --budget-s {budget_s:.0f}` on {_dt_now()} ({machine_info().get('cpu', 'CPU')}, "
-          "2 cores shared with other work; the two runs went concurrently, one thread each).\n\n"
-          "| model | val loss (nats/token) | bits/byte | steps | tokens | tokens/s | params |\n"
-          "|---|---|---|---|---|---|---|\n" + rows + "\n\n"
-          f"Final validation loss over the whole validation split ({ours['bytes_per_token']:.2f} bytes/token), "
-          f"ratio ours/oracle: **{ratio:.4f}** (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}).\n\n"
-          + step_line +
-          f"Data: `../shared/data/pydocs` (Python docs), {VOCAB_SIZE}-token BPE trained by `cs336_basics.train_bpe`. "
-          f"Model: d_model {config.model.d_model}, {config.model.num_layers} layers, {config.model.num_heads} heads, "
-          f"d_ff {config.model.d_ff}, context {config.model.context_length}, batch {config.batch_size}. "
-          f"AdamW lr {config.lr_max:g} -> "
-          f"{config.lr_min:g} (cosine over the time budget, {config.warmup_steps / config.max_steps:.0%} warm-up), "
-          f"weight decay {config.weight_decay:g}, betas {config.betas}, clip {config.grad_clip:g}.\n\n"
-          "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `oracle.model.OracleTransformerLM` "
-          "(nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention) + `torch.optim.AdamW`. Same initial weights, "
-          "same batches, same loss function, schedule, clipping and budget (`cs336_lab.train.train` with a "
-          "model and optimizer factory). With a fixed time budget the faster implementation takes more steps, "
-          "so the ratio mixes model quality with speed under the machine's load at the time.\n\n"
-          + _equal_steps_line() +
-          "![curves](curves.png)\n")
+        f"| {s['tokens_per_s']:.0f} | {s['params']:,} |"
+        for s in (ours, oracle)
+    )
+    step_line = (
+        f"At the last evaluation both reached (step {same_step[0]}: the same updates, but the schedule "
+        f"follows the clock, so the slower run had already decayed its learning rate further), the "
+        f"validation loss on the 4 fixed batches was {same_step[1]:.4f} (ours) vs {same_step[2]:.4f} "
+        f"(oracle), ratio {same_step[1] / same_step[2]:.4f}.\n\n"
+        if same_step
+        else ""
+    )
+    md = (
+        f"# Quality: ours vs the torch-native oracle ({budget_s:.0f} s each, CPU)\n\n"
+        f"`python -m bench.quality --budget-s {budget_s:.0f}` on {_dt_now()} ({machine_info().get('cpu', 'CPU')}, "
+        "2 cores shared with other work; the two runs went concurrently, one thread each).\n\n"
+        "| model | val loss (nats/token) | bits/byte | steps | tokens | tokens/s | params |\n"
+        "|---|---|---|---|---|---|---|\n" + rows + "\n\n"
+        f"Final validation loss over the whole validation split ({ours['bytes_per_token']:.2f} bytes/token), "
+        f"ratio ours/oracle: **{ratio:.4f}** (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}).\n\n"
+        + step_line
+        + f"Data: `../shared/data/pydocs` (Python docs), {VOCAB_SIZE}-token BPE trained by `cs336_basics.train_bpe`. "
+        f"Model: d_model {config.model.d_model}, {config.model.num_layers} layers, {config.model.num_heads} heads, "
+        f"d_ff {config.model.d_ff}, context {config.model.context_length}, batch {config.batch_size}. "
+        f"AdamW lr {config.lr_max:g} -> "
+        f"{config.lr_min:g} (cosine over the time budget, {config.warmup_steps / config.max_steps:.0%} warm-up), "
+        f"weight decay {config.weight_decay:g}, betas {config.betas}, clip {config.grad_clip:g}.\n\n"
+        "Ours: `TransformerLM` + `cs336_basics.AdamW`. Oracle: `oracle.model.OracleTransformerLM` "
+        "(nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention) + `torch.optim.AdamW`. Same initial weights, "
+        "same batches, same loss function, schedule, clipping and budget (`cs336_lab.train.train` with a "
+        "model and optimizer factory). With a fixed time budget the faster implementation takes more steps, "
+        "so the ratio mixes model quality with speed under the machine's load at the time.\n\n"
+        + _equal_steps_line()
+        + "![curves](curves.png)\n"
+    )
     (RESULTS / "quality.md").write_text(md)
     return report
 
@@ -263,18 +311,20 @@ def _equal_steps_line() -> str:
     if not found:
         return ""
     summary = json.loads(found[-1].read_text())
-    return (f"Equal-steps check (`python -m bench.quality --steps {summary['steps']}`: the schedule on the step "
-            f"counter, no time budget): the two validation curves differ by at most "
-            f"{summary['max_abs_val_diff']:.1e} nats at every evaluation, and the final whole-split losses are "
-            f"{summary['final_full_val']['ours']:.4f} (ours) vs {summary['final_full_val']['oracle']:.4f} (oracle), "
-            f"ratio {summary['ratio']:.5f}: at equal updates the two implementations train identically up to "
-            "float32 rounding, so any gap above comes from speed.\n\n")
+    return (
+        f"Equal-steps check (`python -m bench.quality --steps {summary['steps']}`: the schedule on the step "
+        f"counter, no time budget): the two validation curves differ by at most "
+        f"{summary['max_abs_val_diff']:.1e} nats at every evaluation, and the final whole-split losses are "
+        f"{summary['final_full_val']['ours']:.4f} (ours) vs {summary['final_full_val']['oracle']:.4f} (oracle), "
+        f"ratio {summary['ratio']:.5f}: at equal updates the two implementations train identically up to "
+        "float32 rounding, so any gap above comes from speed.\n\n"
+    )
 
 
 def _dt_now() -> str:
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def copy_to_docs(docs_dir: Path) -> None:
@@ -292,11 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock per model (600)")
     parser.add_argument("--side", choices=["ours", "oracle"], help=argparse.SUPPRESS)  # a worker process
-    parser.add_argument("--steps", type=int, default=None,
-                        help="instead: the equal-steps check, both sides for exactly this many updates")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="instead: the equal-steps check, both sides for exactly this many updates",
+    )
     parser.add_argument("--prepare-only", action="store_true", help="train the tokenizer and encode, then stop")
-    parser.add_argument("--docs-dir", type=Path, default=None,
-                        help="also copy the summary and PNGs here (default: docs/quality for a full 600 s run)")
+    parser.add_argument(
+        "--docs-dir",
+        type=Path,
+        default=None,
+        help="also copy the summary and PNGs here (default: docs/quality for a full 600 s run)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     if args.side:

@@ -33,8 +33,40 @@ from cs336_common.atomic import atomic_open
 EOT = "<|endoftext|>"
 LEXICON_SIZE = 50_000
 ZIPF_EXPONENT = 1.1
-_ONSETS = ("", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "y", "z",
-           "br", "ch", "cl", "dr", "fl", "gr", "pl", "sh", "st", "th", "tr", "wh")
+_ONSETS = (
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "y",
+    "z",
+    "br",
+    "ch",
+    "cl",
+    "dr",
+    "fl",
+    "gr",
+    "pl",
+    "sh",
+    "st",
+    "th",
+    "tr",
+    "wh",
+)
 _NUCLEI = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou", "y")
 _CODAS = ("", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "st", "ck", "ll")
 
@@ -54,8 +86,9 @@ def make_lexicon(size: int = LEXICON_SIZE, seed: int = 0) -> np.ndarray:
         nucleus = rng.integers(0, len(_NUCLEI), size=(n, 4))
         coda = rng.integers(0, len(_CODAS), size=(n, 4))
         for i in range(n):
-            word = "".join(_ONSETS[onset[i, j]] + _NUCLEI[nucleus[i, j]] + _CODAS[coda[i, j]]
-                           for j in range(syllables[i]))
+            word = "".join(
+                _ONSETS[onset[i, j]] + _NUCLEI[nucleus[i, j]] + _CODAS[coda[i, j]] for j in range(syllables[i])
+            )
             words.setdefault(word)
             if len(words) == size:
                 break
@@ -76,7 +109,7 @@ def _document(rng: np.random.Generator, lexicon: np.ndarray, cdf: np.ndarray) ->
     sentences, i = [], 0
     while i < n_words:
         length = int(rng.integers(4, 17))
-        sentence = words[i:i + length]
+        sentence = words[i : i + length]
         if len(sentence) > 5 and rng.random() < 0.4:
             sentence[2] += ","
         sentence[0] = sentence[0].capitalize()
@@ -104,8 +137,9 @@ def write_zipf_corpora(sizes: dict[Path, int], *, seed: int = 0) -> list[Path]:
     rng = np.random.default_rng(seed + 1)
     written = 0
     with ExitStack() as stack:
-        files = [(stack.enter_context(atomic_open(p, "w", encoding="utf-8", newline="\n")), n)
-                 for p, n in sizes.items()]
+        files = [
+            (stack.enter_context(atomic_open(p, "w", encoding="utf-8", newline="\n")), n) for p, n in sizes.items()
+        ]
         while written < max(sizes.values()):
             batch = "".join(_document(rng, lexicon, cdf) + f"\n{EOT}\n" for _ in range(200))
             for f, num_bytes in files:

@@ -165,9 +165,17 @@ def generate(
         for length in sorted({len(r) for r in rows}):
             members = [i for i, r in enumerate(rows) if len(r) == length]
             batch = torch.tensor([rows[i] for i in members], dtype=torch.long, device=device)
-            outs = _generate_group(model, batch, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, eos_id=eos_id, generator=generator, use_kv_cache=use_kv_cache,
-                                   vocab_size=vocab_size)
+            outs = _generate_group(
+                model,
+                batch,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_id=eos_id,
+                generator=generator,
+                use_kv_cache=use_kv_cache,
+                vocab_size=vocab_size,
+            )
             for i, out in zip(members, outs):
                 results[i] = out
     finally:
@@ -200,9 +208,17 @@ def complete(
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single str: wrap it in a list")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    ids = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, eos_id=_eos_id(tokenizer, eos_token), generator=generator,
-                   use_kv_cache=use_kv_cache, vocab_size=tokenizer.vocab_size)
+    ids = generate(
+        model,
+        [tokenizer.encode(p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        eos_id=_eos_id(tokenizer, eos_token),
+        generator=generator,
+        use_kv_cache=use_kv_cache,
+        vocab_size=tokenizer.vocab_size,
+    )
     return [tokenizer.decode(out) for out in ids]
 
 

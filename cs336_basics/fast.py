@@ -158,7 +158,7 @@ class _CausalAttention(torch.autograd.Function):
         weights = []
         for a, b, e in tiles:
             p = q_scaled[..., a:b, :] @ K[..., :e, :].transpose(-2, -1)  # (..., b - a, e)
-            p[..., e - (b - a):].masked_fill_(diagonal[: b - a, : b - a], float("-inf"))
+            p[..., e - (b - a) :].masked_fill_(diagonal[: b - a, : b - a], float("-inf"))
             p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
             p.mul_(1.0 / p.sum(dim=-1, keepdim=True))
             out[..., a:b, :] = p @ V[..., :e, :]

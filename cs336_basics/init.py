@@ -176,7 +176,20 @@ def linear_init(scheme: str) -> Callable[[Tensor], Tensor]:
 
 
 __all__ = [
-    "InitScheme", "LINEAR_SCHEMES", "fan_in_and_fan_out", "normal_", "uniform_", "trunc_normal_",
-    "xavier_normal_", "xavier_uniform_", "kaiming_normal_", "kaiming_uniform_", "orthogonal_",
-    "assignment_linear_", "assignment_embedding_", "ones_", "zeros_", "linear_init",
+    "InitScheme",
+    "LINEAR_SCHEMES",
+    "fan_in_and_fan_out",
+    "normal_",
+    "uniform_",
+    "trunc_normal_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "orthogonal_",
+    "assignment_linear_",
+    "assignment_embedding_",
+    "ones_",
+    "zeros_",
+    "linear_init",
 ]

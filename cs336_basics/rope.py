@@ -89,9 +89,7 @@ class RotaryPositionalEmbedding(nn.Module):
         """cos and sin of the angles at `token_positions` (default `0 .. seq_len-1`), (..., seq, d_k/2) each."""
         if token_positions is None:
             if seq_len > self.max_seq_len:
-                raise ValueError(
-                    f"sequence length {seq_len} exceeds the RoPE cache (max_seq_len={self.max_seq_len})"
-                )
+                raise ValueError(f"sequence length {seq_len} exceeds the RoPE cache (max_seq_len={self.max_seq_len})")
             return self.cos[:seq_len], self.sin[:seq_len]
         if token_positions.shape[-1] != seq_len:
             raise ValueError(

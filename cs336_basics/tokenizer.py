@@ -106,7 +106,9 @@ class Tokenizer:
                 pair = (self._ids[left], self._ids[right])
                 merged = self._ids[left + right]
             except KeyError:
-                raise ValueError(f"merge {rank} {(left, right)!r}: the pair and its result must be in the vocabulary") from None
+                raise ValueError(
+                    f"merge {rank} {(left, right)!r}: the pair and its result must be in the vocabulary"
+                ) from None
             self._merge_ranks.setdefault(pair, rank << 32 | merged)
         self._cache: _BPECache = _BPECache(self._bpe)
 
@@ -121,7 +123,10 @@ class Tokenizer:
     # ---------------------------------------------------------------- construction from files
     @classmethod
     def from_files(
-        cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike, special_tokens: list[str] | None = None
+        cls,
+        vocab_filepath: str | os.PathLike,
+        merges_filepath: str | os.PathLike,
+        special_tokens: list[str] | None = None,
     ) -> Tokenizer:
         """Load a vocabulary and merges saved by `cs336 train-bpe` (or in GPT-2's own format).
 

@@ -116,8 +116,9 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | 
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, permissions: int = 0o666,
-                **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, permissions: int = 0o666, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, else it is removed.
 
     `mode` is "w" (text, UTF-8 unless `encoding=` says otherwise) or "wb"; `open_kwargs` go to `open`.
@@ -191,5 +192,16 @@ def atomic_save_figure(fig: Any, path: str | os.PathLike[str], *, close: bool = 
             plt.close(fig)
 
 
-__all__ = ["atomic_open", "atomic_save_figure", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "commit",
-           "fsync_directory", "prepare_directory", "sweep_temp_files", "temp_path", "TEMP_GLOB"]
+__all__ = [
+    "atomic_open",
+    "atomic_save_figure",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "commit",
+    "fsync_directory",
+    "prepare_directory",
+    "sweep_temp_files",
+    "temp_path",
+    "TEMP_GLOB",
+]

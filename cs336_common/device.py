@@ -37,8 +37,7 @@ def select_device(device: str = "auto", *, local_rank: int = 0, distributed: boo
             # ("cuda:1") would put all ranks of a node on the same GPU.
             if local_rank >= torch.cuda.device_count():
                 raise ValueError(
-                    f"LOCAL_RANK {local_rank} needs at least {local_rank + 1} GPUs, "
-                    f"found {torch.cuda.device_count()}"
+                    f"LOCAL_RANK {local_rank} needs at least {local_rank + 1} GPUs, found {torch.cuda.device_count()}"
                 )
             dev = torch.device("cuda", local_rank)
         elif dev.index is None:

@@ -78,8 +78,9 @@ def text_to_token(text: str, where: str = "token") -> bytes:
     try:
         return bytes([inverse[c] for c in text])
     except KeyError as e:
-        raise ValueError(f"{where}: token {text!r} contains {e.args[0]!r}, expected only characters of GPT-2's "
-                         "byte-to-unicode table") from None
+        raise ValueError(
+            f"{where}: token {text!r} contains {e.args[0]!r}, expected only characters of GPT-2's byte-to-unicode table"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ vocab.json
@@ -184,13 +185,31 @@ def check_byte_level_bpe(vocab: Vocab, merges: Merges, special_tokens: Iterable[
         raise ValueError("the vocabulary holds the same bytes under two ids")
     known = set(vocab.values())
     if missing := [b for b in range(256) if bytes([b]) not in known]:
-        raise ValueError(f"a byte-level BPE vocabulary needs all 256 bytes; missing {len(missing)} (e.g. {missing[:3]})")
+        raise ValueError(
+            f"a byte-level BPE vocabulary needs all 256 bytes; missing {len(missing)} (e.g. {missing[:3]})"
+        )
     if bad := [m for m in merges if m[0] not in known or m[1] not in known or m[0] + m[1] not in known]:
         raise ValueError(f"merge {bad[0]!r} uses or makes a token that is not in the vocabulary")
     if absent := [t for t in special_tokens if t.encode("utf-8") not in known]:
         raise ValueError(f"special token(s) {absent} are not in the vocabulary")
 
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MERGES_FILE", "VOCAB_FILE", "Merges", "Vocab", "bytes_to_unicode",
-           "check_byte_level_bpe", "merges_to_text", "parse_merges", "parse_vocab", "read_merges", "read_vocab",
-           "text_to_token", "token_to_text", "unicode_to_bytes", "vocab_to_json"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MERGES_FILE",
+    "VOCAB_FILE",
+    "Merges",
+    "Vocab",
+    "bytes_to_unicode",
+    "check_byte_level_bpe",
+    "merges_to_text",
+    "parse_merges",
+    "parse_vocab",
+    "read_merges",
+    "read_vocab",
+    "text_to_token",
+    "token_to_text",
+    "unicode_to_bytes",
+    "vocab_to_json",
+]

@@ -33,8 +33,12 @@ NormPosition = Literal["pre", "post"]
 PositionEmbedding = Literal["rope", "none"]
 FfnType = Literal["swiglu", "silu"]
 InitScheme = Literal["assignment", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal"]
-_CHOICES = {"norm_position": NormPosition, "position_embedding": PositionEmbedding, "ffn_type": FfnType,
-            "init": InitScheme}  # fmt: skip
+_CHOICES = {
+    "norm_position": NormPosition,
+    "position_embedding": PositionEmbedding,
+    "ffn_type": FfnType,
+    "init": InitScheme,
+}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -86,8 +90,9 @@ class ModelSpec:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
             _check_positive_int(name, getattr(self, name))
         if self.d_model % self.num_heads != 0:
-            raise ValueError(f"d_model must be divisible by num_heads, got d_model={self.d_model}, "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(
+                f"d_model must be divisible by num_heads, got d_model={self.d_model}, num_heads={self.num_heads}"
+            )
         for f in dataclasses.fields(self):  # every on/off switch (annotated `bool`)
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise TypeError(f"ModelSpec.{f.name} must be a bool, got {getattr(self, f.name)!r}")
@@ -137,8 +142,11 @@ class ModelSpec:
 
     def non_default_extras(self) -> dict[str, Any]:
         """The fields beyond the handout's whose value is not the handout model's (an ablation, another eps)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in HANDOUT_FIELDS and getattr(self, f.name) != f.default}  # fmt: skip
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in HANDOUT_FIELDS and getattr(self, f.name) != f.default
+        }
 
 
 def field_names() -> tuple[str, ...]:

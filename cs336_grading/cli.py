@@ -15,7 +15,7 @@ import signal
 
 from cs336_grading.grader import grade as grade_module
 from cs336_grading.grader import heldout
-from cs336_grading.grader.report import GradeResult, GraderError
+from cs336_grading.grader.report import GraderError, GradeResult
 from cs336_grading.grader.submission import SubmissionError
 from cs336_grading.staff import batch, similarity_report
 
@@ -28,10 +28,15 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         help="grade a student submission (directory or .zip) against the pristine tests",
         description=grade_module.__doc__.splitlines()[0],
     )
-    parser.add_argument("submission", nargs="+",
-                        help="directory or .zip with cs336_basics/ and tests/adapters.py; several, or a folder of them: batch")
+    parser.add_argument(
+        "submission",
+        nargs="+",
+        help="directory or .zip with cs336_basics/ and tests/adapters.py; several, or a folder of them: batch",
+    )
     parser.add_argument("--out", default="results.json", help="Gradescope results file (default: ./results.json)")
-    parser.add_argument("--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)")
+    parser.add_argument(
+        "--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)"
+    )
     parser.add_argument("--timeout", type=float, default=grade_module.DEFAULT_TIMEOUT_S, help="seconds per test")
     parser.add_argument(
         "--memory-mb",
@@ -46,14 +51,17 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--isolate-each-test", action="store_true", help="one process per test (slower)")
     parser.add_argument(
-        "--builtins", choices=("zero", "warn"), default="zero",
+        "--builtins",
+        choices=("zero", "warn"),
+        default="zero",
         help="a problem that used a forbidden torch built-in scores 0 (default) or only gets a warning",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--secret-file", default=None,
+        "--secret-file",
+        default=None,
         help=f"the course's grading secret: snapshot tests grade held-out cases drawn from it "
-             f"(default: ${heldout.SECRET_ENV}; neither: the public snapshots)",
-    )  # fmt: skip
+        f"(default: ${heldout.SECRET_ENV}; neither: the public snapshots)",
+    )
     batch.add_arguments(parser)
     similarity_report.add_batch_arguments(parser)
     parser.set_defaults(func=_main)
@@ -74,10 +82,17 @@ def _main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = grade_module.grade(
-            args.submission, harness=args.harness, timeout=args.timeout, memory_mb=args.memory_mb or None,
-            total_timeout=args.total_timeout, jobs=args.jobs, problems=problems, isolate_each=args.isolate_each_test,
-            builtins=args.builtins, secret=heldout.secret_from(args.secret_file),
-        )  # fmt: skip
+            args.submission,
+            harness=args.harness,
+            timeout=args.timeout,
+            memory_mb=args.memory_mb or None,
+            total_timeout=args.total_timeout,
+            jobs=args.jobs,
+            problems=problems,
+            isolate_each=args.isolate_each_test,
+            builtins=args.builtins,
+            secret=heldout.secret_from(args.secret_file),
+        )
     except SubmissionError as e:
         # The student's fault, not the grader's: a zero grade that says why.
         zero = GradeResult(problems=(), execution_time=0.0, warnings=(f"ungradable submission: {e}",))

@@ -27,18 +27,14 @@ from cs336_common.model_spec import ModelSpec
 # NOTE: d_ff = 4 * d_model, as the handout's GPT-2 XL accounting question states (d_ff 6,400 for d_model 1,600),
 # not the ~8/3 * d_model SwiGLU default, so that answers can be checked against the handout's numbers.
 PRESETS: dict[str, ModelSpec] = {
-    "gpt2-small": ModelSpec(
-        vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=3072
-    ),
+    "gpt2-small": ModelSpec(vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=3072),
     "gpt2-medium": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=1024, num_layers=24, num_heads=16, d_ff=4096
     ),
     "gpt2-large": ModelSpec(
         vocab_size=50257, context_length=1024, d_model=1280, num_layers=36, num_heads=20, d_ff=5120
     ),
-    "gpt2-xl": ModelSpec(
-        vocab_size=50257, context_length=1024, d_model=1600, num_layers=48, num_heads=25, d_ff=6400
-    ),
+    "gpt2-xl": ModelSpec(vocab_size=50257, context_length=1024, d_model=1600, num_layers=48, num_heads=25, d_ff=6400),
     # The handout's TinyStories model (section 7).
     "tinystories": ModelSpec(
         vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344, rope_theta=10000.0
@@ -216,8 +212,8 @@ def peak_flops_for_device(device: str | torch.device, dtype: torch.dtype | None 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved FLOP/s over the hardware peak.
 
-        >>> mfu(tokens_per_s=1000.0, flops_per_token=6e9, peak_flops=1.2e13)
-        0.5
+    >>> mfu(tokens_per_s=1000.0, flops_per_token=6e9, peak_flops=1.2e13)
+    0.5
     """
     if peak_flops <= 0:
         raise ValueError(f"peak_flops must be positive, got {peak_flops}")
@@ -234,7 +230,9 @@ def _human(x: float, unit: str = "") -> str:
     >>> _human(1536, "B"), _human(2.5e12, "FLOP")
     ('1.50 KiB', '2.50 TFLOP')
     """
-    base, prefixes = (1024.0, ["", "Ki", "Mi", "Gi", "Ti", "Pi"]) if unit == "B" else (1000.0, ["", "K", "M", "G", "T", "P"])
+    base, prefixes = (
+        (1024.0, ["", "Ki", "Mi", "Gi", "Ti", "Pi"]) if unit == "B" else (1000.0, ["", "K", "M", "G", "T", "P"])
+    )
     i = 0
     while abs(x) >= base and i < len(prefixes) - 1:
         x /= base

@@ -56,8 +56,16 @@ from types import ModuleType
 from typing import Any
 
 PACKAGE = "cs336_basics"
-REQUIRED = ("TransformerLM", "cross_entropy", "AdamW", "get_lr_cosine_schedule", "gradient_clipping", "get_batch",
-            "Tokenizer", "train_bpe")  # fmt: skip
+REQUIRED = (
+    "TransformerLM",
+    "cross_entropy",
+    "AdamW",
+    "get_lr_cosine_schedule",
+    "gradient_clipping",
+    "get_batch",
+    "Tokenizer",
+    "train_bpe",
+)
 OPTIONAL = ("ModelConfig", "complete", "find_chunk_boundaries", "read_chunk_text", "worker_context")
 CHUNKING = ("find_chunk_boundaries", "read_chunk_text", "worker_context")
 EXTRAS_ATTRIBUTE = "CS336_EXTRAS"
@@ -123,21 +131,26 @@ class Assignment:
         extras = spec.non_default_extras()
         if self.ModelConfig is not None and dataclasses.is_dataclass(self.ModelConfig):
             known = {f.name for f in dataclasses.fields(self.ModelConfig)}
-            _refuse_extras({k: v for k, v in extras.items() if k not in known}, f"{self.package}.ModelConfig "
-                           "with these fields", "a ModelConfig without them")  # fmt: skip
+            _refuse_extras(
+                {k: v for k, v in extras.items() if k not in known},
+                f"{self.package}.ModelConfig with these fields",
+                "a ModelConfig without them",
+            )
             config = self.ModelConfig(**{k: v for k, v in spec.to_dict().items() if k in known})
             model = self.TransformerLM(config, device=device)
             if fused_kernels and hasattr(model, "use_fused_kernels"):
                 model.use_fused_kernels()
             return model
-        _refuse_extras(extras, f"{self.package}.ModelConfig with the ablation switches",
-                       "a package without ModelConfig")
+        _refuse_extras(
+            extras, f"{self.package}.ModelConfig with the ablation switches", "a package without ModelConfig"
+        )
         return self.TransformerLM(**spec.handout_fields()).to(device)
 
     # --------------------------------------------------------------------------------- training primitives
 
-    def make_optimizer(self, params: list[Any], *, lr: float, betas: tuple[float, float], eps: float,
-                       weight_decay: float) -> Any:
+    def make_optimizer(
+        self, params: list[Any], *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+    ) -> Any:
         """The package's `AdamW`."""
         return self.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
@@ -179,13 +192,21 @@ class Assignment:
 
     # ----------------------------------------------------------------------------------------- tokenizer
 
-    def make_tokenizer(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
-                       special_tokens: list[str]) -> Any:
+    def make_tokenizer(
+        self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]
+    ) -> Any:
         """The package's `Tokenizer(vocab, merges, special_tokens)`."""
         return self.Tokenizer(vocab, merges, special_tokens)
 
-    def run_train_bpe(self, input_path: str, vocab_size: int, special_tokens: list[str], *,
-                      num_workers: int | None = None, show_progress: bool = False) -> Any:
+    def run_train_bpe(
+        self,
+        input_path: str,
+        vocab_size: int,
+        special_tokens: list[str],
+        *,
+        num_workers: int | None = None,
+        show_progress: bool = False,
+    ) -> Any:
         """The package's `train_bpe`, given the declared keyword extras only."""
         options = {"num_workers": num_workers, "show_progress": show_progress}
         extra = {k: v for k, v in options.items() if f"train_bpe.{k}" in self.keyword_extras}
@@ -209,8 +230,9 @@ def grad_norm(params: list[Any]) -> float:
 def _refuse_extras(extras: dict[str, Any], needs: str, got: str) -> None:
     if extras:
         flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in extras.items())
-        raise AssignmentError(f"{flags} needs {needs}; expected a package with it, got {got} "
-                              "(train the handout's model instead)")
+        raise AssignmentError(
+            f"{flags} needs {needs}; expected a package with it, got {got} (train the handout's model instead)"
+        )
 
 
 def _import(name: str) -> ModuleType:
@@ -233,15 +255,21 @@ def _resolve(package_name: str) -> Assignment:
                     found[name] = (vars(module)[name], module.__name__)
     missing = [name for name in REQUIRED if name not in found]
     if missing:
-        raise AssignmentError(f"{package_name} provides no {', '.join(missing)}: expected each at the top level of "
-                              f"{package_name} or in one of its modules ({_where(package)}); see "
-                              "cs336_lab/assignment.py for the expected signatures")  # fmt: skip
+        raise AssignmentError(
+            f"{package_name} provides no {', '.join(missing)}: expected each at the top level of "
+            f"{package_name} or in one of its modules ({_where(package)}); see "
+            "cs336_lab/assignment.py for the expected signatures"
+        )
     fast = None
     if hasattr(package, "__path__") and importlib.util.find_spec(f"{package_name}.fast") is not None:
         fast = getattr(_import(f"{package_name}.fast"), "cross_entropy", None)
-    return Assignment(package=package_name, **{name: value for name, (value, _) in found.items()},
-                      fast_cross_entropy=fast, keyword_extras=_declared_extras(package),
-                      found_in=tuple((name, where) for name, (_, where) in found.items()))  # fmt: skip
+    return Assignment(
+        package=package_name,
+        **{name: value for name, (value, _) in found.items()},
+        fast_cross_entropy=fast,
+        keyword_extras=_declared_extras(package),
+        found_in=tuple((name, where) for name, (_, where) in found.items()),
+    )
 
 
 def _where(package: ModuleType) -> str:
@@ -255,8 +283,9 @@ def _declared_extras(package: ModuleType) -> frozenset[str]:
         raise AssignmentError(f"{package.__name__}.{EXTRAS_ATTRIBUTE} must be a tuple of strings, got {declared!r}")
     unknown = sorted(set(declared) - set(KEYWORD_EXTRAS))
     if unknown:
-        raise AssignmentError(f"{package.__name__}.{EXTRAS_ATTRIBUTE}: unknown extras {unknown}; expected some of "
-                              f"{list(KEYWORD_EXTRAS)}")
+        raise AssignmentError(
+            f"{package.__name__}.{EXTRAS_ATTRIBUTE}: unknown extras {unknown}; expected some of {list(KEYWORD_EXTRAS)}"
+        )
     return frozenset(declared)
 
 

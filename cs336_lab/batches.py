@@ -50,16 +50,19 @@ def load_training_tokens(path: str, name: str, *, context_length: int, vocab_siz
     smallest, largest = int(head.min()), int(head.max())
     if smallest < 0 or largest >= vocab_size:
         bad = smallest if smallest < 0 else largest
-        raise ValueError(f"{name} holds token id {bad}, expected ids in [0, vocab_size={vocab_size}): "
-                         "does --vocab-size match the tokenizer?")
+        raise ValueError(
+            f"{name} holds token id {bad}, expected ids in [0, vocab_size={vocab_size}): "
+            "does --vocab-size match the tokenizer?"
+        )
     return tokens
 
 
 class BatchSampler:
     """Random training batches from a numpy `Generator` whose state goes into the checkpoint."""
 
-    def __init__(self, tokens: np.ndarray, *, batch_size: int, context_length: int, device: torch.device,
-                 seed: int | list[int]) -> None:
+    def __init__(
+        self, tokens: np.ndarray, *, batch_size: int, context_length: int, device: torch.device, seed: int | list[int]
+    ) -> None:
         self.tokens, self.batch_size, self.context_length, self.device = tokens, batch_size, context_length, device
         self.rng = np.random.default_rng(seed)
 
@@ -87,8 +90,13 @@ def autocast(device: torch.device, precision: str) -> Any:
 @torch.no_grad()
 def estimate_loss(model: nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device) -> float:
     """Mean validation loss (nats/token) over `eval_batches` fixed batches: the same batches on every call."""
-    sampler = BatchSampler(tokens, batch_size=config.batch_size, context_length=config.model.context_length,
-                           device=device, seed=config.seed + 1_000_003)  # fixed: independent of the training sampler
+    sampler = BatchSampler(
+        tokens,
+        batch_size=config.batch_size,
+        context_length=config.model.context_length,
+        device=device,
+        seed=config.seed + 1_000_003,
+    )  # fixed: independent of the training sampler
     was_training = model.training
     model.eval()
     losses = []

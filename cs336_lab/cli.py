@@ -43,13 +43,19 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "compare": ("cs336_lab.compare", "overlay the loss curves of several runs, with a table", None),
     "sweep": ("cs336_lab.sweep", "train a grid of configs one by one, then compare them", None),
     # the course staff's wing: grade (one or a batch), handout, autograder, similarity
-    "grade": ("cs336_grading.cli", "grade a student submission (directory or .zip) against the pristine tests",
-              "grading"),
-    "handout": ("cs336_grading.staff.handout",
-                "build the student starter kit (tests, fixtures, stub adapters, empty package)", "grading"),
+    "grade": (
+        "cs336_grading.cli",
+        "grade a student submission (directory or .zip) against the pristine tests",
+        "grading",
+    ),
+    "handout": (
+        "cs336_grading.staff.handout",
+        "build the student starter kit (tests, fixtures, stub adapters, empty package)",
+        "grading",
+    ),
     "autograder": ("cs336_grading.staff.autograder", "build the Gradescope autograder zip", "grading"),
     "similarity": ("cs336_grading.staff.similarity_report", "find similar submissions in a batch (course staff)", None),
-}  # fmt: skip
+}
 # Loggers whose level -v/-q set: the tools, the grading wing and the assignment.
 LOGGERS = ("cs336_lab", "cs336_grading", "cs336_basics")
 
@@ -85,10 +91,24 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
     # Sub-commands accept the flags too (`cs336 demo -v`); there they must not overwrite the top-level value.
     default = 0 if top_level else argparse.SUPPRESS
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=default,
-                       help="debug logging, and tracebacks for errors")
-    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=default,
-                       help="warnings and errors only")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        default=default,
+        help="debug logging, and tracebacks for errors",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=default,
+        help="warnings and errors only",
+    )
 
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
@@ -96,7 +116,8 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     others as their line in ``cs336 --help`` only (their modules are not imported)."""
     wanted = set(COMMANDS) if commands is None else set(commands)
     parser = argparse.ArgumentParser(
-        prog="cs336", description="Train a Transformer language model from scratch: tokenizer, model, samples.",
+        prog="cs336",
+        description="Train a Transformer language model from scratch: tokenizer, model, samples.",
         epilog="Run `cs336 COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -28,11 +28,27 @@ logger = logging.getLogger(__name__)
 X_FIELDS = {"steps": "step", "tokens": "tokens", "time": "time_s"}
 METRIC_FIELDS = {"val_loss": "val_loss", "train_loss": "train_loss", "bpb": "val_bpb"}
 X_LABELS = {"steps": "step", "tokens": "tokens seen", "time": "wall-clock time (s)"}
-METRIC_LABELS = {"val_loss": "validation loss (nats/token)", "train_loss": "training loss (nats/token)",
-                 "bpb": "validation bits per byte"}
+METRIC_LABELS = {
+    "val_loss": "validation loss (nats/token)",
+    "train_loss": "training loss (nats/token)",
+    "bpb": "validation bits per byte",
+}
 # Config keys that say where or how a run was executed, not what was trained: never a label.
-NOT_LABELS = frozenset({"out_dir", "resume", "progress", "wandb", "wandb_project", "device", "train_data",
-                        "valid_data", "tokenizer_dir", "compile", "peak_flops"})
+NOT_LABELS = frozenset(
+    {
+        "out_dir",
+        "resume",
+        "progress",
+        "wandb",
+        "wandb_project",
+        "device",
+        "train_data",
+        "valid_data",
+        "tokenizer_dir",
+        "compile",
+        "peak_flops",
+    }
+)
 
 
 @dataclass
@@ -69,8 +85,14 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config_path, status_path = path / "config.json", path / "status.json"
     config = _flat(json.loads(config_path.read_text(encoding="utf-8"))) if config_path.is_file() else {}
     status = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else {}
-    return Run(path=path, config=config, records=records, status=status.get("status", "done"),
-               label=status.get("label", ""), note=str(status.get("error", "")).split(" (")[0])
+    return Run(
+        path=path,
+        config=config,
+        records=records,
+        status=status.get("status", "done"),
+        label=status.get("label", ""),
+        note=str(status.get("error", "")).split(" (")[0],
+    )
 
 
 def _flat(config: Any) -> Any:
@@ -106,8 +128,11 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     for config in configs:
         keys += [k for k in config if k not in keys]
     missing = object()
-    return [k for k in keys if k not in NOT_LABELS and len({json.dumps(c.get(k, missing), default=str)
-                                                            for c in configs}) > 1]
+    return [
+        k
+        for k in keys
+        if k not in NOT_LABELS and len({json.dumps(c.get(k, missing), default=str) for c in configs}) > 1
+    ]
 
 
 def label_runs(runs: Sequence[Run]) -> None:
@@ -129,13 +154,13 @@ def summary_table(runs: Sequence[Run], metric: str) -> str:
         best = f"{min(ys):.4f}" if ys else "–"
         last = run.records[-1] if run.records else {}
         status = f"{run.status}: {run.note}" if run.note else run.status
-        lines.append(f"| {run.label} | {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} "
-                     f"| {status} |")
+        lines.append(f"| {run.label} | {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} | {status} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str = "val_loss",
-              title: str | None = None) -> list[str]:
+def plot_runs(
+    runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str = "val_loss", title: str | None = None
+) -> list[str]:
     """Overlay one curve per run (those with points) into the PNG `out`, atomically; return the labels drawn."""
     import matplotlib
 
@@ -149,8 +174,7 @@ def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str =
         finite = [(a, b) for a, b in zip(xs, ys) if math.isfinite(b)]
         if not finite:
             continue
-        ax.plot(*zip(*finite), marker="o" if len(finite) < 30 else None, markersize=3, linewidth=2,
-                label=run.label)
+        ax.plot(*zip(*finite), marker="o" if len(finite) < 30 else None, markersize=3, linewidth=2, label=run.label)
         drawn.append(run.label)
         # A diverged run must not squash the others: only its first value counts for the y range.
         highs.append(finite[0][1] if run.status == "diverged" else max(b for _, b in finite))
@@ -170,12 +194,19 @@ def plot_runs(runs: Sequence[Run], out: Path, *, x: str = "steps", metric: str =
     return drawn
 
 
-def compare(run_dirs: Sequence[str | os.PathLike[str]], out: Path, *, x: str = "steps", metric: str = "val_loss",
-            title: str | None = None) -> str:
+def compare(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    *,
+    x: str = "steps",
+    metric: str = "val_loss",
+    title: str | None = None,
+) -> str:
     """Plot the runs into `out` and write the summary table beside it (`out` with suffix .md); return the table."""
     if x not in X_FIELDS or metric not in METRIC_FIELDS:
-        raise ValueError(f"expected x in {sorted(X_FIELDS)} and metric in {sorted(METRIC_FIELDS)}, "
-                         f"got {x!r} and {metric!r}")
+        raise ValueError(
+            f"expected x in {sorted(X_FIELDS)} and metric in {sorted(METRIC_FIELDS)}, got {x!r} and {metric!r}"
+        )
     if not run_dirs:
         raise ValueError("compare needs at least one run directory, got none")
     runs = [load_run(d) for d in run_dirs]
@@ -193,15 +224,25 @@ def compare(run_dirs: Sequence[str | os.PathLike[str]], out: Path, *, x: str = "
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cs336 compare``."""
-    parser = subparsers.add_parser("compare", help="overlay the loss curves of several runs, with a table",
-                                   description="The curves of several training runs on one plot, and a table of "
-                                   "their final and best values.")
+    parser = subparsers.add_parser(
+        "compare",
+        help="overlay the loss curves of several runs, with a table",
+        description="The curves of several training runs on one plot, and a table of their final and best values.",
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by cs336 train")
     parser.add_argument("--x", choices=sorted(X_FIELDS), default="steps", help="x axis (default: steps)")
-    parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default="val_loss",
-                        help="y axis (default: val_loss; bpb needs runs trained with a tokenizer_dir)")
-    parser.add_argument("--out", type=Path, default=Path("compare.png"),
-                        help="the PNG to write; the table goes beside it with suffix .md (default: compare.png)")
+    parser.add_argument(
+        "--metric",
+        choices=sorted(METRIC_FIELDS),
+        default="val_loss",
+        help="y axis (default: val_loss; bpb needs runs trained with a tokenizer_dir)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("compare.png"),
+        help="the PNG to write; the table goes beside it with suffix .md (default: compare.png)",
+    )
     parser.add_argument("--title", default=None, help="plot title")
     parser.set_defaults(func=_run)
 
@@ -213,5 +254,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Run", "load_run", "differing_keys", "label_runs", "summary_table", "plot_runs", "compare",
-           "add_subcommand"]
+__all__ = ["Run", "load_run", "differing_keys", "label_runs", "summary_table", "plot_runs", "compare", "add_subcommand"]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import operator
 import os
 import tomllib
 import types
@@ -67,7 +69,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         optional = len(args) < len(get_args(tp))
-        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional
+        return (args[0] if len(args) == 1 else functools.reduce(operator.or_, args)), optional
     return tp, False
 
 
@@ -90,7 +92,10 @@ def _type_name(tp: Any) -> str:
 
 # Scalar field type -> (the Python types a config file may give for it, the conversion to the field's type).
 _SCALARS: dict[Any, tuple[tuple[type, ...], Any]] = {
-    bool: ((bool,), bool), int: ((int,), int), float: ((int, float), float), str: ((str,), str),
+    bool: ((bool,), bool),
+    int: ((int,), int),
+    float: ((int, float), float),
+    str: ((str,), str),
     Path: ((str, os.PathLike), Path),
 }
 
@@ -147,8 +152,11 @@ def _flattened_fields(cls: type) -> dict[str, type]:
     """The nested fields of ``cls`` marked ``metadata={"flatten": True}``: name -> their dataclass type."""
     hints = _field_types(cls)
     flattened = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("flatten")}
-    return {name: _strip_optional(hints[name])[0] for name in flattened
-            if _is_dataclass_type(_strip_optional(hints[name])[0])}
+    return {
+        name: _strip_optional(hints[name])[0]
+        for name in flattened
+        if _is_dataclass_type(_strip_optional(hints[name])[0])
+    }
 
 
 def nest_flat_keys(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
@@ -355,8 +363,9 @@ def add_dataclass_arguments(
         flag = _flag(prefix, f.name)
         if _is_dataclass_type(base):
             flag_prefix = prefix if f.metadata.get("flatten") else f"{prefix}{f.name}."
-            add_dataclass_arguments(parser, base, prefix=flag_prefix, add_config_flag=False,
-                                    dest_prefix=f"{dest_prefix}{f.name}.")
+            add_dataclass_arguments(
+                parser, base, prefix=flag_prefix, add_config_flag=False, dest_prefix=f"{dest_prefix}{f.name}."
+            )
             continue
         kwargs: dict[str, Any] = {"dest": dest, "default": UNSET, "help": _help_text(f)}
         origin = get_origin(base)
@@ -365,16 +374,21 @@ def add_dataclass_arguments(
         elif origin is Literal:
             choices = list(get_args(base))
             parser.add_argument(
-                flag, type=_parse_scalar(type(choices[0]), optional),
-                choices=choices + ([None] if optional else []), metavar="{" + ",".join(map(str, choices)) + "}",
+                flag,
+                type=_parse_scalar(type(choices[0]), optional),
+                choices=choices + ([None] if optional else []),
+                metavar="{" + ",".join(map(str, choices)) + "}",
                 **kwargs,
             )
         elif origin in (tuple, list):
             args = get_args(base)
             variadic = origin is list or (len(args) == 2 and args[1] is ...)
             parser.add_argument(
-                flag, type=_parse_scalar(args[0], False), nargs="*" if variadic else len(args),
-                metavar=_type_name(args[0]).upper(), **kwargs,
+                flag,
+                type=_parse_scalar(args[0], False),
+                nargs="*" if variadic else len(args),
+                metavar=_type_name(args[0]).upper(),
+                **kwargs,
             )
         else:
             metavar = "PATH" if base is Path else _type_name(base).upper()

@@ -26,22 +26,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cs336_common.model_spec import ModelSpec, field_names
 from cs336_common.atomic import atomic_write_text, prepare_directory
+from cs336_common.model_spec import ModelSpec, field_names
 from cs336_lab.config import add_dataclass_arguments, config_from_args, save_config
-from cs336_lab.pipeline import EOT, tokenize_files, train_tokenizer
+from cs336_lab.pipeline import tokenize_files, train_tokenizer
 from cs336_lab.threads import cpu_threads
 
 logger = logging.getLogger(__name__)
 
 # The demo model and optimiser, tuned for 2.5 minutes of 2 CPU cores (`configs/demo.toml` mirrors this);
 # the model's vocab_size is the trained tokenizer's.
-DEMO_MODEL = ModelSpec(vocab_size=1_024, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
-                       rope_theta=10_000.0)
+DEMO_MODEL = ModelSpec(
+    vocab_size=1_024, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384, rope_theta=10_000.0
+)
 DEMO_TRAINING: dict[str, Any] = {
-    "batch_size": 16, "max_steps": 4_000, "lr_max": 3e-3, "lr_min": 3e-4, "warmup_steps": 100,
-    "lr_clock": "time", "weight_decay": 0.1, "betas": (0.9, 0.95), "grad_clip": 1.0,
-    "max_time_s": 150.0, "eval_every": 50, "eval_batches": 10, "log_every": 50, "checkpoint_every": 1_000,
+    "batch_size": 16,
+    "max_steps": 4_000,
+    "lr_max": 3e-3,
+    "lr_min": 3e-4,
+    "warmup_steps": 100,
+    "lr_clock": "time",
+    "weight_decay": 0.1,
+    "betas": (0.9, 0.95),
+    "grad_clip": 1.0,
+    "max_time_s": 150.0,
+    "eval_every": 50,
+    "eval_batches": 10,
+    "log_every": 50,
+    "checkpoint_every": 1_000,
     "seed": 0,
 }
 
@@ -68,8 +80,12 @@ class DemoConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     num_workers: int | None = field(default=None, metadata=_help("processes for BPE training and tokenizing"))
-    threads: int | None = field(default=None, metadata=_help(
-        "CPU threads for training and sampling; none = time 1 thread against all cores, take the faster"))
+    threads: int | None = field(
+        default=None,
+        metadata=_help(
+            "CPU threads for training and sampling; none = time 1 thread against all cores, take the faster"
+        ),
+    )
     progress: bool = field(default=True, metadata=_help("progress bars"))
 
 
@@ -86,8 +102,12 @@ def demo_train_config(out: str | Path, *, vocab_size: int = 1_024, **overrides: 
     if "warmup_steps" not in overrides:  # keep warm-up a small fraction of a shortened run
         settings["warmup_steps"] = min(settings["warmup_steps"], settings["max_steps"] // 10)
     return TrainConfig(
-        train_data=str(out / "tokens" / "train.npy"), valid_data=str(out / "tokens" / "valid.npy"),
-        tokenizer_dir=str(out / "tokenizer"), out_dir=str(out / "model"), model=model, **settings,
+        train_data=str(out / "tokens" / "train.npy"),
+        valid_data=str(out / "tokens" / "valid.npy"),
+        tokenizer_dir=str(out / "tokenizer"),
+        out_dir=str(out / "model"),
+        model=model,
+        **settings,
     )
 
 
@@ -135,7 +155,6 @@ class DemoResult:
 
 def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     """Corpus -> tokenizer -> tokens -> model -> samples under ``config.out`` (see the module docstring)."""
-    from cs336_lab.corpus import write_corpus
     from cs336_lab.generate import load_model
     from cs336_lab.sampling import sample_completions
     from cs336_lab.tokenizer_files import load_tokenizer
@@ -144,39 +163,67 @@ def run_demo(config: DemoConfig, **train_overrides: Any) -> DemoResult:
     out = Path(config.out)
     prepare_directory(out, "--out")
     steps = _Steps(out, config.force)
-    corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
-    texts = [corpus_dir / "train.txt", corpus_dir / "valid.txt"]
-    arrays = [tokens_dir / "train.npy", tokens_dir / "valid.npy"]
-    steps.run("corpus", {"train": config.num_train_stories, "valid": config.num_valid_stories,
-                         "seed": config.corpus_seed}, texts,
-              lambda: write_corpus(corpus_dir, num_train=config.num_train_stories,
-                                   num_valid=config.num_valid_stories, seed=config.corpus_seed))
-    steps.run("tokenizer", {"vocab_size": config.vocab_size}, [tok_dir],
-              lambda: train_tokenizer(texts[0], tok_dir, vocab_size=config.vocab_size,
-                                      num_workers=config.num_workers, show_progress=config.progress))
-    steps.run("tokens", {}, arrays,
-              lambda: tokenize_files(tok_dir, texts, tokens_dir, num_workers=config.num_workers,
-                                     show_progress=config.progress, overwrite=True))  # the demo's own files
+    tok_dir = _prepare_data(config, steps, out)
     tokenizer = load_tokenizer(tok_dir)
     # The model's vocabulary is exactly the tokenizer's: a small corpus may stop BPE short of --vocab-size, and
     # NOTE: a padded vocabulary would let sampling pick ids that the tokenizer cannot decode.
-    train_config = demo_train_config(out, vocab_size=tokenizer.vocab_size,
-                                     max_time_s=config.max_time_s, max_steps=config.max_steps, device=config.device,
-                                     progress=config.progress, **train_overrides)
+    train_config = demo_train_config(
+        out,
+        vocab_size=tokenizer.vocab_size,
+        max_time_s=config.max_time_s,
+        max_steps=config.max_steps,
+        device=config.device,
+        progress=config.progress,
+        **train_overrides,
+    )
     ckpt = Path(train_config.out_dir) / "ckpt_latest.pt"
     model_settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
     with cpu_threads(config.threads):
         # A model trained again (--force, changed settings) moves the earlier one aside: see run_folder.py.
         steps.run("model", model_settings, [ckpt], lambda: train(dataclasses.replace(train_config, start_over=True)))
         model, _ = load_model(ckpt, device="cpu")
-        completions = sample_completions(model, tokenizer, list(config.prompts), max_new_tokens=config.max_new_tokens,
-                                         temperature=config.temperature, top_p=config.top_p, seed=0)
-    samples = [p + c for p, c in zip(config.prompts, completions)]
+        prompts = list(config.prompts)
+        sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": 0}
+        completions = sample_completions(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, **sampling)
+    samples = [p + c for p, c in zip(prompts, completions)]
     atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
     history = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines() if line]
     val_curve = [(int(r["step"]), float(r["val_loss"])) for r in history if "val_loss" in r]
-    return DemoResult(out=out, val_curve=val_curve, num_parameters=sum(p.numel() for p in model.parameters()),
-                      steps=history[-1]["step"] if history else 0, samples=samples, timings=steps.timings)
+    return DemoResult(
+        out=out,
+        val_curve=val_curve,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        steps=history[-1]["step"] if history else 0,
+        samples=samples,
+        timings=steps.timings,
+    )
+
+
+def _prepare_data(config: DemoConfig, steps: _Steps, out: Path) -> Path:
+    """The corpus, its tokenizer and its token arrays under `out` (each step redone only when its settings
+    changed); returns the tokenizer's directory."""
+    from cs336_lab.corpus import write_corpus
+
+    corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
+    texts = [corpus_dir / "train.txt", corpus_dir / "valid.txt"]
+    arrays = [tokens_dir / "train.npy", tokens_dir / "valid.npy"]
+    stories = {"num_train": config.num_train_stories, "num_valid": config.num_valid_stories}
+    steps.run(
+        "corpus",
+        {"train": config.num_train_stories, "valid": config.num_valid_stories, "seed": config.corpus_seed},
+        texts,
+        lambda: write_corpus(corpus_dir, **stories, seed=config.corpus_seed),
+    )
+    workers = {"num_workers": config.num_workers, "show_progress": config.progress}
+    steps.run(
+        "tokenizer",
+        {"vocab_size": config.vocab_size},
+        [tok_dir],
+        lambda: train_tokenizer(texts[0], tok_dir, vocab_size=config.vocab_size, **workers),
+    )
+    # overwrite=True: the token arrays are the demo's own files, rebuilt when the tokenizer changed
+    steps.run("tokens", {}, arrays, lambda: tokenize_files(tok_dir, texts, tokens_dir, **workers, overwrite=True))
+    return tok_dir
 
 
 def format_summary(result: DemoResult, points: int = 6) -> str:
@@ -186,8 +233,10 @@ def format_summary(result: DemoResult, points: int = 6) -> str:
     if curve:
         (s0, l0), (s1, l1) = curve[0], curve[-1]
         best_step, best = min(curve, key=lambda sl: sl[1])
-        lines.append(f"validation loss (nats/token): first {l0:.3f} (step {s0}), last {l1:.3f} (step {s1}), "
-                     f"best {best:.3f} (step {best_step}); perplexity {math.exp(l1):.1f}")
+        lines.append(
+            f"validation loss (nats/token): first {l0:.3f} (step {s0}), last {l1:.3f} (step {s1}), "
+            f"best {best:.3f} (step {best_step}); perplexity {math.exp(l1):.1f}"
+        )
         picks = sorted({round(i * (len(curve) - 1) / max(points - 1, 1)) for i in range(points)})
         lines.append("  " + "  ".join(f"step {curve[i][0]}: {curve[i][1]:.3f}" for i in picks))
     if result.timings:
@@ -213,7 +262,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cs336 demo``."""
-    p = subparsers.add_parser("demo", help="the whole pipeline on the synthetic corpus (CPU, < 5 min)",
-                              description=__doc__.split("\n\n")[1])
+    p = subparsers.add_parser(
+        "demo", help="the whole pipeline on the synthetic corpus (CPU, < 5 min)", description=__doc__.split("\n\n")[1]
+    )
     add_dataclass_arguments(p, DemoConfig)
     p.set_defaults(func=_run_demo)

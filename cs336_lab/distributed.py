@@ -130,9 +130,7 @@ def _env_int(name: str) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def init_distributed(
-    device: str = "auto", *, timeout: datetime.timedelta | None = None
-) -> DistributedContext:
+def init_distributed(device: str = "auto", *, timeout: datetime.timedelta | None = None) -> DistributedContext:
     """Join the process group that `torchrun` set up, or describe a single process when not launched by it.
 
     Reads `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`. With `WORLD_SIZE` unset or 1 no

@@ -237,20 +237,29 @@ def download_dataset(
 
 def _run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path("data") / args.dataset
-    for path in download_dataset(args.dataset, out, splits=args.split, base_url=args.base_url,
-                                 keep_compressed=args.keep_compressed):
+    for path in download_dataset(
+        args.dataset, out, splits=args.split, base_url=args.base_url, keep_compressed=args.keep_compressed
+    ):
         logger.info("ready: %s", path)
     return 0
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """``cs336 download tinystories|owt [--out DIR] [--split train valid] [--base-url URL]``."""
-    p = subparsers.add_parser("download", help="download TinyStories or the OpenWebText sample (resumable)",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "download",
+        help="download TinyStories or the OpenWebText sample (resumable)",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("dataset", choices=sorted(DATASETS), help="which corpus")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: data/DATASET)")
-    p.add_argument("--split", nargs="+", default=["train", "valid"], choices=["train", "valid"],
-                   help="which files (default: train valid)")
+    p.add_argument(
+        "--split",
+        nargs="+",
+        default=["train", "valid"],
+        choices=["train", "valid"],
+        help="which files (default: train valid)",
+    )
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="mirror of the dataset hub (default: %(default)s)")
     p.add_argument("--keep-compressed", action="store_true", help="keep the .gz after decompressing")
     p.set_defaults(func=_run)

@@ -116,7 +116,9 @@ def sum_token_losses(
         chunk = torch.from_numpy(np.asarray(tokens[starts], dtype=np.int64)).to(device)  # (B, T + 1)
         log_probs = model(chunk[:, :-1]).float().log_softmax(dim=-1)  # (B, T, vocab)
         nats = -log_probs.gather(-1, chunk[:, 1:, None]).squeeze(-1)  # (B, T)
-        scored = torch.arange(length, device=nats.device)[None, :] >= torch.tensor([[w.skip] for w in batch], device=nats.device)
+        scored = torch.arange(length, device=nats.device)[None, :] >= torch.tensor(
+            [[w.skip] for w in batch], device=nats.device
+        )
         total += float(nats.double()[scored].sum())
         count += int(scored.sum())
         bar.update(len(batch))
@@ -179,8 +181,9 @@ class Split:
     token_bytes: np.ndarray | None
 
 
-def load_split(data: str | Path, tokenizer_dir: str | Path | None, vocab_size: int,
-               record: dict[str, Any] | None = None) -> Split:
+def load_split(
+    data: str | Path, tokenizer_dir: str | Path | None, vocab_size: int, record: dict[str, Any] | None = None
+) -> Split:
     """A `.npy` token array as is, or a text file encoded with the package's `Tokenizer` for `tokenizer_dir`.
 
     The tokenizer must fit the model (`check_tokenizer`, against `record`: the checkpoint's memory of its own).
@@ -268,11 +271,17 @@ def evaluate(
     nats, count = sum_token_losses(model, tokens, windows, batch_size=batch_size, device=device, progress=progress)
     num_bytes = predicted_bytes(tokens, windows, split.token_bytes) if split.token_bytes is not None else None
     return EvalResult(
-        checkpoint=str(checkpoint), data=str(data), tokens=len(tokens), predicted_tokens=count, loss=nats / count,
-        bits_per_byte=nats / math.log(2) / num_bytes if num_bytes else None, predicted_bytes=num_bytes,
-        context_length=context_length, stride=context_length if stride is None else stride,
+        checkpoint=str(checkpoint),
+        data=str(data),
+        tokens=len(tokens),
+        predicted_tokens=count,
+        loss=nats / count,
+        bits_per_byte=nats / math.log(2) / num_bytes if num_bytes else None,
+        predicted_bytes=num_bytes,
+        context_length=context_length,
+        stride=context_length if stride is None else stride,
         seconds=round(time.monotonic() - t0, 3),
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -281,9 +290,10 @@ def evaluate(
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `cs336 evaluate`."""
     parser = subparsers.add_parser(
-        "evaluate", help="the loss of a checkpoint over a whole split (nats/token, bits/byte)",
+        "evaluate",
+        help="the loss of a checkpoint over a whole split (nats/token, bits/byte)",
         description=__doc__.splitlines()[0],
-    )  # fmt: skip
+    )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of `cs336 train`, or a plain dict + --config")
     parser.add_argument("--data", required=True, help="a text file (encoded with the tokenizer) or a .npy token array")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the config's tokenizer_dir)")
@@ -298,13 +308,28 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
 
 def _run(args: argparse.Namespace) -> int:
     result = evaluate(
-        args.checkpoint, args.data, tokenizer=args.tokenizer, config=args.config,
-        context_length=args.context_length, stride=args.stride, batch_size=args.batch_size,
-        device=args.device, progress=args.progress,
-    )  # fmt: skip
+        args.checkpoint,
+        args.data,
+        tokenizer=args.tokenizer,
+        config=args.config,
+        context_length=args.context_length,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=args.progress,
+    )
     print(result.to_json())  # the command's output proper: one JSON line on stdout
     return 0
 
 
-__all__ = ["EvalResult", "Split", "Window", "evaluate", "load_for_eval", "load_split", "plan_windows", "sum_token_losses",
-           "add_subcommand"]
+__all__ = [
+    "EvalResult",
+    "Split",
+    "Window",
+    "evaluate",
+    "load_for_eval",
+    "load_split",
+    "plan_windows",
+    "sum_token_losses",
+    "add_subcommand",
+]

@@ -49,17 +49,28 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register `cs336 generate`: complete prompts with a trained checkpoint."""
     parser = subparsers.add_parser("generate", help="complete prompts with a trained checkpoint")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `cs336 train`")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the tokenizer_dir stored in the checkpoint's config)")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="a prompt; repeat for a batch (default: one empty-ish prompt, the EOS token)")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory (default: the tokenizer_dir stored in the checkpoint's config)",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt; repeat for a batch (default: one empty-ish prompt, the EOS token)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-kv-cache", dest="use_kv_cache", action="store_false",
-                        help="recompute the whole prefix for every token (slower; for checking)")
+    parser.add_argument(
+        "--no-kv-cache",
+        dest="use_kv_cache",
+        action="store_false",
+        help="recompute the whole prefix for every token (slower; for checking)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -74,13 +85,26 @@ def _run(args: argparse.Namespace) -> int:
         if tokenizer_dir is None:
             raise ValueError("no tokenizer: pass --tokenizer DIR (the checkpoint's config names none)")
         vocab, merges, special_tokens = read_tokenizer(tokenizer_dir)
-        check_tokenizer(vocab, merges, special_tokens, model_vocab_size=ModelSpec.from_run_config(config).vocab_size,
-                        record=config.get(RECORD_KEY), where=tokenizer_dir)
+        check_tokenizer(
+            vocab,
+            merges,
+            special_tokens,
+            model_vocab_size=ModelSpec.from_run_config(config).vocab_size,
+            record=config.get(RECORD_KEY),
+            where=tokenizer_dir,
+        )
         tokenizer = Assignment.load().make_tokenizer(vocab, merges, special_tokens)
         prompts = args.prompt or [EOS_TOKEN]
-        texts = sample_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                   use_kv_cache=args.use_kv_cache)
+        texts = sample_completions(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            use_kv_cache=args.use_kv_cache,
+        )
     except USER_ERRORS as err:
         logger.error("%s", err)
         return 2

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from cs336_lab.assignment import Assignment
 from cs336_common.atomic import commit, prepare_directory, temp_path
+from cs336_lab.assignment import Assignment
 from cs336_lab.threads import usable_cores
 
 Tokenizer = Any  # the package's Tokenizer (see assignment.py)
@@ -97,8 +97,9 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return Assignment.load().worker_context()
 
 
-def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.dtype, num_workers: int,
-               show_progress: bool) -> int:
+def _encode_to(
+    raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.dtype, num_workers: int, show_progress: bool
+) -> int:
     """Write the ids of the file to `raw` in order (in worker processes when it pays); return their number."""
     size = input_path.stat().st_size
     bar = _progress(show_progress, size)
@@ -120,8 +121,9 @@ def _encode_to(raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.
                 return _drain(map(_encode_chunk, jobs), jobs, raw, bar)
             finally:
                 _init_worker(None)
-        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=pool_context(),
-                                 initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        with ProcessPoolExecutor(
+            min(num_workers, len(jobs)), mp_context=pool_context(), initializer=_init_worker, initargs=(tokenizer,)
+        ) as pool:
             return _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
 
 

@@ -20,12 +20,17 @@ EOT = "<|endoftext|>"
 
 
 def train_tokenizer(
-    input_path: str | Path, out_dir: str | Path, *, vocab_size: int, special_tokens: Sequence[str] = (EOT,),
-    num_workers: int | None = None, show_progress: bool = False,
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str] = (EOT,),
+    num_workers: int | None = None,
+    show_progress: bool = False,
 ) -> tuple[int, int]:
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
-    from cs336_lab.assignment import Assignment
     from cs336_common.atomic import prepare_directory
+    from cs336_lab.assignment import Assignment
     from cs336_lab.tokenizer_files import save_tokenizer
 
     _check_text_file(input_path, "training text")
@@ -34,19 +39,28 @@ def train_tokenizer(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1 (or left out: all cores), got {num_workers}")
     prepare_directory(out_dir, "--out")
-    vocab, merges = Assignment.load().run_train_bpe(str(input_path), vocab_size, list(special_tokens),
-                                                   num_workers=num_workers, show_progress=show_progress)
+    vocab, merges = Assignment.load().run_train_bpe(
+        str(input_path), vocab_size, list(special_tokens), num_workers=num_workers, show_progress=show_progress
+    )
     save_tokenizer(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
     logger.info("tokenizer: %d tokens, %d merges -> %s", len(vocab), len(merges), out_dir)
     if len(vocab) < vocab_size:
-        logger.warning("asked for %d tokens, got %d: the text has no more pairs to merge (a larger corpus gives more)",
-                       vocab_size, len(vocab))
+        logger.warning(
+            "asked for %d tokens, got %d: the text has no more pairs to merge (a larger corpus gives more)",
+            vocab_size,
+            len(vocab),
+        )
     return len(vocab), len(merges)
 
 
 def tokenize_files(
-    tokenizer_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
-    num_workers: int | None = None, show_progress: bool = False, overwrite: bool = False,
+    tokenizer_dir: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    num_workers: int | None = None,
+    show_progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}.
 
@@ -76,12 +90,16 @@ def _token_files(inputs: Sequence[str | Path], out_dir: Path, *, overwrite: bool
     for output in dict.fromkeys(outputs):
         sources = [str(path) for path, other in zip(inputs, outputs) if other == output]
         if len(sources) > 1:
-            raise FileExistsError(f"expected input files with distinct names, got {' and '.join(sources)}, which "
-                                  f"would all be written to {output}; tokenize them into separate --out-dir folders")
+            raise FileExistsError(
+                f"expected input files with distinct names, got {' and '.join(sources)}, which "
+                f"would all be written to {output}; tokenize them into separate --out-dir folders"
+            )
     existing = [str(output) for output in outputs if output.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"--out-dir {out_dir} already holds {', '.join(existing)}: pass --overwrite to replace "
-                              "them, or choose another --out-dir")
+        raise FileExistsError(
+            f"--out-dir {out_dir} already holds {', '.join(existing)}: pass --overwrite to replace "
+            "them, or choose another --out-dir"
+        )
     return outputs
 
 
@@ -96,14 +114,26 @@ def _check_text_file(path: str | Path, what: str) -> None:
 
 
 def _run_train_bpe(args: argparse.Namespace) -> int:
-    train_tokenizer(args.input, args.out, vocab_size=args.vocab_size, special_tokens=args.special_token or [EOT],
-                    num_workers=args.num_workers, show_progress=not args.no_progress)
+    train_tokenizer(
+        args.input,
+        args.out,
+        vocab_size=args.vocab_size,
+        special_tokens=args.special_token or [EOT],
+        num_workers=args.num_workers,
+        show_progress=not args.no_progress,
+    )
     return 0
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
-    tokenize_files(args.tokenizer, args.inputs, args.out_dir, num_workers=args.num_workers,
-                   show_progress=not args.no_progress, overwrite=args.overwrite)
+    tokenize_files(
+        args.tokenizer,
+        args.inputs,
+        args.out_dir,
+        num_workers=args.num_workers,
+        show_progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -113,8 +143,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="training text (documents separated by <|endoftext|>)")
     p.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, bytes and special tokens included")
     p.add_argument("--out", type=Path, required=True, help="directory for the tokenizer files")
-    p.add_argument("--special-token", action="append", default=None,
-                   help=f"a special token; repeat for several (default: {EOT})")
+    p.add_argument(
+        "--special-token", action="append", default=None, help=f"a special token; repeat for several (default: {EOT})"
+    )
     p.add_argument("--num-workers", type=int, default=None, help="processes for pre-tokenization (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train_bpe)

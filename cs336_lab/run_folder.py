@@ -41,8 +41,15 @@ LOCK_NAME = ".cs336-run.lock"
 RUN_MARKERS = ("config.json", "ckpt_latest.pt", "metrics.jsonl")
 RUN_FILES = (*RUN_MARKERS, "loss_curve.png", "status.json")
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolderBusyError", "run_files", "lock_run_folder", "check_run_folder",
-           "hold_run_folder"]
+__all__ = [
+    "LOCK_NAME",
+    "RUN_FILES",
+    "RunFolderBusyError",
+    "run_files",
+    "lock_run_folder",
+    "check_run_folder",
+    "hold_run_folder",
+]
 
 
 class RunFolderBusyError(FileExistsError):
@@ -70,7 +77,8 @@ def lock_run_folder(out_dir: str | os.PathLike[str]) -> Iterator[None]:
             holder = handle.read().strip() or "unknown"
             raise RunFolderBusyError(
                 f"out_dir {out_dir} is in use by another run (pid {holder}): expected a folder no running "
-                "`cs336 train` writes to; wait for that run to end, or choose another --out-dir") from None
+                "`cs336 train` writes to; wait for that run to end, or choose another --out-dir"
+            ) from None
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
@@ -111,7 +119,8 @@ def check_run_folder(out_dir: str | os.PathLike[str], *, resume: bool, start_ove
         return
     raise FileExistsError(
         f"out_dir {out_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, or "
-        f"--start-over to move it to a new folder {out_dir.resolve().name}.old-<timestamp> beside it and train anew")
+        f"--start-over to move it to a new folder {out_dir.resolve().name}.old-<timestamp> beside it and train anew"
+    )
 
 
 @contextlib.contextmanager

@@ -102,8 +102,10 @@ def start_wandb(project: str, config: dict[str, Any], out_dir: str) -> Any:
     try:
         import wandb
     except ImportError:
-        logger.warning("wandb=True but the wandb package is not installed (pip install 'cs336-basics[wandb]'): "
-                       "logging to metrics.jsonl only")
+        logger.warning(
+            "wandb=True but the wandb package is not installed (pip install 'cs336-basics[wandb]'): "
+            "logging to metrics.jsonl only"
+        )
         return None
     return wandb.init(project=project, config=config, dir=out_dir)
 
@@ -115,8 +117,17 @@ class RunLog:
     metrics.jsonl and W&B, `tick` moves the progress bar, `plot` redraws the loss curve; `close` finishes.
     """
 
-    def __init__(self, out_dir: Path, *, enabled: bool, max_steps: int, start_step: int, resume: bool,
-                 progress: bool, wandb: tuple[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        enabled: bool,
+        max_steps: int,
+        start_step: int,
+        resume: bool,
+        progress: bool,
+        wandb: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.out_dir, self.enabled = out_dir, enabled
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=enabled)
         self.progress = training_progress_bar(max_steps, start_step) if enabled and progress else None

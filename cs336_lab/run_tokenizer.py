@@ -31,8 +31,15 @@ logger = logging.getLogger(__name__)
 PATH_FIELDS = ("train_data", "valid_data", "tokenizer_dir", "out_dir")  # a run's settings that are paths
 RECORD_KEY = "tokenizer"  # the key of the record in a checkpoint's `extra` and in the loaders' config dicts
 
-__all__ = ["PATH_FIELDS", "RECORD_KEY", "absolute_paths", "tokenizer_fingerprint", "tokenizer_record",
-           "find_tokenizer_dir", "check_tokenizer"]
+__all__ = [
+    "PATH_FIELDS",
+    "RECORD_KEY",
+    "absolute_paths",
+    "tokenizer_fingerprint",
+    "tokenizer_record",
+    "find_tokenizer_dir",
+    "check_tokenizer",
+]
 
 
 def absolute_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,12 +70,16 @@ def _vocab_size(vocab: Vocab) -> int:
 def tokenizer_record(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """What a checkpoint remembers of its tokenizer: absolute path, vocabulary size and fingerprint."""
     vocab, merges, special_tokens = read_tokenizer(directory)
-    return {"dir": os.path.abspath(directory), "vocab_size": _vocab_size(vocab),
-            "fingerprint": tokenizer_fingerprint(vocab, merges, special_tokens)}
+    return {
+        "dir": os.path.abspath(directory),
+        "vocab_size": _vocab_size(vocab),
+        "fingerprint": tokenizer_fingerprint(vocab, merges, special_tokens),
+    }
 
 
-def find_tokenizer_dir(given: str | os.PathLike[str] | None, config: Mapping[str, Any],
-                       checkpoint: str | os.PathLike[str]) -> Path | None:
+def find_tokenizer_dir(
+    given: str | os.PathLike[str] | None, config: Mapping[str, Any], checkpoint: str | os.PathLike[str]
+) -> Path | None:
     """The tokenizer directory for a checkpoint: `given` (a --tokenizer flag), else the one its config records.
 
     A recorded relative path (older checkpoints) is tried from the current folder, then from the checkpoint's.
@@ -78,17 +89,29 @@ def find_tokenizer_dir(given: str | os.PathLike[str] | None, config: Mapping[str
     recorded = config.get("tokenizer_dir")
     if not recorded:
         return None
-    tried = [Path(recorded)] if Path(recorded).is_absolute() else [Path.cwd() / recorded,
-                                                                   Path(checkpoint).resolve().parent / recorded]
+    tried = (
+        [Path(recorded)]
+        if Path(recorded).is_absolute()
+        else [Path.cwd() / recorded, Path(checkpoint).resolve().parent / recorded]
+    )
     for candidate in tried:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"tokenizer_dir {recorded!r} recorded in checkpoint {checkpoint}: expected a tokenizer "
-                            f"directory, found none at {' or '.join(map(str, dict.fromkeys(tried)))}; pass --tokenizer DIR")
+    raise FileNotFoundError(
+        f"tokenizer_dir {recorded!r} recorded in checkpoint {checkpoint}: expected a tokenizer "
+        f"directory, found none at {' or '.join(map(str, dict.fromkeys(tried)))}; pass --tokenizer DIR"
+    )
 
 
-def check_tokenizer(vocab: Vocab, merges: Merges, special_tokens: list[str], *, model_vocab_size: int,
-                    record: Mapping[str, Any] | None, where: str | os.PathLike[str]) -> None:
+def check_tokenizer(
+    vocab: Vocab,
+    merges: Merges,
+    special_tokens: list[str],
+    *,
+    model_vocab_size: int,
+    record: Mapping[str, Any] | None,
+    where: str | os.PathLike[str],
+) -> None:
     """`ValueError` when the tokenizer at `where` cannot be the model's; a warning when it is another one."""
     fingerprint = tokenizer_fingerprint(vocab, merges, special_tokens)
     trained_with = record.get("fingerprint") if isinstance(record, Mapping) else None
@@ -96,10 +119,17 @@ def check_tokenizer(vocab: Vocab, merges: Merges, special_tokens: list[str], *, 
         return
     size = _vocab_size(vocab)
     if size != model_vocab_size:
-        raise ValueError(f"tokenizer {where} does not fit the model: expected a vocabulary of the model's "
-                         f"{model_vocab_size} tokens, got {size}; pass the tokenizer the model was trained with "
-                         "(--tokenizer DIR)")
+        raise ValueError(
+            f"tokenizer {where} does not fit the model: expected a vocabulary of the model's "
+            f"{model_vocab_size} tokens, got {size}; pass the tokenizer the model was trained with "
+            "(--tokenizer DIR)"
+        )
     if trained_with is not None:
-        logger.warning("tokenizer %s is not the one the model was trained with (%s, fingerprint %s..., this one "
-                       "%s...); its vocabulary has the same size, so it is used", where, record.get("dir"),
-                       trained_with[:12], fingerprint[:12])
+        logger.warning(
+            "tokenizer %s is not the one the model was trained with (%s, fingerprint %s..., this one "
+            "%s...); its vocabulary has the same size, so it is used",
+            where,
+            record.get("dir"),
+            trained_with[:12],
+            fingerprint[:12],
+        )

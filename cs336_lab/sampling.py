@@ -32,30 +32,70 @@ def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> Non
         raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
-def sample_completions(model: nn.Module, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
-                       temperature: float, top_p: float, seed: int | None, use_kv_cache: bool = True) -> list[str]:
+def sample_completions(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    use_kv_cache: bool = True,
+) -> list[str]:
     """The completion of each prompt (without the prompt), stopping at the end-of-text token."""
     check_sampling(temperature, top_p, max_new_tokens)
     package_complete = Assignment.load().complete
     if package_complete is not None:
-        return package_complete(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, seed=seed, use_kv_cache=use_kv_cache)
+        return package_complete(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            use_kv_cache=use_kv_cache,
+        )
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return [plain_complete(model, tokenizer, p, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, generator=generator) for p in prompts]
+    return [
+        plain_complete(
+            model,
+            tokenizer,
+            p,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+        )
+        for p in prompts
+    ]
 
 
 @torch.no_grad()
-def plain_complete(model: nn.Module, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float,
-                   top_p: float, generator: torch.Generator | None, context_length: int | None = None) -> str:
+def plain_complete(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    context_length: int | None = None,
+) -> str:
     """Sample a completion token by token, recomputing the last `context_length` positions each time."""
     try:
         eos = tokenizer.encode(EOS_TOKEN)
     except Exception:
         eos = []
     eos_id = eos[0] if len(eos) == 1 else None
-    window = context_length or getattr(model, "context_length", None) or getattr(
-        getattr(model, "config", None), "context_length", None) or 1 << 30
+    window = (
+        context_length
+        or getattr(model, "context_length", None)
+        or getattr(getattr(model, "config", None), "context_length", None)
+        or 1 << 30
+    )
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt) or ([eos_id] if eos_id is not None else [0])
     new: list[int] = []

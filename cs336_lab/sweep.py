@@ -141,10 +141,15 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
         result = train_fn(dataclasses.replace(config, resume=resume, start_over=not resume))
         reason = getattr(result, "stop_reason", "")
         if reason in ("SIGINT", "SIGTERM"):  # train saved and returned: the sweep stops too, resumable
-            raise KeyboardInterrupt(f"{out_dir.name} stopped by {reason} after step {result.steps}; "
-                                    f"run the sweep again to resume it")
-        status |= {"status": _finished_status(result.history), "final_val_loss": result.final_val_loss,
-                   "best_val_loss": result.best_val_loss, "steps": result.steps}
+            raise KeyboardInterrupt(
+                f"{out_dir.name} stopped by {reason} after step {result.steps}; run the sweep again to resume it"
+            )
+        status |= {
+            "status": _finished_status(result.history),
+            "final_val_loss": result.final_val_loss,
+            "best_val_loss": result.best_val_loss,
+            "steps": result.steps,
+        }
     except NonFiniteLossError as err:
         logger.warning("%s diverged: %s", out_dir.name, err)
         status |= {"status": "diverged", "error": str(err)}
@@ -252,17 +257,29 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cs336 sweep``."""
     from cs336_lab.compare import METRIC_FIELDS, X_FIELDS
 
-    parser = subparsers.add_parser("sweep", help="train a grid of configs one by one, then compare them",
-                                   description="Train a grid of configs one after another, a directory per point, "
-                                   "then compare them.")
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train a grid of configs one by one, then compare them",
+        description="Train a grid of configs one after another, a directory per point, then compare them.",
+    )
     parser.add_argument("--config", required=True, metavar="FILE", help="base cs336 train config (TOML/JSON)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
-                        help="a grid axis (repeatable); overrides the file's [sweep] grid for that key")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid axis (repeatable); overrides the file's [sweep] grid for that key",
+    )
     parser.add_argument("--out", default=None, help="the sweep's directory (default: [sweep] out, else runs/sweep)")
     parser.add_argument("--x", choices=sorted(X_FIELDS), default=None, help="x axis of the comparison")
     parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default=None, help="metric of the comparison")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of torch (default: torch's); 1 is fastest for small models on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: torch's); 1 is fastest for small models on a busy machine",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -278,12 +295,26 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     out = args.out or table.get("out", "runs/sweep")
-    statuses = sweep(base, grid, out, points=points, x=args.x or table.get("x", "steps"),
-                     metric=args.metric or table.get("metric", "val_loss"))
+    statuses = sweep(
+        base,
+        grid,
+        out,
+        points=points,
+        x=args.x or table.get("x", "steps"),
+        metric=args.metric or table.get("metric", "val_loss"),
+    )
     diverged = sum(s["status"] == "diverged" for s in statuses)
     logger.info("sweep finished: %d points, %d diverged", len(statuses), diverged)
     return 0
 
 
-__all__ = ["parse_set", "grid_points", "point_name", "expand_points", "run_point", "sweep", "load_sweep_file",
-           "add_subcommand"]
+__all__ = [
+    "parse_set",
+    "grid_points",
+    "point_name",
+    "expand_points",
+    "run_point",
+    "sweep",
+    "load_sweep_file",
+    "add_subcommand",
+]

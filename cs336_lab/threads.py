@@ -65,5 +65,4 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-
 __all__ = ["usable_cores", "fastest_thread_count", "cpu_threads"]

@@ -15,13 +15,22 @@ from typing import Any
 
 from cs336_common.atomic import atomic_write_text
 from cs336_common.gpt2_files import (
-    MERGES_FILE, VOCAB_FILE, Merges, Vocab, merges_to_text, read_merges, read_vocab, vocab_to_json,
-)  # fmt: skip
+    MERGES_FILE,
+    VOCAB_FILE,
+    Merges,
+    Vocab,
+    merges_to_text,
+    read_merges,
+    read_vocab,
+    vocab_to_json,
+)
 
 __all__ = ["save_tokenizer", "read_tokenizer", "load_tokenizer", "VOCAB_FILE", "MERGES_FILE"]
 
 
-def save_tokenizer(vocab: Vocab, merges: Merges, directory: str | os.PathLike, special_tokens: Iterable[str] = ()) -> None:
+def save_tokenizer(
+    vocab: Vocab, merges: Merges, directory: str | os.PathLike, special_tokens: Iterable[str] = ()
+) -> None:
     """Write `vocab.json` and `merges.txt` into `directory` (created if needed); each write is atomic."""
     directory = Path(directory)
     atomic_write_text(directory / VOCAB_FILE, vocab_to_json(vocab, special_tokens))
@@ -33,8 +42,10 @@ def read_tokenizer(directory: str | os.PathLike) -> tuple[Vocab, Merges, list[st
     directory = Path(directory)
     if not directory.is_dir():
         what = "a file" if directory.exists() else "nothing"
-        raise FileNotFoundError(f"tokenizer directory {str(directory)!r}: expected a directory holding "
-                                f"{VOCAB_FILE} and {MERGES_FILE}, found {what}")
+        raise FileNotFoundError(
+            f"tokenizer directory {str(directory)!r}: expected a directory holding "
+            f"{VOCAB_FILE} and {MERGES_FILE}, found {what}"
+        )
     vocab, special_tokens = read_vocab(directory / VOCAB_FILE)
     return vocab, read_merges(directory / MERGES_FILE), special_tokens or []
 

@@ -78,8 +78,9 @@ def default_model_factory(spec: ModelSpec, device: torch.device) -> nn.Module:
 
 def default_optimizer_factory(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """The package's `AdamW` with the run's hyper-parameters."""
-    return Assignment.load().make_optimizer(params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps,
-                              weight_decay=config.weight_decay)
+    return Assignment.load().make_optimizer(
+        params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
 
 
 @dataclass
@@ -125,8 +126,9 @@ def train(
     run: _Run | None = None
     try:
         with hold_run_folder(config, ctx):  # out_dir is locked, and checked for an earlier run, until the end
-            run = _set_up(config, ctx, model_factory or default_model_factory,
-                          optimizer_factory or default_optimizer_factory)
+            run = _set_up(
+                config, ctx, model_factory or default_model_factory, optimizer_factory or default_optimizer_factory
+            )
             return _loop(run)
     except BaseException as exc:
         if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
@@ -141,8 +143,9 @@ def train(
             cleanup(ctx)
 
 
-def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFactory,
-            optimizer_factory: OptimizerFactory) -> _Run:
+def _set_up(
+    config: TrainConfig, ctx: DistributedContext, model_factory: ModelFactory, optimizer_factory: OptimizerFactory
+) -> _Run:
     """Data, model, optimizer and sampler; restored from the checkpoint when resuming."""
     sizes = {"context_length": config.model.context_length, "vocab_size": config.model.vocab_size}
     train_tokens = load_training_tokens(config.train_data, "train_data", **sizes)
@@ -154,8 +157,13 @@ def _set_up(config: TrainConfig, ctx: DistributedContext, model_factory: ModelFa
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = model_factory(config.model, ctx.device)
     optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
-    sampler = BatchSampler(train_tokens, batch_size=config.batch_size, context_length=config.model.context_length,
-                           device=ctx.device, seed=ctx.seed(config.seed))
+    sampler = BatchSampler(
+        train_tokens,
+        batch_size=config.batch_size,
+        context_length=config.model.context_length,
+        device=ctx.device,
+        seed=ctx.seed(config.seed),
+    )
     run = _Run(config, ctx, model, model, optimizer, sampler, valid_tokens)
     if config.resume:
         _resume(run)
@@ -190,8 +198,10 @@ def _check_same_model(stored: dict[str, Any], config: TrainConfig) -> None:
     changed = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
     if changed:
         diff = ", ".join(f"{k}={saved[k]!r} in the checkpoint, {wanted[k]!r} asked" for k in changed)
-        raise ValueError(f"resume: expected the checkpoint's model settings, got {diff}; a resumed run keeps its "
-                         "architecture (train another model in a new --out-dir)")
+        raise ValueError(
+            f"resume: expected the checkpoint's model settings, got {diff}; a resumed run keeps its "
+            "architecture (train another model in a new --out-dir)"
+        )
 
 
 def _loop(run: _Run) -> TrainResult:
@@ -202,9 +212,15 @@ def _loop(run: _Run) -> TrainResult:
         for debris in sweep_temp_files(out_dir):  # a killed earlier run's half-written file
             logger.info("removed %s, left by a killed run", debris.name)
         save_config(config, out_dir / "config.json")
-    log = RunLog(out_dir, enabled=ctx.is_main, max_steps=config.max_steps, start_step=run.step,
-                 resume=config.resume, progress=config.progress,
-                 wandb=(config.wandb_project, dataclasses.asdict(config)) if config.wandb else None)
+    log = RunLog(
+        out_dir,
+        enabled=ctx.is_main,
+        max_steps=config.max_steps,
+        start_step=run.step,
+        resume=config.resume,
+        progress=config.progress,
+        wandb=(config.wandb_project, dataclasses.asdict(config)) if config.wandb else None,
+    )
     mfu = _mfu_factor(config, ctx)
     start = time.perf_counter() - run.clock_offset
     elapsed, stop_reason = run.clock_offset, "max_steps"
@@ -219,8 +235,15 @@ def _loop(run: _Run) -> TrainResult:
             tok_s = log.count_tokens(_tokens_per_step(run))
             record: dict[str, Any] = {}
             if run.step % config.log_every == 0 or run.step % config.eval_every == 0 or last:
-                record = {"step": run.step, "tokens": run.tokens_seen, "time_s": round(elapsed, 3), "lr": lr,
-                          "train_loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s}
+                record = {
+                    "step": run.step,
+                    "tokens": run.tokens_seen,
+                    "time_s": round(elapsed, 3),
+                    "lr": lr,
+                    "train_loss": loss,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tok_s,
+                }
                 if mfu:
                     record["mfu"] = tok_s * mfu
             if run.step % config.eval_every == 0 or (last and not signalled):
@@ -278,8 +301,10 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
     loss_mean, elapsed, votes = run.ctx.means([loss_sum, time.perf_counter() - start, float(signalled)])
     if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
         what = "loss" if not math.isfinite(loss_mean) else "gradient norm"
-        raise NonFiniteLossError(f"non-finite {what} at step {run.step + 1} (loss {loss_mean}, grad norm "
-                                 f"{grad_norm}, lr {lr:.3g}); the run stops here and {_kept(run)}")
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {run.step + 1} (loss {loss_mean}, grad norm "
+            f"{grad_norm}, lr {lr:.3g}); the run stops here and {_kept(run)}"
+        )
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
@@ -291,8 +316,7 @@ def _kept(run: _Run) -> str:
     """What the run leaves behind after a divergence, for the message."""
     if run.saved_step == 0 or not run.ckpt_path.is_file():
         return "no healthy checkpoint was written yet; try a lower lr_max or grad_clip"
-    return (f"{run.ckpt_path} keeps the last healthy state (step {run.saved_step}); try a lower lr_max or "
-            "grad_clip")
+    return f"{run.ckpt_path} keeps the last healthy state (step {run.saved_step}); try a lower lr_max or grad_clip"
 
 
 def _evaluate(run: _Run) -> dict[str, Any]:
@@ -304,8 +328,12 @@ def _evaluate(run: _Run) -> dict[str, Any]:
         record = {"val_loss": val}
         if run.bytes_per_token is not None:
             record["val_bpb"] = val / math.log(2) / run.bytes_per_token
-        logger.info("step %d: validation loss %.4f%s", run.step, val,
-                    f", {record['val_bpb']:.4f} bits/byte" if "val_bpb" in record else "")
+        logger.info(
+            "step %d: validation loss %.4f%s",
+            run.step,
+            val,
+            f", {record['val_bpb']:.4f} bits/byte" if "val_bpb" in record else "",
+        )
     run.ctx.barrier()
     return record
 
@@ -318,15 +346,29 @@ def _checkpoint(run: _Run, elapsed_s: float) -> None:
     """
     problem = run.ctx.gather(_unhealthy(run) if run.ctx.is_main else None)[0]
     if problem is not None:
-        raise NonFiniteLossError(f"the model diverged by step {run.step} ({problem}); the run stops here and "
-                                 f"{_kept(run)}")
+        raise NonFiniteLossError(
+            f"the model diverged by step {run.step} ({problem}); the run stops here and {_kept(run)}"
+        )
     states = run.ctx.gather(run.sampler.state())
     if run.ctx.is_main:
-        extra = {"tokens_seen": run.tokens_seen, "elapsed_s": elapsed_s, "best_val_loss": run.best_val,
-                 "sampler_states": states, "world_size": run.ctx.world_size, RECORD_KEY: run.tokenizer}
+        extra = {
+            "tokens_seen": run.tokens_seen,
+            "elapsed_s": elapsed_s,
+            "best_val_loss": run.best_val,
+            "sampler_states": states,
+            "world_size": run.ctx.world_size,
+            RECORD_KEY: run.tokenizer,
+        }
         # Absolute paths: `cs336 generate --checkpoint` finds the tokenizer from any folder.
-        save_run_checkpoint(run.ckpt_path, run.model, run.optimizer, run.step,
-                            config=absolute_paths(dataclasses.asdict(run.config)), extra=extra, save_rng=True)
+        save_run_checkpoint(
+            run.ckpt_path,
+            run.model,
+            run.optimizer,
+            run.step,
+            config=absolute_paths(dataclasses.asdict(run.config)),
+            extra=extra,
+            save_rng=True,
+        )
     run.saved_step = run.step
     run.ctx.barrier()
 
@@ -378,11 +420,17 @@ def _flops_and_peak(config: TrainConfig, device: torch.device) -> tuple[float | 
 
 def _result(run: _Run, log: RunLog, elapsed_s: float, stop_reason: str) -> TrainResult:
     bpt, last_val = run.bytes_per_token, run.last_val
-    return TrainResult(steps=run.step, tokens_seen=run.tokens_seen, final_val_loss=last_val,
-                       best_val_loss=run.best_val if math.isfinite(run.best_val) else None,
-                       final_val_bpb=last_val / math.log(2) / bpt if (last_val is not None and bpt) else None,
-                       elapsed_s=elapsed_s, out_dir=Path(run.config.out_dir), history=list(log.records),
-                       stop_reason=stop_reason)
+    return TrainResult(
+        steps=run.step,
+        tokens_seen=run.tokens_seen,
+        final_val_loss=last_val,
+        best_val_loss=run.best_val if math.isfinite(run.best_val) else None,
+        final_val_bpb=last_val / math.log(2) / bpt if (last_val is not None and bpt) else None,
+        elapsed_s=elapsed_s,
+        out_dir=Path(run.config.out_dir),
+        history=list(log.records),
+        stop_reason=stop_reason,
+    )
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -392,15 +440,16 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register `cs336 train`: one flag per `TrainConfig` field, plus `--config FILE`."""
     from cs336_lab.config import add_dataclass_arguments
 
-    parser = subparsers.add_parser("train", help="train a Transformer LM on .npy token arrays",
-                                   description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "train", help="train a Transformer LM on .npy token arrays", description=__doc__.split("\n\n")[0]
+    )
     add_dataclass_arguments(parser, TrainConfig)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cs336_lab.errors import USER_ERRORS
     from cs336_lab.config import config_from_args
+    from cs336_lab.errors import USER_ERRORS
 
     try:
         config = config_from_args(TrainConfig, args)
@@ -412,13 +461,22 @@ def _run(args: argparse.Namespace) -> int:
         logger.error("%s", err)
         return 1
     if result.stop_reason in ("SIGTERM", "SIGINT"):
-        logger.warning("stopped by %s after step %d: checkpoint saved to %s; continue with --resume",
-                       result.stop_reason, result.steps, result.out_dir / CHECKPOINT_NAME)
+        logger.warning(
+            "stopped by %s after step %d: checkpoint saved to %s; continue with --resume",
+            result.stop_reason,
+            result.steps,
+            result.out_dir / CHECKPOINT_NAME,
+        )
         return 128 + signal.Signals[result.stop_reason].value
     if result.final_val_loss is not None:
         bpb = f", {result.final_val_bpb:.4f} bits/byte" if result.final_val_bpb is not None else ""
-        logger.info("final validation loss %.4f%s after %d steps; outputs in %s",
-                    result.final_val_loss, bpb, result.steps, result.out_dir)
+        logger.info(
+            "final validation loss %.4f%s after %d steps; outputs in %s",
+            result.final_val_loss,
+            bpb,
+            result.steps,
+            result.out_dir,
+        )
     return 0
 
 

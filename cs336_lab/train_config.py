@@ -53,8 +53,12 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     out_dir: str = "runs/train"
     resume: bool = field(default=False, metadata=_help("continue from out_dir/ckpt_latest.pt"))
-    start_over: bool = field(default=False, metadata=_help(
-        "out_dir holds an earlier run: move its files to a new sibling folder <out_dir>.old-<timestamp>, train anew"))
+    start_over: bool = field(
+        default=False,
+        metadata=_help(
+            "out_dir holds an earlier run: move its files to a new sibling folder <out_dir>.old-<timestamp>, train anew"
+        ),
+    )
     seed: int = 0
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
     wandb: bool = field(default=False, metadata=_help("also log to Weights & Biases (if installed)"))
@@ -72,8 +76,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelSpec):
             raise TypeError(f"TrainConfig.model must be a ModelSpec, got {type(self.model).__name__}")
-        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches", "log_every",
-                    "checkpoint_every")
+        positive = (
+            "batch_size",
+            "grad_accum_steps",
+            "max_steps",
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -7,16 +7,12 @@ corpora are generated from fixed seeds, so `make snapshots` writes the same byte
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import regex
-import tiktoken
 
 from cs336_common.gpt2_files import merges_to_text
 from cs336_grading.expected.bpe import (  # noqa: F401  (re-exported for make_snapshots and the bench)
@@ -102,7 +98,7 @@ def _generated_text(seed: int, num_docs: int, words_per_doc: tuple[int, int], se
             if r < 0.04:
                 parts.append(rng.choice(_CODE))
             elif r < 0.08:
-                parts.append(str(rng.randint(0, 10**rng.randint(1, 7))))
+                parts.append(str(rng.randint(0, 10 ** rng.randint(1, 7))))
             elif r < 0.12:
                 parts.append(rng.choice([".", ",", "!", "?", "\n", "\n\n", "  ", " - ", ": "]))
             else:

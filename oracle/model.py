@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Re-exported: the graded tests, `make_snapshots` and `adapters` find everything of the model area here.
-from tests.compare import BF16_EPS, FLOAT32_EPS, assert_close
 from cs336_grading.expected.model import (
     multihead_self_attention,
     rmsnorm,
@@ -34,6 +32,9 @@ from cs336_grading.expected.model import (
 )
 from oracle.model_snapshots import SNAPSHOTS, lm_weights
 from tests.cases import BLOCK, LM, MHA, RMSNORM_CASES, ROPE_CASES, SOFTMAX_DIMS
+
+# Re-exported: the graded tests, `make_snapshots` and `adapters` find everything of the model area here.
+from tests.compare import BF16_EPS, FLOAT32_EPS, assert_close
 
 # ----------------------------------------------------------------------------------------------------------
 # A torch-native twin of TransformerLM (nn.Linear, nn.RMSNorm, F.scaled_dot_product_attention)
@@ -229,10 +230,35 @@ def run_softmax(in_features: Tensor, dim: int) -> Tensor:
 
 
 __all__ = [
-    "BF16_EPS", "BLOCK", "FLOAT32_EPS", "LM", "MHA", "RMSNORM_CASES", "ROPE_CASES", "SNAPSHOTS", "SOFTMAX_DIMS",
-    "OracleTransformerLM", "assert_close", "lm_weights", "multihead_self_attention", "rmsnorm", "rope",
-    "rope_rotation", "swiglu", "transformer_block", "transformer_lm",
-    "run_linear", "run_embedding", "run_swiglu", "run_scaled_dot_product_attention", "run_multihead_self_attention",
-    "run_multihead_self_attention_with_rope", "run_rope", "run_transformer_block", "run_transformer_lm",
-    "run_rmsnorm", "run_silu", "run_softmax",
+    "BF16_EPS",
+    "BLOCK",
+    "FLOAT32_EPS",
+    "LM",
+    "MHA",
+    "RMSNORM_CASES",
+    "ROPE_CASES",
+    "SNAPSHOTS",
+    "SOFTMAX_DIMS",
+    "OracleTransformerLM",
+    "assert_close",
+    "lm_weights",
+    "multihead_self_attention",
+    "rmsnorm",
+    "rope",
+    "rope_rotation",
+    "swiglu",
+    "transformer_block",
+    "transformer_lm",
+    "run_linear",
+    "run_embedding",
+    "run_swiglu",
+    "run_scaled_dot_product_attention",
+    "run_multihead_self_attention",
+    "run_multihead_self_attention_with_rope",
+    "run_rope",
+    "run_transformer_block",
+    "run_transformer_lm",
+    "run_rmsnorm",
+    "run_silu",
+    "run_softmax",
 ]

@@ -8,7 +8,6 @@ Nothing here may import `cs336_basics`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -17,13 +16,13 @@ from typing import IO, Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cs336_grading.expected import training as expected
 from cs336_grading.expected.draws import BUILDERS, draw
 from cs336_grading.expected.training import ADAMW_ATOL, assert_trajectories_match  # noqa: F401 - ADAMW_ATOL re-exported
 from tests.scenarios import adamw_trajectory
+
 
 def adamw_scenario(optimizer_cls: Callable[..., torch.optim.Optimizer]) -> list[list[Tensor]]:
     """The AdamW scenario of the graded tests (`tests/scenarios.py`, shipped to the worker) run here."""

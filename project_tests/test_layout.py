@@ -59,10 +59,15 @@ def _named(tree: ast.AST) -> list[str]:
             attr = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if attr == "import_module" and isinstance(node.args[0].value, str):
                 names.append(node.args[0].value)
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id in REGISTRIES for t in targets) and node.value is not None:
-            names += [c.value for c in ast.walk(node.value)
-                      if isinstance(c, ast.Constant) and isinstance(c.value, str) and re.fullmatch(r"\w+(\.\w+)*", c.value)]
+            names += [
+                c.value
+                for c in ast.walk(node.value)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str) and re.fullmatch(r"\w+(\.\w+)*", c.value)
+            ]
     return names
 
 
@@ -149,7 +154,9 @@ def test_the_graph_sees_imports_inside_functions_and_by_name(tmp_path: Path) -> 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "a.py").write_text("def f():\n    from pkg.b import g\n    return g\n")
-    (tmp_path / "pkg" / "b.py").write_text("import importlib\n\ndef g():\n    return importlib.import_module('pkg.c')\n")
+    (tmp_path / "pkg" / "b.py").write_text(
+        "import importlib\n\ndef g():\n    return importlib.import_module('pkg.c')\n"
+    )
     (tmp_path / "pkg" / "c.py").write_text("from . import a\nCOMMANDS = {'b': ('pkg.b', 'help. text')}\n")
     modules = {name: tmp_path / "pkg" / f"{name.split('.')[-1]}.py" for name in ("pkg.a", "pkg.b", "pkg.c")}
     modules["pkg"] = tmp_path / "pkg" / "__init__.py"
@@ -168,9 +175,14 @@ def test_no_import_cycles_between_packages(graph: dict[str, set[str]]) -> None:
     packages = package_graph({m: {t for t in targets if (m, t) not in HARNESS_HOOKS} for m, targets in graph.items()})
     found = cycles(packages)
     why = [
-        f"{' -> '.join(c)}: " + "; ".join(
-            f"{m} imports {t}" for a, b in zip(c, c[1:]) for m in sorted(graph) if m.split(".")[0] == a
-            for t in sorted(graph[m]) if t.split(".")[0] == b
+        f"{' -> '.join(c)}: "
+        + "; ".join(
+            f"{m} imports {t}"
+            for a, b in zip(c, c[1:])
+            for m in sorted(graph)
+            if m.split(".")[0] == a
+            for t in sorted(graph[m])
+            if t.split(".")[0] == b
         )
         for c in found
     ]

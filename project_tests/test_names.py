@@ -43,14 +43,29 @@ SETTLED = {
 
 # The handout's names: every implementation of one (ours, the expected values, a mutant student) means the same.
 HANDOUT = {
-    "train_bpe", "Tokenizer", "Linear", "Embedding", "RMSNorm", "SwiGLU", "RotaryPositionalEmbedding", "softmax",
-    "scaled_dot_product_attention", "MultiHeadSelfAttention", "TransformerBlock", "TransformerLM", "cross_entropy",
-    "AdamW", "get_lr_cosine_schedule", "gradient_clipping", "get_batch", "save_checkpoint", "load_checkpoint",
+    "train_bpe",
+    "Tokenizer",
+    "Linear",
+    "Embedding",
+    "RMSNorm",
+    "SwiGLU",
+    "RotaryPositionalEmbedding",
+    "softmax",
+    "scaled_dot_product_attention",
+    "MultiHeadSelfAttention",
+    "TransformerBlock",
+    "TransformerLM",
+    "cross_entropy",
+    "AdamW",
+    "get_lr_cosine_schedule",
+    "gradient_clipping",
+    "get_batch",
+    "save_checkpoint",
+    "load_checkpoint",
 }
 # Another spelling of a handout name, and where it may still be defined (with what it means there).
 OTHER_SPELLINGS = {
-    "clip_gradients": {
-    },
+    "clip_gradients": {},
 }
 # Public names that several modules of the packages define on purpose, with one meaning.
 PROTOCOLS = {
@@ -93,6 +108,8 @@ def test_no_public_name_of_the_packages_means_two_things() -> None:
         name: places
         for name, places in _definitions(PACKAGES).items()
         if len({p.rsplit(":", 1)[0] for p in places}) > 1
-        and not name.startswith("_") and name not in HANDOUT and name not in PROTOCOLS
+        and not name.startswith("_")
+        and name not in HANDOUT
+        and name not in PROTOCOLS
     }
     assert not clashes, f"expected each public name defined in one module of {PACKAGES}, got {clashes}"

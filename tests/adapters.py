@@ -316,9 +316,7 @@ def run_silu(in_features: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
     return impl.silu(in_features)
 
 
-def run_get_batch(
-    dataset: npt.NDArray, batch_size: int, context_length: int, device: str
-) -> tuple[Tensor, Tensor]:
+def run_get_batch(dataset: npt.NDArray, batch_size: int, context_length: int, device: str) -> tuple[Tensor, Tensor]:
     """Sample language-modelling inputs and targets from a 1-d array of token ids.
 
     Args:

@@ -136,9 +136,18 @@ def hint_text(problem: str, actual: Any, expected: Any = None, **inputs: Any) ->
 
 # Messages of torch's shape errors (matmul, broadcasting, view, load_state_dict), also as the grader relays
 # them ("run_linear raised RuntimeError: mat1 and mat2 shapes cannot be multiplied ...").
-_SHAPE_ERRORS = ("shapes cannot be multiplied", "size of tensor a", "must match the size", "size mismatch",
-                 "Expected size", "expanded size", "not broadcastable", "invalid for input of size",
-                 "cannot be broadcast", "dimension specified as")  # fmt: skip
+_SHAPE_ERRORS = (
+    "shapes cannot be multiplied",
+    "size of tensor a",
+    "must match the size",
+    "size mismatch",
+    "Expected size",
+    "expanded size",
+    "not broadcastable",
+    "invalid for input of size",
+    "cannot be broadcast",
+    "dimension specified as",
+)
 LIKELY_SHAPE_CAUSE = (
     "Likely cause: a weight used without its transpose (y = x Wᵀ: with W stored (d_out, d_in), x @ W.T) or a "
     "weight stored transposed ((d_in, d_out) instead of the (d_out, d_in) the state dict holds)"
@@ -149,8 +158,8 @@ LIKELY_SHAPE_CAUSE = (
 def shape_hint(what: str) -> Iterator[None]:
     """Turn torch's raw shape error inside the block into a failure that names its likely cause.
 
-        with shape_hint("linear"):
-            actual = run_linear(d_in, d_out, weights, x)
+    with shape_hint("linear"):
+        actual = run_linear(d_in, d_out, weights, x)
     """
     try:
         yield

@@ -105,9 +105,17 @@ def train_whitespace_split(text: str, vocab_size: int, special_tokens: list[str]
 # ---------------------------------------------------------------------------------------------- encode
 
 
-def _encode(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str] | None,
-            text: str, *, merge: bool = True, shortest_first: bool = False, pretokenize: bool = True,
-            specials: bool = True) -> list[int]:  # fmt: skip
+def _encode(
+    vocab: dict[int, bytes],
+    merges: list[tuple[bytes, bytes]],
+    special_tokens: list[str] | None,
+    text: str,
+    *,
+    merge: bool = True,
+    shortest_first: bool = False,
+    pretokenize: bool = True,
+    specials: bool = True,
+) -> list[int]:
     id_of = {token: i for i, token in sorted(vocab.items(), reverse=True)}
     rank = {pair: r for r, pair in reversed(list(enumerate(merges)))}
     out: list[int] = []
@@ -134,18 +142,21 @@ def encode_no_merges(vocab: dict, merges: list, special_tokens: list[str] | None
 
 
 @mistake("encode", "special tokens matched shortest first (of overlapping special tokens the longest must win)")
-def encode_specials_shortest_first(vocab: dict, merges: list, special_tokens: list[str] | None, text: str,
-                                   **_: Any) -> list[int]:  # fmt: skip
+def encode_specials_shortest_first(
+    vocab: dict, merges: list, special_tokens: list[str] | None, text: str, **_: Any
+) -> list[int]:
     return _encode(vocab, merges, special_tokens, text, shortest_first=True)
 
 
 @mistake("encode", "no pre-tokenisation before applying the merges (merges across pre-token boundaries)")
-def encode_no_pretokenization(vocab: dict, merges: list, special_tokens: list[str] | None, text: str,
-                              **_: Any) -> list[int]:  # fmt: skip
+def encode_no_pretokenization(
+    vocab: dict, merges: list, special_tokens: list[str] | None, text: str, **_: Any
+) -> list[int]:
     return _encode(vocab, merges, special_tokens, text, pretokenize=False)
 
 
 @mistake("encode", "special tokens encoded as ordinary text (they must map to their own single id)")
-def encode_specials_as_text(vocab: dict, merges: list, special_tokens: list[str] | None, text: str,
-                            **_: Any) -> list[int]:  # fmt: skip
+def encode_specials_as_text(
+    vocab: dict, merges: list, special_tokens: list[str] | None, text: str, **_: Any
+) -> list[int]:
     return _encode(vocab, merges, special_tokens, text, specials=False)

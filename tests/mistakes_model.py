@@ -21,8 +21,9 @@ from tests.hints import mistake
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def _rope(x: Tensor, theta: float, positions: Tensor, *, halves: bool = False, sign: float = 1.0,
-          exponent: str = "2k/d") -> Tensor:  # fmt: skip
+def _rope(
+    x: Tensor, theta: float, positions: Tensor, *, halves: bool = False, sign: float = 1.0, exponent: str = "2k/d"
+) -> Tensor:
     d = x.shape[-1]
     k = torch.arange(d // 2, dtype=torch.float64)
     power = {"2k/d": 2 * k / d, "k/d": k / d, "2(k+1)/d": 2 * (k + 1) / d}[exponent]
@@ -41,9 +42,23 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float |
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).to(dtype)
 
 
-def _mha(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, num_heads: int, theta: float | None = None,
-         positions: Tensor | None = None, *, causal: bool = True, heads: str = "hd", rope_v: bool = False,
-         rope_whole: bool = False, ignore_positions: bool = False, scale_by_model: bool = False) -> Tensor:  # fmt: skip
+def _mha(
+    x: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    num_heads: int,
+    theta: float | None = None,
+    positions: Tensor | None = None,
+    *,
+    causal: bool = True,
+    heads: str = "hd",
+    rope_v: bool = False,
+    rope_whole: bool = False,
+    ignore_positions: bool = False,
+    scale_by_model: bool = False,
+) -> Tensor:
     *lead, T, D = x.shape
     q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
     pos = torch.arange(T) if positions is None or ignore_positions else positions
@@ -78,8 +93,17 @@ def _ffn(x: Tensor, w: dict[str, Tensor], prefix: str) -> Tensor:
     return (F.silu(x @ w[prefix + "w1.weight"].T) * (x @ w[prefix + "w3.weight"].T)) @ w[prefix + "w2.weight"].T
 
 
-def _block(x: Tensor, w: dict[str, Tensor], num_heads: int, theta: float | None, prefix: str = "", *,
-           order: str = "pre", swap: bool = False, residual: bool = True) -> Tensor:  # fmt: skip
+def _block(
+    x: Tensor,
+    w: dict[str, Tensor],
+    num_heads: int,
+    theta: float | None,
+    prefix: str = "",
+    *,
+    order: str = "pre",
+    swap: bool = False,
+    residual: bool = True,
+) -> Tensor:
     g1, g2 = w[prefix + "ln1.weight"], w[prefix + "ln2.weight"]
     if swap:
         g1, g2 = g2, g1
@@ -95,8 +119,15 @@ def _block(x: Tensor, w: dict[str, Tensor], num_heads: int, theta: float | None,
     return x + _ffn(_norm(x, g2), w, prefix + "ffn.") if residual else _ffn(_norm(x, g2), w, prefix + "ffn.")
 
 
-def _lm(config: dict[str, Any], weights: dict[str, Tensor], ids: Tensor, *, theta: float | None = -1.0,
-        final_norm: bool = True, probabilities: bool = False) -> Tensor:  # fmt: skip
+def _lm(
+    config: dict[str, Any],
+    weights: dict[str, Tensor],
+    ids: Tensor,
+    *,
+    theta: float | None = -1.0,
+    final_norm: bool = True,
+    probabilities: bool = False,
+) -> Tensor:
     rope_theta = config["rope_theta"] if theta == -1.0 else theta
     x = weights["token_embeddings.weight"][ids]
     for i in range(config["num_layers"]):
@@ -178,8 +209,11 @@ def silu_is_sigmoid(x: Tensor, **_: Any) -> Tensor:
     return torch.sigmoid(x)
 
 
-@mistake("silu", "SiLU written as x·e^x/(1 + e^x): e^x overflows float32 above x ≈ 88.7 and inf/inf is NaN "
-         "(use x·sigmoid(x) or x/(1 + e^-x))")
+@mistake(
+    "silu",
+    "SiLU written as x·e^x/(1 + e^x): e^x overflows float32 above x ≈ 88.7 and inf/inf is NaN "
+    "(use x·sigmoid(x) or x/(1 + e^-x))",
+)
 def silu_exp_ratio(x: Tensor, **_: Any) -> Tensor:
     return x * x.exp() / (1 + x.exp())
 
@@ -285,18 +319,29 @@ def sdpa_softmax_over_queries(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | No
 
 
 def _mha_mistake(says: str, **options: Any) -> None:
-    def fn(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, num_heads: int, theta: float | None = None,
-           positions: Tensor | None = None, **_: Any) -> Tensor:  # fmt: skip
-        return _mha(x.double(), wq.double(), wk.double(), wv.double(), wo.double(), num_heads, theta, positions,
-                    **options).to(x.dtype)  # fmt: skip
+    def fn(
+        x: Tensor,
+        wq: Tensor,
+        wk: Tensor,
+        wv: Tensor,
+        wo: Tensor,
+        num_heads: int,
+        theta: float | None = None,
+        positions: Tensor | None = None,
+        **_: Any,
+    ) -> Tensor:
+        return _mha(
+            x.double(), wq.double(), wk.double(), wv.double(), wo.double(), num_heads, theta, positions, **options
+        ).to(x.dtype)
 
     fn.__name__ = "mha_" + "_".join(f"{k}" for k in options)
     mistake("mha", says)(fn)
 
 
 _mha_mistake("multi-head attention without the causal mask", causal=False)
-_mha_mistake("heads split in the wrong order: projection rows read as (d_head, heads) instead of (heads, d_head)",
-             heads="dh")  # fmt: skip
+_mha_mistake(
+    "heads split in the wrong order: projection rows read as (d_head, heads) instead of (heads, d_head)", heads="dh"
+)
 _mha_mistake("RoPE in attention ignoring token_positions (0, 1, 2, ... used instead)", ignore_positions=True)
 _mha_mistake("RoPE applied to the values as well as the queries and keys", rope_v=True)
 _mha_mistake("RoPE applied across the whole d_model projection instead of within each head", rope_whole=True)
@@ -334,9 +379,11 @@ def _lm_mistake(name: str, says: str, **options: Any) -> None:
     mistake("lm", says)(fn)
 
 
-_lm_mistake("lm_no_final_norm", "an LM without the final RMSNorm (ln_final) before the output projection",
-            final_norm=False)  # fmt: skip
+_lm_mistake(
+    "lm_no_final_norm", "an LM without the final RMSNorm (ln_final) before the output projection", final_norm=False
+)
 _lm_mistake("lm_default_theta", "an LM that ignores rope_theta and uses Θ = 10000", theta=10000.0)
 _lm_mistake("lm_without_rope", "an LM without RoPE", theta=None)
-_lm_mistake("lm_probabilities", "an LM that returns softmax probabilities instead of unnormalised logits",
-            probabilities=True)  # fmt: skip
+_lm_mistake(
+    "lm_probabilities", "an LM that returns softmax probabilities instead of unnormalised logits", probabilities=True
+)

@@ -87,8 +87,14 @@ def clip_by_value(grads: list[Tensor], max_l2_norm: float, **_: Any) -> list[Ten
 # ------------------------------------------------------------------------------------------ AdamW
 
 
-def _wrong_adamw(*, coupled: bool = False, bias_correction: bool = True, shared_step: bool = False,
-                 cached_lr: bool = False, decay_by_alpha_t: bool = False) -> type[torch.optim.Optimizer]:  # fmt: skip
+def _wrong_adamw(
+    *,
+    coupled: bool = False,
+    bias_correction: bool = True,
+    shared_step: bool = False,
+    cached_lr: bool = False,
+    decay_by_alpha_t: bool = False,
+) -> type[torch.optim.Optimizer]:
     class WrongAdamW(torch.optim.Optimizer):
         def __init__(self, params: Any, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
             super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
@@ -126,23 +132,41 @@ def _adamw_mistake(name: str, says: str, **options: bool) -> None:
     mistake("adamw", says)(fn)
 
 
-_adamw_mistake("adamw_coupled_l2", "Adam with L2 regularisation (λθ added to the gradient) instead of decoupled "
-               "weight decay", coupled=True)  # fmt: skip
+_adamw_mistake(
+    "adamw_coupled_l2",
+    "Adam with L2 regularisation (λθ added to the gradient) instead of decoupled weight decay",
+    coupled=True,
+)
 _adamw_mistake("adamw_no_bias_correction", "AdamW without bias correction", bias_correction=False)
-_adamw_mistake("adamw_shared_step", "AdamW with one step count shared by every parameter (a parameter whose "
-               "gradients start late needs its own)", shared_step=True)  # fmt: skip
-_adamw_mistake("adamw_cached_lr", "AdamW reading lr once in __init__ (a changed param_groups lr is ignored)",
-               cached_lr=True)  # fmt: skip
-_adamw_mistake("adamw_decay_by_alpha_t", "AdamW decaying by the bias-corrected α_t instead of α (θ -= α λ θ)",
-               decay_by_alpha_t=True)  # fmt: skip
+_adamw_mistake(
+    "adamw_shared_step",
+    "AdamW with one step count shared by every parameter (a parameter whose gradients start late needs its own)",
+    shared_step=True,
+)
+_adamw_mistake(
+    "adamw_cached_lr", "AdamW reading lr once in __init__ (a changed param_groups lr is ignored)", cached_lr=True
+)
+_adamw_mistake(
+    "adamw_decay_by_alpha_t",
+    "AdamW decaying by the bias-corrected α_t instead of α (θ -= α λ θ)",
+    decay_by_alpha_t=True,
+)
 
 
 # ------------------------------------------------------------------------------------------ cosine schedule
 
 
 def _schedule_mistake(name: str, says: str, rule: Callable[[int, float, float, int, int], float]) -> None:
-    def fn(its: list[int] | None = None, it: int | None = None, *, max_learning_rate: float,
-           min_learning_rate: float, warmup_iters: int, cosine_cycle_iters: int, **_: Any) -> Any:  # fmt: skip
+    def fn(
+        its: list[int] | None = None,
+        it: int | None = None,
+        *,
+        max_learning_rate: float,
+        min_learning_rate: float,
+        warmup_iters: int,
+        cosine_cycle_iters: int,
+        **_: Any,
+    ) -> Any:
         args = (max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters)
         return [rule(t, *args) for t in its] if its is not None else rule(it, *args)  # type: ignore[arg-type]
 
@@ -172,9 +196,10 @@ def _from_zero(t: int, hi: float, lo: float, tw: int, tc: int) -> float:
     return _cosine(math.pi * t / tc, hi, lo) if t <= tc else lo
 
 
-_schedule_mistake("cosine_warmup_off_by_one", "a warm-up off by one ((t + 1)/T_w · α_max instead of t/T_w · α_max)",
-                  _off_by_one)  # fmt: skip
-_schedule_mistake("cosine_angle_over_tc", "a cosine angle π(t - T_w)/T_c instead of π(t - T_w)/(T_c - T_w)",
-                  _over_tc)  # fmt: skip
-_schedule_mistake("cosine_angle_from_zero", "a cosine angle π t/T_c that does not start at the end of the warm-up",
-                  _from_zero)  # fmt: skip
+_schedule_mistake(
+    "cosine_warmup_off_by_one", "a warm-up off by one ((t + 1)/T_w · α_max instead of t/T_w · α_max)", _off_by_one
+)
+_schedule_mistake("cosine_angle_over_tc", "a cosine angle π(t - T_w)/T_c instead of π(t - T_w)/(T_c - T_w)", _over_tc)
+_schedule_mistake(
+    "cosine_angle_from_zero", "a cosine angle π t/T_c that does not start at the end of the warm-up", _from_zero
+)

@@ -235,8 +235,10 @@ def _fresh(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 
 def _batches(count: int) -> list[tuple[Tensor, Tensor]]:
     generator = torch.Generator().manual_seed(99)
-    return [(torch.randint(0, 11, (4, 6), generator=generator), torch.randint(0, 11, (4, 6), generator=generator))
-            for _ in range(count)]  # fmt: skip
+    return [
+        (torch.randint(0, 11, (4, 6), generator=generator), torch.randint(0, 11, (4, 6), generator=generator))
+        for _ in range(count)
+    ]
 
 
 def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list) -> list[float]:
@@ -274,9 +276,14 @@ def checkpoint_resume(kind: str) -> dict[str, Any]:
     loaded = _state(resumed_model)
     resumed = _train(resumed_model, resumed_optimizer, batches[8:])
     return {
-        "iteration": iteration, "saved": _state(first_model), "loaded": loaded, "uninterrupted": uninterrupted,
-        "resumed": resumed, "final_uninterrupted": _state(model), "final_resumed": _state(resumed_model),
-    }  # fmt: skip
+        "iteration": iteration,
+        "saved": _state(first_model),
+        "loaded": loaded,
+        "uninterrupted": uninterrupted,
+        "resumed": resumed,
+        "final_uninterrupted": _state(model),
+        "final_resumed": _state(resumed_model),
+    }
 
 
 def checkpoint_optimizer_state() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -67,7 +67,9 @@ def test_get_batch_when_only_one_start_is_valid() -> None:
     assert x.tolist() == [[5, 9, 2]] * 3 and y.tolist() == [[9, 2, 7]] * 3
 
 
-def _expect_error(call: Callable[[], object], allowed: tuple[type[BaseException], ...], works: Callable[[], object]) -> None:
+def _expect_error(
+    call: Callable[[], object], allowed: tuple[type[BaseException], ...], works: Callable[[], object]
+) -> None:
     """`call` must raise one of the stated `allowed` types, and the same function must work on valid input.
 
     The valid call first: a stub that always raises earns nothing.
@@ -96,15 +98,17 @@ DEVICE_ERRORS = (RuntimeError, AssertionError)
 
 def test_get_batch_too_short_dataset_raises() -> None:
     dataset = np.arange(8)
-    _expect_error(lambda: run_get_batch(dataset, 2, 8, "cpu"), SHORT_DATASET_ERRORS,
-                  lambda: run_get_batch(dataset, 2, 7, "cpu"))  # fmt: skip
+    _expect_error(
+        lambda: run_get_batch(dataset, 2, 8, "cpu"), SHORT_DATASET_ERRORS, lambda: run_get_batch(dataset, 2, 7, "cpu")
+    )
 
 
 @pytest.mark.parametrize("device", ["cuda:99", "not-a-device"], ids=str)
 def test_get_batch_invalid_device_raises(device: str) -> None:
     dataset = np.arange(100)
-    _expect_error(lambda: run_get_batch(dataset, 2, 4, device), DEVICE_ERRORS,
-                  lambda: run_get_batch(dataset, 2, 4, "cpu"))  # fmt: skip
+    _expect_error(
+        lambda: run_get_batch(dataset, 2, 4, device), DEVICE_ERRORS, lambda: run_get_batch(dataset, 2, 4, "cpu")
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

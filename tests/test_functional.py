@@ -142,8 +142,18 @@ def test_silu_hand_worked() -> None:
     # silu(x) = x / (1 + e^-x): 0, 0.7311, -0.2689, 1.7616. Far out: silu(89) = 89 (e^89 overflows float32,
     # but 1/(1 + e^-89) is exactly 1), silu(-89) = -89·e^-89 ≈ -2.0e-37, silu(±1000) = 1000 and -0.
     x = torch.tensor([0.0, 1.0, -1.0, 2.0, 89.0, -89.0, 1000.0, -1000.0])
-    expected = np.array([0.0, 1 / (1 + math.exp(-1)), -1 / (1 + math.exp(1)), 2 / (1 + math.exp(-2)), 89.0,
-                         -89.0 * math.exp(-89.0), 1000.0, 0.0])  # fmt: skip
+    expected = np.array(
+        [
+            0.0,
+            1 / (1 + math.exp(-1)),
+            -1 / (1 + math.exp(1)),
+            2 / (1 + math.exp(-2)),
+            89.0,
+            -89.0 * math.exp(-89.0),
+            1000.0,
+            0.0,
+        ]
+    )
     actual = run_silu(x)
     with hinted("silu", actual, expected, x=x):
         assert_close(actual, expected, tol=1e-6, atol=1e-6, what="SiLU of [0, 1, -1, 2, 89, -89, 1000, -1000]")

@@ -85,8 +85,13 @@ def test_linear_matches_snapshot(case: str, load_snapshot) -> None:
         actual = run_linear(d_in, d_out, weights, x)
     # bf16 in: a bf16 or a float32 result is correct (only RMSNorm states a dtype); see the advisory test.
     with hinted("linear", actual, snap[f"{case}.expected"], weights=weights, x=x):
-        assert_close(actual, snap[f"{case}.expected"], tol=BF16_TOL if bf16 else 1e-6, dtype=None if bf16 else
-                     torch.float32, what=f"linear {case}")  # fmt: skip
+        assert_close(
+            actual,
+            snap[f"{case}.expected"],
+            tol=BF16_TOL if bf16 else 1e-6,
+            dtype=None if bf16 else torch.float32,
+            what=f"linear {case}",
+        )
 
 
 def test_linear_hand_worked() -> None:
@@ -130,8 +135,9 @@ def test_rmsnorm_matches_snapshot(case: str, eps: float, bf16: bool, load_snapsh
     actual = run_rmsnorm(32, eps, weights, x)
     dtype = torch.bfloat16 if bf16 else torch.float32  # the stated rule: returned in the input dtype
     with hinted("rmsnorm", actual, snap[f"{case}.expected"], eps=eps, weights=weights, x=x):
-        assert_close(actual, snap[f"{case}.expected"], tol=BF16_TOL if bf16 else 1e-6, dtype=dtype,
-                     what=f"rmsnorm {case}")  # fmt: skip
+        assert_close(
+            actual, snap[f"{case}.expected"], tol=BF16_TOL if bf16 else 1e-6, dtype=dtype, what=f"rmsnorm {case}"
+        )
 
 
 def test_rmsnorm_float16_upcasts() -> None:
@@ -274,15 +280,23 @@ def test_transformer_block_matches_snapshot(load_snapshot) -> None:
         actual = run_transformer_block(
             BLOCK["d_model"], BLOCK["num_heads"], BLOCK["d_ff"], BLOCK["max_seq_len"], BLOCK["theta"], weights, x
         )
-    with hinted("block", actual, snap["expected"], weights=weights, x=x, num_heads=BLOCK["num_heads"],
-                theta=BLOCK["theta"]):  # fmt: skip
+    with hinted(
+        "block", actual, snap["expected"], weights=weights, x=x, num_heads=BLOCK["num_heads"], theta=BLOCK["theta"]
+    ):
         assert_close(actual, snap["expected"], tol=2e-6, dtype=torch.float32, what="transformer block")
 
 
 def _lm(weights: dict[str, torch.Tensor], in_indices: torch.Tensor) -> torch.Tensor:
     return run_transformer_lm(
-        LM["vocab_size"], LM["context_length"], LM["d_model"], LM["num_layers"], LM["num_heads"], LM["d_ff"],
-        LM["rope_theta"], weights, in_indices,
+        LM["vocab_size"],
+        LM["context_length"],
+        LM["d_model"],
+        LM["num_layers"],
+        LM["num_heads"],
+        LM["d_ff"],
+        LM["rope_theta"],
+        weights,
+        in_indices,
     )
 
 

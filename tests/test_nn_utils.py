@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cs336_grading.expected import training as known
-
 from tests import scenarios
 from tests.hints import hinted
 

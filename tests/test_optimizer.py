@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from cs336_grading.expected import training as known
-
 from tests import scenarios
 from tests.hints import hinted
 
@@ -54,9 +53,13 @@ def test_adamw_snapshot(load_snapshot: Callable[[str], dict[str, np.ndarray]]) -
     lr, beta1, beta2, eps, weight_decay = snapshot["hyperparameters"].tolist()
     hyperparameters = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
     weights, biases = scenarios.run(
-        "adamw_linear_regression", torch.from_numpy(snapshot["weight0"]), torch.from_numpy(snapshot["bias0"]),
-        torch.from_numpy(snapshot["inputs"]), torch.from_numpy(snapshot["targets"]), hyperparameters,
-    )  # fmt: skip
+        "adamw_linear_regression",
+        torch.from_numpy(snapshot["weight0"]),
+        torch.from_numpy(snapshot["bias0"]),
+        torch.from_numpy(snapshot["inputs"]),
+        torch.from_numpy(snapshot["targets"]),
+        hyperparameters,
+    )
     assert len(weights) == len(biases) == snapshot["inputs"].shape[0], "expected one result per step"
     for step, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
         # Same margin as the trajectory test: correct variants agree to <= 4e-6 here, mistakes are >= 3e-4 off.
@@ -118,11 +121,33 @@ def test_get_lr_cosine_schedule_whole_curve() -> None:
     with hinted("cosine", actual, expected, its=list(range(25)), **SCHEDULE):
         assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
     # The known table of the CS336 handout's own test (same parameters).
-    handout = [0, 0.14285714285714285, 0.2857142857142857, 0.42857142857142855, 0.5714285714285714,
-               0.7142857142857143, 0.8571428571428571, 1.0, 0.9887175604818206, 0.9554359905560885,
-               0.9018241671106134, 0.8305704108364301, 0.7452476826029011, 0.6501344202803414,
-               0.55, 0.44986557971965857, 0.3547523173970989, 0.26942958916356996, 0.19817583288938662,
-               0.14456400944391146, 0.11128243951817937, 0.1, 0.1, 0.1, 0.1]  # fmt: skip
+    handout = [
+        0,
+        0.14285714285714285,
+        0.2857142857142857,
+        0.42857142857142855,
+        0.5714285714285714,
+        0.7142857142857143,
+        0.8571428571428571,
+        1.0,
+        0.9887175604818206,
+        0.9554359905560885,
+        0.9018241671106134,
+        0.8305704108364301,
+        0.7452476826029011,
+        0.6501344202803414,
+        0.55,
+        0.44986557971965857,
+        0.3547523173970989,
+        0.26942958916356996,
+        0.19817583288938662,
+        0.14456400944391146,
+        0.11128243951817937,
+        0.1,
+        0.1,
+        0.1,
+        0.1,
+    ]
     assert actual == pytest.approx(handout, rel=1e-12, abs=1e-12)
 
 

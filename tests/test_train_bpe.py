@@ -16,10 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import regex
 
 from cs336_grading.expected.bpe import GPT2_PATTERN, naive_train_bpe
 from tests.cases import ENDOFTEXT

@@ -24,6 +24,11 @@ MHA = {"d_model": 32, "num_heads": 4, "max_seq_len": 24, "theta": 10000.0}
 
 BLOCK = {"d_model": 32, "num_heads": 4, "d_ff": 48, "max_seq_len": 16, "theta": 10000.0}
 LM = {
-    "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 48,
+    "vocab_size": 64,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "d_ff": 48,
     "rope_theta": 1000.0,  # not the default 10000: a hard-coded theta shows
 }

@@ -83,14 +83,20 @@ def _f64(t: Tensor) -> Tensor:
 def _linear_shapes(rng: _Rng, heldout: bool) -> list[tuple[str, int, int, tuple[int, ...], bool]]:
     """(case, d_out, d_in, x shape, bf16). Held out: batched is square, vector has other, unequal sizes."""
     if not heldout:
-        return [("batched", 40, 24, (2, 3, 5, 24), False), ("vector", 40, 24, (24,), False),
-                ("bf16", 40, 24, (6, 24), True)]  # fmt: skip
+        return [
+            ("batched", 40, 24, (2, 3, 5, 24), False),
+            ("vector", 40, 24, (24,), False),
+            ("bf16", 40, 24, (6, 24), True),
+        ]
     square = int(rng.ints(12, 48, 1))
     d_in = int(rng.ints(8, 40, 1))
     d_out = d_in + int(rng.ints(1, 24, 1))  # never square
     batch = tuple(int(n) for n in rng.ints(2, 5, 3))
-    return [("batched", square, square, (*batch, square), False), ("vector", d_out, d_in, (d_in,), False),
-            ("bf16", 40, 24, (6, 24), True)]  # fmt: skip
+    return [
+        ("batched", square, square, (*batch, square), False),
+        ("vector", d_out, d_in, (d_in,), False),
+        ("bf16", 40, 24, (6, 24), True),
+    ]
 
 
 def _linear(seed: int, heldout: bool) -> dict[str, np.ndarray]:
@@ -182,7 +188,7 @@ def _sdpa(seed: int, heldout: bool) -> dict[str, np.ndarray]:
 
 def _rope(seed: int, heldout: bool) -> dict[str, np.ndarray]:
     rng, out = _Rng(seed), {}
-    for case, d_k, theta, max_seq_len, x_shape, pos_shape, bf16 in ROPE_CASES:
+    for case, _d_k, theta, max_seq_len, x_shape, pos_shape, bf16 in ROPE_CASES:
         x, pos = rng.normal(*x_shape, bf16=bf16), rng.positions(max_seq_len, *pos_shape)
         out |= {f"{case}.in_query_or_key": x, f"{case}.token_positions": pos}
         out[f"{case}.expected"] = rope(_f64(x), theta, pos)
@@ -309,10 +315,20 @@ BUILDERS: dict[str, Builder] = {
 }
 # The seeds of the public snapshots (`tests/_snapshots/`, shipped with the handout).
 PUBLIC_SEEDS: dict[str, int] = {
-    "model_linear": 1, "model_embedding": 2, "model_swiglu": 3, "model_rmsnorm": 4, "model_silu": 5,
-    "model_softmax": 6, "model_sdpa": 7, "model_rope": 8, "model_mha": 9, "model_block": 10, "model_lm": 11,
-    "training_adamw": 1234, "training_cross_entropy": 4321,
-}  # fmt: skip
+    "model_linear": 1,
+    "model_embedding": 2,
+    "model_swiglu": 3,
+    "model_rmsnorm": 4,
+    "model_silu": 5,
+    "model_softmax": 6,
+    "model_sdpa": 7,
+    "model_rope": 8,
+    "model_mha": 9,
+    "model_block": 10,
+    "model_lm": 11,
+    "training_adamw": 1234,
+    "training_cross_entropy": 4321,
+}
 
 
 def draw(name: str, seed: int | None = None, *, heldout: bool = False) -> dict[str, np.ndarray]:

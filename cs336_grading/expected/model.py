@@ -74,9 +74,7 @@ def multihead_self_attention(
     return F.linear(out.transpose(-3, -2).flatten(-2), o_weight)
 
 
-def transformer_block(
-    x: Tensor, weights: dict[str, Tensor], num_heads: int, theta: float, eps: float = 1e-5
-) -> Tensor:
+def transformer_block(x: Tensor, weights: dict[str, Tensor], num_heads: int, theta: float, eps: float = 1e-5) -> Tensor:
     """The pre-norm block: `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`."""
     w = weights
     attn_in = rmsnorm(x, w["ln1.weight"], eps)

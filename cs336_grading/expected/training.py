@@ -8,7 +8,7 @@ runs only in the grader's process). It never imports `cs336_basics`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -39,8 +39,17 @@ def _is_forbidden_path(dotted: str) -> str | None:
         return last
     if parts[1:3] == ["nn", "utils"] and last.startswith("clip_grad"):
         return last
-    if len(parts) == 2 and last in ("softmax", "log_softmax", "embedding", "embedding_bag", "rms_norm", "layer_norm",
-                                    "_fused_adamw_", "_fused_adam_", "scaled_dot_product_attention"):  # fmt: skip
+    if len(parts) == 2 and last in (
+        "softmax",
+        "log_softmax",
+        "embedding",
+        "embedding_bag",
+        "rms_norm",
+        "layer_norm",
+        "_fused_adamw_",
+        "_fused_adam_",
+        "scaled_dot_product_attention",
+    ):
         return KERNELS.get(last, last)
     return None
 
@@ -75,17 +84,35 @@ def scan(package: Path, adapters: Path) -> list[tuple[str, str]]:
 # Escape hatches that no from-scratch solution needs: each use is evidence for a person to review (the
 # grade stands; the report and summary.csv show the lines). Dotted prefixes, resolved through import aliases.
 REVIEW_PREFIXES = {
-    "torch.ops": "calls torch's operators directly", "torch._C": "reaches into torch's C bindings",
-    "torch.special": "uses torch.special", "torch.library": "registers torch kernels",
-    "torch.overrides": "touches torch's function hooks", "importlib": "imports by name",
-    "ctypes": "loads native code", "types.CodeType": "builds code objects", "types.FunctionType": "builds functions",
-    "sys.modules": "edits the module table", "sys._getframe": "inspects frames", "threading": "runs threads",
-    "_thread": "runs threads", "multiprocessing": "starts processes", "concurrent.futures": "runs threads or processes",
-    "os.fork": "forks", "subprocess": "starts processes", "gc": "walks the heap",
-}  # fmt: skip
-REVIEW_NAMES = {"__import__": "imports by name", "exec": "runs generated code", "eval": "runs generated code",
-                "compile": "compiles code", "__code__": "swaps code objects", "co_filename": "forges a file name",
-                "__builtins__": "edits the built-ins", "__globals__": "reaches another module's globals"}  # fmt: skip
+    "torch.ops": "calls torch's operators directly",
+    "torch._C": "reaches into torch's C bindings",
+    "torch.special": "uses torch.special",
+    "torch.library": "registers torch kernels",
+    "torch.overrides": "touches torch's function hooks",
+    "importlib": "imports by name",
+    "ctypes": "loads native code",
+    "types.CodeType": "builds code objects",
+    "types.FunctionType": "builds functions",
+    "sys.modules": "edits the module table",
+    "sys._getframe": "inspects frames",
+    "threading": "runs threads",
+    "_thread": "runs threads",
+    "multiprocessing": "starts processes",
+    "concurrent.futures": "runs threads or processes",
+    "os.fork": "forks",
+    "subprocess": "starts processes",
+    "gc": "walks the heap",
+}
+REVIEW_NAMES = {
+    "__import__": "imports by name",
+    "exec": "runs generated code",
+    "eval": "runs generated code",
+    "compile": "compiles code",
+    "__code__": "swaps code objects",
+    "co_filename": "forges a file name",
+    "__builtins__": "edits the built-ins",
+    "__globals__": "reaches another module's globals",
+}
 
 
 _NEAR_TORCH = ("importlib", "threading", "_thread", "multiprocessing", "concurrent.futures", "os.fork", "subprocess")
@@ -98,7 +125,9 @@ def _aliases_of(uses: list[tuple[str, int]]) -> set[str]:
 
 def _private(part: str) -> bool:
     """A private torch name (`_C`, `_softmax`); torch's multi-tensor arithmetic (`_foreach_mul_`) is fine."""
-    return part.startswith("_") and not part.startswith("__") and not (part.startswith("_foreach_") and "adam" not in part)
+    return (
+        part.startswith("_") and not part.startswith("__") and not (part.startswith("_foreach_") and "adam" not in part)
+    )
 
 
 def review(package: Path, adapters: Path) -> list[str]:
@@ -123,7 +152,14 @@ def _hatches(tree: ast.AST) -> list[tuple[str, str, int]]:
     """(what, why, line) of each escape hatch; imports by name, generated code, threads and processes count
     only in a file that mentions torch (a BPE trainer's process pool, a lazy `__init__` are honest)."""
     uses = _uses(tree, every_import=True)
-    named = [c for n in ast.walk(tree) if isinstance(n, ast.Call) for a in n.args for c in ast.walk(a) if isinstance(c, ast.Constant)]
+    named = [
+        c
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        for a in n.args
+        for c in ast.walk(a)
+        if isinstance(c, ast.Constant)
+    ]
     near_torch = any(d.split(".")[0] == "torch" for d, _ in uses) or any("torch" in str(a.value) for a in named)
     hits = []
     for dotted, line in uses:
@@ -144,7 +180,13 @@ def _hatches(tree: ast.AST) -> list[tuple[str, str, int]]:
             hits.append((lookup, "looks names up at run time, where the audit cannot follow", node.lineno))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr"):
             first = node.args[0] if node.args else None
-            chain = _chain(first) if isinstance(first, ast.Attribute) else [first.id] if isinstance(first, ast.Name) else None
+            chain = (
+                _chain(first)
+                if isinstance(first, ast.Attribute)
+                else [first.id]
+                if isinstance(first, ast.Name)
+                else None
+            )
             if chain and near_torch and (chain[0] in ("torch", "F", "nn") or chain[0] in _aliases_of(uses)):
                 hits.append((f"{node.func.id}({'.'.join(chain)}, ...)", "looks torch names up by string", node.lineno))
     return hits
@@ -153,6 +195,7 @@ def _hatches(tree: ast.AST) -> list[tuple[str, str, int]]:
 def _dynamic_lookup(node: ast.AST) -> str | None:
     """`vars(x)`, `x.__dict__`, `globals()`, `getattr(x, <computed>)` on anything but `self`/`cls`: the ways
     to reach a name (`torch._decomp`, `sys.modules`) that no import or attribute in the source spells out."""
+
     def named(value: ast.AST | None) -> str:
         return ".".join(_chain(value) or ["?"]) if isinstance(value, ast.Attribute) else getattr(value, "id", "?")
 
@@ -175,7 +218,13 @@ def _assigned_aliases(tree: ast.AST, aliases: dict[str, str]) -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 value = node.value
-                chain = _chain(value) if isinstance(value, ast.Attribute) else [value.id] if isinstance(value, ast.Name) else None
+                chain = (
+                    _chain(value)
+                    if isinstance(value, ast.Attribute)
+                    else [value.id]
+                    if isinstance(value, ast.Name)
+                    else None
+                )
                 if chain and chain[0] in aliases and node.targets[0].id not in aliases:
                     aliases[node.targets[0].id] = ".".join([aliases[chain[0]], *chain[1:]])
 

@@ -39,8 +39,9 @@ def reference_files(harness_adapters: bytes) -> dict[str, bytes]:
     """The canary's files (`cs336_basics/...`, `tests/adapters.py`): the installed reference package."""
     spec = importlib.util.find_spec("cs336_basics")  # NOTE: finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise CanaryError("no canary: the reference package cs336_basics is not installed "
-                          "(pass --canary DIR or --no-canary)")
+        raise CanaryError(
+            "no canary: the reference package cs336_basics is not installed (pass --canary DIR or --no-canary)"
+        )
     package = Path(list(spec.submodule_search_locations)[0])
     files = {
         "cs336_basics/" + p.relative_to(package).as_posix(): p.read_bytes()
@@ -65,8 +66,10 @@ def environment() -> str:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "not installed"
-    return (f"Python {platform.python_version()} at {sys.executable} (prefix {sys.prefix}), torch {torch_version}, "
-            f"{platform.platform()}, user {os.geteuid()}")  # fmt: skip
+    return (
+        f"Python {platform.python_version()} at {sys.executable} (prefix {sys.prefix}), torch {torch_version}, "
+        f"{platform.platform()}, user {os.geteuid()}"
+    )
 
 
 def check(canary: str | os.PathLike[str], settings: dict[str, Any], secret: str | None) -> float:
@@ -86,9 +89,14 @@ def check(canary: str | os.PathLike[str], settings: dict[str, Any], secret: str 
 def _message(what: str, result: GradeResult | None = None) -> str:
     lost = []
     if result is not None:
-        lost = [f"{o.nodeid}: {o.status} ({o.message[:200]})" for o in result.outcomes.values()
-                if o.status not in ("passed", "skipped", "advisory")][:3]  # fmt: skip
-    return (f"the canary (a known-correct submission) {what} in this grading environment: {environment()}. "
-            "The environment, not the students, is at fault; no submission was graded. "
-            + (f"First losses: {'; '.join(lost)}. " if lost else "")
-            + "Fix the environment (see README, For graders), or skip the check with --no-canary.")  # fmt: skip
+        lost = [
+            f"{o.nodeid}: {o.status} ({o.message[:200]})"
+            for o in result.outcomes.values()
+            if o.status not in ("passed", "skipped", "advisory")
+        ][:3]
+    return (
+        f"the canary (a known-correct submission) {what} in this grading environment: {environment()}. "
+        "The environment, not the students, is at fault; no submission was graded. "
+        + (f"First losses: {'; '.join(lost)}. " if lost else "")
+        + "Fix the environment (see README, For graders), or skip the check with --no-canary."
+    )

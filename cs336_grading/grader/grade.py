@@ -52,8 +52,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_grading.env import GRADING_ENV, LIMITS_ENV, SELECT_ENV, WORKER_ENV
 from cs336_grading.grader import audit, heldout, timings
-
 from cs336_grading.grader.report import (  # noqa: F401 - re-exported: grade()'s callers import them from here
     PROBLEMS,
     PROBLEMS_BY_NAME,
@@ -68,7 +68,6 @@ from cs336_grading.grader.report import (  # noqa: F401 - re-exported: grade()'s
     problem_of,
 )
 from cs336_grading.pytest_run import sandbox
-from cs336_grading.env import GRADING_ENV, LIMITS_ENV, SELECT_ENV, WORKER_ENV
 from cs336_grading.worker.client import ForkServer, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,9 @@ class _GradingRun:
     def run_unit(self, ids: list[str], counter: Iterator[int]) -> list[list[str]]:
         """Run `ids` in one process; record outcomes; return the units still to run."""
         if time.monotonic() > self.limits.deadline:
-            self.results.update((n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids)
+            self.results.update(
+                (n, ("timeout", "not run: the grading run's total time limit was reached")) for n in ids
+            )
             return []
         run_dir = self.tmp / f"run-{next(counter):04d}"
         sandbox.build_workspace(run_dir, self.pristine, None, sandbox.GUARD_ADAPTERS)
@@ -185,8 +186,14 @@ def grade(
         planned = [u[0] for u in units] if isolate_each else None
         server.wait()
         # The pytest process's guard is looser than any worker budget: it only catches the harness hanging.
-        limits = sandbox.Limits(2 * timeout + 30, memory_mb, t0 + total_timeout, max(1, (os.cpu_count() or 1) // jobs),
-                                importlib.util.find_spec("pytest_timeout") is not None, env)  # fmt: skip
+        limits = sandbox.Limits(
+            2 * timeout + 30,
+            memory_mb,
+            t0 + total_timeout,
+            max(1, (os.cpu_count() or 1) // jobs),
+            importlib.util.find_spec("pytest_timeout") is not None,
+            env,
+        )
         run = _GradingRun(pristine, student, tmp_dir, limits, isolate_each)
         run.run_all(units, jobs)
         graded = planned if planned is not None else run.graded
@@ -220,7 +227,9 @@ def _outcome(nodeid: str, problem: str, run: _GradingRun) -> TestOutcome:
     """A test's outcome; an advisory test's is reported but counts for nothing."""
     status, message = run.results[nodeid]
     if run.records.get(nodeid, {}).get("advisory"):
-        return TestOutcome(nodeid, problem, "advisory", f"{STATUS_LABELS[status]}" + (f": {message}" if message else ""))
+        return TestOutcome(
+            nodeid, problem, "advisory", f"{STATUS_LABELS[status]}" + (f": {message}" if message else "")
+        )
     return TestOutcome(nodeid, problem, status, message)
 
 
@@ -260,16 +269,28 @@ def _load_harness(harness: str | os.PathLike[str] | None) -> sandbox.Harness:
 
 
 def _worker_env(
-    tmp: Path, pristine: sandbox.Harness, student: sandbox.Submission, server: ForkServer,
-    memory_mb: int | None, timeout: float, test_limits: dict[str, float] | None, seal: bool = True,
-) -> dict[str, str]:  # fmt: skip
+    tmp: Path,
+    pristine: sandbox.Harness,
+    student: sandbox.Submission,
+    server: ForkServer,
+    memory_mb: int | None,
+    timeout: float,
+    test_limits: dict[str, float] | None,
+    seal: bool = True,
+) -> dict[str, str]:
     """The environment that points a pytest process at the workers and gives each test its budget."""
     template = sandbox.build_worker_template(tmp / "worker", pristine, student)
     (tmp / "ws").mkdir()
     os.chmod(tmp / "ws", 0o711)
     os.chmod(tmp, 0o711)  # NOTE: a jailed worker only sees its own workspace, so traversing is harmless
-    config = WorkerConfig(server.path, str(template), str(tmp / "ws"), memory_mb=memory_mb,
-                          uid=WORKER_UID_BASE if os.geteuid() == 0 else None, seal=seal)  # fmt: skip
+    config = WorkerConfig(
+        server.path,
+        str(template),
+        str(tmp / "ws"),
+        memory_mb=memory_mb,
+        uid=WORKER_UID_BASE if os.geteuid() == 0 else None,
+        seal=seal,
+    )
     budgets = timings.limits() if test_limits is None else test_limits
     limits = {"default": timeout, "tests": {k: min(v, timeout) for k, v in budgets.items()}}
     return {WORKER_ENV: config.to_env(), LIMITS_ENV: json.dumps(limits), GRADING_ENV: "1"}
@@ -303,8 +324,10 @@ def _walls_note(records: dict[str, dict]) -> list[str]:
     measures = sorted({str(r["memory_measure"]) for r in records.values() if r.get("memory_measure")})
     if not walls and not measures:
         return []
-    return [f"note: the worker's walls: {', '.join(walls) or 'limits only'}; memory measured by "
-            f"{' and '.join(measures) or 'the worker process alone'}"]  # fmt: skip
+    return [
+        f"note: the worker's walls: {', '.join(walls) or 'limits only'}; memory measured by "
+        f"{' and '.join(measures) or 'the worker process alone'}"
+    ]
 
 
 def _select_problems(problems: Iterable[str] | None) -> list[str]:

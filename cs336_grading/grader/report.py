@@ -120,7 +120,9 @@ class ProblemScore:
 
     def details(self) -> list[str]:
         """The built-ins evidence, then one line per test that did not pass (not-implemented ones are summarised)."""
-        verdict = "SCORED 0: used a forbidden torch built-in" if self.zeroed else "WARNING: used a forbidden torch built-in"
+        verdict = (
+            "SCORED 0: used a forbidden torch built-in" if self.zeroed else "WARNING: used a forbidden torch built-in"
+        )
         lines = [*(f"{verdict}: {line}" for line in self.evidence)] + [
             f"{STATUS_LABELS[o.status]}: {o.nodeid}" + (f": {o.message}" if o.message else "")
             for o in self.outcomes
@@ -143,8 +145,10 @@ class GradeResult:
         """The "needs review" column: its evidence, one line each (the grade stands either way)."""
         if not self.review:
             return []
-        return [f"Needs review ({len(self.review)} escape hatch(es); the score stands until a person checks them):",
-                *(f"  {printable(line)}" for line in self.review[:20])]  # fmt: skip
+        return [
+            f"Needs review ({len(self.review)} escape hatch(es); the score stands until a person checks them):",
+            *(f"  {printable(line)}" for line in self.review[:20]),
+        ]
 
     @property
     def score(self) -> float:

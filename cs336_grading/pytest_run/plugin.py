@@ -153,8 +153,11 @@ def _install_proxies(client: WorkerClient) -> None:
     proxy = Adapters("tests.adapters", "the submission's adapters, called in the sandboxed worker")
     sys.modules["tests.adapters"] = proxy
     package.adapters = proxy  # type: ignore[attr-defined]
-    for module, attribute, value in (("tests.scenarios", "REMOTE", client), ("tests.measure", "WORKER_PID", client.pid),
-                                     ("tests.measure", "WORKER_MEMORY", client.memory_probe)):
+    for module, attribute, value in (
+        ("tests.scenarios", "REMOTE", client),
+        ("tests.measure", "WORKER_PID", client.pid),
+        ("tests.measure", "WORKER_MEMORY", client.memory_probe),
+    ):
         try:
             setattr(importlib.import_module(module), attribute, value)
         except ModuleNotFoundError:

@@ -35,9 +35,9 @@ except ImportError:  # not POSIX: no resource limits (the worker's walls need Li
 
 from cs336_grading import untrusted
 from cs336_grading.env import REPORT_ENV
-from cs336_grading.worker.client import MEMORY_MARKERS
 from cs336_grading.grader.submission import IGNORED as _IGNORED
 from cs336_grading.grader.submission import Submission, SubmissionError, unpack_submission  # noqa: F401 - the API
+from cs336_grading.worker.client import MEMORY_MARKERS
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 16 << 20  # the most of a test process's report read at one poll
@@ -76,7 +76,8 @@ class Harness:
             )
         files = {
             "tests/" + p.relative_to(tests).as_posix(): p.read_bytes()
-            for p in sorted(tests.rglob("*")) if p.is_file() and not _is_ignored(p)
+            for p in sorted(tests.rglob("*"))
+            if p.is_file() and not _is_ignored(p)
         }
         if tests.name == "tests" and (tests.parent / "pyproject.toml").is_file():
             files["pyproject.toml"] = (tests.parent / "pyproject.toml").read_bytes()
@@ -148,12 +149,26 @@ def build_worker_template(dest: Path, harness: Harness, submission: Submission) 
 
 def pytest_command(run_dir: Path, args: Sequence[str]) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q", "--no-header",
-        "-o", "addopts=", "--rootdir", str(run_dir), "--basetemp", str(run_dir / ".tmp" / "pytest"),
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        PLUGIN_MODULE,
+        "-q",
+        "--no-header",
+        "-o",
+        "addopts=",
+        "--rootdir",
+        str(run_dir),
+        "--basetemp",
+        str(run_dir / ".tmp" / "pytest"),
         # Capture Python-level output only: what a crashing process writes to its file descriptors (an
         # abort message, faulthandler's traceback) then reaches the grader's log instead of a lost buffer.
-        "--capture=sys", *args,
-    ]  # fmt: skip
+        "--capture=sys",
+        *args,
+    ]
 
 
 def subprocess_env(run_dir: Path, report: Path, threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -195,9 +210,12 @@ class Limits:
 
 
 def run_guarded(
-    run_dir: Path, nodeids: Sequence[str], limits: Limits | None = None, abort: threading.Event | None = None,
+    run_dir: Path,
+    nodeids: Sequence[str],
+    limits: Limits | None = None,
+    abort: threading.Event | None = None,
     **options: Any,
-) -> ProcessReport:  # fmt: skip
+) -> ProcessReport:
     """Run `nodeids` in one pytest process under `run_dir`, with a memory limit and per-test watchdog.
 
     The watchdog kills the process group when a test has run for `timeout` plus a grace period
@@ -245,9 +263,12 @@ def _limiter(memory_mb: int | None) -> Callable[[], None] | None:
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], report_path: Path, report: ProcessReport, limits: Limits,
+    proc: subprocess.Popen[bytes],
+    report_path: Path,
+    report: ProcessReport,
+    limits: Limits,
     abort: threading.Event | None,
-) -> None:  # fmt: skip
+) -> None:
     """Follow the report while the process runs; kill it on a hang, the deadline or an abort."""
     grace = min(10.0, 1.0 + limits.timeout / 2)
     offset, last_event = 0, time.monotonic()
@@ -313,7 +334,11 @@ def _read_events(path: Path, offset: int, report: ProcessReport) -> tuple[int, b
             report.in_flight = event.get("nodeid")
         elif event.get("event") == "result":
             report.results[event["nodeid"]] = (event.get("status", "error"), event.get("message", ""))
-            report.records[event["nodeid"]] = {k: event[k] for k in ("worker_seconds", "peak_mib", "findings", "advisory", "walls", "memory_measure") if k in event}
+            report.records[event["nodeid"]] = {
+                k: event[k]
+                for k in ("worker_seconds", "peak_mib", "findings", "advisory", "walls", "memory_measure")
+                if k in event
+            }
             report.in_flight = None
         elif event.get("event") == "collect_error":
             report.collect_errors.append(event.get("message", ""))
@@ -335,8 +360,13 @@ def collect_nodeids(run_dir: Path, *, timeout: float, env: dict[str, str] | None
     env = subprocess_env(run_dir, run_dir / ".tmp" / "collect.jsonl", threads=1, extra=env)
     proc = subprocess.run(
         pytest_command(run_dir, ["--collect-only", "tests"]),
-        cwd=run_dir, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     nodeids = [line.strip() for line in proc.stdout.splitlines() if line.startswith("tests/") and "::" in line]
     if proc.returncode != 0 or not nodeids:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

@@ -53,6 +53,7 @@ SECRET_FILE = "grading-secret"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_TOTAL_TIMEOUT_S = 540.0  # Gradescope stops an autograder after 10 minutes by default
 
+
 def pinned_requirements() -> list[str]:
     """`name==version` for every dependency (dev extras included) of the installed `cs336-basics`."""
     from cs336_grading.staff.handout import _installed_requirements
@@ -69,10 +70,14 @@ def pinned_requirements() -> list[str]:
 
 
 def build_autograder(
-    out: str | os.PathLike[str], *, harness: str | os.PathLike[str] | None = None,
-    leaderboard: str | os.PathLike[str] | None = None, settings: dict[str, Any] | None = None,
+    out: str | os.PathLike[str],
+    *,
+    harness: str | os.PathLike[str] | None = None,
+    leaderboard: str | os.PathLike[str] | None = None,
+    settings: dict[str, Any] | None = None,
     base_image: str = DEFAULT_BASE_IMAGE,
-    secret: str | None = None, with_canary: bool = True,
+    secret: str | None = None,
+    with_canary: bool = True,
 ) -> Path:
     """Write the autograder zip to `out` (atomically); see the module docstring.
 
@@ -93,7 +98,12 @@ def build_autograder(
     for package in (Path(__file__).resolve().parents[1], Path(cs336_common.__file__).resolve().parent):
         for path in sorted(package.rglob("*")):  # cs336_grading/ and the helpers it shares, cs336_common/
             rel = path.relative_to(package)
-            if path.is_file() and "__pycache__" not in rel.parts and rel.parts[0] != "harness" and path.suffix != ".pyc":
+            if (
+                path.is_file()
+                and "__pycache__" not in rel.parts
+                and rel.parts[0] != "harness"
+                and path.suffix != ".pyc"
+            ):
                 files[f"{package.name}/{rel.as_posix()}"] = path.read_bytes()
     for rel, content in pristine.files.items():
         if rel.startswith("tests/"):
@@ -216,12 +226,20 @@ def _run_main(argv: list[str]) -> int:
         payload = run(args.root)
     except Exception as e:  # the grader's failure, not the student's: say so where the student looks
         log.exception("the autograder failed")
-        why = f"Grading stopped before your submission ran: {e}" if isinstance(e, canary.CanaryError) else (
-            f"The autograder itself failed ({type(e).__name__}: {e})")  # fmt: skip
-        atomic_write_json(Path(args.root) / "results" / "results.json", {
-            "score": 0.0, "output": f"{why}; this is not your fault: please tell the course staff.",
-            "visibility": "visible", "tests": [],
-        })  # fmt: skip
+        why = (
+            f"Grading stopped before your submission ran: {e}"
+            if isinstance(e, canary.CanaryError)
+            else (f"The autograder itself failed ({type(e).__name__}: {e})")
+        )
+        atomic_write_json(
+            Path(args.root) / "results" / "results.json",
+            {
+                "score": 0.0,
+                "output": f"{why}; this is not your fault: please tell the course staff.",
+                "visibility": "visible",
+                "tests": [],
+            },
+        )
         return 1
     print(f"score {payload['score']}", file=sys.stderr)
     return 0
@@ -232,24 +250,38 @@ def _run_main(argv: list[str]) -> int:
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `cs336 autograder OUT.zip`."""
-    parser = subparsers.add_parser("autograder", help="build the Gradescope autograder zip",
-                                   description=__doc__.splitlines()[0])  # fmt: skip
+    parser = subparsers.add_parser(
+        "autograder", help="build the Gradescope autograder zip", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out", help="the zip to write (upload it as the assignment's autograder)")
     parser.add_argument("--harness", default=None, help="pristine tests (default: the installed harness)")
     parser.add_argument("--leaderboard", default=None, help="the staff's leaderboard config (TOML)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per test (default: the grader's)")
     parser.add_argument("--memory-mb", type=int, default=None, help="address-space limit per test process")
-    parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT_S,
-                        help="seconds for the whole grade (Gradescope's default limit is 600)")  # fmt: skip
+    parser.add_argument(
+        "--total-timeout",
+        type=float,
+        default=DEFAULT_TOTAL_TIMEOUT_S,
+        help="seconds for the whole grade (Gradescope's default limit is 600)",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes on Gradescope")
-    parser.add_argument("--base-image", default=DEFAULT_BASE_IMAGE,
-                        help=f"Gradescope's base image: ubuntu-24.04 or ubuntu-22.04 (default {DEFAULT_BASE_IMAGE})")
-    parser.add_argument("--secret-file", default=None,
-                        help=f"the course's grading secret (default: ${heldout.SECRET_ENV}, else a new one saved "
-                             "as OUT.secret): held-out cases are drawn from it")
-    parser.add_argument("--no-canary", action="store_true",
-                        help="leave out the canary (the known-correct submission graded before each run)")  # fmt: skip
+    parser.add_argument(
+        "--base-image",
+        default=DEFAULT_BASE_IMAGE,
+        help=f"Gradescope's base image: ubuntu-24.04 or ubuntu-22.04 (default {DEFAULT_BASE_IMAGE})",
+    )
+    parser.add_argument(
+        "--secret-file",
+        default=None,
+        help=f"the course's grading secret (default: ${heldout.SECRET_ENV}, else a new one saved "
+        "as OUT.secret): held-out cases are drawn from it",
+    )
+    parser.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="leave out the canary (the known-correct submission graded before each run)",
+    )
     parser.set_defaults(func=_main)
 
 
@@ -264,9 +296,18 @@ def _main(args: argparse.Namespace) -> int:
     if secret is None:  # the staff regrade with `cs336 grade --secret-file OUT.secret` and get the same draws
         secret = heldout.new_secret()
         log.info("new grading secret: %s (keep it private)", heldout.write_secret(f"{args.out}.secret", secret))
-    out = build_autograder(args.out, harness=args.harness, leaderboard=args.leaderboard, settings=settings,
-                           secret=secret, with_canary=not args.no_canary, base_image=args.base_image)  # fmt: skip
-    log.info("wrote %s: upload it as the Gradescope autograder (base image %s; see its README.md)", out, args.base_image)
+    out = build_autograder(
+        args.out,
+        harness=args.harness,
+        leaderboard=args.leaderboard,
+        settings=settings,
+        secret=secret,
+        with_canary=not args.no_canary,
+        base_image=args.base_image,
+    )
+    log.info(
+        "wrote %s: upload it as the Gradescope autograder (base image %s; see its README.md)", out, args.base_image
+    )
     return 0
 
 

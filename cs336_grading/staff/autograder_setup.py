@@ -88,8 +88,10 @@ exit $status
 def check_base_image(image: str) -> str:
     """`image` if the zip supports it; a ValueError naming the image to choose otherwise."""
     if image in REFUSED_IMAGES:
-        raise ValueError(f"expected a base image with a usable Python >= 3.11 ({', '.join(BASE_IMAGES)}), got {image}: "
-                         f"{REFUSED_IMAGES[image]}; choose {DEFAULT_BASE_IMAGE} on Gradescope")  # fmt: skip
+        raise ValueError(
+            f"expected a base image with a usable Python >= 3.11 ({', '.join(BASE_IMAGES)}), got {image}: "
+            f"{REFUSED_IMAGES[image]}; choose {DEFAULT_BASE_IMAGE} on Gradescope"
+        )
     if image not in BASE_IMAGES:
         raise ValueError(f"expected a base image among {', '.join(BASE_IMAGES)}, got {image!r}")
     return image

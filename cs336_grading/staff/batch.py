@@ -46,7 +46,6 @@ from typing import Any
 
 from cs336_common.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from cs336_grading import untrusted
-
 from cs336_grading.grader import canary, heldout
 
 log = logging.getLogger(__name__)
@@ -183,10 +182,15 @@ def grade_one(entry: Entry, out: Path, settings: dict[str, Any], digest: str) ->
         add_to_results(payload, Path(settings["leaderboard"]), entry.source)
     atomic_write_json(out / RESULTS, payload)
     state = {
-        "student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": status,
-        "flags": flags, "seconds": round(time.monotonic() - t0, 1), "score": payload["score"],
+        "student": entry.student,
+        "source": str(entry.source),
+        "fingerprint": digest,
+        "status": status,
+        "flags": flags,
+        "seconds": round(time.monotonic() - t0, 1),
+        "score": payload["score"],
         **({"reason": reason} if reason else {}),
-    }  # fmt: skip
+    }
     atomic_write_json(out / STATE, state)
     return state
 
@@ -200,14 +204,24 @@ def run_in_subprocess(
     """`grade_one` in a grader process of its own; its state, a "failed" state, or None if `stop` was set."""
     out.mkdir(parents=True, exist_ok=True)
     limit = float(settings.get("total_timeout", 1800.0)) + 120.0
-    job = json.dumps({"student": entry.student, "source": str(entry.source), "out": str(out),
-                      "settings": settings, "fingerprint": digest})  # fmt: skip
+    job = json.dumps(
+        {
+            "student": entry.student,
+            "source": str(entry.source),
+            "out": str(out),
+            "settings": settings,
+            "fingerprint": digest,
+        }
+    )
     t0 = time.monotonic()
     with open(out / "grader.log", "wb") as grader_log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cs336_grading.staff.batch", job], stdin=subprocess.DEVNULL, stdout=grader_log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "cs336_grading.staff.batch", job],
+            stdin=subprocess.DEVNULL,
+            stdout=grader_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         while proc.poll() is None and not stop.is_set() and time.monotonic() - t0 < limit:
             time.sleep(0.1)
         if proc.poll() is None:
@@ -224,8 +238,16 @@ def run_in_subprocess(
 
 def failed_state(entry: Entry, out: Path, digest: str, seconds: float, error: str) -> dict[str, Any]:
     """Record (in `out/grading.json`) that grading `entry` failed; the next run grades it again."""
-    state = {"student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": "failed",
-             "flags": ["grading-failed"], "seconds": round(seconds, 1), "score": None, "error": error[-400:]}  # fmt: skip
+    state = {
+        "student": entry.student,
+        "source": str(entry.source),
+        "fingerprint": digest,
+        "status": "failed",
+        "flags": ["grading-failed"],
+        "seconds": round(seconds, 1),
+        "score": None,
+        "error": error[-400:],
+    }
     atomic_write_json(out / STATE, state)
     return state
 
@@ -258,7 +280,11 @@ def _worker_main(job_json: str) -> int:
 
 
 def grade_batch(
-    entries: Sequence[Entry], out_dir: Path, settings: dict[str, Any], *, jobs: int = 1,
+    entries: Sequence[Entry],
+    out_dir: Path,
+    settings: dict[str, Any],
+    *,
+    jobs: int = 1,
     runner: Runner = run_in_subprocess,
 ) -> list[dict[str, Any]]:
     """Grade every unfinished entry (`jobs` at a time) and write the summary; returns the states, in order.
@@ -287,11 +313,18 @@ def grade_batch(
         try:
             state = runner(entry, out_dir / entry.student, settings, digest, stop)
         except Exception as e:  # one submission never stops the batch
-            state = failed_state(entry, out_dir / entry.student, digest, time.monotonic() - t0, f"{type(e).__name__}: {e}")
+            state = failed_state(
+                entry, out_dir / entry.student, digest, time.monotonic() - t0, f"{type(e).__name__}: {e}"
+            )
         if state is not None:
             states[entry.student] = state
-            log.info("%s: %s, %s points%s", entry.student, state["status"], state["score"],
-                     f" ({', '.join(state['flags'])})" if state["flags"] else "")  # fmt: skip
+            log.info(
+                "%s: %s, %s points%s",
+                entry.student,
+                state["status"],
+                state["score"],
+                f" ({', '.join(state['flags'])})" if state["flags"] else "",
+            )
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -327,10 +360,18 @@ def summary_rows(out_dir: Path, states: Sequence[dict[str, Any]]) -> tuple[list[
         payload = results[state["student"]] if state["status"] in FINISHED else {}
         points = {t["name"]: t["score"] for t in payload.get("tests", [])}
         entry = {"leaderboard": payload["leaderboard"][0]["value"] if "leaderboard" in payload else ""}
-        rows.append({"student": state["student"], **{p: points.get(p, "") for p in problems},
-                     "total": payload.get("score", ""), **{k: entry[k] for k in board}, "seconds": state["seconds"],
-                     "needs_review": " | ".join(payload.get("needs_review", [])[:5]),
-                     "flags": ";".join(state["flags"]), "status": state["status"]})  # fmt: skip
+        rows.append(
+            {
+                "student": state["student"],
+                **{p: points.get(p, "") for p in problems},
+                "total": payload.get("score", ""),
+                **{k: entry[k] for k in board},
+                "seconds": state["seconds"],
+                "needs_review": " | ".join(payload.get("needs_review", [])[:5]),
+                "flags": ";".join(state["flags"]),
+                "status": state["status"],
+            }
+        )
     # Why a submission was refused (one line), in a column of its own when any was.
     if any(state.get("reason") for state in states):
         for row, state in zip(rows, states):
@@ -379,14 +420,23 @@ def plot_scores(totals: Sequence[float], path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The batch options of `cs336 grade` (its `submission` argument takes several paths)."""
-    parser.add_argument("--out-dir", default=None,
-                        help="batch mode: one folder per submission, summary.csv and scores.png here "
-                             "(--jobs then counts submissions graded at once)")  # fmt: skip
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="batch mode: one folder per submission, summary.csv and scores.png here "
+        "(--jobs then counts submissions graded at once)",
+    )
     parser.add_argument("--leaderboard", default=None, help="batch mode: the staff's leaderboard config (TOML)")
-    parser.add_argument("--canary", default=None,
-                        help="batch mode: the known-correct submission graded first (default: the installed reference)")
-    parser.add_argument("--no-canary", action="store_true",
-                        help="batch mode: skip grading the canary (a broken environment then goes unnoticed)")  # fmt: skip
+    parser.add_argument(
+        "--canary",
+        default=None,
+        help="batch mode: the known-correct submission graded first (default: the installed reference)",
+    )
+    parser.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="batch mode: skip grading the canary (a broken environment then goes unnoticed)",
+    )
 
 
 def _check_canary(args: argparse.Namespace, settings: dict[str, Any], secret: str | None) -> None:
@@ -411,12 +461,15 @@ def main(args: argparse.Namespace) -> int:
     entries = discover(args.submission)
     out_dir = Path(args.out_dir or "grades")
     settings = {
-        "harness": str(Path(args.harness).resolve()) if args.harness else None, "timeout": args.timeout,
-        "memory_mb": args.memory_mb or None, "total_timeout": args.total_timeout,
+        "harness": str(Path(args.harness).resolve()) if args.harness else None,
+        "timeout": args.timeout,
+        "memory_mb": args.memory_mb or None,
+        "total_timeout": args.total_timeout,
         "problems": None if args.problems is None else [p.strip() for p in args.problems.split(",") if p.strip()],
-        "isolate_each": args.isolate_each_test, "builtins": args.builtins,
+        "isolate_each": args.isolate_each_test,
+        "builtins": args.builtins,
         "leaderboard": str(Path(args.leaderboard).resolve()) if args.leaderboard else None,
-    }  # fmt: skip
+    }
     if settings["leaderboard"]:
         from cs336_grading.staff.leaderboard import LeaderboardConfig
 
@@ -441,8 +494,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = [s["student"] for s in states if s["status"] == "failed"]
-    log.info("wrote %s (%d submissions)%s", out_dir / SUMMARY, len(states),
-             f"; grading failed for {', '.join(failed)}: run again to retry" if failed else "")  # fmt: skip
+    log.info(
+        "wrote %s (%d submissions)%s",
+        out_dir / SUMMARY,
+        len(states),
+        f"; grading failed for {', '.join(failed)}: run again to retry" if failed else "",
+    )
     return 1 if failed else 0
 
 

@@ -44,8 +44,14 @@ PACKAGE_INIT = '"""CS336 Assignment 1: your implementation goes here."""\n'  # t
 # The kit carries the tools and the grading wing, so that a student can train with `cs336 train` and see
 # the staff's grade with `make grade`; the oracle (the maintainers' answer key) is never part of it.
 _TOOL_PACKAGES = ("cs336_common", "cs336_lab", "cs336_grading")  # cs336_common: what the other two share
-_SUBPACKAGES = ("cs336_grading.handout_files", "cs336_grading.expected", "cs336_grading.harness",
-                    "cs336_grading.harness._snapshots", "cs336_grading.harness.fixtures", "cs336_grading.docs")
+_SUBPACKAGES = (
+    "cs336_grading.handout_files",
+    "cs336_grading.expected",
+    "cs336_grading.harness",
+    "cs336_grading.harness._snapshots",
+    "cs336_grading.harness.fixtures",
+    "cs336_grading.docs",
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +249,9 @@ def _write_kit(root: Path, tests: Path) -> None:
         shutil.copyfile(HANDOUT_FILES / name, root / name)
     (root / "docs").mkdir()
     shutil.copyfile(interface_doc(), root / "docs" / "INTERFACE.md")
-    (root / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n")
+    (root / ".gitignore").write_text(
+        ".venv/\n__pycache__/\n*.egg-info/\n.pytest_cache/\n.hypothesis/\nsubmission.zip\n"
+    )
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": _file_hashes(root)}
     (root / MARKER).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
@@ -279,18 +287,29 @@ def _check_untouched(out: Path) -> None:
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         written = None
     if not isinstance(written, dict):
-        what = "an older handout without a manifest" if (out / MARKER).is_file() else "not a handout built by `cs336 handout`"
-        raise FileExistsError(f"{out} exists and is {what}: expected an unchanged kit to replace; choose another "
-                              "path, or move it away yourself")
+        what = (
+            "an older handout without a manifest"
+            if (out / MARKER).is_file()
+            else "not a handout built by `cs336 handout`"
+        )
+        raise FileExistsError(
+            f"{out} exists and is {what}: expected an unchanged kit to replace; choose another "
+            "path, or move it away yourself"
+        )
     found = _file_hashes(out, only=written)
     changed = sorted(k for k in found.keys() & written.keys() if found[k] != written[k])
     added = sorted(found.keys() - written.keys())
     removed = sorted(written.keys() - found.keys())
     if changed or added or removed:
-        parts = [f"{what} {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
-                 for what, names in (("changed", changed), ("added", added), ("removed", removed)) if names]
-        raise FileExistsError(f"{out} is a handout someone worked in ({'; '.join(parts)}): expected the kit as "
-                              "`cs336 handout` wrote it; nothing was replaced: choose another path, or move it away")
+        parts = [
+            f"{what} {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
+            for what, names in (("changed", changed), ("added", added), ("removed", removed))
+            if names
+        ]
+        raise FileExistsError(
+            f"{out} is a handout someone worked in ({'; '.join(parts)}): expected the kit as "
+            "`cs336 handout` wrote it; nothing was replaced: choose another path, or move it away"
+        )
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -85,7 +85,9 @@ class LeaderboardConfig:
         known = set(cls.__dataclass_fields__)
         if unknown := sorted(table.keys() - known):
             raise ValueError(f"{path}: unknown leaderboard key(s) {unknown}; expected some of {sorted(known)}")
-        missing = sorted(k for k in ("validation_text", "context_length", "max_vocab_size", "max_parameters") if k not in table)
+        missing = sorted(
+            k for k in ("validation_text", "context_length", "max_vocab_size", "max_parameters") if k not in table
+        )
         if missing:
             raise ValueError(f"{path}: the [leaderboard] table lacks {missing}")
         table["validation_text"] = (path.parent / table["validation_text"]).resolve()
@@ -117,9 +119,10 @@ def find_folder(root: Path, max_depth: int = 3) -> Path | None:
     inside = root.resolve()
     for depth in range(max_depth + 1):
         found = sorted(
-            p for p in root.glob("/".join(["*"] * depth + [FOLDER]))
+            p
+            for p in root.glob("/".join(["*"] * depth + [FOLDER]))
             if not p.is_symlink() and p.is_dir() and p.resolve().parent.is_relative_to(inside)
-        )  # fmt: skip
+        )
         if found:
             return found[0]
     return None
@@ -141,15 +144,19 @@ def score(config: LeaderboardConfig, submission: Path, *, text: str | None = Non
     except RuleError as e:
         return LeaderboardResult(None, f"leaderboard: no entry: {e}")
     except Exception as e:  # hostile files must never cost the student the grade itself
-        return LeaderboardResult(None, f"leaderboard: no entry: the entry could not be scored ({type(e).__name__}: {e})"[:500])
+        return LeaderboardResult(
+            None, f"leaderboard: no entry: the entry could not be scored ({type(e).__name__}: {e})"[:500]
+        )
     value = details[config.metric]
     entry = [{"name": config.name, "value": round(value, 6), "order": "asc"}]
     return LeaderboardResult(entry, f"leaderboard: {config.name} = {value:.6f} ({_summary(details)})", details)
 
 
 def _summary(details: Mapping[str, Any]) -> str:
-    return (f"{details['parameters']:,} parameters, vocabulary {details['vocab_size']}, "
-            f"{details['predicted_tokens']} tokens scored, loss {details['loss']:.4f} nats/token")  # fmt: skip
+    return (
+        f"{details['parameters']:,} parameters, vocabulary {details['vocab_size']}, "
+        f"{details['predicted_tokens']} tokens scored, loss {details['loss']:.4f} nats/token"
+    )
 
 
 def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) -> dict[str, Any]:
@@ -162,14 +169,19 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
     model_config = {**_model_fields(ckpt_config or {}), **_model_fields(extra)}
     for key, standard in _STANDARD.items():
         if model_config.get(key, standard) != standard:
-            raise RuleError(f"the leaderboard scores the handout's architecture ({key}={standard!r}), got {model_config[key]!r}")
+            raise RuleError(
+                f"the leaderboard scores the handout's architecture ({key}={standard!r}), got {model_config[key]!r}"
+            )
     if "num_heads" not in model_config:
         raise RuleError(f"the number of heads is not in the weights: put num_heads in {FOLDER}/config.json")
     try:
         arch = trusted_lm.infer_architecture(
-            state, num_heads=int(model_config["num_heads"]), rope_theta=float(model_config.get("rope_theta", 10_000.0)),
-            eps=float(model_config.get("eps", 1e-5)), context_length=config.context_length,
-        )  # fmt: skip
+            state,
+            num_heads=int(model_config["num_heads"]),
+            rope_theta=float(model_config.get("rope_theta", 10_000.0)),
+            eps=float(model_config.get("eps", 1e-5)),
+            context_length=config.context_length,
+        )
     except (ValueError, TypeError) as e:
         raise RuleError(str(e)) from e
     parameters = sum(t.numel() for t in state.values())
@@ -187,10 +199,14 @@ def _check_and_score(config: LeaderboardConfig, folder: Path, text: str | None) 
     predicted = len(tokens) - 1
     num_bytes = sum(token_bytes[t] for t in tokens[1:])
     return {
-        "loss": nats / predicted, "bits_per_byte": nats / math.log(2) / num_bytes, "predicted_tokens": predicted,
-        "predicted_bytes": num_bytes, "parameters": parameters, "vocab_size": arch.vocab_size,
+        "loss": nats / predicted,
+        "bits_per_byte": nats / math.log(2) / num_bytes,
+        "predicted_tokens": predicted,
+        "predicted_bytes": num_bytes,
+        "parameters": parameters,
+        "vocab_size": arch.vocab_size,
         "context_length": config.context_length,
-    }  # fmt: skip
+    }
 
 
 def _model_fields(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,7 +274,9 @@ def _copy_folder(folder: Path, dest: Path, max_bytes: int) -> Path:
     return target
 
 
-def add_to_results(payload: dict[str, Any], config_path: Path, source: Path, *, text: str | None = None) -> LeaderboardResult:
+def add_to_results(
+    payload: dict[str, Any], config_path: Path, source: Path, *, text: str | None = None
+) -> LeaderboardResult:
     """Add Gradescope's `leaderboard` field (when there is an entry) and the reason to a results payload."""
     result = score_source(LeaderboardConfig.load(config_path), source, text=text)
     if result.entry is not None:

@@ -32,7 +32,9 @@ def read_submitted_checkpoint(folder: Path, max_bytes: int) -> tuple[dict[str, A
 
     found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
     if len(found) != 1:
-        raise RuleError(f"expected exactly one checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)}) in leaderboard/, found {[p.name for p in found]}")
+        raise RuleError(
+            f"expected exactly one checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)}) in leaderboard/, found {[p.name for p in found]}"
+        )
     path = found[0]
     if path.stat().st_size > max_bytes:
         raise RuleError(f"the checkpoint has {path.stat().st_size:,} bytes, over the limit of {max_bytes:,}")
@@ -63,7 +65,9 @@ def read_submitted_tokenizer(
         if not (folder / name).is_file():
             raise RuleError(f"expected the tokenizer's {name} in leaderboard/, found none")
         if (size := (folder / name).stat().st_size) > MAX_TOKENIZER_FILE_BYTES:
-            raise RuleError(f"the tokenizer's {name} has {size:,} bytes, over the limit of {MAX_TOKENIZER_FILE_BYTES:,}")
+            raise RuleError(
+                f"the tokenizer's {name} has {size:,} bytes, over the limit of {MAX_TOKENIZER_FILE_BYTES:,}"
+            )
     try:
         vocab, saved_specials = parse_vocab(_read_utf8(folder / VOCAB_FILE), f"leaderboard/{VOCAB_FILE}")
         merges = parse_merges(_read_utf8(folder / MERGES_FILE), f"leaderboard/{MERGES_FILE}")
@@ -92,4 +96,6 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RuleError(f"expected UTF-8 text in leaderboard/{path.name}, got an undecodable byte at offset {e.start}") from e
+        raise RuleError(
+            f"expected UTF-8 text in leaderboard/{path.name}, got an undecodable byte at offset {e.start}"
+        ) from e

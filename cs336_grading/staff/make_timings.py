@@ -1,6 +1,6 @@
 """`make timings`: grade the reference, keep each graded test's worker seconds (`grader/timings.json`).
 
-    python -m cs336_grading.staff.make_timings .     # the reference checkout; about two gradings of it
+python -m cs336_grading.staff.make_timings .     # the reference checkout; about two gradings of it
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ def regenerate(submission: str, out: Path = DATA, runs: int = 2) -> dict[str, fl
             raise RuntimeError(f"the reference did not score full marks:\n{result.format_table()}")
         for nodeid, record in result.records.items():
             seconds[nodeid] = max(seconds.get(nodeid, 0.0), float(record.get("worker_seconds", 0.0)))
-    payload = {"note": "worker seconds of the reference per graded test; `python -m cs336_grading.staff.make_timings`",
-               "tests": {k: round(v, 4) for k, v in sorted(seconds.items())}}  # fmt: skip
+    payload = {
+        "note": "worker seconds of the reference per graded test; `python -m cs336_grading.staff.make_timings`",
+        "tests": {k: round(v, 4) for k, v in sorted(seconds.items())},
+    }
     atomic_write_json(out, payload, indent=1)
     return seconds
 

@@ -222,12 +222,18 @@ def load_code(entry: batch.Entry, *, reference: bool = False) -> Code:
 def _locate(paths: Sequence[str]) -> tuple[str | None, str | None]:
     """(the `cs336_basics` folder, the `adapters.py`) among the relative paths, the most plausible ones."""
     packages = sorted(
-        {"/".join(p.split("/")[: i + 1]) for p in paths for i, part in enumerate(p.split("/")[:-1]) if part == "cs336_basics"},
+        {
+            "/".join(p.split("/")[: i + 1])
+            for p in paths
+            for i, part in enumerate(p.split("/")[:-1])
+            if part == "cs336_basics"
+        },
         key=lambda d: (d.count("/"), d),
-    )  # fmt: skip
+    )
     package = packages[0] if packages else None
-    candidates = [p for p in paths if p.rsplit("/", 1)[-1] == "adapters.py" and not any(
-        p.startswith(d + "/") for d in packages)]  # fmt: skip
+    candidates = [
+        p for p in paths if p.rsplit("/", 1)[-1] == "adapters.py" and not any(p.startswith(d + "/") for d in packages)
+    ]
     candidates.sort(key=lambda p: (p.split("/")[-2:-1] != ["tests"], p.count("/"), p))
     return package, (candidates[0] if candidates else None)
 
@@ -239,8 +245,15 @@ class _Budget:
         self.files, self.bytes, self.skipped = 0, 0, []
 
     def refuse(self, name: str, size: int) -> bool:
-        why = ("over the file size cap" if size > MAX_FILE_BYTES else "past the file count cap" if self.files >= MAX_FILES
-               else "past the total size cap" if self.bytes + size > MAX_TOTAL_BYTES else "")  # fmt: skip
+        why = (
+            "over the file size cap"
+            if size > MAX_FILE_BYTES
+            else "past the file count cap"
+            if self.files >= MAX_FILES
+            else "past the total size cap"
+            if self.bytes + size > MAX_TOTAL_BYTES
+            else ""
+        )
         if why:
             self.skipped.append(f"{name} ({why})")
             return True
@@ -253,8 +266,11 @@ def _dir_files(root: Path) -> tuple[dict[str, str], list[str]]:
     for current, dirs, names in os.walk(root):  # NOTE: os.walk never descends into a symlinked folder
         here = Path(current)
         depth = len(here.relative_to(root).parts)
-        dirs[:] = sorted(d for d in dirs if depth < 6 and not d.startswith(".") and d not in batch._SKIP_DIRS
-                         and d != "site-packages")  # fmt: skip
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if depth < 6 and not d.startswith(".") and d not in batch._SKIP_DIRS and d != "site-packages"
+        )
         for name in sorted(n for n in names if n.endswith(".py")):
             rel = (here / name).relative_to(root).as_posix()
             try:

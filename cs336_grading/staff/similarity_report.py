@@ -22,9 +22,17 @@ from pathlib import Path
 from cs336_common.atomic import atomic_save_figure, atomic_write_text
 from cs336_grading.staff import batch
 from cs336_grading.staff.similarity import (
-    DEFAULT_THRESHOLD, MIN_MATCHES, Comparison, Pair, boilerplate_hashes, compare_fingerprints, fingerprint_code,
-    handout_sources, load_code, shared_regions,
-)  # fmt: skip
+    DEFAULT_THRESHOLD,
+    MIN_MATCHES,
+    Comparison,
+    Pair,
+    boilerplate_hashes,
+    compare_fingerprints,
+    fingerprint_code,
+    handout_sources,
+    load_code,
+    shared_regions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +67,21 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
             page += 1
             report = f"{PAGES_DIR}/pair-{page:04d}.html"
             atomic_write_text(out_dir / report, pair_page(result, pair, code))
-        rows.append({"rank": rank, "a": pair.a, "b": pair.b, "b_kind": "reference" if pair.b_is_reference else "student",
-                     "score": f"{pair.score:.3f}", "score_a": f"{pair.score_a:.3f}", "score_b": f"{pair.score_b:.3f}",
-                     "matched": pair.matched, "flagged": "yes" if flagged else "", "report": report,
-                     "files": matched_files(result, pair) if flagged or rank <= 200 else ""})  # fmt: skip
+        rows.append(
+            {
+                "rank": rank,
+                "a": pair.a,
+                "b": pair.b,
+                "b_kind": "reference" if pair.b_is_reference else "student",
+                "score": f"{pair.score:.3f}",
+                "score_a": f"{pair.score_a:.3f}",
+                "score_b": f"{pair.score_b:.3f}",
+                "matched": pair.matched,
+                "flagged": "yes" if flagged else "",
+                "report": report,
+                "files": matched_files(result, pair) if flagged or rank <= 200 else "",
+            }
+        )
     atomic_write_text(out_dir / CSV_NAME, _csv_text(COLUMNS, rows))
     try:
         plot_pair_scores(result, threshold, out_dir / PLOT_NAME)
@@ -72,8 +91,13 @@ def write_report(result: Comparison, out_dir: Path, threshold: float, code: dict
     flagged = sum(r["flagged"] == "yes" for r in rows)
     if flagged > page:
         log.warning("similarity: %d pairs flagged, pages written for the first %d only", flagged, page)
-    log.info("similarity: %d pairs share fingerprints, %d flagged (score >= %g): %s", len(result.pairs), flagged,
-             threshold, out_dir / CSV_NAME)  # fmt: skip
+    log.info(
+        "similarity: %d pairs share fingerprints, %d flagged (score >= %g): %s",
+        len(result.pairs),
+        flagged,
+        threshold,
+        out_dir / CSV_NAME,
+    )
     return out_dir / CSV_NAME
 
 
@@ -107,7 +131,7 @@ def pair_page(result: Comparison, pair: Pair, code: dict[str, dict[str, str]]) -
         f"<h1>{e(title)}</h1><p>{pair.matched} shared fingerprints; {e(pair.a)}: {pair.score_a:.0%} of its "
         f"fingerprints found in {e(pair.b)}; {e(pair.b)}: {pair.score_b:.0%} found in {e(pair.a)}. Marked lines "
         "share a run of tokens (identifiers, literals, comments and layout ignored); hover for the partner.</p>"
-    )  # fmt: skip
+    )
     columns = [_side(pair.a, code.get(pair.a, {}), marks_a), _side(pair.b, code.get(pair.b, {}), marks_b)]
     return head + f"<table><tr><td>{columns[0]}</td><td>{columns[1]}</td></tr></table></body></html>\n"
 
@@ -141,8 +165,13 @@ def plot_pair_scores(result: Comparison, threshold: float, path: Path) -> None:
     zeros = result.total_pairs - len(result.pairs)
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     bins = [i / 50 for i in range(51)]
-    ax.hist([students + [0.0] * max(zeros, 0), [p.score for p in result.pairs if p.b_is_reference]], bins=bins,
-            stacked=True, color=["tab:blue", "tab:orange"], label=["student pairs", "student vs reference"])  # fmt: skip
+    ax.hist(
+        [students + [0.0] * max(zeros, 0), [p.score for p in result.pairs if p.b_is_reference]],
+        bins=bins,
+        stacked=True,
+        color=["tab:blue", "tab:orange"],
+        label=["student pairs", "student vs reference"],
+    )
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
     if result.total_pairs:  # (log of nothing warns)
         ax.set_yscale("log")
@@ -170,8 +199,13 @@ def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> Non
     for row in rows:
         pair = best.get(row["student"])
         other = "" if pair is None else pair.b if pair.a == row["student"] else pair.a
-        row.update({"similarity": "" if pair is None else f"{pair.score:.3f}", "similar_to": other,
-                    "similarity_flag": "flagged" if pair is not None and is_flagged(pair, threshold) else ""})  # fmt: skip
+        row.update(
+            {
+                "similarity": "" if pair is None else f"{pair.score:.3f}",
+                "similar_to": other,
+                "similarity_flag": "flagged" if pair is not None and is_flagged(pair, threshold) else "",
+            }
+        )
         for key in [k for k in row if k not in columns + SUMMARY_COLUMNS]:
             del row[key]
     atomic_write_text(path, _csv_text(columns + SUMMARY_COLUMNS, rows))
@@ -181,8 +215,13 @@ def annotate_summary(out_dir: Path, result: Comparison, threshold: float) -> Non
 
 
 def find_similar(
-    paths: Sequence[str | os.PathLike[str]], out_dir: Path, *, references: Sequence[str | os.PathLike[str]] = (),
-    threshold: float = DEFAULT_THRESHOLD, max_share: float = 0.2, jobs: int | None = None,
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: Path,
+    *,
+    references: Sequence[str | os.PathLike[str]] = (),
+    threshold: float = DEFAULT_THRESHOLD,
+    max_share: float = 0.2,
+    jobs: int | None = None,
 ) -> Comparison:
     """Compare the submissions under `paths` (and against `references`), write the report into `out_dir`."""
     if not 0.0 < threshold <= 1.0:
@@ -202,8 +241,13 @@ def find_similar(
         prints = [fingerprint_code(code) for code in codes]
     result = compare_fingerprints(prints, boilerplate_hashes(handout_sources()), max_share=max_share)
     write_report(result, out_dir, threshold, {c.name: c.files for c in codes})
-    log.info("similarity: %d submissions, %d references, %d pairs in %.1f s", sum(not c.reference for c in codes),
-             sum(c.reference for c in codes), result.total_pairs, time.monotonic() - t0)  # fmt: skip
+    log.info(
+        "similarity: %d submissions, %d references, %d pairs in %.1f s",
+        sum(not c.reference for c in codes),
+        sum(c.reference for c in codes),
+        result.total_pairs,
+        time.monotonic() - t0,
+    )
     return result
 
 
@@ -214,27 +258,48 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    parser.add_argument("--reference-set", nargs="+", default=[], metavar="DIR",
-                        help="earlier years' submissions or public solutions a submission may match too")
-    parser.add_argument(f"--{prefix}threshold", dest="threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"flag pairs whose similarity score reaches this (default {DEFAULT_THRESHOLD})")
-    parser.add_argument(f"--{prefix}max-share", dest="max_share", type=float, default=0.2,
-                        help="ignore code held by more than this share of the submissions, and by more than 10 (default 0.2)")  # fmt: skip
+    parser.add_argument(
+        "--reference-set",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="earlier years' submissions or public solutions a submission may match too",
+    )
+    parser.add_argument(
+        f"--{prefix}threshold",
+        dest="threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"flag pairs whose similarity score reaches this (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        f"--{prefix}max-share",
+        dest="max_share",
+        type=float,
+        default=0.2,
+        help="ignore code held by more than this share of the submissions, and by more than 10 (default 0.2)",
+    )
 
 
 def after_batch(args: argparse.Namespace) -> None:
     """`cs336 grade --out-dir`: the similarity check over the batch just graded, unless --no-similarity."""
     if not args.no_similarity:
-        find_similar(args.submission, Path(args.out_dir or "grades"), references=args.reference_set,
-                     threshold=args.threshold, max_share=args.max_share)  # fmt: skip
+        find_similar(
+            args.submission,
+            Path(args.out_dir or "grades"),
+            references=args.reference_set,
+            threshold=args.threshold,
+            max_share=args.max_share,
+        )
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
-        "similarity", help="find similar submissions in a batch (course staff)",
+        "similarity",
+        help="find similar submissions in a batch (course staff)",
         description="Compare every pair of submissions' cs336_basics/ and tests/adapters.py; the handout's "
-                    "starter code never counts. Writes similarity.csv, an HTML page per flagged pair and a plot.",
-    )  # fmt: skip
+        "starter code never counts. Writes similarity.csv, an HTML page per flagged pair and a plot.",
+    )
     parser.add_argument("submission", nargs="+", help="folders or .zip files, or folders of them")
     parser.add_argument("--out-dir", required=True, help="where the report goes (a batch's folder: summary.csv too)")
     _add_options(parser)
@@ -242,6 +307,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _main(args: argparse.Namespace) -> int:
-    find_similar(args.submission, Path(args.out_dir), references=args.reference_set, threshold=args.threshold,
-                 max_share=args.max_share)  # fmt: skip
+    find_similar(
+        args.submission,
+        Path(args.out_dir),
+        references=args.reference_set,
+        threshold=args.threshold,
+        max_share=args.max_share,
+    )
     return 0

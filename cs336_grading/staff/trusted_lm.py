@@ -43,15 +43,18 @@ TOP_SHAPES = {"token_embeddings.weight": ("V", "D"), "ln_final.weight": ("D",), 
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
 
 
-def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: float, eps: float,
-                       context_length: int) -> ModelSpec:
+def infer_architecture(
+    state: dict[str, Tensor], *, num_heads: int, rope_theta: float, eps: float, context_length: int
+) -> ModelSpec:
     """The `ModelSpec` of `state`, checked key by key and shape by shape; ValueError names what is wrong.
 
     `context_length` is not in the weights either: the caller's scoring window."""
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER_KEY.fullmatch(k))})
     for key in ("token_embeddings.weight", "layers.0.ffn.w1.weight"):
         if key not in state or state[key].ndim != 2:
-            raise ValueError(f"expected a 2-d {key} (the handout's model), found {tuple(getattr(state.get(key), 'shape', ()))}")
+            raise ValueError(
+                f"expected a 2-d {key} (the handout's model), found {tuple(getattr(state.get(key), 'shape', ()))}"
+            )
     vocab_size, d_model = state["token_embeddings.weight"].shape
     d_ff = state["layers.0.ffn.w1.weight"].shape[0]
     sizes = {"V": int(vocab_size), "D": int(d_model), "F": int(d_ff)}
@@ -71,8 +74,16 @@ def infer_architecture(state: dict[str, Tensor], *, num_heads: int, rope_theta: 
             raise ValueError(f"expected finite floating-point weights in {key}, got {state[key].dtype} (or NaN/inf)")
     if num_heads < 1 or d_model % num_heads or (d_model // num_heads) % 2:
         raise ValueError(f"expected num_heads dividing d_model={d_model} into even head sizes, got {num_heads}")
-    return ModelSpec(vocab_size=int(vocab_size), context_length=context_length, d_model=int(d_model),
-                     num_layers=len(layers), num_heads=num_heads, d_ff=int(d_ff), rope_theta=rope_theta, eps=eps)
+    return ModelSpec(
+        vocab_size=int(vocab_size),
+        context_length=context_length,
+        d_model=int(d_model),
+        num_layers=len(layers),
+        num_heads=num_heads,
+        d_ff=int(d_ff),
+        rope_theta=rope_theta,
+        eps=eps,
+    )
 
 
 def check_handout_spec(arch: ModelSpec) -> None:
@@ -122,8 +133,9 @@ def logits(state: dict[str, Tensor], arch: ModelSpec, token_ids: Tensor) -> Tens
 
 
 @torch.no_grad()
-def total_nats(state: dict[str, Tensor], arch: ModelSpec, tokens: Tensor, context_length: int,
-               batch_size: int = 16) -> float:
+def total_nats(
+    state: dict[str, Tensor], arch: ModelSpec, tokens: Tensor, context_length: int, batch_size: int = 16
+) -> float:
     """Sum of -ln p(token) over every token after the first, in disjoint windows of `context_length`.
 
     Windows start at 0, m, 2m, ...; the last one may be shorter. Sums in float64.

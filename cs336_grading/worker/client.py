@@ -35,12 +35,17 @@ from typing import Any
 from cs336_grading import untrusted
 from cs336_grading.env import SECRET_ENV, WORKER_ENV  # noqa: F401 - WORKER_ENV re-exported
 from cs336_grading.rules import SEALED_MARK
-
 from cs336_grading.worker import wire
 
 # What a worker's output says when an allocation failed outside Python (RLIMIT_AS in C++ code).
-MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "can't allocate memory", "Cannot allocate memory",
-                  "DefaultCPUAllocator", "out of memory")  # fmt: skip
+MEMORY_MARKERS = (
+    "MemoryError",
+    "std::bad_alloc",
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "DefaultCPUAllocator",
+    "out of memory",
+)
 CALL_SHARE, CALL_FLOOR_S = 0.4, 1.5  # the most of a test's budget that one call may use, and its floor
 # A function that already hung in SUSPECT_AFTER tests of this process gets SUSPECT_S per call from then on:
 # a submission that hangs everywhere grades in minutes, and a correct one never comes near (its calls
@@ -146,15 +151,21 @@ class WorkerClient:
 
     def end_test(self) -> dict[str, Any]:
         self._note_peak()
-        return {"worker_seconds": round(self.spent_s, 4), "peak_mib": round(self.peak_kib / 1024, 1),
-                "walls": sorted(k for k, v in self.walls.items() if v is True),
-                "memory_measure": str(self.walls.get("memory", "")), "findings": self.findings[:10]}  # fmt: skip
+        return {
+            "worker_seconds": round(self.spent_s, 4),
+            "peak_mib": round(self.peak_kib / 1024, 1),
+            "walls": sorted(k for k, v in self.walls.items() if v is True),
+            "memory_measure": str(self.walls.get("memory", "")),
+            "findings": self.findings[:10],
+        }
 
     # -------------------------------------------------------------------------------------- calls
     def call(self, module: str, name: str, args: Any, kwargs: Any) -> Any:
         result = self._request({"op": "call", "module": module, "name": name}, name, args, kwargs)
         if (module, name) == ("scenarios", "optimizer_ancestry") and isinstance(result, list):
-            borrowed = [c for c in result if str(c).startswith("torch.optim.") and c != "torch.optim.optimizer.Optimizer"]
+            borrowed = [
+                c for c in result if str(c).startswith("torch.optim.") and c != "torch.optim.optimizer.Optimizer"
+            ]
             self.findings.extend(f"get_adamw_cls: the optimizer class derives from {c}" for c in borrowed)
         return result
 
@@ -195,8 +206,11 @@ class WorkerClient:
         """Send one call to the worker and wait for its reply, counting its time against the test's budget."""
         self._ensure_worker()
         buffers: list[bytes] = []
-        header = {**header, "args": wire.encode(list(args), buffers, _handle_of, map_path=self._inbox),
-                  "kwargs": wire.encode(dict(kwargs), buffers, _handle_of, map_path=self._inbox)}  # fmt: skip
+        header = {
+            **header,
+            "args": wire.encode(list(args), buffers, _handle_of, map_path=self._inbox),
+            "kwargs": wire.encode(dict(kwargs), buffers, _handle_of, map_path=self._inbox),
+        }
         started = time.monotonic()
         try:
             assert self._sock is not None
@@ -319,8 +333,11 @@ class WorkerClient:
             raise self._start_failure
         file = self.nodeid.split("::")[0]
         if self.starts.get(file, 0) >= MAX_STARTS_PER_FILE:
-            self.failure = WorkerFailure("died", f"the worker was started {MAX_STARTS_PER_FILE} times for {file} "
-                                         "(it died or hung each time): this file's remaining tests fail at once")  # fmt: skip
+            self.failure = WorkerFailure(
+                "died",
+                f"the worker was started {MAX_STARTS_PER_FILE} times for {file} "
+                "(it died or hung each time): this file's remaining tests fail at once",
+            )
             raise self.failure
         self.starts[file] = self.starts.get(file, 0) + 1
         started = time.monotonic()
@@ -333,8 +350,14 @@ class WorkerClient:
         self._workspace = Path(self.config.scratch) / f"ws-{os.getpid()}-{next(self._names)}"
         shutil.copytree(self.config.template, self._workspace, symlinks=True)
         (self._workspace / "inbox").mkdir()
-        request = {"op": "fork", "workspace": str(self._workspace), "uid": self.uid,
-                   "memory_mb": self.config.memory_mb, "cpu_s": self.config.cpu_s, "seal": self.config.seal}  # fmt: skip
+        request = {
+            "op": "fork",
+            "workspace": str(self._workspace),
+            "uid": self.uid,
+            "memory_mb": self.config.memory_mb,
+            "cpu_s": self.config.cpu_s,
+            "seal": self.config.seal,
+        }
         control = self._connect()
         wire.send(control, request, [])
         _, fds, _, _ = socket.recv_fds(control, 1, 1)
@@ -353,8 +376,11 @@ class WorkerClient:
             self.walls = dict(wire.receive(self._sock, deadline=deadline)[0].get("ready", {}))
         except (EOFError, OSError, wire.WireError) as e:
             if isinstance(e, TimeoutError):
-                self._fail("timeout", f"the worker did not start (import the submission) within {limit:.3g} s, what "
-                           f"was left of the test's budget ({self.budget_s:.3g} s)")  # fmt: skip
+                self._fail(
+                    "timeout",
+                    f"the worker did not start (import the submission) within {limit:.3g} s, what "
+                    f"was left of the test's budget ({self.budget_s:.3g} s)",
+                )
             kind, message = self._death("the submission's import")
             self._stop_worker()
             self._start_failure = WorkerFailure(kind, message)
@@ -411,7 +437,9 @@ class WorkerClient:
             return None if self.uid is None else _uid_probe(self.uid)
         directory = Path(self.cgroup)
         v2 = (directory / "memory.peak").exists()
-        peak_name, usage_name = ("memory.peak", "memory.current") if v2 else ("memory.max_usage_in_bytes", "memory.usage_in_bytes")
+        peak_name, usage_name = (
+            ("memory.peak", "memory.current") if v2 else ("memory.max_usage_in_bytes", "memory.usage_in_bytes")
+        )
         cache: list[int] = [0]
 
         def file_cache() -> int:  # NOTE: page cache (a memmap's file read ahead) is the kernel's, not the call's
@@ -567,9 +595,12 @@ class ForkServer:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cs336_grading.worker.server", self.path, *([] if warm else ["--cold"])],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 env={k: v for k, v in os.environ.items() if k != SECRET_ENV},  # workers fork from it: no secret
-            )  # fmt: skip
+            )
 
     def wait(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

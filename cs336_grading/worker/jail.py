@@ -31,7 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWPID = 0x00020000, 0x40000000, 0x08000000, 0x04000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWPID = (
+    0x00020000,
+    0x40000000,
+    0x08000000,
+    0x04000000,
+    0x20000000,
+)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 MAX_PROCESSES = 256  # threads count too: torch's pools, a student's multiprocessing pool
@@ -115,15 +121,24 @@ def _own(workspace: str, uid: int) -> None:
     os.chown(workspace, uid, uid)
 
 
-def enter(workspace: str, *, uid: int | None, memory_mb: int | None, cpu_s: int, memory: str | None = None) -> dict[str, Any]:
+def enter(
+    workspace: str, *, uid: int | None, memory_mb: int | None, cpu_s: int, memory: str | None = None
+) -> dict[str, Any]:
     """Wall this process in (see the module docstring); returns which walls stand.
 
     `memory`: how the worker's memory is limited and measured (the fork server put it in a cgroup, `cgroup_for`);
     None: by address-space limit per process and the resident memory of the worker's user id (the fallback).
     """
     os.setsid()
-    report: dict[str, Any] = {"network": False, "filesystem": False, "user": False, "ipc": False, "uts": False,
-                              "pid": os.getpid() == 1, "memory": memory or "rss of the worker's user id"}  # fmt: skip
+    report: dict[str, Any] = {
+        "network": False,
+        "filesystem": False,
+        "user": False,
+        "ipc": False,
+        "uts": False,
+        "pid": os.getpid() == 1,
+        "memory": memory or "rss of the worker's user id",
+    }
     jailed = uid is not None and os.geteuid() == 0 and sys.platform == "linux"
     if jailed:
         _own(workspace, uid)
@@ -229,8 +244,13 @@ def cgroup_for(name: str, memory_mb: int | None) -> tuple[str, str] | None:
     rel = _own_cgroup("memory")
     if rel is not None:
         try:
-            return _make_cgroup(f"/sys/fs/cgroup/memory{rel.rstrip('/')}", name, "memory.max_usage_in_bytes",
-                                "memory.limit_in_bytes", memory_mb)  # fmt: skip
+            return _make_cgroup(
+                f"/sys/fs/cgroup/memory{rel.rstrip('/')}",
+                name,
+                "memory.max_usage_in_bytes",
+                "memory.limit_in_bytes",
+                memory_mb,
+            )
         except OSError:
             pass
     return None

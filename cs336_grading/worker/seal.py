@@ -19,7 +19,14 @@ import os
 import sys
 from typing import Any
 
-from cs336_grading.rules import ALLOWED_FILES, FORBIDDEN_FILES, SEALED_COMPOSITES, SEALED_KERNELS, SEALED_MARK, SEALED_SPARSE
+from cs336_grading.rules import (
+    ALLOWED_FILES,
+    FORBIDDEN_FILES,
+    SEALED_COMPOSITES,
+    SEALED_KERNELS,
+    SEALED_MARK,
+    SEALED_SPARSE,
+)
 
 
 # ------------------------------------------------------------------------------------ dynamic (worker)
@@ -29,9 +36,11 @@ def _forbidden_functions() -> dict[Any, str]:
 
     table: dict[Any, str] = {}
     for name, value in vars(F).items():
-        if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") in (
-            "torch.nn.functional", "torch._C._nn", None
-        ):  # fmt: skip
+        if (
+            callable(value)
+            and not name.startswith("_")
+            and getattr(value, "__module__", "") in ("torch.nn.functional", "torch._C._nn", None)
+        ):
             table[value] = f"torch.nn.functional.{name}"
     for name, value in vars(torch._C._nn).items():
         if callable(value) and not name.startswith("_"):
@@ -49,6 +58,7 @@ class Watch:
     _table: dict[Any, str] | None = None
     current = "the worker"  # the call that is running (what the sealed kernels blame)
     root: str | None = None  # the worker's workspace, set before the submission runs (never its later cwd)
+
     def __init__(self, call: str) -> None:
         self.call = call
         self.findings: list[str] = []

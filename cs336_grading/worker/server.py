@@ -162,16 +162,30 @@ def _child(sock: socket.socket, request: dict[str, Any], keep: int) -> None:
     if request.get("cgroup"):
         jail.join_cgroup(str(request["cgroup"]))  # before the walls: everything it forks is counted too
         memory = str(request["memory"])
-    walls = jail.enter(workspace, uid=request.get("uid"), memory_mb=request.get("memory_mb"),
-                       cpu_s=int(request.get("cpu_s", 600)), memory=memory)  # fmt: skip
+    walls = jail.enter(
+        workspace,
+        uid=request.get("uid"),
+        memory_mb=request.get("memory_mb"),
+        cpu_s=int(request.get("cpu_s", 600)),
+        memory=memory,
+    )
     os.environ.clear()
-    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workspace, "PYTHONDONTWRITEBYTECODE": "1",
-                       "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp" if walls["filesystem"] else workspace + "/tmp"})  # fmt: skip
+    os.environ.update(
+        {
+            "PATH": "/usr/bin:/bin",
+            "HOME": workspace,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TMPDIR": "/tmp" if walls["filesystem"] else workspace + "/tmp",
+        }
+    )
     _isolate_imports(workspace)
     seal.Watch.root = workspace  # the submission is found by this, whatever directory it moves to
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-        walls["sealed_kernels"] = len(seal.seal()) if request.get("seal", True) else 0  # before the submission runs a line
+        walls["sealed_kernels"] = (
+            len(seal.seal()) if request.get("seal", True) else 0
+        )  # before the submission runs a line
     session = _Session()
     session.load()
     wire.send(sock, {"ready": walls}, [])
@@ -323,8 +337,9 @@ def _serve_request(
             _CGROUPS[pid] = cgroup[0]
         socket.send_fds(conn, [b"F"], [ours.fileno()])
         ours.close()
-        wire.send(conn, {"pid": pid, "cgroup": cgroup[0] if cgroup else None,
-                         "memory": cgroup[1] if cgroup else None}, [])  # fmt: skip
+        wire.send(
+            conn, {"pid": pid, "cgroup": cgroup[0] if cgroup else None, "memory": cgroup[1] if cgroup else None}, []
+        )
     elif op == "status":
         pid = int(header["pid"])
         deadline = 20  # the worker was just killed: give the kernel a moment to report it

@@ -31,8 +31,20 @@ from typing import Any
 MAX_FRAME_BYTES = 1 << 30  # a reply bigger than this is a broken (or hostile) worker
 MAX_DEPTH = 64
 _LEN = struct.Struct(">Q")
-_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
-                "complex64", "complex128")  # fmt: skip
+_DTYPE_NAMES = (
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
+)
 # NOTE: torch and numpy are imported only once a value needs them: the grader's own tests of toy
 # submissions (and their fork server) then never pay torch's import.
 
@@ -100,8 +112,10 @@ def encode(
         return {"$tuple": [enc(v) for v in value]}
     if isinstance(value, list):
         if value and all(type(v) is tuple and v and all(type(b) is bytes for b in v) for v in value):
-            return {"$tuples": _encode_bytes_list([b for v in value for b in v], buffers),
-                    "arity": [len(v) for v in value]}  # fmt: skip
+            return {
+                "$tuples": _encode_bytes_list([b for v in value for b in v], buffers),
+                "arity": [len(v) for v in value],
+            }
         return [enc(v) for v in value]
     if isinstance(value, (set, frozenset)):
         return {"$set": [enc(v) for v in value]}
@@ -134,9 +148,18 @@ def _encode_array(value: Any, buffers: list[bytes], map_path: Callable[[str], st
             return {"$device": str(value)}
     if np is None:
         return None
-    if isinstance(value, np.memmap) and getattr(value, "filename", None) is not None and isinstance(value.base, mmap.mmap):
-        return {"$memmap": map_path(os.fspath(value.filename)), "offset": int(value.offset), "dtype": value.dtype.str,
-                "shape": list(value.shape), "mode": "r"}  # fmt: skip
+    if (
+        isinstance(value, np.memmap)
+        and getattr(value, "filename", None) is not None
+        and isinstance(value.base, mmap.mmap)
+    ):
+        return {
+            "$memmap": map_path(os.fspath(value.filename)),
+            "offset": int(value.offset),
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+            "mode": "r",
+        }
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise WireError("numpy arrays of Python objects are not carried")
@@ -170,8 +193,12 @@ def _encode_tensor(value: Any, buffers: list[bytes]) -> dict[str, Any]:
         raise WireError(f"cannot carry a tensor of dtype {value.dtype}")
     flat = value.detach().to("cpu").contiguous().reshape(-1)
     buffers.append(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return {"$tensor": len(buffers) - 1, "dtype": name, "shape": list(value.shape),
-            "requires_grad": bool(value.requires_grad)}  # fmt: skip
+    return {
+        "$tensor": len(buffers) - 1,
+        "dtype": name,
+        "shape": list(value.shape),
+        "requires_grad": bool(value.requires_grad),
+    }
 
 
 def decode(
@@ -226,7 +253,9 @@ def decode(
 _NOTHING = object()
 
 
-def _decode_data(tag: str, value: dict[str, Any], buffers: list[bytes], memmaps: bool, dec: Callable[[Any], Any]) -> Any:
+def _decode_data(
+    tag: str, value: dict[str, Any], buffers: list[bytes], memmaps: bool, dec: Callable[[Any], Any]
+) -> Any:
     """Tensors, arrays, memmaps and packed byte strings; `_NOTHING` for the other tags."""
     body = value[tag]
     if tag == "$tensor":

@@ -38,8 +38,14 @@ def _assert_same_values_and_grads(fast_out, textbook_out, inputs, rtol: float, a
 
 @pytest.mark.parametrize(
     ("queries", "offset"),
-    [(1, 0), (1, 7), (fast.CAUSAL_BLOCK, 0), (fast.CAUSAL_BLOCK + 1, 0), (3 * fast.CAUSAL_BLOCK + 5, 0),
-     (2 * fast.CAUSAL_BLOCK, 9)],
+    [
+        (1, 0),
+        (1, 7),
+        (fast.CAUSAL_BLOCK, 0),
+        (fast.CAUSAL_BLOCK + 1, 0),
+        (3 * fast.CAUSAL_BLOCK + 5, 0),
+        (2 * fast.CAUSAL_BLOCK, 9),
+    ],
     ids=["one", "one-cached", "one-block", "two-tiles", "four-tiles", "tiles-cached"],
 )
 def test_causal_attention_matches_the_masked_formula(queries: int, offset: int) -> None:
@@ -52,8 +58,7 @@ def test_causal_attention_matches_the_masked_formula(queries: int, offset: int) 
 
 def test_causal_attention_gradcheck_across_tiles() -> None:
     q, k, v = _qkv(fast.CAUSAL_BLOCK + 3, fast.CAUSAL_BLOCK + 5, d=2, batch=(1,))
-    assert torch.autograd.gradcheck(lambda q, k, v: fast.causal_attention(q, k, v, offset=2), (q, k, v),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda q, k, v: fast.causal_attention(q, k, v, offset=2), (q, k, v), fast_mode=True)
 
 
 def test_causal_attention_rejects_a_wrong_offset() -> None:
@@ -91,8 +96,9 @@ def test_cross_entropy_fast_path_matches_the_textbook_form(shape) -> None:
     logits = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
     targets = torch.randint(0, shape[-1], shape[:-1], generator=gen)
     assert torch.autograd.gradcheck(lambda x: fast.cross_entropy(x, targets), (logits,))
-    _assert_same_values_and_grads(fast.cross_entropy(logits, targets), cross_entropy(logits, targets), (logits,),
-                                  rtol=1e-10, atol=1e-12)
+    _assert_same_values_and_grads(
+        fast.cross_entropy(logits, targets), cross_entropy(logits, targets), (logits,), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_cross_entropy_backward_twice_through_a_retained_graph() -> None:
@@ -117,8 +123,13 @@ def _twin_models(dtype: torch.dtype, **changes) -> tuple[TransformerLM, Transfor
 
 @pytest.mark.parametrize(
     ("dtype", "seq_len", "tol"),
-    [(torch.float64, 1, 1e-12), (torch.float64, 65, 1e-12), (torch.float64, 150, 1e-12),
-     (torch.float32, 150, 1e-5), (torch.bfloat16, 33, 0.0)],
+    [
+        (torch.float64, 1, 1e-12),
+        (torch.float64, 65, 1e-12),
+        (torch.float64, 150, 1e-12),
+        (torch.float32, 150, 1e-5),
+        (torch.bfloat16, 33, 0.0),
+    ],
     ids=["f64-one", "f64-two-tiles", "f64-three-tiles", "f32", "bf16-textbook"],
 )
 def test_a_fused_model_matches_the_textbook_model(dtype: torch.dtype, seq_len: int, tol: float) -> None:
@@ -155,8 +166,9 @@ def test_use_fused_kernels_switches_every_layer_both_ways() -> None:
     assert not any(m.fused_kernels for m in switchable)
 
 
-def _naive_adamw(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], lr: float, betas: tuple,
-                 eps: float, wd: float) -> list[torch.Tensor]:
+def _naive_adamw(
+    params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], lr: float, betas: tuple, eps: float, wd: float
+) -> list[torch.Tensor]:
     """The handout's algorithm, one tensor at a time, each with its own step count."""
     params = [p.detach().clone() for p in params]
     state = [None] * len(params)
@@ -180,8 +192,13 @@ def test_multi_tensor_adamw_matches_the_per_tensor_loop_with_uneven_step_counts(
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((3, 4), (5,), (2, 2))]
     # Parameter 1 is frozen at step 2, parameter 2 joins at step 3: three different step counts.
-    grads = [[torch.randn(p.shape, generator=gen, dtype=torch.float64) if (i, s) not in {(1, 1), (2, 0), (2, 1)}
-              else None for i, p in enumerate(params)] for s in range(4)]
+    grads = [
+        [
+            torch.randn(p.shape, generator=gen, dtype=torch.float64) if (i, s) not in {(1, 1), (2, 0), (2, 1)} else None
+            for i, p in enumerate(params)
+        ]
+        for s in range(4)
+    ]
     hyper = dict(lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     live = [torch.nn.Parameter(p.clone()) for p in params]
     opt = AdamW(live, **hyper)
@@ -204,6 +221,9 @@ def test_the_tools_train_and_sample_with_the_fast_kernels() -> None:
     model = default_model_factory(spec, torch.device("cpu"))
     attention = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
     assert len(attention) == 2 and all(m.fused_kernels for m in attention)
-    assert not any(m.fused_kernels for m in Assignment.load().build_model(spec, "cpu").modules()
-                   if isinstance(m, MultiHeadSelfAttention)), "fused kernels are opt-in"
+    assert not any(
+        m.fused_kernels
+        for m in Assignment.load().build_model(spec, "cpu").modules()
+        if isinstance(m, MultiHeadSelfAttention)
+    ), "fused kernels are opt-in"
     assert Assignment.load().fast_cross_entropy is fast.cross_entropy

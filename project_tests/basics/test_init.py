@@ -42,14 +42,22 @@ def _check_like_torch(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 SCHEMES = {
     "xavier_normal": (init.xavier_normal_, torch.nn.init.xavier_normal_),
     "xavier_uniform": (init.xavier_uniform_, torch.nn.init.xavier_uniform_),
-    "kaiming_normal_fan_in": (lambda w: init.kaiming_normal_(w, mode="fan_in"),
-                              lambda w: torch.nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")),
-    "kaiming_normal_fan_out": (lambda w: init.kaiming_normal_(w, mode="fan_out"),
-                               lambda w: torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")),
-    "kaiming_uniform_fan_in": (lambda w: init.kaiming_uniform_(w, mode="fan_in"),
-                               lambda w: torch.nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu")),
-    "kaiming_uniform_fan_out": (lambda w: init.kaiming_uniform_(w, mode="fan_out"),
-                                lambda w: torch.nn.init.kaiming_uniform_(w, mode="fan_out", nonlinearity="relu")),
+    "kaiming_normal_fan_in": (
+        lambda w: init.kaiming_normal_(w, mode="fan_in"),
+        lambda w: torch.nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),
+    ),
+    "kaiming_normal_fan_out": (
+        lambda w: init.kaiming_normal_(w, mode="fan_out"),
+        lambda w: torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+    ),
+    "kaiming_uniform_fan_in": (
+        lambda w: init.kaiming_uniform_(w, mode="fan_in"),
+        lambda w: torch.nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu"),
+    ),
+    "kaiming_uniform_fan_out": (
+        lambda w: init.kaiming_uniform_(w, mode="fan_out"),
+        lambda w: torch.nn.init.kaiming_uniform_(w, mode="fan_out", nonlinearity="relu"),
+    ),
 }
 
 
@@ -76,8 +84,9 @@ def test_kaiming_modes_differ_on_a_non_square_weight() -> None:
         init.kaiming_normal_(torch.empty(3, 4), mode="fan_avg")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("shape", [(50, 200), (200, 50), (64, 64), (16, 4, 3, 3)],
-                         ids=["wide", "tall", "square", "conv"])
+@pytest.mark.parametrize(
+    "shape", [(50, 200), (200, 50), (64, 64), (16, 4, 3, 3)], ids=["wide", "tall", "square", "conv"]
+)
 def test_orthogonal_is_orthogonal(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     w = init.orthogonal_(torch.empty(shape), gain=2.0).reshape(shape[0], -1).double() / 2.0
@@ -109,9 +118,11 @@ def _truncated_normal_moments(mean: float, std: float, a: float, b: float) -> tu
     return mean + std * shift, var
 
 
-@pytest.mark.parametrize(("mean", "std", "a", "b"),
-                         [(0.0, 1.0, -3.0, 3.0), (0.5, 1.0, -1.0, 2.0), (0.0, 0.02, -0.04, 0.01)],
-                         ids=["symmetric_3sigma", "asymmetric", "narrow"])
+@pytest.mark.parametrize(
+    ("mean", "std", "a", "b"),
+    [(0.0, 1.0, -3.0, 3.0), (0.5, 1.0, -1.0, 2.0), (0.0, 0.02, -0.04, 0.01)],
+    ids=["symmetric_3sigma", "asymmetric", "narrow"],
+)
 def test_truncated_normal_bounds_and_moments(mean: float, std: float, a: float, b: float) -> None:
     torch.manual_seed(0)
     n = 1_000_000
@@ -142,8 +153,12 @@ def test_assignment_scheme_is_the_handouts_truncated_normal() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "groups", "expected"),
-    [((30, 20), 1, (20, 30)), ((128, 16, 3, 3), 4, (144, 1152)), ((8, 2, 5), 2, (10, 40)),
-     ((6, 3, 2, 2, 2), 1, (24, 48))],
+    [
+        ((30, 20), 1, (20, 30)),
+        ((128, 16, 3, 3), 4, (144, 1152)),
+        ((8, 2, 5), 2, (10, 40)),
+        ((6, 3, 2, 2, 2), 1, (24, 48)),
+    ],
     ids=["linear", "grouped_conv2d", "grouped_conv1d", "conv3d"],
 )
 def test_fan_in_and_fan_out(shape: tuple[int, ...], groups: int, expected: tuple[int, int]) -> None:
@@ -197,9 +212,13 @@ def test_model_applies_the_scheme_to_every_linear(scheme: str) -> None:
             assert torch.allclose(gram, torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-5), name
         else:
             fan_in, fan_out = w.shape[1], w.shape[0]
-            var = {"assignment": 2 / (fan_in + fan_out) * 0.9733, "xavier_normal": 2 / (fan_in + fan_out),
-                   "xavier_uniform": 2 / (fan_in + fan_out), "kaiming_normal": 2 / fan_in,
-                   "kaiming_uniform": 2 / fan_in}[scheme]
+            var = {
+                "assignment": 2 / (fan_in + fan_out) * 0.9733,
+                "xavier_normal": 2 / (fan_in + fan_out),
+                "xavier_uniform": 2 / (fan_in + fan_out),
+                "kaiming_normal": 2 / fan_in,
+                "kaiming_uniform": 2 / fan_in,
+            }[scheme]
             assert abs(w.var().item() / var - 1) < _variance_bound(w.numel()), (name, w.var().item(), var)
 
 

@@ -39,9 +39,7 @@ def tiny_model() -> TransformerLM:
     return TransformerLM(TINY)
 
 
-@pytest.mark.parametrize(
-    "module", ["functional", "layers", "rope", "attention", "model"], ids=str
-)
+@pytest.mark.parametrize("module", ["functional", "layers", "rope", "attention", "model"], ids=str)
 def test_docstring_examples(module: str) -> None:
     module_object = importlib.import_module(f"cs336_basics.{module}")
     result = doctest.testmod(module_object, optionflags=doctest.NORMALIZE_WHITESPACE)
@@ -219,8 +217,15 @@ def test_config_validation(changes: dict, message: str) -> None:
 
 def test_state_dict_keys_follow_the_interface(tiny_model: TransformerLM) -> None:
     block = [
-        "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.output_proj.weight",
-        "ln1.weight", "ffn.w1.weight", "ffn.w2.weight", "ffn.w3.weight", "ln2.weight",
+        "attn.q_proj.weight",
+        "attn.k_proj.weight",
+        "attn.v_proj.weight",
+        "attn.output_proj.weight",
+        "ln1.weight",
+        "ffn.w1.weight",
+        "ffn.w2.weight",
+        "ffn.w3.weight",
+        "ln2.weight",
     ]
     expected = {"token_embeddings.weight", "ln_final.weight", "lm_head.weight"}
     expected |= {f"layers.{i}.{key}" for i in range(TINY.num_layers) for key in block}

@@ -13,12 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cs336_basics.bpe_trainer as bpe_trainer
-import cs336_lab.parallel_encode as parallel_encode
-import cs336_basics.tokenizer as tokenizer_module
-from cs336_basics import Tokenizer, train_bpe
-from cs336_lab.tokenizer_files import load_tokenizer, read_tokenizer, save_tokenizer
-from cs336_lab.parallel_encode import encode_file
 import cs336_basics.pretokenize as pretokenize_module
+import cs336_basics.tokenizer as tokenizer_module
+import cs336_lab.parallel_encode as parallel_encode
+from cs336_basics import Tokenizer, train_bpe
 from cs336_basics.chunking import find_chunk_boundaries
 from cs336_basics.pretokenize import (
     GPT2_REGEX,
@@ -27,6 +25,8 @@ from cs336_basics.pretokenize import (
     pretokenize,
     pretokens,
 )
+from cs336_lab.parallel_encode import encode_file
+from cs336_lab.tokenizer_files import load_tokenizer, read_tokenizer, save_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 GPT2_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gpt2"
@@ -120,7 +120,9 @@ def test_fast_pretokens_equal_the_regex(monkeypatch: pytest.MonkeyPatch, pieces:
     monkeypatch.setattr(pretokenize_module, "_BLOCK_CHARS", block)
     text = "".join(pieces)
     assert pretokens(text) == GPT2_REGEX.findall(text)
-    assert pretokens(text.encode("ascii", "ignore").decode()) == GPT2_REGEX.findall(text.encode("ascii", "ignore").decode())
+    assert pretokens(text.encode("ascii", "ignore").decode()) == GPT2_REGEX.findall(
+        text.encode("ascii", "ignore").decode()
+    )
 
 
 @_SETTINGS
@@ -336,8 +338,13 @@ def test_encode_file_memory_does_not_grow_with_the_corpus(tmp_path: Path) -> Non
     for mb in (20, 60):
         text = tmp_path / f"in{mb}.txt"
         text.write_text(("the cat sat on a mat. " * 45 + "\n<|endoftext|>\n") * (mb * 1_000_000 // 1004))
-        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(text), str(tmp_path / f"ids{mb}.npy")],
-                             capture_output=True, text=True, timeout=300, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(text), str(tmp_path / f"ids{mb}.npy")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         count, peaks[mb] = map(int, out.stdout.split())
         assert count == len(np.load(tmp_path / f"ids{mb}.npy", mmap_mode="r")) > mb * 900_000
         text.unlink()

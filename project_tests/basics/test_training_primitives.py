@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import random
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from cs336_basics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cs336_basics.data import get_batch, iterate_batches, load_tokens, resolve_device
 from cs336_basics.loss import cross_entropy, perplexity
-from cs336_basics.optimizer import AdamW, gradient_clipping, get_lr_cosine_schedule
+from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule, gradient_clipping
 from oracle import training as oracle
 
 # ============================================================================ AdamW: the tolerance proof
@@ -30,8 +29,9 @@ from oracle import training as oracle
 class _HandoutAdam(torch.optim.Optimizer):
     """Per-parameter state as the handout writes it; subclasses override `update` to be right or wrong."""
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01) -> None:  # fmt: skip
+    def __init__(
+        self, params: Any, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.global_step = 0
 
@@ -316,8 +316,11 @@ def test_get_batch_allocates_only_the_batch(tmp_path: Path) -> None:
     assert peak < 2 * 2**20, f"numpy allocated {peak / 2**20:.1f} MB for a 64 x 129 batch"
 
 
-@pytest.mark.parametrize(("n", "batch_size", "context_length"), [(101, 3, 10), (100, 4, 10), (12, 5, 11), (7, 1, 2)],
-                         ids=["exact-windows", "tail", "single-window", "batch-of-one"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "batch_size", "context_length"),
+    [(101, 3, 10), (100, 4, 10), (12, 5, 11), (7, 1, 2)],
+    ids=["exact-windows", "tail", "single-window", "batch-of-one"],
+)
 def test_iterate_batches_covers_every_target_once(n: int, batch_size: int, context_length: int) -> None:
     dataset = np.arange(n, dtype=np.uint16)
     batches = list(iterate_batches(dataset, batch_size, context_length, "cpu"))
@@ -416,9 +419,12 @@ def test_checkpoint_bad_files_raise_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
     torch.save(torch.ones(3), tmp_path / "tensor.pt")
-    for name, message in [("truncated", "not a readable checkpoint"), ("random", "not a readable checkpoint"),
-                          ("foreign", "keys 'model' and 'iteration', got keys \\['weights'\\]"),
-                          ("tensor", "expected a dict payload, got Tensor")]:  # fmt: skip
+    for name, message in [
+        ("truncated", "not a readable checkpoint"),
+        ("random", "not a readable checkpoint"),
+        ("foreign", "keys 'model' and 'iteration', got keys \\['weights'\\]"),
+        ("tensor", "expected a dict payload, got Tensor"),
+    ]:
         with pytest.raises(ValueError, match=message):
             load_checkpoint(tmp_path / f"{name}.pt", model, optimizer)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
@@ -452,8 +458,7 @@ def test_checkpoint_compiled_prefixes(tmp_path: Path) -> None:
     assert list(read_checkpoint(tmp_path / "a.pt")["model"]) == list(model.state_dict()), "saved unprefixed"
 
     # A plain course-style checkpoint written from a compiled model, loaded into an uncompiled one.
-    torch.save({"model": wrapped.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 9},
-               tmp_path / "b.pt")  # fmt: skip
+    torch.save({"model": wrapped.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 9}, tmp_path / "b.pt")
     fresh, fresh_optimizer = _model_and_optimizer(seed=1)
     assert load_checkpoint(tmp_path / "b.pt", fresh, fresh_optimizer) == 9
     for key, value in model.state_dict().items():

@@ -119,7 +119,10 @@ def test_model_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     """The real LM benchmark in quick mode, as `make bench` runs it (a subprocess: argv, imports, files)."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "model", "--threads", "1", "--out-dir", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())

@@ -81,14 +81,16 @@ def test_scale_jobs_agree_on_a_small_corpus(tmp_path: Path) -> None:
 
 
 def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, monkeypatch, capsys) -> None:
-    (tmp_path / "fake_scale.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "fake_scale.py").write_text(
+        textwrap.dedent(
+            """
         from bench.common import make_row
 
         def run(quick=False, sizes_mb=None, encode_max_mb=None):
             return [make_row("scaled", "peer", 1.0, 1.0, "s", notes=f"sizes={sizes_mb} encode={encode_max_mb}")]
         """
-    ))
+        )
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(bench_main, "BENCHMARKS", {})
     monkeypatch.setattr(bench_main, "SCALE_BENCHMARKS", {"scale": "fake_scale"})
@@ -97,8 +99,22 @@ def test_scale_flag_runs_the_scale_benchmarks_with_their_sizes(tmp_path: Path, m
     assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--out-dir", str(out), "--docs-dir", str(out)]) == 0
     rows = json.loads((out / "latest.json").read_text())["rows"]
     assert [r["notes"] for r in rows] == ["sizes=[1.0, 2.5] encode=None"]
-    assert bench_main.main(["--scale", "--scale-mb", "1,2.5", "--scale-encode-max-mb", "1", "--out-dir", str(out),
-                            "--docs-dir", str(out)]) == 0
+    assert (
+        bench_main.main(
+            [
+                "--scale",
+                "--scale-mb",
+                "1,2.5",
+                "--scale-encode-max-mb",
+                "1",
+                "--out-dir",
+                str(out),
+                "--docs-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     notes = [r["notes"] for r in json.loads((out / "latest.json").read_text())["rows"]]
     assert notes == ["sizes=[1.0, 2.5] encode=1.0"]
     assert bench_main.main(["--out-dir", str(out), "--docs-dir", str(out)]) == 0  # without --scale: nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import os
 import subprocess
 import sys
@@ -9,13 +10,17 @@ from pathlib import Path
 
 import pytest
 
-import doctest
-
 import cs336_common.atomic
 from cs336_common.atomic import (
-    atomic_open, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text, commit, sweep_temp_files,
+    atomic_open,
+    atomic_save_figure,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    commit,
+    sweep_temp_files,
     temp_path,
-)  # fmt: skip
+)
 
 
 def test_write_text_and_bytes_create_parents_and_replace(tmp_path: Path) -> None:
@@ -55,12 +60,13 @@ def test_rejects_read_modes(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.name != "posix", reason="pid liveness is checked with POSIX signals")
 def test_sweep_removes_only_the_temporary_files_of_dead_writers(tmp_path: Path) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(gone.stdout)  # that process has exited (a reused pid would only make us keep the file)
     dead = tmp_path / f".ckpt.pt.{dead_pid}.0123abcd.tmp"
-    mine = temp_path(tmp_path / "ckpt.pt")            # this live process is writing it
-    other = tmp_path / ".notes.txt.tmp"               # hidden and .tmp, but not one of ours: not touched
+    mine = temp_path(tmp_path / "ckpt.pt")  # this live process is writing it
+    other = tmp_path / ".notes.txt.tmp"  # hidden and .tmp, but not one of ours: not touched
     keep = tmp_path / "ckpt.pt"
     for path in (dead, mine, other, keep):
         path.write_bytes(b"x")

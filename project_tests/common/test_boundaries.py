@@ -26,10 +26,12 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("cs336_common", {"cs336_basics", "cs336_lab", "cs336_grading", "tests", "oracle", "bench"}),
-     ("cs336_basics", {"cs336_common"})],
+    [
+        ("cs336_common", {"cs336_basics", "cs336_lab", "cs336_grading", "tests", "oracle", "bench"}),
+        ("cs336_basics", {"cs336_common"}),
+    ],
     ids=["common-imports-no-wing", "basics-stands-alone"],
-)  # fmt: skip
+)
 def test_import_boundaries(package: str, forbidden: set[str]) -> None:
     offenders = {f: sorted(names & forbidden) for f, names in imported_packages(package).items() if names & forbidden}
     assert offenders == {}, f"expected no import of {sorted(forbidden)} in {package}/, found {offenders}"

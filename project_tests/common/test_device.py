@@ -18,10 +18,15 @@ def test_docstring_examples() -> None:
 
 @pytest.mark.parametrize(
     ("cuda", "mps", "distributed", "expected"),
-    [(True, True, False, "cuda:0"), (False, True, False, "mps"), (False, True, True, "cpu"), (False, False, False, "cpu"),
-     (True, False, True, "cuda:1")],
+    [
+        (True, True, False, "cuda:0"),
+        (False, True, False, "mps"),
+        (False, True, True, "cpu"),
+        (False, False, False, "cpu"),
+        (True, False, True, "cuda:1"),
+    ],
     ids=["cuda-first", "mps-next", "no-mps-under-torchrun", "cpu-last", "rank-owns-its-gpu"],
-)  # fmt: skip
+)
 def test_auto(monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, distributed: bool, expected: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
@@ -32,12 +37,14 @@ def test_auto(monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, distribute
 
 @pytest.mark.parametrize(
     ("device", "distributed", "message"),
-    [("tpu:0", False, "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu:0'"),
-     ("cuda", False, "device 'cuda' requested but CUDA is not available"),
-     ("mps", False, "device 'mps' requested but MPS is not available"),
-     ("mps", True, r"supports 'cuda' \(NCCL\) or 'cpu' \(gloo\), got 'mps'")],
+    [
+        ("tpu:0", False, "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu:0'"),
+        ("cuda", False, "device 'cuda' requested but CUDA is not available"),
+        ("mps", False, "device 'mps' requested but MPS is not available"),
+        ("mps", True, r"supports 'cuda' \(NCCL\) or 'cpu' \(gloo\), got 'mps'"),
+    ],
     ids=["unknown", "no-cuda", "no-mps", "mps-under-torchrun"],
-)  # fmt: skip
+)
 def test_refusals(monkeypatch: pytest.MonkeyPatch, device: str, distributed: bool, message: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

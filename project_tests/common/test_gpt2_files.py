@@ -12,9 +12,18 @@ from hypothesis import strategies as st
 
 import cs336_common.gpt2_files
 from cs336_common.gpt2_files import (
-    bytes_to_unicode, check_byte_level_bpe, merges_to_text, parse_merges, parse_vocab, read_merges, read_vocab,
-    text_to_token, token_to_text, unicode_to_bytes, vocab_to_json,
-)  # fmt: skip
+    bytes_to_unicode,
+    check_byte_level_bpe,
+    merges_to_text,
+    parse_merges,
+    parse_vocab,
+    read_merges,
+    read_vocab,
+    text_to_token,
+    token_to_text,
+    unicode_to_bytes,
+    vocab_to_json,
+)
 
 
 def published_gpt2_table() -> dict[int, str]:
@@ -48,9 +57,14 @@ tokens = st.binary(min_size=1, max_size=12)
 
 
 @settings(max_examples=60, deadline=None)
-@given(vocab_tokens=st.lists(tokens, max_size=20, unique=True), merges=st.lists(st.tuples(tokens, tokens), max_size=20),
-       specials=st.lists(st.text(min_size=1, max_size=8), max_size=3))  # fmt: skip
-def test_vocab_and_merges_round_trip(vocab_tokens: list[bytes], merges: list[tuple[bytes, bytes]], specials: list[str]) -> None:
+@given(
+    vocab_tokens=st.lists(tokens, max_size=20, unique=True),
+    merges=st.lists(st.tuples(tokens, tokens), max_size=20),
+    specials=st.lists(st.text(min_size=1, max_size=8), max_size=3),
+)
+def test_vocab_and_merges_round_trip(
+    vocab_tokens: list[bytes], merges: list[tuple[bytes, bytes]], specials: list[str]
+) -> None:
     vocab = {3 * i + 1: token for i, token in enumerate(vocab_tokens)}  # ids need not be dense
     assert parse_vocab(vocab_to_json(vocab, specials)) == (vocab, specials)
     assert parse_merges(merges_to_text(merges)) == merges

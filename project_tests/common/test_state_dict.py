@@ -32,13 +32,18 @@ def test_a_compiled_models_state_dict_loads_into_the_plain_model() -> None:
     assert unwrap_model(compiled) is model and unwrap_model(model) is model
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module."])
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module."]
+)
 def test_both_prefixes_in_any_nesting(prefix: str) -> None:
     state = {f"{prefix}{name}": value for name, value in tiny().state_dict().items()}
     assert list(strip_wrapper_prefixes(state)) == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
 def test_only_leading_prefixes_and_no_silent_collisions() -> None:
-    assert list(strip_wrapper_prefixes({"blocks.module.weight": 0, "x._orig_mod.y": 1})) == ["blocks.module.weight", "x._orig_mod.y"]
+    assert list(strip_wrapper_prefixes({"blocks.module.weight": 0, "x._orig_mod.y": 1})) == [
+        "blocks.module.weight",
+        "x._orig_mod.y",
+    ]
     with pytest.raises(ValueError, match="'lm_head.weight' twice"):
         strip_wrapper_prefixes({"lm_head.weight": 0, "module.lm_head.weight": 1})

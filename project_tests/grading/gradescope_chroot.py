@@ -39,11 +39,26 @@ def base_system(image: str, cache: Path) -> Path:
     if not (root / "usr" / "bin" / "apt-get").exists():
         shutil.rmtree(root, ignore_errors=True)
         cache.mkdir(parents=True, exist_ok=True)
-        script = [] if Path(f"/usr/share/debootstrap/scripts/{suite}").exists() else ["/usr/share/debootstrap/scripts/gutsy"]
+        script = (
+            [] if Path(f"/usr/share/debootstrap/scripts/{suite}").exists() else ["/usr/share/debootstrap/scripts/gutsy"]
+        )
         # NOTE: no Ubuntu keyring on a Debian host: Ubuntu's Release files are not signature-checked here.
         unchecked = ["--no-check-gpg"] if "ubuntu" in mirror else []
-        subprocess.run(["debootstrap", "--variant=minbase", f"--components={components}", *unchecked, suite,
-                        str(root), mirror, *script], check=True, capture_output=True, timeout=1800)  # fmt: skip
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--components={components}",
+                *unchecked,
+                suite,
+                str(root),
+                mirror,
+                *script,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=1800,
+        )
         # Gradescope's images also carry the -updates suite.
         (root / "etc/apt/sources.list").write_text(
             f"deb {mirror} {suite} {components.replace(',', ' ')}\ndeb {mirror} {suite}-updates {components.replace(',', ' ')}\n"
@@ -65,10 +80,18 @@ class Chroot:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(base), str(self.root)], check=True)
         shutil.copyfile("/etc/resolv.conf", self.root / "etc/resolv.conf")
-        self.env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        self.env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+        }
         if all(Path(p).is_dir() for p in LOCAL_MIRRORS):  # as this machine's pip: PyPI, plus the local mirror
-            self.env |= {"PIP_FIND_LINKS": "/opt/wheels", "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple file:///opt/pypi-more/simple",
-                         "CS336_TORCH_INDEX": "", "PIP_DEFAULT_TIMEOUT": "60"}  # fmt: skip
+            self.env |= {
+                "PIP_FIND_LINKS": "/opt/wheels",
+                "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple file:///opt/pypi-more/simple",
+                "CS336_TORCH_INDEX": "",
+                "PIP_DEFAULT_TIMEOUT": "60",
+            }
         if Path(HOST_CA).is_file():  # this machine's CA bundle (a registry proxy may need it)
             shutil.copyfile(HOST_CA, self.root / "etc/cs336-host-ca.crt")
             self.env["PIP_CERT"] = "/etc/cs336-host-ca.crt"
@@ -93,8 +116,13 @@ class Chroot:
 
     def run(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """`bash -c command` as root inside the root filesystem (what Gradescope's container runs)."""
-        return subprocess.run(["chroot", str(self.root), "/bin/bash", "-c", command], env=self.env, text=True,
-                              capture_output=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            ["chroot", str(self.root), "/bin/bash", "-c", command],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def install(self, archive: Path, timeout: float = 1500) -> float:
         """Unzip the autograder into /autograder/source and run its setup.sh; returns the seconds it took."""

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A correct student whose SiLU and softmax return float32 for bf16 input (no dtype is stated: advisory only),
 # or, with WRONG set, a SiLU that forgets the x (a real failure).
-_VARIANT = '''
+_VARIANT = """
 import os
 import torch
 import tests.adapters as adapters
@@ -32,7 +32,7 @@ def run_softmax(x, dim):
     return torch.softmax(x.float(), dim)
 
 adapters.run_silu, adapters.run_softmax = run_silu, run_softmax
-'''
+"""
 
 
 def _pytest(tmp_path: Path, *, wrong: bool, graded: bool = False) -> subprocess.CompletedProcess[str]:
@@ -44,8 +44,20 @@ def _pytest(tmp_path: Path, *, wrong: bool, graded: bool = False) -> subprocess.
     plugins = ["-p", "cs336_grading.pytest_run.plugin"] if graded else []
     if graded:
         env["CS336_GRADER_REPORT"] = str(tmp_path / "events.jsonl")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "-p", "float32_variant",
-               "tests/test_functional.py", "-k", "silu or bf16_in_bf16_out"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *plugins,
+        "-p",
+        "float32_variant",
+        "tests/test_functional.py",
+        "-k",
+        "silu or bf16_in_bf16_out",
+    ]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -23,12 +23,14 @@ def _package(tmp_path: Path, source: str) -> tuple[Path, Path]:
 
 FORBIDDEN = {
     "assigned-alias": ("import torch\nF = torch.nn.functional\ndef f(x):\n    return F.softmax(x, -1)\n", "softmax"),
-    "alias-of-alias": ("import torch\nnn = torch.nn\nG = nn.functional\ndef f(x):\n    return G.silu(x)\n",
-                       "positionwise_feedforward"),
+    "alias-of-alias": (
+        "import torch\nnn = torch.nn\nG = nn.functional\ndef f(x):\n    return G.silu(x)\n",
+        "positionwise_feedforward",
+    ),
     "sparse-softmax": ("import torch\ndef f(x):\n    return torch.sparse.softmax(x, 0)\n", "softmax"),
     "embedding_bag": ("import torch\ndef f(w, i):\n    return torch.embedding_bag(w, i, i)\n", "embedding"),
     "masked-softmax": ("import torch\ndef f(x, m):\n    return torch._masked_softmax(x, m, 0, None)\n", "softmax"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(FORBIDDEN))
@@ -43,7 +45,7 @@ REVIEWED = {
     "dict-of-module": "import torch, sys\nm = sys.__dict__['mod' + 'ules']\n",
     "computed-getattr": "import torch\nname = '_re' + 'fs'\nr = getattr(torch, name)\n",
     "globals": "import torch\ng = globals()['__builtins__']\n",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(REVIEWED))
@@ -56,7 +58,7 @@ HONEST = {
     "pickling": "import torch\nclass T:\n    def __getstate__(self):\n        return dict(self.__dict__)\n",
     "constant-getattr": "import torch\ndef ctx(model):\n    return getattr(model, 'config', None)\n",
     "plain-maths": "import torch\nexp = torch.exp\ndef softmax(x):\n    e = exp(x - x.amax(-1, keepdim=True))\n    return e / e.sum(-1, keepdim=True)\n",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(HONEST))

@@ -25,11 +25,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Gradescope's results.json (https://gradescope-autograders.readthedocs.io/en/latest/specs/): every key we
 # may write, with its type. `score` is required unless every test has one.
-TOP_KEYS = {"score": (int, float), "execution_time": (int, float), "output": str, "output_format": str,
-            "test_output_format": str, "test_name_format": str, "visibility": str, "stdout_visibility": str,
-            "extra_data": dict, "tests": list, "leaderboard": list}  # fmt: skip
-TEST_KEYS = {"score": (int, float), "max_score": (int, float), "status": str, "name": str, "name_format": str,
-             "number": str, "output": str, "output_format": str, "tags": list, "visibility": str, "extra_data": dict}  # fmt: skip
+TOP_KEYS = {
+    "score": (int, float),
+    "execution_time": (int, float),
+    "output": str,
+    "output_format": str,
+    "test_output_format": str,
+    "test_name_format": str,
+    "visibility": str,
+    "stdout_visibility": str,
+    "extra_data": dict,
+    "tests": list,
+    "leaderboard": list,
+}
+TEST_KEYS = {
+    "score": (int, float),
+    "max_score": (int, float),
+    "status": str,
+    "name": str,
+    "name_format": str,
+    "number": str,
+    "output": str,
+    "output_format": str,
+    "tags": list,
+    "visibility": str,
+    "extra_data": dict,
+}
 VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}
 
 
@@ -42,7 +63,9 @@ def check_gradescope_results(results: dict[str, Any]) -> None:
         assert set(test) <= set(TEST_KEYS), set(test) - set(TEST_KEYS)
         for key, value in test.items():
             assert isinstance(value, TEST_KEYS[key]) and not isinstance(value, bool), (key, value)
-        assert test.get("status", "passed") in {"passed", "failed"} and test.get("visibility", "visible") in VISIBILITIES
+        assert (
+            test.get("status", "passed") in {"passed", "failed"} and test.get("visibility", "visible") in VISIBILITIES
+        )
         assert 0 <= test["score"] <= test["max_score"]
     for entry in results.get("leaderboard", []):
         assert set(entry) <= {"name", "value", "order"} and isinstance(entry["name"], str)
@@ -66,8 +89,14 @@ def test_the_zip_holds_scripts_settings_and_the_pristine_harness(tmp_path: Path)
         settings = json.loads(zf.read("autograder.json"))
         setup = zf.read("setup.sh").decode()
         harness_adapters = zf.read("cs336_grading/harness/adapters.py")
-    assert {"setup.sh", "run_autograder", "requirements.txt", "cs336_grading/grader/grade.py",
-            "cs336_grading/harness/conftest.py", "cs336_common/atomic.py"} <= names  # fmt: skip
+    assert {
+        "setup.sh",
+        "run_autograder",
+        "requirements.txt",
+        "cs336_grading/grader/grade.py",
+        "cs336_grading/harness/conftest.py",
+        "cs336_common/atomic.py",
+    } <= names
     assert modes["setup.sh"] & 0o111 and modes["run_autograder"] & 0o111
     assert settings == {"total_timeout": 540.0, "problems": ["softmax"]}
     assert "-r requirements.txt" in setup and "download.pytorch.org/whl/cpu" in setup
@@ -106,8 +135,9 @@ def run_in_simulated_gradescope(archive: Path, root: Path, upload: Path, *, as_z
         shutil.copytree(upload, root / "submission", dirs_exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"CS336_AUTOGRADER_ROOT": str(root), "CS336_AUTOGRADER_PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((root / "results" / "results.json").read_text())
     check_gradescope_results(results)
@@ -127,8 +157,11 @@ def test_simulated_gradescope_runs(tmp_path: Path) -> None:
 
     (tmp_path / "staff").mkdir()
     rules = make_config(tmp_path / "staff")  # byte tokenizer, context 16, <= 60k parameters
-    archive = build_autograder(tmp_path / "autograder.zip", leaderboard=tmp_path / "staff" / "leaderboard.toml",
-                               settings={"problems": ["softmax"], "jobs": 2})  # fmt: skip
+    archive = build_autograder(
+        tmp_path / "autograder.zip",
+        leaderboard=tmp_path / "staff" / "leaderboard.toml",
+        settings={"problems": ["softmax"], "jobs": 2},
+    )
 
     loose = reference_submission(make_submission(tmp_path / "alice"))  # code + leaderboard/ entry
     results = run_in_simulated_gradescope(archive, tmp_path / "root-loose", loose)
@@ -145,7 +178,9 @@ def test_simulated_gradescope_runs(tmp_path: Path) -> None:
     assert results["score"] == 1.0 and "leaderboard" not in results and "not entered" in results["output"]
 
     broken = reference_submission(make_submission(tmp_path / "carol", top="hw1"), top="hw1")
-    (broken / "hw1" / "tests" / "adapters.py").write_text("def run_softmax(in_features, dim):\n    return in_features\n")
+    (broken / "hw1" / "tests" / "adapters.py").write_text(
+        "def run_softmax(in_features, dim):\n    return in_features\n"
+    )
     (broken / "hw1" / "leaderboard" / "config.json").write_text(json.dumps({"num_heads": 3}))
     results = run_in_simulated_gradescope(archive, tmp_path / "root-broken", broken)
     assert results["score"] == 0.0 and "leaderboard" not in results

@@ -20,7 +20,9 @@ from cs336_lab import cli
 
 def test_setup_installs_a_python_of_at_least_3_11() -> None:
     script = setup_sh("ubuntu-24.04", "https://download.pytorch.org/whl/cpu")
-    assert "PYTHON=python3\n" in script and "sys.version_info < (3, 11)" in script and "Base image: ubuntu-24.04" in script
+    assert (
+        "PYTHON=python3\n" in script and "sys.version_info < (3, 11)" in script and "Base image: ubuntu-24.04" in script
+    )
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -60,10 +59,20 @@ def fake_runner(scores: dict[str, float], calls: list[str], fail: set[str] = fro
         if entry.student in fail:
             raise RuntimeError("the grader blew up")
         total = scores[entry.student]
-        tests = [{"name": "linear", "score": min(total, 1.0), "max_score": 1}, {"name": "softmax", "score": max(0.0, total - 1), "max_score": 1}]
+        tests = [
+            {"name": "linear", "score": min(total, 1.0), "max_score": 1},
+            {"name": "softmax", "score": max(0.0, total - 1), "max_score": 1},
+        ]
         atomic_write_json(out / batch.RESULTS, {"score": total, "tests": tests})
-        state = {"student": entry.student, "source": str(entry.source), "fingerprint": digest, "status": "graded",
-                 "flags": ["timeout"] if total == 0 else [], "seconds": 1.5, "score": total}
+        state = {
+            "student": entry.student,
+            "source": str(entry.source),
+            "fingerprint": digest,
+            "status": "graded",
+            "flags": ["timeout"] if total == 0 else [],
+            "seconds": 1.5,
+            "score": total,
+        }
         atomic_write_json(out / batch.STATE, state)
         return state
 
@@ -116,8 +125,16 @@ def test_one_failing_submission_never_stops_the_batch(class_dir: Path, tmp_path:
     rows = {r["student"]: r for r in read_csv(out / batch.SUMMARY)}
     assert rows["bob"]["status"] == "failed" and rows["bob"]["total"] == "" and rows["bob"]["flags"] == "grading-failed"
     assert "the grader blew up" in json.loads((out / "bob" / batch.STATE).read_text())["error"]
-    assert rows["dave"] == {"student": "dave", "linear": "1.0", "softmax": "0.5", "total": "1.5", "seconds": "1.5",
-                            "needs_review": "", "flags": "", "status": "graded"}  # fmt: skip
+    assert rows["dave"] == {
+        "student": "dave",
+        "linear": "1.0",
+        "softmax": "0.5",
+        "total": "1.5",
+        "seconds": "1.5",
+        "needs_review": "",
+        "flags": "",
+        "status": "graded",
+    }
     assert rows["carol"]["flags"] == "timeout"
     calls.clear()
     grade_batch(discover([class_dir]), out, {}, jobs=2, runner=fake_runner(scores, calls))
@@ -143,11 +160,19 @@ ADAPTER_OVERRIDES = {
 }
 # student -> (softmax, cross_entropy, total); flags checked where any grader must raise them
 EXPECTED = {
-    "reference": ("1.0", "2.0", "3.0"), "reference_zip": ("1.0", "2.0", "3.0"), "handout": ("0.0", "0.0", "0.0"),
-    "handout_zip": ("0.0", "0.0", "0.0"), "broken_import": ("0.0", "0.0", "0.0"),
-    "wrong_softmax": ("0.0", "2.0", "2.0"), "wrong_cross_entropy": ("1.0", "0.0", "1.0"),
-    "hanging": ("0.0", "2.0", "2.0"), "crashing": ("0.0", "2.0", "2.0"), "skipping": ("0.0", "2.0", "2.0"),
-    "tampering": ("0.0", "2.0", "2.0"), "no_adapters": ("", "", "0.0"), "not_a_zip": ("", "", "0.0"),
+    "reference": ("1.0", "2.0", "3.0"),
+    "reference_zip": ("1.0", "2.0", "3.0"),
+    "handout": ("0.0", "0.0", "0.0"),
+    "handout_zip": ("0.0", "0.0", "0.0"),
+    "broken_import": ("0.0", "0.0", "0.0"),
+    "wrong_softmax": ("0.0", "2.0", "2.0"),
+    "wrong_cross_entropy": ("1.0", "0.0", "1.0"),
+    "hanging": ("0.0", "2.0", "2.0"),
+    "crashing": ("0.0", "2.0", "2.0"),
+    "skipping": ("0.0", "2.0", "2.0"),
+    "tampering": ("0.0", "2.0", "2.0"),
+    "no_adapters": ("", "", "0.0"),
+    "not_a_zip": ("", "", "0.0"),
 }
 
 
@@ -175,7 +200,11 @@ def make_class(root: Path, tmp: Path) -> None:
 
 def finished(out: Path) -> dict[str, float]:
     states = {p.parent.name: batch.read_state(p.parent) for p in out.glob(f"*/{batch.STATE}")}
-    return {name: (out / name / batch.STATE).stat().st_mtime for name, s in states.items() if s and s["status"] in batch.FINISHED}
+    return {
+        name: (out / name / batch.STATE).stat().st_mtime
+        for name, s in states.items()
+        if s and s["status"] in batch.FINISHED
+    }
 
 
 @pytest.mark.slow
@@ -183,8 +212,23 @@ def test_a_class_of_13_graded_interrupted_and_resumed(tmp_path: Path) -> None:
     root, out = tmp_path / "class", tmp_path / "grades"
     root.mkdir()
     make_class(root, tmp_path)
-    command = [sys.executable, "-m", "cs336_lab.cli", "grade", str(root), "--out-dir", str(out), "--jobs", "2",
-               "--problems", PROBLEMS, "--timeout", "10", "--harness", str(REPO / "tests")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "cs336_lab.cli",
+        "grade",
+        str(root),
+        "--out-dir",
+        str(out),
+        "--jobs",
+        "2",
+        "--problems",
+        PROBLEMS,
+        "--timeout",
+        "10",
+        "--harness",
+        str(REPO / "tests"),
+    ]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while len(finished(out)) < 3 and first.poll() is None and time.monotonic() < deadline:

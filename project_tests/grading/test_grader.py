@@ -405,6 +405,7 @@ def test_the_students_package_shadows_the_reference(tmp_path: Path) -> None:
 def test_the_reference_scores_full_marks(tmp_path: Path) -> None:
     result = grade(REPO, timeout=300.0)
     assert result.score == pytest.approx(result.max_score), result.format_table()
+
     # Every test passes, the advisory ones (0 points, reported as "advisory") included.
     def passed(o: object) -> bool:
         return o.status in ("passed", "skipped") or (o.status == "advisory" and o.message.startswith("passed"))
@@ -451,8 +452,11 @@ def test_every_graded_test_has_a_committed_time_budget() -> None:
 
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "tests"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     graded = {line.strip() for line in out.splitlines() if "::" in line and problem_of(line.strip())}
     missing = sorted(graded - set(timings.reference_seconds()))
     assert not missing, f"no committed timing for {len(missing)} graded tests (run `make timings`): {missing[:5]}"
@@ -500,10 +504,12 @@ def test_the_static_audit_finds_nothing_in_the_reference() -> None:
 def test_the_static_audit_names_forbidden_uses_and_spares_allowed_ones(tmp_path: Path) -> None:
     from cs336_grading.grader import audit
 
-    package = write_tree(tmp_path, {
-        "cs336_basics/__init__.py": "",
-        "cs336_basics/ok.py": textwrap.dedent(
-            """
+    package = write_tree(
+        tmp_path,
+        {
+            "cs336_basics/__init__.py": "",
+            "cs336_basics/ok.py": textwrap.dedent(
+                """
             import torch
             import torch.nn as nn
             from torch import einsum
@@ -519,9 +525,9 @@ def test_the_static_audit_names_forbidden_uses_and_spares_allowed_ones(tmp_path:
             def softmax(x, dim):                      # the student's own softmax, called by name
                 return x.exp() / x.exp().sum(dim, keepdim=True)
             """
-        ),
-        "cs336_basics/bad.py": textwrap.dedent(
-            """
+            ),
+            "cs336_basics/bad.py": textwrap.dedent(
+                """
             import torch
             from torch.nn.functional import scaled_dot_product_attention
             from torch import nn
@@ -532,12 +538,18 @@ def test_the_static_audit_names_forbidden_uses_and_spares_allowed_ones(tmp_path:
             opt = torch.optim.AdamW
             clip = torch.nn.utils.clip_grad_norm_
             """
-        ),
-        "tests/adapters.py": "import torch\ndef run_softmax(x, dim):\n    return torch.softmax(x, dim)\n",
-    })  # fmt: skip
+            ),
+            "tests/adapters.py": "import torch\ndef run_softmax(x, dim):\n    return torch.softmax(x, dim)\n",
+        },
+    )
     findings = audit.scan(package / "cs336_basics", package / "tests" / "adapters.py")
     assert {problem for problem, _ in findings} == {
-        "scaled_dot_product_attention", "linear", "embedding", "adamw", "gradient_clipping", "softmax"
-    }, findings  # fmt: skip
+        "scaled_dot_product_attention",
+        "linear",
+        "embedding",
+        "adamw",
+        "gradient_clipping",
+        "softmax",
+    }, findings
     assert all("ok.py" not in line for _, line in findings)
     assert ("linear", "uses torch.nn.functional.linear, cs336_basics/bad.py:7") in findings

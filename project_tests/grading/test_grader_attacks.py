@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from project_tests.grading.test_grader import FAKE_TESTS, GOOD_PACKAGE, REPO, grade_fake, problem_scores, statuses, write_tree
+from project_tests.grading.test_grader import (
+    FAKE_TESTS,
+    GOOD_PACKAGE,
+    REPO,
+    grade_fake,
+    problem_scores,
+    statuses,
+    write_tree,
+)
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the filesystem and network walls need root")
 ANSWERS = {"1": 2, "2": 4, "3": 6}
@@ -69,7 +77,9 @@ def attack(tmp_path: Path, harness: Path, *, package: str = GOOD_PACKAGE, adapte
 
 def _gamed_linear(body: str, imports: str = "") -> str:
     """A package whose `double` runs `body` (the attack) and then answers wrongly unless the attack worked."""
-    return imports + GOOD_PACKAGE.replace("def double(x):\n    return 2 * x", f"def double(x):\n{textwrap.indent(body, '    ')}")
+    return imports + GOOD_PACKAGE.replace(
+        "def double(x):\n    return 2 * x", f"def double(x):\n{textwrap.indent(body, '    ')}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- forgery
@@ -279,7 +289,7 @@ def _reference_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
     student = tmp_path / "student"
     shutil.copytree(REPO / "cs336_basics", student / "cs336_basics", ignore=shutil.ignore_patterns("__pycache__"))
     adapters = (REPO / "tests" / "adapters.py").read_text()
-    for name, body in replacements.items():
+    for body in replacements.values():
         adapters += f"\n\n{body}\n"  # a later definition of the same name wins
     (student / "tests").mkdir()
     (student / "tests" / "adapters.py").write_text(adapters)
@@ -290,11 +300,14 @@ def _reference_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
 def test_builtins_score_zero_with_evidence_and_warn_only_warns(tmp_path: Path) -> None:
     from cs336_grading.grader.grade import grade
 
-    student = _reference_with(tmp_path, {
-        "run_softmax": "def run_softmax(in_features, dim):\n    import torch.nn.functional as F\n    return F.softmax(in_features, dim=dim)",
-        "run_linear": "def run_linear(d_in, d_out, weights, in_features):\n    return in_features.matmul(weights.T)",
-        "get_adamw_cls": "def get_adamw_cls():\n    import torch\n    return torch.optim.AdamW",
-    })  # fmt: skip
+    student = _reference_with(
+        tmp_path,
+        {
+            "run_softmax": "def run_softmax(in_features, dim):\n    import torch.nn.functional as F\n    return F.softmax(in_features, dim=dim)",
+            "run_linear": "def run_linear(d_in, d_out, weights, in_features):\n    return in_features.matmul(weights.T)",
+            "get_adamw_cls": "def get_adamw_cls():\n    import torch\n    return torch.optim.AdamW",
+        },
+    )
     problems = ["softmax", "linear", "adamw"]
     zero = grade(student, problems=problems, jobs=2)
     scores = problem_scores(zero)
@@ -311,7 +324,11 @@ def test_a_submission_that_hangs_everywhere_grades_in_under_three_minutes(tmp_pa
     from cs336_grading.grader.grade import PROBLEMS, grade
 
     hang = "import signal\n    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT})\n    while True:\n        pass"
-    names = [line.split("(")[0][4:] for line in (REPO / "tests" / "adapters.py").read_text().splitlines() if line.startswith("def ")]
+    names = [
+        line.split("(")[0][4:]
+        for line in (REPO / "tests" / "adapters.py").read_text().splitlines()
+        if line.startswith("def ")
+    ]
     student = _reference_with(tmp_path, {n: f"def {n}(*args, **kwargs):\n    {hang}" for n in names})
     # NOTE: 3 minutes on this 2-core machine when it is not oversubscribed; shared by more runnable processes
     # than twice its cores, everything (the reference's grading too) slows down in proportion.
@@ -324,14 +341,33 @@ def test_a_submission_that_hangs_everywhere_grades_in_under_three_minutes(tmp_pa
 
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, harness: Path) -> None:
     package = "import time\n" + GOOD_PACKAGE.replace("return 2 * x", "time.sleep(1000)")
-    submission = write_tree(tmp_path / "student", {"cs336_basics/__init__.py": package, "tests/adapters.py": FAKE_TESTS["adapters.py"]})
+    submission = write_tree(
+        tmp_path / "student", {"cs336_basics/__init__.py": package, "tests/adapters.py": FAKE_TESTS["adapters.py"]}
+    )
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cs336_lab.cli", "grade", str(submission), "--harness", str(harness), "--jobs", "1",
-         "--problems", "linear", "--timeout", "100", "--out", str(tmp_path / "r.json")],
-        env=env, cwd=REPO, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cs336_lab.cli",
+            "grade",
+            str(submission),
+            "--harness",
+            str(harness),
+            "--jobs",
+            "1",
+            "--problems",
+            "linear",
+            "--timeout",
+            "100",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
     time.sleep(8)
     proc.terminate()
     assert proc.wait(timeout=30) == 143

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from cs336_grading import cli as grading_cli
-from cs336_grading.staff import batch
 from cs336_grading.grader import grade as grader
 from cs336_grading.grader import submission as unpacking
 from cs336_grading.pytest_run.sandbox import SubmissionError, unpack_submission
+from cs336_grading.staff import batch
 from project_tests.grading.test_grader import FAKE_TESTS, GOOD_PACKAGE, grade_fake, problem_scores, statuses, write_tree
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
@@ -262,8 +262,11 @@ def test_batch_records_every_refusal_in_results_and_summary(tmp_path: Path, fake
 def test_an_honest_zip_with_a_small_data_file_is_not_refused(tmp_path: Path) -> None:
     # Text compresses 3-10x: far from the ratio cap. A blank file below the floor may compress 1000x.
     text = ("the quick brown fox jumps over the lazy dog %d\n" * 1).encode()
-    members = {**_good_members(), "cs336_basics/blank.txt": bytes(100_000),
-               "cs336_basics/corpus.txt": b"".join(text % i for i in range(60_000))}  # fmt: skip
+    members = {
+        **_good_members(),
+        "cs336_basics/blank.txt": bytes(100_000),
+        "cs336_basics/corpus.txt": b"".join(text % i for i in range(60_000)),
+    }
     sub = unpack_submission(_zip(tmp_path / "ok.zip", members), tmp_path / "out")
     assert (sub.package / "corpus.txt").stat().st_size > unpacking.RATIO_FLOOR_BYTES
     assert sub.adapters.read_text() == FAKE_TESTS["adapters.py"]
@@ -434,7 +437,8 @@ def _ipc_of_workers() -> list[str]:
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/proc/sysvipc/shm").exists(), reason="workers have a user id of their own only as root"
+    os.geteuid() != 0 or not Path("/proc/sysvipc/shm").exists(),
+    reason="workers have a user id of their own only as root",
 )
 def test_sysv_ipc_objects_of_a_worker_do_not_outlive_it(tmp_path: Path, fake_harness: Path) -> None:
     # A channel between tests (and between students): a segment, a queue and a semaphore set left behind.

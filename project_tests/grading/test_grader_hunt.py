@@ -37,16 +37,31 @@ def _caught(result, problem: str) -> bool:  # noqa: ANN001
 # sealed kernels (`torch._decomp.decomposition_table`: softmax, log_softmax, nll_loss, embedding, ...;
 # `torch._refs.softmax`), reached through `vars(torch)[...]`, which the scan does not resolve. Full marks, no evidence.
 UNSEALED = {
-    "sparse-softmax": ("softmax", "return int(torch.sparse.softmax(torch.ones(1).to_sparse(), 0).to_dense().item()) + x"),
-    "sparse-log_softmax": ("softmax", "return int(torch.sparse.log_softmax(torch.ones(1).to_sparse(), 0).to_dense().exp().item()) + x"),
-    "masked_softmax": ("softmax", "m = vars(torch)['_masked' + '_softmax']\n"
-                       "    return int(m(torch.zeros(1), torch.zeros(1, dtype=torch.bool), 0, None).item()) + x"),
-    "decomp-_softmax": ("softmax", "d = vars(torch)['_de' + 'comp'].decomposition_table\n"
-                        "    f = next(v for k, v in d.items() if str(k) == 'aten._soft' + 'max.default')\n"
-                        "    return int(f(torch.zeros(1), 0, False).item()) + x"),
+    "sparse-softmax": (
+        "softmax",
+        "return int(torch.sparse.softmax(torch.ones(1).to_sparse(), 0).to_dense().item()) + x",
+    ),
+    "sparse-log_softmax": (
+        "softmax",
+        "return int(torch.sparse.log_softmax(torch.ones(1).to_sparse(), 0).to_dense().exp().item()) + x",
+    ),
+    "masked_softmax": (
+        "softmax",
+        "m = vars(torch)['_masked' + '_softmax']\n"
+        "    return int(m(torch.zeros(1), torch.zeros(1, dtype=torch.bool), 0, None).item()) + x",
+    ),
+    "decomp-_softmax": (
+        "softmax",
+        "d = vars(torch)['_de' + 'comp'].decomposition_table\n"
+        "    f = next(v for k, v in d.items() if str(k) == 'aten._soft' + 'max.default')\n"
+        "    return int(f(torch.zeros(1), 0, False).item()) + x",
+    ),
     "refs-softmax": ("softmax", "return int(vars(torch)['_re' + 'fs'].softmax(torch.zeros(1), 0).item()) + x"),
-    "embedding_bag": ("linear", "return int(torch.embedding_bag(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([0]))[0][0].item()) * x"),
-}  # fmt: skip
+    "embedding_bag": (
+        "linear",
+        "return int(torch.embedding_bag(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([0]))[0][0].item()) * x",
+    ),
+}
 
 
 @ROOT_ONLY
@@ -70,18 +85,25 @@ def test_forbidden_jobs_through_unsealed_kernels_are_caught(tmp_path: Path, harn
 # caught by the Watch (F.softmax is in its table).
 _RESTORE = "vars(sys)['mod' + 'ules']['cs336_grading.worker.seal']._SEALED.clear()\n"
 DYNAMIC_OFF = {
-    "restore-seal+chdir": ("import os, sys, torch\n" + _RESTORE + "os.chdir('/')\nF = torch.nn.functional\n",
-                           "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
-    "restore-seal": ("import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n",
-                     "return int(F.softmax(torch.zeros(1), 0).item()) + x"),
-    "restore-seal+thread": ("import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n"
-                            "T = vars(sys)['mod' + 'ules']['thread' + 'ing']\n",
-                            "out = []\nt = T.Thread(target=lambda: out.append(int(F.softmax(torch.zeros(1), 0).item())))\n"
-                            "t.start(); t.join()\nreturn out[0] + x"),
-    "chdir+clip_grad": ("import os, torch\nos.chdir('/')\nU = torch.nn.utils\n",
-                        "p = torch.ones(1, requires_grad=True)\np.grad = torch.ones(1)\n"
-                        "vars(U)['clip_grad_norm_']([p], 0.5)\nreturn x + 1 if abs(p.grad.item() - 0.5) < 1e-6 else 0"),
-}  # fmt: skip
+    "restore-seal+chdir": (
+        "import os, sys, torch\n" + _RESTORE + "os.chdir('/')\nF = torch.nn.functional\n",
+        "return int(F.softmax(torch.zeros(1), 0).item()) + x",
+    ),
+    "restore-seal": (
+        "import sys, torch\n" + _RESTORE + "F = torch.nn.functional\n",
+        "return int(F.softmax(torch.zeros(1), 0).item()) + x",
+    ),
+    "restore-seal+thread": (
+        "import sys, torch\n" + _RESTORE + "F = torch.nn.functional\nT = vars(sys)['mod' + 'ules']['thread' + 'ing']\n",
+        "out = []\nt = T.Thread(target=lambda: out.append(int(F.softmax(torch.zeros(1), 0).item())))\n"
+        "t.start(); t.join()\nreturn out[0] + x",
+    ),
+    "chdir+clip_grad": (
+        "import os, torch\nos.chdir('/')\nU = torch.nn.utils\n",
+        "p = torch.ones(1, requires_grad=True)\np.grad = torch.ones(1)\n"
+        "vars(U)['clip_grad_norm_']([p], 0.5)\nreturn x + 1 if abs(p.grad.item() - 0.5) < 1e-6 else 0",
+    ),
+}
 
 
 @ROOT_ONLY
@@ -123,11 +145,16 @@ _FILL = textwrap.dedent(
 @ROOT_ONLY
 # Not strict: on a loaded machine the test's time budget can run out before 600 MB are written, and the
 # submission then scores 0 for the wrong reason (an XPASS that proves nothing).
-@pytest.mark.xfail(strict=False, reason="KNOWN HOLE, left open: the workspace is on the grader's disk and only "
-                   "RLIMIT_FSIZE caps a file; a tmpfs workspace would copy the graded 512 MB memmap into memory "
-                   "(the inbox then crosses devices): the fix needs a quota or a writable tmpfs beside an on-disk inbox")
+@pytest.mark.xfail(
+    strict=False,
+    reason="KNOWN HOLE, left open: the workspace is on the grader's disk and only "
+    "RLIMIT_FSIZE caps a file; a tmpfs workspace would copy the graded 512 MB memmap into memory "
+    "(the inbox then crosses devices): the fix needs a quota or a writable tmpfs beside an on-disk inbox",
+)
 def test_a_worker_cannot_write_more_than_a_files_cap_to_the_graders_disk(tmp_path: Path, harness: Path) -> None:  # noqa: F811
-    package = GOOD_PACKAGE.replace("def double(x):\n    return 2 * x", "def double(x):\n" + textwrap.indent(_FILL, "    "))
+    package = GOOD_PACKAGE.replace(
+        "def double(x):\n    return 2 * x", "def double(x):\n" + textwrap.indent(_FILL, "    ")
+    )
     result = _grade(tmp_path, harness, package, problems=["linear"], isolate_each=True)
     assert problem_scores(result)["linear"] == 0, result.format_table()
 

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from project_tests.grading.test_grader import FAKE_TESTS, GOOD_PACKAGE, REPO, grade_fake, problem_scores, statuses, write_tree
+from project_tests.grading.test_grader import (
+    FAKE_TESTS,
+    GOOD_PACKAGE,
+    REPO,
+    grade_fake,
+    problem_scores,
+    statuses,
+    write_tree,
+)
 from project_tests.grading.test_grader_attacks import HONEST, _gamed_linear
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="the walls need root on Linux")
@@ -174,10 +182,16 @@ _GAMED = {"linear": "return 2 * x", "softmax": "return x + 1", "rmsnorm": "retur
 @pytest.mark.parametrize(
     ("problem", "body", "evidence"),
     [
-        ("linear", "return int(torch.ops.aten.linear(torch.tensor([[float(x)]]), torch.tensor([[2.0]])).item())",
-         "torch.ops.aten.linear"),
-        ("softmax", "return int(torch.ops.aten._softmax.default(torch.zeros(1), 0, False).item()) + x",
-         "torch.ops.aten._softmax.default"),
+        (
+            "linear",
+            "return int(torch.ops.aten.linear(torch.tensor([[float(x)]]), torch.tensor([[2.0]])).item())",
+            "torch.ops.aten.linear",
+        ),
+        (
+            "softmax",
+            "return int(torch.ops.aten._softmax.default(torch.zeros(1), 0, False).item()) + x",
+            "torch.ops.aten._softmax.default",
+        ),
         ("softmax", "return int(torch.special.softmax(torch.zeros(1), 0).item()) + x", "torch.special.softmax"),
         ("softmax", "return int(torch._softmax(torch.zeros(1), 0, False).item()) + x", "torch._softmax"),
         ("rmsnorm", "torch.ops.aten.rms_norm(torch.ones(2), [2])\n    return text.upper()", "torch.ops.aten.rms_norm"),
@@ -197,16 +211,24 @@ def test_aten_kernels_and_aliases_are_forbidden_built_ins(
 # Escape hatches that switch the in-worker audit off or fool it: each is "needs review" evidence, in the
 # report and in results.json (the score stands until a person looks).
 HATCHES = {
-    "thread": ("import threading, torch\nF = getattr(torch.nn, 'func' + 'tional')\n",
-               "out = []\nt = threading.Thread(target=lambda: out.append(2 * x))\nt.start(); t.join()\nreturn out[0]",
-               "threading"),
-    "co_filename": ("", "f = lambda: 2 * x\nf.__code__ = f.__code__.replace(co_filename='/usr/lib/x.py')\n"
-                    "return f()", "co_filename"),
+    "thread": (
+        "import threading, torch\nF = getattr(torch.nn, 'func' + 'tional')\n",
+        "out = []\nt = threading.Thread(target=lambda: out.append(2 * x))\nt.start(); t.join()\nreturn out[0]",
+        "threading",
+    ),
+    "co_filename": (
+        "",
+        "f = lambda: 2 * x\nf.__code__ = f.__code__.replace(co_filename='/usr/lib/x.py')\nreturn f()",
+        "co_filename",
+    ),
     "sys.modules": ("import sys\n", "sys.modules['cs336_grading.grader.audit'] = None\nreturn 2 * x", "sys.modules"),
     "DisableTorchFunction": ("import torch\n", "with torch._C.DisableTorchFunction():\n    return 2 * x", "torch._C"),
-    "importlib": ("import importlib\n", "F = importlib.import_module('torch.nn.' + 'functional')\nreturn 2 * x",
-                  "importlib"),
-}  # fmt: skip
+    "importlib": (
+        "import importlib\n",
+        "F = importlib.import_module('torch.nn.' + 'functional')\nreturn 2 * x",
+        "importlib",
+    ),
+}
 
 
 @pytest.mark.parametrize("kind", sorted(HATCHES))
@@ -232,14 +254,14 @@ def test_the_reference_needs_no_review() -> None:
 _LOOKUP = "import torch, threading, sys\nops = getattr(torch, 'o' + 'ps')\nsoft = lambda: getattr(ops.aten, '_soft' + 'max')\n"
 DYNAMIC = {
     "thread": "out = []\nt = threading.Thread(target=lambda: out.append(int(soft()(torch.zeros(1), 0, False).item())))\n"
-              "t.start(); t.join()\nreturn out[0] + x",
+    "t.start(); t.join()\nreturn out[0] + x",
     "disable-torch-function": "with getattr(torch, '_' + 'C').DisableTorchFunction():\n"
-                              "    return int(soft()(torch.zeros(1), 0, False).item()) + x",
+    "    return int(soft()(torch.zeros(1), 0, False).item()) + x",
     "co_filename": "f = lambda: int(soft()(torch.zeros(1), 0, False).item()) + x\n"
-                   "f.__code__ = f.__code__.replace(co_filename=torch.__file__)\nreturn f()",
+    "f.__code__ = f.__code__.replace(co_filename=torch.__file__)\nreturn f()",
     "sys.modules": "sys.modules['cs336_grading.grader.audit'] = type(sys)('nothing')\n"
-                   "return int(soft()(torch.zeros(1), 0, False).item()) + x",
-}  # fmt: skip
+    "return int(soft()(torch.zeros(1), 0, False).item()) + x",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(DYNAMIC))

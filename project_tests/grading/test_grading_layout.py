@@ -44,7 +44,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
             if nxt not in state and (found := visit(nxt, [*path, nxt])):
                 return found
         state[node] = 2
@@ -90,7 +90,9 @@ def test_every_cs336_variable_is_named_in_env_py(path: str) -> None:
     text = (REPO / path).read_text()
     defined = re.findall(r"^\s*[A-Z_]+\s*=\s*[\"']CS336_[A-Z_]+[\"']", text, flags=re.M)
     read = re.findall(r"environ(?:\.get)?\(?\[?\s*[\"'](CS336_[A-Z_]+)", text)
-    assert defined == [] and read == [], f"{path} names CS336_* variables itself ({defined or read}): use cs336_grading.env"
+    assert defined == [] and read == [], (
+        f"{path} names CS336_* variables itself ({defined or read}): use cs336_grading.env"
+    )
 
 
 def test_env_py_lists_every_variable_it_defines() -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from cs336_grading.staff import handout
 from cs336_grading.grader.grade import grade, problem_of
+from cs336_grading.staff import handout
 from cs336_grading.staff.handout import MARKER, build_handout, stub_adapters
 
 REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -107,10 +108,16 @@ def test_handout_layout(kit: Path) -> None:
         assert (kit / "tests" / rel).read_bytes() == (tests / rel).read_bytes(), rel
     assert [p.name for p in (kit / "cs336_basics").iterdir()] == ["__init__.py"]
     assert not (kit / "project_tests").exists()
-    assert {"Makefile", "README.md", "pyproject.toml", "cs336_basics", "cs336_common", "cs336_lab", "cs336_grading",
-            "tests"} <= {
-        p.name for p in kit.iterdir()
-    }
+    assert {
+        "Makefile",
+        "README.md",
+        "pyproject.toml",
+        "cs336_basics",
+        "cs336_common",
+        "cs336_lab",
+        "cs336_grading",
+        "tests",
+    } <= {p.name for p in kit.iterdir()}
     # The answer key never ships: no oracle anywhere in the kit, and no harness copy inside the grading package.
     assert not [p for p in kit.rglob("*oracle*")] and not (kit / "cs336_grading" / "harness").exists()
 
@@ -123,7 +130,10 @@ def test_handout_pyproject_has_the_reference_dependencies(kit: Path) -> None:
     assert theirs["project"]["optional-dependencies"] == {"dev": ours["project"]["optional-dependencies"]["grading"]}
     # The kit's tests register their own markers (conftest.py), so its pytest settings need no copy of ours.
     assert theirs["project"]["scripts"] == {"cs336": "cs336_lab.cli:main"}  # students train with the tools
-    assert theirs["tool"]["setuptools"]["package-dir"] == {"cs336_grading.harness": "tests", "cs336_grading.docs": "docs"}
+    assert theirs["tool"]["setuptools"]["package-dir"] == {
+        "cs336_grading.harness": "tests",
+        "cs336_grading.docs": "docs",
+    }
 
 
 def test_the_kit_carries_the_adapter_contract(kit: Path) -> None:
@@ -169,8 +179,14 @@ def test_the_cli_never_erases_a_students_work_in_a_handout(tmp_path: Path) -> No
     (out / "tests" / "adapters.py").write_text(adapters)
     (out / "README.md").unlink()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    done = subprocess.run([sys.executable, "-m", "cs336_lab.cli", "handout", str(out)], capture_output=True,
-                          text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cs336_lab.cli", "handout", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
     assert "changed tests/adapters.py" in lines[0] and "added cs336_basics/model.py" in lines[0]
@@ -211,8 +227,12 @@ def test_every_graded_test_of_the_kit_fails_with_not_implemented(kit: Path, tmp_
     report = tmp_path / "junit.xml"
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", f"--junitxml={report}"],
-        cwd=kit, env=kit_env(kit), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=kit,
+        env=kit_env(kit),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     cases = list(ET.parse(report).iter("testcase"))
     wrong: list[str] = []
     graded = 0

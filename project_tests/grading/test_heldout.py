@@ -21,16 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cs336_grading.grader import heldout
-from cs336_grading.staff.autograder import SECRET_FILE, build_autograder
-from cs336_grading.grader.canary import CANARY_DIR
-from cs336_grading.worker.client import ForkServer
 from cs336_grading.expected.draws import BUILDERS, PUBLIC_SEEDS, draw
+from cs336_grading.grader import heldout
+from cs336_grading.grader.canary import CANARY_DIR
+from cs336_grading.staff.autograder import SECRET_FILE, build_autograder
+from cs336_grading.worker.client import ForkServer
 from project_tests.grading.test_grader import REPO, problem_scores, write_tree
 from tests.snapshot_io import read_npz
 
 SECRETS = ("course-secret-one-2026", "course-secret-two-2026")
-SNAPSHOT_TESTS = ["tests/test_model.py", "tests/test_functional.py", "tests/test_nn_utils.py", "tests/test_optimizer.py"]
+SNAPSHOT_TESTS = [
+    "tests/test_model.py",
+    "tests/test_functional.py",
+    "tests/test_nn_utils.py",
+    "tests/test_optimizer.py",
+]
 
 
 # ------------------------------------------------------------------------------------------ the draws
@@ -93,9 +98,15 @@ def test_each_submission_draws_its_own_cases(tmp_path: Path) -> None:
 
     def salted(root: Path, body: str) -> str:
         write_tree(root, {"cs336_basics/__init__.py": body, "tests/adapters.py": "def run_softmax(x, dim): ..."})
-        return heldout.for_submission(SECRETS[0], _files(Submission(root / "cs336_basics", root / "tests" / "adapters.py")))
+        return heldout.for_submission(
+            SECRETS[0], _files(Submission(root / "cs336_basics", root / "tests" / "adapters.py"))
+        )
 
-    first, same, changed = salted(tmp_path / "a", "x = 1\n"), salted(tmp_path / "b", "x = 1\n"), salted(tmp_path / "c", "x = 2\n")
+    first, same, changed = (
+        salted(tmp_path / "a", "x = 1\n"),
+        salted(tmp_path / "b", "x = 1\n"),
+        salted(tmp_path / "c", "x = 2\n"),
+    )
     assert first == same != changed
     assert heldout.seed_for(first, "model_softmax") != heldout.seed_for(changed, "model_softmax")
 
@@ -114,8 +125,18 @@ def test_correct_implementations_pass_the_heldout_cases(oracle: bool) -> None:
     # the held-out cases of two secrets, as they do on the public ones.
     for secret in SECRETS:
         env = {**os.environ, heldout.SECRET_ENV: secret}
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "snapshot",
-                   *(["-p", "oracle.use_oracle"] if oracle else []), *SNAPSHOT_TESTS]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "snapshot",
+            *(["-p", "oracle.use_oracle"] if oracle else []),
+            *SNAPSHOT_TESTS,
+        ]
         proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:]
 
@@ -138,7 +159,6 @@ def test_the_autograder_ships_the_secret_and_the_canary_but_the_handout_neither(
 
     archive = build_autograder(tmp_path / "a.zip", settings={"problems": ["softmax"]}, secret=SECRETS[0])
     with zipfile.ZipFile(archive) as zf:
-        names = set(zf.namelist())
         assert zf.read(SECRET_FILE).decode().strip() == SECRETS[0]
         assert (zf.getinfo(SECRET_FILE).external_attr >> 16) & 0o077 == 0, "the secret is readable by others"
         assert zf.read(f"{CANARY_DIR}/tests/adapters.py") == (REPO / "tests" / "adapters.py").read_bytes()
@@ -170,8 +190,13 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real harness with only the test files of the problems graded here (fewer pytest processes)."""
     keep = {"test_model.py", "test_functional.py", "test_optimizer.py"}
     tests = tmp_path_factory.mktemp("harness") / "tests"
-    shutil.copytree(REPO / "tests", tests, ignore=lambda d, names: [
-        n for n in names if n == "__pycache__" or (n.startswith("test_") and n.endswith(".py") and n not in keep)])  # fmt: skip
+    shutil.copytree(
+        REPO / "tests",
+        tests,
+        ignore=lambda d, names: [
+            n for n in names if n == "__pycache__" or (n.startswith("test_") and n.endswith(".py") and n not in keep)
+        ],
+    )
     return tests
 
 
@@ -179,9 +204,14 @@ def lookup_cheater(root: Path) -> Path:
     """A submission with no implementation: it finds its input in the public snapshots (which the handout
     ships) and returns the stored answer; any other input gets zeros."""
     table = {}
-    for name, pairs in (("model_softmax", [("in_features", f"dim{d}") for d in (0, 1, 2, -1, -3)]
-                                          + [("stable.in_features", "stable"), ("bf16.in_features", "bf16")]),
-                        ("model_linear", [(f"{c}.in_features", c) for c in ("batched", "vector", "bf16")])):  # fmt: skip
+    for name, pairs in (
+        (
+            "model_softmax",
+            [("in_features", f"dim{d}") for d in (0, 1, 2, -1, -3)]
+            + [("stable.in_features", "stable"), ("bf16.in_features", "bf16")],
+        ),
+        ("model_linear", [(f"{c}.in_features", c) for c in ("batched", "vector", "bf16")]),
+    ):
         snap = read_npz(REPO / "tests" / "_snapshots" / f"{name}.npz")
         for key, case in pairs:
             dim = case.removeprefix("dim") if case.startswith("dim") else "-1"
@@ -198,8 +228,14 @@ def lookup_cheater(root: Path) -> Path:
         "def run_linear(d_in, d_out, weights, in_features):\n"
         "    return _look(in_features, '-1', (*in_features.shape[:-1], d_out))\n"
     )
-    return write_tree(root, {"cs336_basics/__init__.py": "", "cs336_basics/answers.py": f"TABLE = {table!r}\n",
-                             "tests/adapters.py": adapters})  # fmt: skip
+    return write_tree(
+        root,
+        {
+            "cs336_basics/__init__.py": "",
+            "cs336_basics/answers.py": f"TABLE = {table!r}\n",
+            "tests/adapters.py": adapters,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -212,8 +248,12 @@ def test_looking_answers_up_in_the_public_snapshots_scores_nothing_under_a_secre
     cheater = lookup_cheater(tmp_path / "cheater")
     options = {"problems": ["softmax", "linear"], "jobs": 2, "harness": harness}
     public = grade(cheater, **options)
-    snapshot_tests = {n: o for n, o in public.outcomes.items() if "snapshot" in n or "stable" in n or "softmax_bf16" in n}
-    assert len(snapshot_tests) == 10 and all(o.status == "passed" for o in snapshot_tests.values()), public.format_table()
+    snapshot_tests = {
+        n: o for n, o in public.outcomes.items() if "snapshot" in n or "stable" in n or "softmax_bf16" in n
+    }
+    assert len(snapshot_tests) == 10 and all(o.status == "passed" for o in snapshot_tests.values()), (
+        public.format_table()
+    )
     runs = [grade(cheater, **options, secret=SECRETS[0]) for _ in range(2)]
     assert problem_scores(runs[0]) == {"softmax": 0.0, "linear": 0.0}, runs[0].format_table()
     first, second = (r.to_gradescope() for r in runs)
@@ -233,20 +273,43 @@ def test_the_reference_scores_full_marks_under_two_secrets(harness: Path) -> Non
         assert result.score == result.max_score, result.format_table()
 
 
-def _batch(tmp_path: Path, harness: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    students = write_tree(tmp_path / "students", {"alice/tests/adapters.py": "def run_softmax(x, dim):\n    return x\n",
-                                                  "alice/cs336_basics/__init__.py": ""})  # fmt: skip
-    command = [sys.executable, "-m", "cs336_lab.cli", "grade", str(students), "--out-dir", str(tmp_path / "out"),
-               "--problems", "softmax", "--jobs", "2", "--harness", str(harness), *extra]  # fmt: skip
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+def _batch(
+    tmp_path: Path, harness: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    students = write_tree(
+        tmp_path / "students",
+        {"alice/tests/adapters.py": "def run_softmax(x, dim):\n    return x\n", "alice/cs336_basics/__init__.py": ""},
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "cs336_lab.cli",
+        "grade",
+        str(students),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--problems",
+        "softmax",
+        "--jobs",
+        "2",
+        "--harness",
+        str(harness),
+        *extra,
+    ]
+    return subprocess.run(
+        command, cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600
+    )
 
 
 def broken_canary(root: Path) -> Path:
     """The reference, but its softmax broken: what a correct submission looks like in a broken environment."""
-    files = {f"cs336_basics/{p.relative_to(REPO / 'cs336_basics').as_posix()}": p.read_text()
-             for p in (REPO / "cs336_basics").rglob("*.py")}  # fmt: skip
-    adapters = (REPO / "tests" / "adapters.py").read_text() + "\n\ndef run_softmax(in_features, dim):\n    return in_features\n"
+    files = {
+        f"cs336_basics/{p.relative_to(REPO / 'cs336_basics').as_posix()}": p.read_text()
+        for p in (REPO / "cs336_basics").rglob("*.py")
+    }
+    adapters = (
+        REPO / "tests" / "adapters.py"
+    ).read_text() + "\n\ndef run_softmax(in_features, dim):\n    return in_features\n"
     return write_tree(root, files | {"tests/adapters.py": adapters})
 
 
@@ -270,8 +333,9 @@ def test_an_environment_that_breaks_the_test_processes_stops_the_batch(tmp_path:
 
 @pytest.mark.slow
 def test_the_gradescope_run_stops_on_a_broken_canary_and_says_so(tmp_path: Path, harness: Path) -> None:
-    archive = build_autograder(tmp_path / "autograder.zip", harness=harness, settings={"problems": ["softmax"], "jobs": 2},
-                               secret=SECRETS[0])  # fmt: skip
+    archive = build_autograder(
+        tmp_path / "autograder.zip", harness=harness, settings={"problems": ["softmax"], "jobs": 2}, secret=SECRETS[0]
+    )
     root = tmp_path / "root"
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(root / "source")
@@ -281,11 +345,11 @@ def test_the_gradescope_run_stops_on_a_broken_canary_and_says_so(tmp_path: Path,
     write_tree(root / "submission", {"tests/adapters.py": "def run_softmax(x, dim):\n    return x\n"})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"CS336_AUTOGRADER_ROOT": str(root), "CS336_AUTOGRADER_PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     results = json.loads((root / "results" / "results.json").read_text())
     assert results["score"] == 0.0 and results["tests"] == []
     assert results["output"].startswith("Grading stopped before your submission ran: the canary")
     assert "grading environment: Python" in results["output"] and "not your fault" in results["output"]
-

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_lab.run_checkpoint import save_run_checkpoint
-from cs336_lab.tokenizer_files import save_tokenizer
 from cs336_grading.staff.leaderboard import LeaderboardConfig, LeaderboardResult, score
 from cs336_lab.evaluate import evaluate
+from cs336_lab.run_checkpoint import save_run_checkpoint
+from cs336_lab.tokenizer_files import save_tokenizer
 
 CONFIG = ModelConfig(vocab_size=258, context_length=16, d_model=32, num_layers=2, num_heads=4, rope_theta=1000.0)
 TEXT = "The quick brown fox jumps over the lazy dog.<|endoftext|>A second story, shorter.\n" * 4
@@ -46,7 +46,9 @@ def make_submission(root: Path, *, config: ModelConfig = CONFIG, payload: object
     with torch.no_grad():
         model.lm_head.weight.mul_(3.0)
     if payload is None:
-        save_run_checkpoint(folder / "model.pt", model, None, 5, config=config.to_dict() | {"tokenizer_dir": str(folder)})
+        save_run_checkpoint(
+            folder / "model.pt", model, None, 5, config=config.to_dict() | {"tokenizer_dir": str(folder)}
+        )
     else:
         torch.save(payload(model) if callable(payload) else payload, folder / "model.pt")
     return root
@@ -77,15 +79,27 @@ def test_the_entry_equals_cs336_evaluate(tmp_path: Path) -> None:
 def test_a_forged_loss_in_the_checkpoint_changes_nothing(tmp_path: Path) -> None:
     rules = make_config(tmp_path)
     honest = score(rules, make_submission(tmp_path / "honest"))
-    forged = score(rules, make_submission(tmp_path / "forged", payload=lambda m: {
-        "model": m.state_dict(), "iteration": 1, "loss": 0.0001, "bits_per_byte": 0.0001,
-        "config": CONFIG.to_dict() | {"val_loss": 0.0001}}))  # fmt: skip
+    forged = score(
+        rules,
+        make_submission(
+            tmp_path / "forged",
+            payload=lambda m: {
+                "model": m.state_dict(),
+                "iteration": 1,
+                "loss": 0.0001,
+                "bits_per_byte": 0.0001,
+                "config": CONFIG.to_dict() | {"val_loss": 0.0001},
+            },
+        ),
+    )
     assert forged.entry == honest.entry
 
 
 def test_plain_dict_with_config_json(tmp_path: Path) -> None:
     rules = make_config(tmp_path)
-    submission = make_submission(tmp_path / "bob", payload=lambda m: {"model": m.state_dict(), "optimizer": {}, "iteration": 9})
+    submission = make_submission(
+        tmp_path / "bob", payload=lambda m: {"model": m.state_dict(), "optimizer": {}, "iteration": 9}
+    )
     assert rejected(score(rules, submission), "put num_heads in leaderboard/config.json")
     (submission / "leaderboard" / "config.json").write_text(json.dumps({"num_heads": 4, "rope_theta": 1000.0}))
     assert score(rules, submission).entry == score(rules, make_submission(tmp_path / "carol")).entry
@@ -114,8 +128,14 @@ def _post_norm(tmp_path: Path) -> Path:
 
 
 def _extra_key(tmp_path: Path) -> Path:
-    return make_submission(tmp_path / "s", payload=lambda m: {"model": {**m.state_dict(), "bias": torch.zeros(3)},
-                                                             "iteration": 0, "config": CONFIG.to_dict()})
+    return make_submission(
+        tmp_path / "s",
+        payload=lambda m: {
+            "model": {**m.state_dict(), "bias": torch.zeros(3)},
+            "iteration": 0,
+            "config": CONFIG.to_dict(),
+        },
+    )
 
 
 def _nan(tmp_path: Path) -> Path:
@@ -198,8 +218,10 @@ def test_a_model_trained_in_the_test_scores_as_cs336_evaluate_says(tmp_path: Pat
         shutil.copy(run.tokenizer_dir / name, folder / name)
     shutil.copy(run.valid_text, tmp_path / "held_out_copy.txt")
     rules = tmp_path / "rules.toml"
-    rules.write_text(f"[leaderboard]\nvalidation_text = 'held_out_copy.txt'\ncontext_length = {CONTEXT_LENGTH}\n"
-                     f"max_vocab_size = {VOCAB_SIZE}\nmax_parameters = 100000\n")  # fmt: skip
+    rules.write_text(
+        f"[leaderboard]\nvalidation_text = 'held_out_copy.txt'\ncontext_length = {CONTEXT_LENGTH}\n"
+        f"max_vocab_size = {VOCAB_SIZE}\nmax_parameters = 100000\n"
+    )
     result = score(LeaderboardConfig.load(rules), tmp_path / "student")
     reference = evaluate(run.checkpoint, run.valid_text)
     assert result.entry is not None, result.message
@@ -241,8 +263,11 @@ def test_a_checkpoint_with_a_model_table_is_read_as_cs336_train_writes_it(tmp_pa
     rules = make_config(tmp_path)
 
     def nested(switches: dict[str, object]):  # type: ignore[no-untyped-def]
-        return lambda model: {"model": model.state_dict(), "iteration": 0,
-                              "config": {"lr_max": 0.1, "model": CONFIG.to_dict() | switches}}
+        return lambda model: {
+            "model": model.state_dict(),
+            "iteration": 0,
+            "config": {"lr_max": 0.1, "model": CONFIG.to_dict() | switches},
+        }
 
     assert score(rules, make_submission(tmp_path / "a", payload=nested({}))).entry is not None
     post = make_submission(tmp_path / "b", payload=nested({"norm_position": "post"}))

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from cs336_grading import cli as grading_cli
-
 from cs336_grading.staff import similarity
 from cs336_grading.staff.handout import PACKAGE_INIT, stub_adapters
 from cs336_grading.staff.similarity_report import COLUMNS, SUMMARY_COLUMNS, find_similar
@@ -46,12 +45,22 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of the independent implementations and the bare handout (not a batch: pick from it)."""
     root = tmp_path_factory.mktemp("sources")
     oracle_adapters = (REPO / "oracle" / "adapters.py").read_text()
-    _submission(root / "ref", _texts(sorted((REPO / "cs336_basics").glob("*.py"))), (REPO / "tests" / "adapters.py").read_text())
-    _submission(root / "student", _texts(sorted((REPO / "project_tests" / "suite").glob("suite_student_*.py")), ("suite_student_", "")),
-                oracle_adapters)  # fmt: skip
-    _submission(root / "oracle", _texts([p for p in sorted((REPO / "oracle").glob("*.py")) if p.name not in ORACLE_SKIP]),
-                oracle_adapters)  # fmt: skip
-    _submission(root / "handout", {"__init__.py": PACKAGE_INIT}, stub_adapters((REPO / "tests" / "adapters.py").read_text()))
+    _submission(
+        root / "ref", _texts(sorted((REPO / "cs336_basics").glob("*.py"))), (REPO / "tests" / "adapters.py").read_text()
+    )
+    _submission(
+        root / "student",
+        _texts(sorted((REPO / "project_tests" / "suite").glob("suite_student_*.py")), ("suite_student_", "")),
+        oracle_adapters,
+    )
+    _submission(
+        root / "oracle",
+        _texts([p for p in sorted((REPO / "oracle").glob("*.py")) if p.name not in ORACLE_SKIP]),
+        oracle_adapters,
+    )
+    _submission(
+        root / "handout", {"__init__.py": PACKAGE_INIT}, stub_adapters((REPO / "tests" / "adapters.py").read_text())
+    )
     disguise_submission(root / "ref", root / "ref_copy", seed=1)
     disguise_submission(root / "student", root / "student_copy", seed=2)
     return root
@@ -76,7 +85,9 @@ def test_tokens_ignore_names_comments_docstrings_and_layout() -> None:
     a = 'def add(x, y):\n    """Sum."""\n    return x + y  # plus\n'
     b = "# a helper\ndef plus(first,second):\n\n    return first \\\n            + second\n"
     assert [t for t, _ in similarity.normalised_tokens(a)] == [t for t, _ in similarity.normalised_tokens(b)]
-    assert [t for t, _ in similarity.normalised_tokens(a)] != [t for t, _ in similarity.normalised_tokens(a.replace("+", "-"))]
+    assert [t for t, _ in similarity.normalised_tokens(a)] != [
+        t for t, _ in similarity.normalised_tokens(a.replace("+", "-"))
+    ]
     assert similarity.normalised_tokens("def broken(:\n  '''unterminated")  # falls back, never raises
 
 
@@ -136,7 +147,9 @@ def test_csv_columns_and_the_summary_flag(tmp_path: Path, sources: Path) -> None
     batch = _batch(tmp_path, sources, "ref", "ref_copy", "student")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.csv").write_text("student,total,flags,status\nref,40,,graded\nref_copy,40,,graded\nstudent,38,,graded\n")
+    (out / "summary.csv").write_text(
+        "student,total,flags,status\nref,40,,graded\nref_copy,40,,graded\nstudent,38,,graded\n"
+    )
     find_similar([batch], out)
     rows = _rows(out / "similarity.csv")
     assert list(rows[0]) == COLUMNS

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_lab.cli import build_parser
 from cs336_lab.config import config_from_args
-from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_lab.train import TrainConfig, train
 
 

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cs336_basics.loss import cross_entropy
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.optimizer import AdamW
 from cs336_common.state_dict import unwrap_model
 from cs336_lab.distributed import (
     DistributedContext,
@@ -31,9 +34,6 @@ from cs336_lab.distributed import (
     rank_seed,
     wrap_model,
 )
-from cs336_basics.loss import cross_entropy
-from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.optimizer import AdamW
 
 TINY = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 GLOBAL_BATCH = 8  # rows per optimiser step over all ranks: 4 per rank with 2 ranks

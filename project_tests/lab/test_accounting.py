@@ -14,6 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cs336_lab.accounting as accounting
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.optimizer import AdamW
 from cs336_lab.accounting import (
     PRESETS,
     count_parameters,
@@ -23,8 +25,6 @@ from cs336_lab.accounting import (
     training_flops_per_token,
     training_memory,
 )
-from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.optimizer import AdamW
 
 BASE = ModelConfig(vocab_size=97, context_length=32, d_model=48, num_layers=2, num_heads=4)
 ABLATIONS = {

@@ -18,7 +18,7 @@ import torch
 from cs336_common.model_spec import ModelSpec
 from cs336_lab.assignment import Assignment, AssignmentError
 
-REQUIRED_SOURCE = '''
+REQUIRED_SOURCE = """
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -54,8 +54,8 @@ REQUIRED_SOURCE = '''
         starts = np.random.randint(0, len(dataset) - context_length, size=batch_size)
         w = torch.from_numpy(np.stack([dataset[s : s + context_length + 1] for s in starts]).astype(np.int64))
         return w[:, :-1].to(device), w[:, 1:].to(device)
-'''
-TOKENIZER_SOURCE = '''
+"""
+TOKENIZER_SOURCE = """
     def train_bpe(input_path, vocab_size, special_tokens):
         return {i: bytes([i]) for i in range(256)}, []
 
@@ -63,7 +63,7 @@ TOKENIZER_SOURCE = '''
     class Tokenizer:
         def __init__(self, vocab, merges, special_tokens=None):
             self.vocab = vocab
-'''
+"""
 
 
 def _package(root: Path, name: str, modules: dict[str, str], init: str = "") -> str:
@@ -104,8 +104,9 @@ def test_a_package_without_extras_falls_back(on_path: Path) -> None:
 
 def test_a_broken_module_is_an_error_naming_it(on_path: Path) -> None:
     broken = "import torch\nraise RuntimeError('half-written file')\n"
-    name = _package(on_path, "broken_student", {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE,
-                                                "scratch": broken})
+    name = _package(
+        on_path, "broken_student", {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE, "scratch": broken}
+    )
     with pytest.raises(AssignmentError, match=r"broken_student\.scratch failed to import: RuntimeError: half-written"):
         Assignment.load(name)
 
@@ -120,31 +121,54 @@ def test_declared_extras_are_used_and_unknown_ones_refused(on_path: Path) -> Non
     with_generator = REQUIRED_SOURCE.replace(
         "def get_batch(dataset, batch_size, context_length, device):",
         "def get_batch(dataset, batch_size, context_length, device, generator=None):\n"
-        "        return ('generator', generator)\n\n\n    def _unused(dataset, batch_size, context_length, device):")
-    name = _package(on_path, "declaring_student", {"model": with_generator, "tokenizer": TOKENIZER_SOURCE},
-                    init="CS336_EXTRAS = ('get_batch.generator',)\n")
+        "        return ('generator', generator)\n\n\n    def _unused(dataset, batch_size, context_length, device):",
+    )
+    name = _package(
+        on_path,
+        "declaring_student",
+        {"model": with_generator, "tokenizer": TOKENIZER_SOURCE},
+        init="CS336_EXTRAS = ('get_batch.generator',)\n",
+    )
     rng = np.random.default_rng(0)
     assert Assignment.load(name).sample_batch(np.arange(50), 2, 4, "cpu", rng) == ("generator", rng)
-    bad = _package(on_path, "typo_student", {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE},
-                   init="CS336_EXTRAS = ('get_batch.generatr',)\n")
+    bad = _package(
+        on_path,
+        "typo_student",
+        {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE},
+        init="CS336_EXTRAS = ('get_batch.generatr',)\n",
+    )
     with pytest.raises(AssignmentError, match=r"unknown extras \['get_batch.generatr'\]"):
         Assignment.load(bad)
 
 
 def test_a_top_level_export_wins_and_other_modules_are_not_imported(on_path: Path) -> None:
     init = "from .model import *\nfrom .tokenizer import *\n"
-    name = _package(on_path, "exporting_student", {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE,
-                                                   "scratch": "raise RuntimeError('never imported')\n"},
-                    init=init + "ModelConfig = complete = find_chunk_boundaries = read_chunk_text = None\n"
-                    "worker_context = None\n")
+    name = _package(
+        on_path,
+        "exporting_student",
+        {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE, "scratch": "raise RuntimeError('never imported')\n"},
+        init=init + "ModelConfig = complete = find_chunk_boundaries = read_chunk_text = None\nworker_context = None\n",
+    )
     door = Assignment.load(name)
     assert dict(door.found_in)["TransformerLM"] == name and f"{name}.scratch" not in sys.modules
 
 
 def test_the_door_is_not_resolved_at_import() -> None:
-    modules = ["cs336_lab.cli", "cs336_lab.accounting", "cs336_lab.train", "cs336_lab.generate", "cs336_lab.evaluate",
-               "cs336_lab.sweep", "cs336_lab.demo", "cs336_lab.pipeline", "cs336_lab.sampling", "cs336_lab.batches",
-               "cs336_lab.parallel_encode", "cs336_lab.tokenizer_files", "cs336_lab.assignment"]
+    modules = [
+        "cs336_lab.cli",
+        "cs336_lab.accounting",
+        "cs336_lab.train",
+        "cs336_lab.generate",
+        "cs336_lab.evaluate",
+        "cs336_lab.sweep",
+        "cs336_lab.demo",
+        "cs336_lab.pipeline",
+        "cs336_lab.sampling",
+        "cs336_lab.batches",
+        "cs336_lab.parallel_encode",
+        "cs336_lab.tokenizer_files",
+        "cs336_lab.assignment",
+    ]
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('cs336_basics' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

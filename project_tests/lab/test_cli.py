@@ -71,12 +71,43 @@ def test_train_bpe_then_tokenize(small_corpus, tmp_path):
     from cs336_lab.tokenizer_files import load_tokenizer
 
     tok_dir, out_dir = tmp_path / "tok", tmp_path / "tokens"
-    assert main(["-q", "train-bpe", str(small_corpus.train), "--vocab-size", "400", "--out", str(tok_dir),
-                 "--num-workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train-bpe",
+                str(small_corpus.train),
+                "--vocab-size",
+                "400",
+                "--out",
+                str(tok_dir),
+                "--num-workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     tokenizer = load_tokenizer(tok_dir)
     assert 300 < tokenizer.vocab_size <= 400
-    assert main(["-q", "tokenize", str(small_corpus.train), str(small_corpus.valid), "--tokenizer", str(tok_dir),
-                 "--out-dir", str(out_dir), "--num-workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tokenize",
+                str(small_corpus.train),
+                str(small_corpus.valid),
+                "--tokenizer",
+                str(tok_dir),
+                "--out-dir",
+                str(out_dir),
+                "--num-workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for text_file in (small_corpus.train, small_corpus.valid):
         ids = np.load(out_dir / (text_file.stem + ".npy"))
         assert ids.dtype == np.uint16 and ids.ndim == 1

@@ -25,8 +25,18 @@ def make_run(directory: Path, config: dict[str, Any], val: list[float], status: 
     lines = []
     for i, loss in enumerate(val):
         step = 10 * (i + 1)
-        lines.append(json.dumps({"step": step, "tokens": 256 * step, "time_s": 0.5 * step, "train_loss": loss + 0.1,
-                                 "val_loss": loss, "val_bpb": loss / 2}))
+        lines.append(
+            json.dumps(
+                {
+                    "step": step,
+                    "tokens": 256 * step,
+                    "time_s": 0.5 * step,
+                    "train_loss": loss + 0.1,
+                    "val_loss": loss,
+                    "val_bpb": loss / 2,
+                }
+            )
+        )
     (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if status is not None:
         (directory / "status.json").write_text(json.dumps({"status": status}))
@@ -84,8 +94,9 @@ def test_a_truncated_last_line_is_skipped(tmp_path: Path) -> None:
     assert [r["step"] for r in load_run(run).records] == [10, 20]
 
 
-def test_cli_writes_plot_and_table_and_rejects_a_non_run(three_runs: list[Path], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_plot_and_table_and_rejects_a_non_run(
+    three_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cli.png"
     assert main(["compare", *map(str, three_runs), "--x", "steps", "--metric", "val_loss", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "lr_max=0.003" in capsys.readouterr().out

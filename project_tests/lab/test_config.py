@@ -67,8 +67,18 @@ def test_defaults_when_nothing_is_given(parser):
         (["--model.d-ff", "256"], {"model": Inner(d_ff=256)}),
         (["--model.d-ff", "none"], {"model": Inner(d_ff=None)}),
     ],
-    ids=["float", "int-str", "path", "tuple", "bool-on", "bool-off", "variadic", "nested-literal", "optional",
-         "optional-none"],
+    ids=[
+        "float",
+        "int-str",
+        "path",
+        "tuple",
+        "bool-on",
+        "bool-off",
+        "variadic",
+        "nested-literal",
+        "optional",
+        "optional-none",
+    ],
 )
 def test_flags_set_fields(parser, argv, expected):
     assert parse(parser, *argv) == dataclasses.replace(Outer(), **expected)
@@ -81,8 +91,9 @@ def test_help_shows_metadata_and_default(parser):
     assert "{pre,post}" in text
 
 
-@pytest.mark.parametrize("argv", [["--steps", "x"], ["--model.norm", "mid"], ["--betas", "0.9"]],
-                         ids=["bad-int", "bad-choice", "too-few"])
+@pytest.mark.parametrize(
+    "argv", [["--steps", "x"], ["--model.norm", "mid"], ["--betas", "0.9"]], ids=["bad-int", "bad-choice", "too-few"]
+)
 def test_bad_flags_are_usage_errors(parser, argv):
     with pytest.raises((argparse.ArgumentError, SystemExit)):
         parser.parse_args(argv)
@@ -114,8 +125,16 @@ def test_precedence_defaults_file_flags(parser, tmp_path, suffix):
         ("[model]\nwidth = 3\n", ValueError, ["model.width", "d_model"]),
         ("model = 3\n", TypeError, ["model", "Inner", "int"]),
     ],
-    ids=["unknown-key", "str-for-float", "float-for-int", "int-for-bool", "tuple-length", "bad-literal",
-         "nested-unknown", "scalar-for-table"],
+    ids=[
+        "unknown-key",
+        "str-for-float",
+        "float-for-int",
+        "int-for-bool",
+        "tuple-length",
+        "bad-literal",
+        "nested-unknown",
+        "scalar-for-table",
+    ],
 )
 def test_bad_config_files_name_key_expected_and_actual(parser, tmp_path, text, error, words):
     path = tmp_path / "bad.toml"

@@ -85,8 +85,9 @@ def test_write_corpus_split_and_format(tmp_path):
     assert write_corpus(tmp_path / "d", num_train=40, num_valid=7, seed=2).train.read_bytes() == train.encode()
 
 
-@pytest.mark.parametrize("kwargs", [{"num_train": 0}, {"num_valid": -1}, {"num_train": 2.5}],
-                         ids=["zero", "negative", "float"])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_train": 0}, {"num_valid": -1}, {"num_train": 2.5}], ids=["zero", "negative", "float"]
+)
 def test_write_corpus_rejects_bad_counts(tmp_path, kwargs):
     with pytest.raises(ValueError, match="positive int"):
         write_corpus(tmp_path, **kwargs)

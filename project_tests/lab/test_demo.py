@@ -21,14 +21,34 @@ from cs336_lab.demo import (
 from cs336_lab.threads import fastest_thread_count
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_MODEL = {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "batch_size": 4,
-              "eval_every": 2, "eval_batches": 2, "log_every": 1}
+TINY_MODEL = {
+    "context_length": 32,
+    "d_model": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "d_ff": 64,
+    "batch_size": 4,
+    "eval_every": 2,
+    "eval_batches": 2,
+    "log_every": 1,
+}
 
 
 def tiny_config(out: Path, **changes) -> DemoConfig:
-    base = DemoConfig(out=str(out), num_train_stories=40, num_valid_stories=8, vocab_size=300, max_steps=4,
-                      max_time_s=120.0, device="cpu", prompts=("Once upon a time", "Tom"), max_new_tokens=8,
-                      num_workers=1, threads=1, progress=False)
+    base = DemoConfig(
+        out=str(out),
+        num_train_stories=40,
+        num_valid_stories=8,
+        vocab_size=300,
+        max_steps=4,
+        max_time_s=120.0,
+        device="cpu",
+        prompts=("Once upon a time", "Tom"),
+        max_new_tokens=8,
+        num_workers=1,
+        threads=1,
+        progress=False,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -40,8 +60,18 @@ def demo_run(tmp_path_factory):
 
 def test_demo_writes_every_stage(demo_run):
     out, result = demo_run
-    for rel in ["corpus/train.txt", "corpus/valid.txt", "tokenizer", "tokens/train.npy", "tokens/valid.npy",
-                "model/ckpt_latest.pt", "model/config.json", "model/metrics.jsonl", "samples.txt", "steps.json"]:
+    for rel in [
+        "corpus/train.txt",
+        "corpus/valid.txt",
+        "tokenizer",
+        "tokens/train.npy",
+        "tokens/valid.npy",
+        "model/ckpt_latest.pt",
+        "model/config.json",
+        "model/metrics.jsonl",
+        "samples.txt",
+        "steps.json",
+    ]:
         assert (out / rel).exists(), rel
     assert set(result.timings) == {"corpus", "tokenizer", "tokens", "model"}
     assert result.steps == 4
@@ -83,9 +113,29 @@ def test_changed_setting_redoes_that_step_and_the_rest(tmp_path):
 def test_cli_demo(tmp_path, monkeypatch, capsys):
     for key, value in TINY_MODEL.items():
         monkeypatch.setitem(DEMO_TRAINING, key, value)
-    argv = ["-q", "demo", "--out", str(tmp_path), "--num-train-stories", "20", "--num-valid-stories", "4",
-            "--vocab-size", "280", "--max-steps", "2", "--device", "cpu", "--no-progress", "--num-workers", "1",
-            "--max-new-tokens", "5", "--threads", "1"]
+    argv = [
+        "-q",
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--num-train-stories",
+        "20",
+        "--num-valid-stories",
+        "4",
+        "--vocab-size",
+        "280",
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--num-workers",
+        "1",
+        "--max-new-tokens",
+        "5",
+        "--threads",
+        "1",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "validation loss (nats/token): first" in out and "Once upon a time" in out
@@ -115,7 +165,14 @@ def test_tinystories_config_is_the_handouts():
     c = load_config(TrainConfig, REPO / "configs" / "tinystories.toml").model
     t = load_config(TrainConfig, REPO / "configs" / "tinystories.toml")
     assert (c.vocab_size, c.context_length, c.d_model, c.d_ff, c.num_layers, c.num_heads, c.rope_theta) == (
-        10_000, 256, 512, 1344, 4, 16, 10_000.0)
+        10_000,
+        256,
+        512,
+        1344,
+        4,
+        16,
+        10_000.0,
+    )
     assert t.batch_size * c.context_length * t.max_steps * t.grad_accum_steps == 327_680_000
 
 

@@ -260,9 +260,7 @@ def test_unwrap_model_strips_compile_wrapper() -> None:
     assert list(unwrap_model(compiled).state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
 
-def test_init_refuses_a_group_that_contradicts_the_environment(
-    solo_group: None, clean_env: pytest.MonkeyPatch
-) -> None:
+def test_init_refuses_a_group_that_contradicts_the_environment(solo_group: None, clean_env: pytest.MonkeyPatch) -> None:
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     for name, value in env.items():
         clean_env.setenv(name, value)
@@ -339,8 +337,13 @@ def single_run() -> dict[str, Any]:
         bf16_losses = w.train_steps(bf16_model, DistributedContext(), w.make_batches()[:1], autocast=True)
     finally:
         torch.set_num_threads(threads)
-    return {"initial": initial, "params": model.state_dict(), "grads": probe["grads"], "losses": losses,
-            "bf16_losses": bf16_losses}
+    return {
+        "initial": initial,
+        "params": model.state_dict(),
+        "grads": probe["grads"],
+        "losses": losses,
+        "bf16_losses": bf16_losses,
+    }
 
 
 def assert_state_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], **tol: float) -> None:
@@ -440,7 +443,13 @@ def test_torch_compile_inductor_under_ddp(tmp_path: Path, single_run: dict[str, 
 
 KILL_WORKER = Path(__file__).resolve().parent / "ddp_kill_worker.py"
 VOCAB, CONTEXT, BATCH, STEPS, KILL_STEP = 64, 16, 4, 8, 6
-RUN_FILES = {"config.json", "metrics.jsonl", "ckpt_latest.pt", "loss_curve.png", ".cs336-run.lock"}  # the lock: run_folder.py
+RUN_FILES = {
+    "config.json",
+    "metrics.jsonl",
+    "ckpt_latest.pt",
+    "loss_curve.png",
+    ".cs336-run.lock",
+}  # the lock: run_folder.py
 INFO_LINE = re.compile(r"^\d\d:\d\d:\d\d (?!error: |warning: |critical: ).*$", re.MULTILINE)  # cli._Formatter
 DETERMINISTIC_KEYS = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")  # not time_s, tokens_per_s
 
@@ -469,22 +478,42 @@ def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     np.save(root / "train.npy", tokens)
     np.save(root / "valid.npy", tokens[:1000])
     flags = [
-        f"--train-data={root / 'train.npy'}", f"--valid-data={root / 'valid.npy'}", f"--vocab-size={VOCAB}",
-        f"--context-length={CONTEXT}", "--d-model=32", "--num-layers=2", "--num-heads=2", f"--batch-size={BATCH}",
-        f"--max-steps={STEPS}", "--warmup-steps=2", "--lr-max=3e-3", "--lr-min=3e-4", "--eval-every=4",
-        "--eval-batches=2", "--log-every=1", "--checkpoint-every=4", "--device=cpu", "--no-progress",
+        f"--train-data={root / 'train.npy'}",
+        f"--valid-data={root / 'valid.npy'}",
+        f"--vocab-size={VOCAB}",
+        f"--context-length={CONTEXT}",
+        "--d-model=32",
+        "--num-layers=2",
+        "--num-heads=2",
+        f"--batch-size={BATCH}",
+        f"--max-steps={STEPS}",
+        "--warmup-steps=2",
+        "--lr-max=3e-3",
+        "--lr-min=3e-4",
+        "--eval-every=4",
+        "--eval-batches=2",
+        "--log-every=1",
+        "--checkpoint-every=4",
+        "--device=cpu",
+        "--no-progress",
     ]
     cli = ["-m", "cs336_lab.cli", "train", *flags]
     runs: dict[str, Any] = {name: root / name for name in ("whole", "resumed2", "resumed1")}
 
     runs["whole_logs"] = root / "whole_logs"
-    torchrun([*cli, f"--out-dir={runs['whole']}"], nproc=2, cwd=root,
-             launcher_args=(f"--log-dir={runs['whole_logs']}", "--redirects=3"))
+    torchrun(
+        [*cli, f"--out-dir={runs['whole']}"],
+        nproc=2,
+        cwd=root,
+        launcher_args=(f"--log-dir={runs['whole_logs']}", "--redirects=3"),
+    )
 
     # Rank 0 (the one that writes files) dies in the middle of step 6, two steps after the last checkpoint.
     runs["crash_output"] = torchrun(
         [str(KILL_WORKER), "0", str(KILL_STEP), *flags, f"--out-dir={runs['resumed2']}"],
-        nproc=2, cwd=root, expect_failure=True,
+        nproc=2,
+        cwd=root,
+        expect_failure=True,
     )
     runs["crashed_iteration"] = torch.load(runs["resumed2"] / "ckpt_latest.pt", weights_only=False)["iteration"]
     runs["crashed_steps"] = [r["step"] for r in read_metrics(runs["resumed2"])]
@@ -494,7 +523,11 @@ def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torchrun([*cli, f"--out-dir={runs['resumed2']}", "--resume"], nproc=2, cwd=root)
     proc = subprocess.run(
         [sys.executable, *cli, f"--out-dir={runs['resumed1']}", "--resume"],
-        cwd=root, env=child_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+        cwd=root,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     return runs
@@ -531,10 +564,23 @@ def test_two_rank_train_frees_its_ddp_module_before_the_group_goes(tmp_path: Pat
     np.save(tmp_path / "tokens.npy", np.tile(phrase, 40).astype(np.uint16))
     out = tmp_path / "run"
     out.mkdir()
-    flags = [f"--train-data={tmp_path / 'tokens.npy'}", f"--valid-data={tmp_path / 'tokens.npy'}",
-             f"--vocab-size={VOCAB}", f"--context-length={CONTEXT}", "--d-model=16", "--num-layers=1",
-             "--num-heads=2", "--batch-size=2", "--max-steps=2", "--warmup-steps=1", "--eval-every=2", "--eval-batches=1",
-             "--device=cpu", "--no-progress", f"--out-dir={out}"]
+    flags = [
+        f"--train-data={tmp_path / 'tokens.npy'}",
+        f"--valid-data={tmp_path / 'tokens.npy'}",
+        f"--vocab-size={VOCAB}",
+        f"--context-length={CONTEXT}",
+        "--d-model=16",
+        "--num-layers=1",
+        "--num-heads=2",
+        "--batch-size=2",
+        "--max-steps=2",
+        "--warmup-steps=1",
+        "--eval-every=2",
+        "--eval-batches=1",
+        "--device=cpu",
+        "--no-progress",
+        f"--out-dir={out}",
+    ]
     torchrun([str(TEARDOWN_WORKER), str(out), *flags], nproc=2, cwd=tmp_path)
     for rank in (0, 1):
         seen = json.loads((out / f"rank{rank}.json").read_text())

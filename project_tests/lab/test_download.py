@@ -191,9 +191,11 @@ def test_corrupt_gzip_leaves_no_text_file(server, tmp_path):
     assert not (tmp_path / "owt_valid.txt.tmp").exists()
 
 
-@pytest.mark.parametrize("kwargs, words", [({"name": "wiki"}, ["wiki", "tinystories"]),
-                                           ({"name": "owt", "splits": ["test"]}, ["test", "train"])],
-                         ids=["dataset", "split"])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [({"name": "wiki"}, ["wiki", "tinystories"]), ({"name": "owt", "splits": ["test"]}, ["test", "train"])],
+    ids=["dataset", "split"],
+)
 def test_bad_names(tmp_path, kwargs, words):
     name = kwargs.pop("name")
     with pytest.raises(ValueError) as info:

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_lab.cli import main
+from cs336_lab.evaluate import evaluate, load_for_eval, plan_windows
 from cs336_lab.run_checkpoint import save_run_checkpoint
 from cs336_lab.tokenizer_files import load_tokenizer, read_tokenizer, save_tokenizer
-from cs336_lab.evaluate import evaluate, load_for_eval, plan_windows
 
 CONFIG = ModelConfig(vocab_size=260, context_length=16, d_model=32, num_layers=2, num_heads=4)
 TEXT = "Once upon a time, a small fox found a shiny stone. It was red. <|endoftext|>The end! " * 6
@@ -68,7 +68,9 @@ def naive_nats(model: torch.nn.Module, tokens: list[int], context_length: int, s
     return total, count
 
 
-@pytest.mark.parametrize("n,m,s", [(2, 1, 1), (8, 3, 3), (8, 4, 2), (100, 16, 16), (100, 16, 5), (17, 16, 1), (5, 16, 4)])
+@pytest.mark.parametrize(
+    "n,m,s", [(2, 1, 1), (8, 3, 3), (8, 4, 2), (100, 16, 16), (100, 16, 5), (17, 16, 1), (5, 16, 4)]
+)
 def test_windows_score_every_target_once_with_the_stated_context(n: int, m: int, s: int) -> None:
     scored: list[int] = []
     for k, window in enumerate(plan_windows(n, m, s)):
@@ -87,8 +89,9 @@ def test_bad_windows_are_errors(bad: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize("stride", [None, 1], ids=["disjoint", "stride-1"])
-def test_loss_and_bits_per_byte_equal_a_naive_recomputation(checkpoint: Path, text_file: Path, tokenizer_dir: Path,
-                                                            stride: int | None) -> None:
+def test_loss_and_bits_per_byte_equal_a_naive_recomputation(
+    checkpoint: Path, text_file: Path, tokenizer_dir: Path, stride: int | None
+) -> None:
     result = evaluate(checkpoint, text_file, stride=stride, batch_size=5)
     tokens = load_tokenizer(tokenizer_dir).encode(TEXT)
     model, _ = load_for_eval(checkpoint)
@@ -101,8 +104,9 @@ def test_loss_and_bits_per_byte_equal_a_naive_recomputation(checkpoint: Path, te
     assert result.perplexity == pytest.approx(math.exp(result.loss))
 
 
-def test_a_token_array_gives_the_same_numbers_as_its_text(checkpoint: Path, text_file: Path, tokenizer_dir: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_token_array_gives_the_same_numbers_as_its_text(
+    checkpoint: Path, text_file: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
     np.save(tmp_path / "valid.npy", np.array(load_tokenizer(tokenizer_dir).encode(TEXT), dtype=np.uint16))
     from_text, from_npy = evaluate(checkpoint, text_file), evaluate(checkpoint, tmp_path / "valid.npy")
     assert (from_npy.loss, from_npy.bits_per_byte) == (from_text.loss, from_text.bits_per_byte)
@@ -117,8 +121,9 @@ def test_deterministic_and_independent_of_the_batch_size(checkpoint: Path, text_
     assert evaluate(checkpoint, text_file, batch_size=7).loss == pytest.approx(first.loss, abs=1e-6)
 
 
-def test_a_plain_checkpoint_dict_needs_a_config(checkpoint: Path, text_file: Path, tokenizer_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_a_plain_checkpoint_dict_needs_a_config(
+    checkpoint: Path, text_file: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
     model, _ = load_for_eval(checkpoint)
     plain = tmp_path / "student" / "model.pt"
     plain.parent.mkdir()
@@ -146,8 +151,23 @@ def test_bad_inputs_are_clear_errors(checkpoint: Path, text_file: Path, tmp_path
 
 
 def test_cli_prints_one_json_line(checkpoint: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(text_file), "--no-progress",
-                 "--context-length", "8", "--stride", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(text_file),
+                "--no-progress",
+                "--context-length",
+                "8",
+                "--stride",
+                "4",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])

@@ -17,8 +17,15 @@ from cs336_lab.errors import EXTRAS
 REPO = Path(__file__).resolve().parents[2]
 EXTRA_MODULES = sorted({m for modules in EXTRAS.values() for m in modules} | {"tokenizers", "psutil"})
 # The machinery `cs336 --help` must not import: the model's, the grader's, the plots'.
-MACHINERY = ["torch", "numpy", "matplotlib", "cs336_basics", "cs336_grading.grader.grade", "cs336_grading.pytest_run",
-             "cs336_grading.worker"]
+MACHINERY = [
+    "torch",
+    "numpy",
+    "matplotlib",
+    "cs336_basics",
+    "cs336_grading.grader.grade",
+    "cs336_grading.pytest_run",
+    "cs336_grading.worker",
+]
 # The commands whose own module is light: their --help imports none of MACHINERY either. (train, generate, evaluate,
 # accounting are the trainer's and the model's modules, grade the grader's, similarity the similarity measure's:
 # their --help imports torch or numpy, runtime dependencies.)
@@ -50,8 +57,14 @@ print(json.dumps(codes))
 
 def _run(blocked: list[str], *argvs: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", PROGRAM, ",".join(blocked), json.dumps(argvs)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=cwd or REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", PROGRAM, ",".join(blocked), json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd or REPO,
+    )
 
 
 def _codes(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
@@ -73,8 +86,10 @@ def test_the_help_imports_no_machinery() -> None:
 
 def test_a_command_without_its_extra_exits_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "submission").mkdir()
-    argvs = [["grade", str(tmp_path / "submission"), "--out", str(tmp_path / "results.json")],
-             ["handout", str(tmp_path / "kit")]]  # fmt: skip
+    argvs = [
+        ["grade", str(tmp_path / "submission"), "--out", str(tmp_path / "results.json")],
+        ["handout", str(tmp_path / "kit")],
+    ]
     result = _run(["pytest"], *argvs, cwd=tmp_path)
     assert _codes(result) == {" ".join(argv): 2 for argv in argvs}
     assert result.stderr.splitlines() == [

@@ -44,21 +44,62 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--train-data", str(data / "train.npy"), "--valid-data", str(data / "valid.npy"),
-            "--tokenizer-dir", str(data / "tok"), "--vocab-size", str(VOCAB), "--context-length", "16",
-            "--d-model", "32", "--num-layers", "1", "--num-heads", "2", "--batch-size", "4", "--warmup-steps", "0",
-            "--eval-every", "100000", "--eval-batches", "1", "--log-every", "1", "--device", "cpu", "--no-progress",
-            "--out-dir", str(out), *extra]
+    return [
+        "train",
+        "--train-data",
+        str(data / "train.npy"),
+        "--valid-data",
+        str(data / "valid.npy"),
+        "--tokenizer-dir",
+        str(data / "tok"),
+        "--vocab-size",
+        str(VOCAB),
+        "--context-length",
+        "16",
+        "--d-model",
+        "32",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "0",
+        "--eval-every",
+        "100000",
+        "--eval-batches",
+        "1",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def cs336(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cs336_lab.cli", *args], cwd=cwd, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cs336_lab.cli", *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "cs336_lab.cli", *args], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cs336_lab.cli", *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -102,15 +143,38 @@ def test_one_negative_token_id_is_refused_before_any_output(data: Path, tmp_path
 def test_divergence_keeps_the_last_healthy_checkpoint_which_generates(data: Path, tmp_path: Path) -> None:
     # Warm-up: step 1 runs at lr 0 (a healthy checkpoint), step 2 at lr 5e3 sends the weights to ~1e3-1e4.
     out = tmp_path / "run"
-    done = cs336(*train_args(data, out, "--max-steps", "50", "--lr-max", "1e4", "--lr-min", "1e4",
-                             "--warmup-steps", "2", "--checkpoint-every", "1"))
+    done = cs336(
+        *train_args(
+            data,
+            out,
+            "--max-steps",
+            "50",
+            "--lr-max",
+            "1e4",
+            "--lr-min",
+            "1e4",
+            "--warmup-steps",
+            "2",
+            "--checkpoint-every",
+            "1",
+        )
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "diverged by step 2" in done.stderr and "keeps the last healthy state (step 1)" in done.stderr
     payload = read_run_checkpoint(out / "ckpt_latest.pt")
     assert payload["iteration"] == 1
     assert max(t.abs().max().item() for t in payload["model"].values()) < 100
-    sample = cs336("generate", "--checkpoint", str(out / "ckpt_latest.pt"), "--prompt", "ab", "--max-new-tokens",
-                   "4", "--seed", "0")
+    sample = cs336(
+        "generate",
+        "--checkpoint",
+        str(out / "ckpt_latest.pt"),
+        "--prompt",
+        "ab",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "0",
+    )
     assert sample.returncode == 0 and sample.stdout.startswith("ab"), sample.stderr[-3000:]
 
 
@@ -145,8 +209,9 @@ def test_time_clock_under_ddp_keeps_the_replicas_identical(data: Path, tmp_path:
     """Rank 1 is slower and the ranks start at different moments; one shared clock gives one learning rate."""
     out = tmp_path / "run"
     out.mkdir()
-    args = train_args(data, out, "--max-steps", "6", "--lr-clock", "time", "--max-time-s", "3",
-                      "--warmup-steps", "3")[1:]
+    args = train_args(data, out, "--max-steps", "6", "--lr-clock", "time", "--max-time-s", "3", "--warmup-steps", "3")[
+        1:
+    ]
     torchrun([str(REPO / "project_tests" / "lab" / "ddp_clock_worker.py"), str(out), *args], nproc=2, cwd=tmp_path)
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys()
@@ -182,19 +247,43 @@ def _bad_inputs(data: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "cut_tok" / "merges.txt").write_text((data / "tok" / "merges.txt").read_text())
     ckpt = tmp / "run" / "ckpt_latest.pt"
     return [
-        (["train-bpe", str(tmp / "adir"), "--vocab-size", "300", "--out", str(tmp / "t")],
-         "training text " + str(tmp / "adir") + ": expected a text file, found a directory"),
+        (
+            ["train-bpe", str(tmp / "adir"), "--vocab-size", "300", "--out", str(tmp / "t")],
+            "training text " + str(tmp / "adir") + ": expected a text file, found a directory",
+        ),
         (["generate", "--checkpoint", str(tmp / "adir")], "expected a checkpoint file, found a directory"),
         (train_args(data, tmp / "afile", "--max-steps", "1"), "expected a directory, found a file"),
-        (["tokenize", str(data / "story.txt"), "--tokenizer", str(data / "tok"), "--out-dir", str(tmp / "afile" / "x")],
-         "expected a directory, found a file (at " + str(tmp / "afile") + ")"),
-        (["make-corpus", "--out", str(tmp / "afile"), "--num-train", "2", "--num-valid", "1"],
-         "expected a directory, found a file"),
+        (
+            [
+                "tokenize",
+                str(data / "story.txt"),
+                "--tokenizer",
+                str(data / "tok"),
+                "--out-dir",
+                str(tmp / "afile" / "x"),
+            ],
+            "expected a directory, found a file (at " + str(tmp / "afile") + ")",
+        ),
+        (
+            ["make-corpus", "--out", str(tmp / "afile"), "--num-train", "2", "--num-valid", "1"],
+            "expected a directory, found a file",
+        ),
         (["download", "tinystories", "--out", str(tmp / "afile")], "expected a directory, found a file"),
         (["generate", "--checkpoint", str(ckpt), "--tokenizer", str(tmp / "cut_tok")], "expected a JSON vocabulary"),
         (["train-bpe", str(tmp / "empty.txt"), "--vocab-size", "300", "--out", str(tmp / "t")], "got an empty file"),
-        (["train-bpe", str(data / "story.txt"), "--vocab-size", "300", "--out", str(tmp / "t"), "--num-workers", "0"],
-         "--num-workers must be >= 1"),
+        (
+            [
+                "train-bpe",
+                str(data / "story.txt"),
+                "--vocab-size",
+                "300",
+                "--out",
+                str(tmp / "t"),
+                "--num-workers",
+                "0",
+            ],
+            "--num-workers must be >= 1",
+        ),
         (["generate", "--checkpoint", str(ckpt), "--temperature", "nan"], "--temperature must be a finite number"),
         (["generate", "--checkpoint", str(ckpt), "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     ]
@@ -210,8 +299,17 @@ def test_every_command_maps_bad_input_to_exit_code_2_with_one_line(data: Path, t
 
 @pytest.mark.slow
 def test_a_tokenizer_that_falls_short_of_the_vocabulary_says_so(data: Path, tmp_path: Path) -> None:
-    done = cs336("train-bpe", str(data / "story.txt"), "--vocab-size", "100000", "--out", str(tmp_path / "t"),
-                 "--num-workers", "1", "--no-progress")
+    done = cs336(
+        "train-bpe",
+        str(data / "story.txt"),
+        "--vocab-size",
+        "100000",
+        "--out",
+        str(tmp_path / "t"),
+        "--num-workers",
+        "1",
+        "--no-progress",
+    )
     assert done.returncode == 0
     assert "asked for 100000 tokens, got" in done.stderr and "no more pairs to merge" in done.stderr
 
@@ -235,7 +333,7 @@ def test_random_kills_always_leave_a_loadable_checkpoint(data: Path, tmp_path: P
         debris = list(out.glob(TEMP_GLOB))  # only a SIGKILL mid-write leaves any: the next run removes it
         proc = start(*base, *(["--resume"] if attempt else []))
         # step last+2 logged: the checkpoint of step last+1 is on disk (a step logs, then saves)
-        wait_for(lambda: bool(metric_steps(out)) and metric_steps(out)[-1] >= last + 2, proc)
+        wait_for(lambda last=last: bool(metric_steps(out)) and metric_steps(out)[-1] >= last + 2, proc)
         assert not [p for p in debris if p.exists()], "the resumed run kept a killed run's temporary files"
         time.sleep(rng.uniform(0.0, 0.6))
         sig = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
@@ -247,8 +345,9 @@ def test_random_kills_always_leave_a_loadable_checkpoint(data: Path, tmp_path: P
         iteration = read_run_checkpoint(out / "ckpt_latest.pt")["iteration"]
         assert iteration > last, f"attempt {attempt} ({sig.name}): the resumed run made no progress"
         last = iteration
-    done = cs336(*base[: base.index("--max-steps") + 1], str(last + 2), *base[base.index("--max-steps") + 2 :],
-                 "--resume")
+    done = cs336(
+        *base[: base.index("--max-steps") + 1], str(last + 2), *base[base.index("--max-steps") + 2 :], "--resume"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_run_checkpoint(out / "ckpt_latest.pt")["iteration"] == last + 2
     assert not list(out.glob(TEMP_GLOB))
@@ -285,8 +384,12 @@ def test_grade_sigterm_stops_its_test_processes_and_removes_the_workspace(tmp_pa
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = child_env() | {"TMPDIR": str(scratch)}
-    proc = subprocess.Popen([sys.executable, "-m", "cs336_lab.cli", "grade", str(submission), "--out",
-                             str(tmp_path / "results.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cs336_lab.cli", "grade", str(submission), "--out", str(tmp_path / "results.json")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for(lambda: len(_processes_inside(scratch)) > 0, proc)  # test processes run in the workspace
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import cs336_lab.generate as generate_mod
-from cs336_lab.run_checkpoint import save_run_checkpoint
 from cs336_basics.decoding import complete, generate, sample_next_token, top_p_filter
-from cs336_lab.generate import load_model
 from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_lab.generate import load_model
+from cs336_lab.run_checkpoint import save_run_checkpoint
 
 CONFIG = ModelConfig(vocab_size=61, context_length=24, d_model=32, num_layers=2, num_heads=4)
 
@@ -111,7 +111,9 @@ def test_batch_of_ragged_prompts_equals_one_by_one(model: TransformerLM) -> None
     stopped = generate(model, prompts, max_new_tokens=8, temperature=0.0, eos_id=eos)
     assert stopped == [b[: b.index(eos)] if eos in b else b for b in batch]
     assert generate(model, torch.tensor([[1, 2, 3], [5, 6, 7]]), max_new_tokens=8, temperature=0.0) == [
-        batch[0], batch[2]]
+        batch[0],
+        batch[2],
+    ]
     assert generate(model, np.array([1, 2, 3]), max_new_tokens=8, temperature=0.0) == batch[0]
 
 
@@ -138,8 +140,12 @@ def test_sampling_stays_in_the_nucleus_with_the_right_frequencies() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-     ({"max_new_tokens": -1}, "max_new_tokens")],
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+    ],
     ids=["negative-temperature", "zero-top-p", "big-top-p", "negative-length"],
 )
 def test_bad_arguments_are_named(model: TransformerLM, kwargs: dict, message: str) -> None:
@@ -168,8 +174,13 @@ def byte_checkpoint(tmp_path_factory: pytest.TempPathFactory, byte_tokenizer_dir
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
-    save_run_checkpoint(path, TransformerLM(config), None, 0,
-                        config=config.to_dict() | {"tokenizer_dir": str(byte_tokenizer_dir), "batch_size": 4})
+    save_run_checkpoint(
+        path,
+        TransformerLM(config),
+        None,
+        0,
+        config=config.to_dict() | {"tokenizer_dir": str(byte_tokenizer_dir), "batch_size": 4},
+    )
     return path
 
 
@@ -179,8 +190,9 @@ def test_complete_returns_text_per_prompt(byte_checkpoint: Path, byte_tokenizer_
     model, config = load_model(byte_checkpoint)
     tokenizer = load_tokenizer(byte_tokenizer_dir)
     texts = complete(model, tokenizer, ["ab", "hello"], max_new_tokens=5, temperature=0.0)
-    ids = generate(model, [tokenizer.encode("ab"), tokenizer.encode("hello")], max_new_tokens=5, temperature=0.0,
-                   eos_id=256)
+    ids = generate(
+        model, [tokenizer.encode("ab"), tokenizer.encode("hello")], max_new_tokens=5, temperature=0.0, eos_id=256
+    )
     assert texts == [tokenizer.decode(i) for i in ids]
     with pytest.raises(TypeError, match="list of strings"):
         complete(model, tokenizer, "ab", max_new_tokens=1)  # type: ignore[arg-type]
@@ -189,8 +201,21 @@ def test_complete_returns_text_per_prompt(byte_checkpoint: Path, byte_tokenizer_
 def test_cli_generates_from_a_checkpoint(byte_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     generate_mod.add_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "ab", "--prompt", "cd",
-                              "--max-new-tokens", "4", "--seed", "0"])
+    args = parser.parse_args(
+        [
+            "generate",
+            "--checkpoint",
+            str(byte_checkpoint),
+            "--prompt",
+            "ab",
+            "--prompt",
+            "cd",
+            "--max-new-tokens",
+            "4",
+            "--seed",
+            "0",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("ab") and "\ncd" in out

@@ -43,16 +43,18 @@ def test_d_ff_default_is_resolved_once_here(d_model: int, ffn_type: str) -> None
 
 @pytest.mark.parametrize(
     ("changes", "error", "message"),
-    [({"d_model": 30, "num_heads": 4}, ValueError, "divisible by num_heads"),
-     ({"num_layers": 0}, ValueError, "num_layers must be a positive int"),
-     ({"vocab_size": True}, ValueError, "vocab_size must be a positive int"),
-     ({"d_ff": -1}, ValueError, "d_ff must be a positive int"),
-     ({"eps": 0.0}, ValueError, "eps must be a positive finite number"),
-     ({"rope_theta": float("nan")}, ValueError, "rope_theta must be a positive finite number"),
-     ({"norm_position": "middle"}, ValueError, "norm_position must be one of"),
-     ({"init": "he"}, ValueError, "init must be one of"),
-     ({"use_rmsnorm": "yes"}, TypeError, "use_rmsnorm must be a bool"),
-     ({"d_model": 6, "num_heads": 2}, ValueError, "RoPE needs an even head size")],
+    [
+        ({"d_model": 30, "num_heads": 4}, ValueError, "divisible by num_heads"),
+        ({"num_layers": 0}, ValueError, "num_layers must be a positive int"),
+        ({"vocab_size": True}, ValueError, "vocab_size must be a positive int"),
+        ({"d_ff": -1}, ValueError, "d_ff must be a positive int"),
+        ({"eps": 0.0}, ValueError, "eps must be a positive finite number"),
+        ({"rope_theta": float("nan")}, ValueError, "rope_theta must be a positive finite number"),
+        ({"norm_position": "middle"}, ValueError, "norm_position must be one of"),
+        ({"init": "he"}, ValueError, "init must be one of"),
+        ({"use_rmsnorm": "yes"}, TypeError, "use_rmsnorm must be a bool"),
+        ({"d_model": 6, "num_heads": 2}, ValueError, "RoPE needs an even head size"),
+    ],
 )
 def test_bad_fields_are_refused_naming_the_field(changes: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
@@ -80,11 +82,15 @@ def test_the_spec_matches_the_references_model_config_field_for_field() -> None:
 def test_cs336_common_imports_none_of_the_wings() -> None:
     for path in (REPO / "cs336_common").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n.split(".")[0] in ("cs336_basics", "cs336_lab", "cs336_grading") for n in names), path
-    code = ("import sys, cs336_common.model_spec; "
-            "print(sorted(m for m in sys.modules if m.startswith(('cs336', 'torch'))))")
+    code = (
+        "import sys, cs336_common.model_spec; print(sorted(m for m in sys.modules if m.startswith(('cs336', 'torch'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['cs336_common', 'cs336_common.model_spec']"
 
@@ -98,10 +104,28 @@ def _parse(argv: list[str]) -> TrainConfig:
 
 
 def test_eps_and_every_model_flag_reach_the_spec() -> None:
-    config = _parse(["--d-model", "64", "--num-heads", "4", "--eps", "1e-6", "--no-use-rmsnorm", "--ffn-type", "silu",
-                     "--d-ff", "none", "--init", "orthogonal", "--lr-max", "0.01"])
-    assert config.model == ModelSpec(d_model=64, num_heads=4, eps=1e-6, use_rmsnorm=False, ffn_type="silu",
-                                     init="orthogonal")
+    config = _parse(
+        [
+            "--d-model",
+            "64",
+            "--num-heads",
+            "4",
+            "--eps",
+            "1e-6",
+            "--no-use-rmsnorm",
+            "--ffn-type",
+            "silu",
+            "--d-ff",
+            "none",
+            "--init",
+            "orthogonal",
+            "--lr-max",
+            "0.01",
+        ]
+    )
+    assert config.model == ModelSpec(
+        d_model=64, num_heads=4, eps=1e-6, use_rmsnorm=False, ffn_type="silu", init="orthogonal"
+    )
     assert config.model.d_ff == 256 and config.lr_max == 0.01
 
 
@@ -155,10 +179,21 @@ def test_an_old_format_run_resumes_generates_and_evaluates(tmp_path: Path) -> No
     tokens = np.tile(np.random.default_rng(0).integers(0, 64, size=40), 40).astype(np.uint16)
     np.save(tmp_path / "train.npy", tokens)
     np.save(tmp_path / "valid.npy", tokens[:400])
-    config = TrainConfig(train_data=str(tmp_path / "train.npy"), valid_data=str(tmp_path / "valid.npy"),
-                         model=ModelSpec(**SMALL), batch_size=2, max_steps=2, warmup_steps=0, eval_every=2,
-                         eval_batches=1, log_every=1, checkpoint_every=2, out_dir=str(tmp_path / "run"),
-                         device="cpu", progress=False)
+    config = TrainConfig(
+        train_data=str(tmp_path / "train.npy"),
+        valid_data=str(tmp_path / "valid.npy"),
+        model=ModelSpec(**SMALL),
+        batch_size=2,
+        max_steps=2,
+        warmup_steps=0,
+        eval_every=2,
+        eval_batches=1,
+        log_every=1,
+        checkpoint_every=2,
+        out_dir=str(tmp_path / "run"),
+        device="cpu",
+        progress=False,
+    )
     train(config)
     ckpt = tmp_path / "run" / "ckpt_latest.pt"
     payload = torch.load(ckpt, weights_only=False)
@@ -174,8 +209,11 @@ def test_an_old_format_run_resumes_generates_and_evaluates(tmp_path: Path) -> No
     resumed = train(dataclasses.replace(old_file, max_steps=4, resume=True))
     assert resumed.steps == 4 and read_run_checkpoint(ckpt)["config"]["model"] == config.model.to_dict()
     with pytest.raises(ValueError, match="num_layers=1 in the checkpoint, 2 asked"):
-        train(dataclasses.replace(old_file, model=dataclasses.replace(old_file.model, num_layers=2), max_steps=6,
-                                  resume=True))
+        train(
+            dataclasses.replace(
+                old_file, model=dataclasses.replace(old_file.model, num_layers=2), max_steps=6, resume=True
+            )
+        )
 
 
 def test_sweeps_over_model_fields_and_old_sweep_points_are_not_retrained(tmp_path: Path) -> None:
@@ -183,13 +221,18 @@ def test_sweeps_over_model_fields_and_old_sweep_points_are_not_retrained(tmp_pat
     from cs336_lab.sweep import expand_points, load_sweep_file, run_point
 
     (tmp_path / "base.toml").write_text(
-        "lr_max = 0.01\nmax_steps = 4\nwarmup_steps = 1\n[model]\nd_model = 64\nnum_heads = 4\nd_ff = 128\n")
+        "lr_max = 0.01\nmax_steps = 4\nwarmup_steps = 1\n[model]\nd_model = 64\nnum_heads = 4\nd_ff = 128\n"
+    )
     (tmp_path / "s.toml").write_text("d_ff = 96\n[sweep]\nbase = 'base.toml'\n[sweep.grid]\nd_model = [32, 64]\n")
     data, table = load_sweep_file(tmp_path / "s.toml")
-    configs = [from_dict(TrainConfig, merge_config_data(TrainConfig, data, values, {"out_dir": str(tmp_path / n)}))
-               for n, values, _ in expand_points(table["grid"])]
+    configs = [
+        from_dict(TrainConfig, merge_config_data(TrainConfig, data, values, {"out_dir": str(tmp_path / n)}))
+        for n, values, _ in expand_points(table["grid"])
+    ]
     assert [(c.model.d_model, c.model.d_ff, c.model.num_heads, c.lr_max) for c in configs] == [
-        (32, 96, 4, 0.01), (64, 96, 4, 0.01)]
+        (32, 96, 4, 0.01),
+        (64, 96, 4, 0.01),
+    ]
     # A point finished by an older cs336 recorded its config flat: it is the same config, so it is skipped.
     config = configs[0]
     old = _flatten_to_old_format(to_jsonable(dataclasses.replace(config, resume=False)))
@@ -214,7 +257,6 @@ def test_docstring_examples() -> None:
 def test_the_tools_d_ff_formula_is_the_assignments() -> None:
     """The one formula has two homes on purpose: the assignment stands alone, the tools never import it."""
     from cs336_basics.layers import default_d_ff
-
     from cs336_common.model_spec import handout_d_ff, implied_d_ff
 
     for d_model in range(1, 4097):

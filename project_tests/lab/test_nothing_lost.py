@@ -83,8 +83,13 @@ def test_under_torchrun_every_rank_stops_when_rank_zero_refuses_the_folder(data:
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text("{}\n")  # an earlier run
-    output = torchrun(["-m", "cs336_lab.cli", *train_args(data, out, "--max-steps", "2")], nproc=2, cwd=tmp_path,
-                      expect_failure=True, timeout=180)  # a rank left waiting in a collective would time out
+    output = torchrun(
+        ["-m", "cs336_lab.cli", *train_args(data, out, "--max-steps", "2")],
+        nproc=2,
+        cwd=tmp_path,
+        expect_failure=True,
+        timeout=180,
+    )  # a rank left waiting in a collective would time out
     assert "already holds a run (config.json)" in output
     assert (out / "config.json").read_text() == "{}\n" and not (out / "metrics.jsonl").exists()
 
@@ -101,9 +106,21 @@ def test_the_lock_is_held_inside_the_block_only(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- 4: token files are never overwritten
 
 
-def _tokenize(data: Path, out: Path, *inputs: Path | str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return cs336("tokenize", *map(str, inputs), "--tokenizer", str(data / "tok"), "--out-dir", str(out),
-                 "--num-workers", "1", "--no-progress", *extra)
+def _tokenize(
+    data: Path, out: Path, *inputs: Path | str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return cs336(
+        "tokenize",
+        *map(str, inputs),
+        "--tokenizer",
+        str(data / "tok"),
+        "--out-dir",
+        str(out),
+        "--num-workers",
+        "1",
+        "--no-progress",
+        *extra,
+    )
 
 
 @pytest.mark.slow
@@ -143,8 +160,12 @@ def _train_relative(data: Path, work: Path, tokenizer: Path | None = None, vocab
         shutil.copyfile(data / name, work / name)
     shutil.copytree(tokenizer or data / "tok", work / "tok")
     args = train_args(data, Path("run"), "--max-steps", "2")
-    for flag, value in (("--train-data", "train.npy"), ("--valid-data", "valid.npy"), ("--tokenizer-dir", "tok"),
-                        ("--vocab-size", str(vocab_size))):
+    for flag, value in (
+        ("--train-data", "train.npy"),
+        ("--valid-data", "valid.npy"),
+        ("--tokenizer-dir", "tok"),
+        ("--vocab-size", str(vocab_size)),
+    ):
         args[args.index(flag) + 1] = value
     done = cs336(*args, cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -165,11 +186,13 @@ def test_a_checkpoint_trained_with_relative_paths_generates_from_another_folder(
     ckpt = _train_relative(data, tmp_path / "work")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = cs336("generate", "--checkpoint", str(ckpt), "--prompt", "ab", "--max-new-tokens", "3", "--seed", "0",
-                 cwd=elsewhere)
+    done = cs336(
+        "generate", "--checkpoint", str(ckpt), "--prompt", "ab", "--max-new-tokens", "3", "--seed", "0", cwd=elsewhere
+    )
     assert done.returncode == 0 and done.stdout.startswith("ab"), done.stderr[-3000:]
-    done = cs336("evaluate", "--checkpoint", str(ckpt), "--data", str(data / "story.txt"), "--no-progress",
-                 cwd=elsewhere)
+    done = cs336(
+        "evaluate", "--checkpoint", str(ckpt), "--data", str(data / "story.txt"), "--no-progress", cwd=elsewhere
+    )
     assert done.returncode == 0 and json.loads(done.stdout)["bits_per_byte"] is not None, done.stderr[-3000:]
 
     # An older checkpoint recorded the relative path as given: the error names every path tried.
@@ -195,6 +218,8 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_and_another_one_warn
         other = _bpe_like(tmp_path / "other300", 300, swap=True)  # the model's size, another tokenizer
         done = cs336(*command, "--checkpoint", str(ckpt), "--tokenizer", str(other))
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "is not the one the model was trained with" in done.stderr and str(tmp_path / "work" / "tok") in done.stderr
+        assert (
+            "is not the one the model was trained with" in done.stderr and str(tmp_path / "work" / "tok") in done.stderr
+        )
         done = cs336(*command, "--checkpoint", str(ckpt))  # the recorded tokenizer: no warning
         assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-3000:]

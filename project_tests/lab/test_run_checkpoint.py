@@ -17,8 +17,8 @@ from cs336_basics.data import get_batch
 from cs336_basics.loss import cross_entropy
 from cs336_basics.optimizer import AdamW, gradient_clipping
 from cs336_common.atomic import TEMP_GLOB
-from project_tests.basics.test_training_primitives import _model_and_optimizer
 from cs336_lab.run_checkpoint import FORMAT, VERSION, load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
+from project_tests.basics.test_training_primitives import _model_and_optimizer
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: Any, *, restore_rng: bool = False) -> int:
@@ -28,7 +28,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any, *, restore_rng: boo
 def test_checkpoint_payload_has_format_config_and_extra(tmp_path: Path) -> None:
     model, optimizer = _model_and_optimizer()
     path = tmp_path / "deep" / "dir" / "ckpt.pt"  # parent directories are created
-    save_run_checkpoint(path, model, optimizer, 7, config={"width": 4, "name": "tiny"}, extra={"tokens_seen": 123, "best": math.inf})
+    save_run_checkpoint(
+        path, model, optimizer, 7, config={"width": 4, "name": "tiny"}, extra={"tokens_seen": 123, "best": math.inf}
+    )
     payload = read_run_checkpoint(path)
     assert payload["format"] == FORMAT and payload["version"] == VERSION and payload["iteration"] == 7
     assert payload["config"] == {"width": 4, "name": "tiny"}

@@ -47,7 +47,7 @@ STUDENT_MODULES = {
                     h = h + block(h)
                 return self.student_head(h)
     ''',
-    "training.py": '''
+    "training.py": """
         import math
 
         import numpy as np
@@ -81,7 +81,7 @@ STUDENT_MODULES = {
             windows = np.stack([dataset[s : s + context_length + 1] for s in starts]).astype(np.int64)
             w = torch.from_numpy(windows).to(device)
             return w[:, :-1], w[:, 1:]
-    ''',
+    """,
     "bytes_tokenizer.py": '''
         import re
 
@@ -130,8 +130,11 @@ def test_the_tools_import_the_assignment_only_through_the_door() -> None:
         if path.name == "assignment.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             offenders += [f"{path.name}:{node.lineno}" for n in names if n.split(".")[0] == "cs336_basics"]
     assert offenders == [], f"cs336_lab must reach cs336_basics through cs336_lab/assignment.py only: {offenders}"
 
@@ -153,17 +156,55 @@ def student_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cs336(kit: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(kit), "CUDA_VISIBLE_DEVICES": ""}
-    code = "import sys, cs336_basics; print('PACKAGE', cs336_basics.__file__, file=sys.stderr); " \
-           "from cs336_lab.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=kit, env=env, capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "import sys, cs336_basics; print('PACKAGE', cs336_basics.__file__, file=sys.stderr); "
+        "from cs336_lab.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=kit, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-TRAIN = ["train", "--train-data", "tokens/train.npy", "--valid-data", "tokens/valid.npy", "--tokenizer-dir", "tok",
-         "--vocab-size", "257", "--context-length", "16", "--d-model", "32", "--num-layers", "1", "--num-heads", "2",
-         "--d-ff", "64", "--batch-size", "4", "--max-steps", "3", "--warmup-steps", "1", "--eval-every", "3",
-         "--eval-batches", "1", "--log-every", "1", "--checkpoint-every", "3", "--out-dir", "run", "--device", "cpu",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--train-data",
+    "tokens/train.npy",
+    "--valid-data",
+    "tokens/valid.npy",
+    "--tokenizer-dir",
+    "tok",
+    "--vocab-size",
+    "257",
+    "--context-length",
+    "16",
+    "--d-model",
+    "32",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "3",
+    "--warmup-steps",
+    "1",
+    "--eval-every",
+    "3",
+    "--eval-batches",
+    "1",
+    "--log-every",
+    "1",
+    "--checkpoint-every",
+    "3",
+    "--out-dir",
+    "run",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.mark.slow

@@ -28,10 +28,26 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tokens = np.tile(np.random.default_rng(1).integers(0, VOCAB, size=40), 60).astype(np.uint16)
     np.save(directory / "train.npy", tokens)
     np.save(directory / "valid.npy", tokens[:800])
-    return {"train_data": str(directory / "train.npy"), "valid_data": str(directory / "valid.npy"),
-            "vocab_size": VOCAB, "context_length": 8, "d_model": 16, "num_layers": 1, "num_heads": 2,
-            "batch_size": 4, "max_steps": 8, "warmup_steps": 1, "lr_max": 3e-3, "lr_min": 3e-4, "eval_every": 4,
-            "eval_batches": 2, "log_every": 1, "checkpoint_every": 4, "device": "cpu", "progress": False}
+    return {
+        "train_data": str(directory / "train.npy"),
+        "valid_data": str(directory / "valid.npy"),
+        "vocab_size": VOCAB,
+        "context_length": 8,
+        "d_model": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "batch_size": 4,
+        "max_steps": 8,
+        "warmup_steps": 1,
+        "lr_max": 3e-3,
+        "lr_min": 3e-4,
+        "eval_every": 4,
+        "eval_batches": 2,
+        "log_every": 1,
+        "checkpoint_every": 4,
+        "device": "cpu",
+        "progress": False,
+    }
 
 
 def _val_losses(point_dir: Path) -> list[float]:
@@ -45,8 +61,12 @@ def test_set_values_grid_and_names() -> None:
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_set("lr_max")
     points = grid_points({"lr_max": [1e-3, 1e-2], "batch_size": [16, 64]})
-    assert [point_name(p) for p in points] == ["lr_max=0.001+batch_size=16", "lr_max=0.001+batch_size=64",
-                                               "lr_max=0.01+batch_size=16", "lr_max=0.01+batch_size=64"]
+    assert [point_name(p) for p in points] == [
+        "lr_max=0.001+batch_size=16",
+        "lr_max=0.001+batch_size=64",
+        "lr_max=0.01+batch_size=16",
+        "lr_max=0.01+batch_size=64",
+    ]
     with pytest.raises(ValueError, match="non-empty list"):
         grid_points({"lr_max": []})
 
@@ -125,13 +145,22 @@ def test_a_changed_config_retrains_the_point(base: dict[str, Any], tmp_path: Pat
 def test_cli_reads_the_grid_from_the_file_and_from_set(base: dict[str, Any], tmp_path: Path) -> None:
     config = tmp_path / "sweep.toml"
     lines = [f"{k} = {json.dumps(v)}" for k, v in base.items()]
-    lines += ["[sweep]", f"out = {json.dumps(str(tmp_path / 'out'))}", "metric = 'train_loss'",
-              "[sweep.grid]", "ffn_type = ['swiglu', 'silu']"]
+    lines += [
+        "[sweep]",
+        f"out = {json.dumps(str(tmp_path / 'out'))}",
+        "metric = 'train_loss'",
+        "[sweep.grid]",
+        "ffn_type = ['swiglu', 'silu']",
+    ]
     config.write_text("\n".join(lines) + "\n")
     assert main(["sweep", "--config", str(config), "--set", "num_layers=1,2", "--set", "max_steps=4"]) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
-    assert names == ["ffn_type=silu+num_layers=1+max_steps=4", "ffn_type=silu+num_layers=2+max_steps=4",
-                     "ffn_type=swiglu+num_layers=1+max_steps=4", "ffn_type=swiglu+num_layers=2+max_steps=4"]
+    assert names == [
+        "ffn_type=silu+num_layers=1+max_steps=4",
+        "ffn_type=silu+num_layers=2+max_steps=4",
+        "ffn_type=swiglu+num_layers=1+max_steps=4",
+        "ffn_type=swiglu+num_layers=2+max_steps=4",
+    ]
     assert "final train_loss" in (tmp_path / "out" / "compare.md").read_text()
     assert main(["sweep", "--config", str(config), "--set", "no_such_key=1"]) == 2
 
@@ -146,13 +175,19 @@ def test_listed_points_are_named_and_crossed_with_the_grid(base: dict[str, Any],
     out = tmp_path / "out"
     assert main(["sweep", "--config", str(tmp_path / "ablations.toml"), "--out", str(out), "--threads", "1"]) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
-        "baseline+seed=0", "position_embedding=none+seed=0", "post-norm+seed=0"]
+        "baseline+seed=0",
+        "position_embedding=none+seed=0",
+        "post-norm+seed=0",
+    ]
     config = json.loads((out / "post-norm+seed=0" / "config.json").read_text())
     assert (config["model"]["norm_position"], config["max_steps"], config["model"]["d_model"]) == ("post", 4, 16)
     rows = (out / "compare.md").read_text().splitlines()[2:]
     # Named points keep their names; the unnamed one is labelled by the keys that differ between the runs.
     assert [r.split(" | ")[0] for r in rows] == [
-        "| baseline+seed=0", "| post-norm+seed=0", "| norm_position=pre, position_embedding=none"]
+        "| baseline+seed=0",
+        "| post-norm+seed=0",
+        "| norm_position=pre, position_embedding=none",
+    ]
 
 
 def test_an_interrupted_point_whose_config_changed_starts_afresh(base: dict[str, Any], tmp_path: Path) -> None:
@@ -190,7 +225,8 @@ def test_ctrl_c_stops_the_sweep_and_the_point_resumes(base: dict[str, Any], tmp_
 
     grid = {"lr_max": [1e-3, 1e-2]}
     signalling = lambda config: train(  # noqa: E731
-        config, model_factory=lambda spec, device: SignallingLM(ModelConfig(**spec.to_dict()), device=device))
+        config, model_factory=lambda spec, device: SignallingLM(ModelConfig(**spec.to_dict()), device=device)
+    )
     with pytest.raises(KeyboardInterrupt, match=r"stopped by SIGINT after step \d"):
         sweep(base, grid, tmp_path / "s", train_fn=signalling)
     first = tmp_path / "s" / "lr_max=0.001"

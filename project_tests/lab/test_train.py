@@ -39,10 +39,20 @@ def token_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tiny_config(token_files: tuple[Path, Path], tmp_path: Path) -> TrainConfig:
     train_path, valid_path = token_files
     return TrainConfig(
-        train_data=str(train_path), valid_data=str(valid_path),
-        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2), batch_size=4,
-        max_steps=12, warmup_steps=2, lr_max=3e-3, lr_min=3e-4,
-        eval_every=4, eval_batches=2, log_every=1, checkpoint_every=4, out_dir=str(tmp_path / "run"), device="cpu",
+        train_data=str(train_path),
+        valid_data=str(valid_path),
+        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2),
+        batch_size=4,
+        max_steps=12,
+        warmup_steps=2,
+        lr_max=3e-3,
+        lr_min=3e-4,
+        eval_every=4,
+        eval_batches=2,
+        log_every=1,
+        checkpoint_every=4,
+        out_dir=str(tmp_path / "run"),
+        device="cpu",
         progress=False,
     )
 
@@ -179,15 +189,20 @@ def test_custom_model_and_optimizer_factories(tiny_config: TrainConfig) -> None:
     def optimizer_factory(params, config):
         return torch.optim.SGD(params, lr=config.lr_max)
 
-    result = train(dataclasses.replace(tiny_config, max_steps=2), model_factory=model_factory,
-                   optimizer_factory=optimizer_factory)
+    result = train(
+        dataclasses.replace(tiny_config, max_steps=2), model_factory=model_factory, optimizer_factory=optimizer_factory
+    )
     assert result.steps == 2 and built[0].d_model == 32
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"batch_size": 0}, "batch_size must be >= 1"), ({"warmup_steps": 20}, "warmup_steps"),
-     ({"lr_min": 1.0}, "lr_min <= lr_max"), ({"lr_clock": "time"}, "needs max_time_s")],
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"warmup_steps": 20}, "warmup_steps"),
+        ({"lr_min": 1.0}, "lr_min <= lr_max"),
+        ({"lr_clock": "time"}, "needs max_time_s"),
+    ],
     ids=["batch", "warmup", "lr-order", "time-clock"],
 )
 def test_bad_config_values_are_named(tiny_config: TrainConfig, changes: dict, message: str) -> None:
@@ -223,11 +238,40 @@ def test_cli_flags_and_config_file(tiny_config: TrainConfig, tmp_path: Path) -> 
     config_file = tmp_path / "run.toml"
     config_file.write_text("d_model = 16\nnum_heads = 2\nmax_steps = 3\n")
     out = tmp_path / "cli"
-    code = _cli(["train", "--config", str(config_file), "--train-data", tiny_config.train_data,
-                 "--valid-data", tiny_config.valid_data, "--vocab-size", "64", "--context-length", "16",
-                 "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "1", "--max-steps", "2",
-                 "--eval-every", "2", "--eval-batches", "1", "--out-dir", str(out), "--device", "cpu",
-                 "--no-progress", "--ffn-type", "silu"])
+    code = _cli(
+        [
+            "train",
+            "--config",
+            str(config_file),
+            "--train-data",
+            tiny_config.train_data,
+            "--valid-data",
+            tiny_config.valid_data,
+            "--vocab-size",
+            "64",
+            "--context-length",
+            "16",
+            "--num-layers",
+            "1",
+            "--batch-size",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--ffn-type",
+            "silu",
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
     # flag beats file
@@ -240,10 +284,36 @@ def test_cli_exit_codes_for_bad_input_and_divergence(
 ) -> None:
     assert _cli(["train", "--train-data", str(tmp_path / "missing.npy"), "--valid-data", "x"]) == 2
     monkeypatch.setattr(Assignment, "training_loss", lambda self, logits, targets: logits.sum() * math.inf)
-    code = _cli(["train", "--train-data", tiny_config.train_data, "--valid-data", tiny_config.valid_data,
-                 "--vocab-size", "64", "--context-length", "16", "--d-model", "16", "--num-heads", "2",
-                 "--num-layers", "1", "--batch-size", "2", "--warmup-steps", "0", "--max-steps", "2",
-                 "--out-dir", str(tmp_path / "nan"), "--device", "cpu", "--no-progress"])
+    code = _cli(
+        [
+            "train",
+            "--train-data",
+            tiny_config.train_data,
+            "--valid-data",
+            tiny_config.valid_data,
+            "--vocab-size",
+            "64",
+            "--context-length",
+            "16",
+            "--d-model",
+            "16",
+            "--num-heads",
+            "2",
+            "--num-layers",
+            "1",
+            "--batch-size",
+            "2",
+            "--warmup-steps",
+            "0",
+            "--max-steps",
+            "2",
+            "--out-dir",
+            str(tmp_path / "nan"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 1
 
 

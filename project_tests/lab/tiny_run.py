@@ -40,10 +40,21 @@ def make_tiny_run(root: Path, *, steps: int = 40) -> TinyRun:
     counts = tokenize_files(tokenizer_dir, [corpus.train, corpus.valid], root / "tokens", num_workers=1)
     train_npy, valid_npy = sorted(counts, key=lambda p: p.stem != "train")
     config = TrainConfig(
-        train_data=str(train_npy), valid_data=str(valid_npy), tokenizer_dir=str(tokenizer_dir),
+        train_data=str(train_npy),
+        valid_data=str(valid_npy),
+        tokenizer_dir=str(tokenizer_dir),
         model=ModelSpec(vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH, d_model=32, num_layers=2, num_heads=4),
-        batch_size=8, max_steps=steps, warmup_steps=4, lr_max=3e-3, eval_every=steps, eval_batches=2,
-        log_every=steps, checkpoint_every=steps, out_dir=str(root / "run"), progress=False, device="cpu",
-    )  # fmt: skip
+        batch_size=8,
+        max_steps=steps,
+        warmup_steps=4,
+        lr_max=3e-3,
+        eval_every=steps,
+        eval_batches=2,
+        log_every=steps,
+        checkpoint_every=steps,
+        out_dir=str(root / "run"),
+        progress=False,
+        device="cpu",
+    )
     train(config)
     return TinyRun(root / "run" / CHECKPOINT_NAME, tokenizer_dir, corpus.valid, valid_npy, config)

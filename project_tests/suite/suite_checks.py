@@ -169,18 +169,19 @@ def _bpe_checks() -> dict[str, Callable[[Fixtures], None]]:
         "encode_emoji": lambda fx: t.test_tokenizer_matches_tiktoken(fx.bpe, fx.tik, texts["emoji"]),
         "encode_corpus": lambda fx: t.test_tokenizer_matches_tiktoken_on_corpus(fx.bpe, fx.tik, fx.dir),
         "encode_no_specials": lambda fx: t.test_tokenizer_without_special_tokens_treats_them_as_text(fx.bpe),
-        "encode_overlapping": lambda fx: t.test_tokenizer_overlapping_special_tokens_take_the_longest(
-            fx.bpe, fx.plain
-        ),
+        "encode_overlapping": lambda fx: t.test_tokenizer_overlapping_special_tokens_take_the_longest(fx.bpe, fx.plain),
         "encode_added_special": lambda fx: t.test_tokenizer_adds_missing_special_tokens(fx.bpe, fx.plain),
-        "encode_random": lambda fx: t.test_tokenizer_matches_tiktoken_random_text(small_bpe=fx.bpe, small_tiktoken=fx.tik),
+        "encode_random": lambda fx: t.test_tokenizer_matches_tiktoken_random_text(
+            small_bpe=fx.bpe, small_tiktoken=fx.tik
+        ),
         "iterable_any_chunking": lambda fx: t.test_tokenizer_encode_iterable_any_chunking(
             small_bpe=fx.bpe, small_tiktoken=fx.tik
         ),
         "encode_two_instances": lambda fx: t.test_tokenizer_instances_share_no_state(fx.bpe),
         **{
-            f"iterable_tricky_{name}": (lambda fx, c=chunks: t.test_tokenizer_encode_iterable_tricky_chunkings(
-                fx.bpe, fx.tik, c))
+            f"iterable_tricky_{name}": (
+                lambda fx, c=chunks: t.test_tokenizer_encode_iterable_tricky_chunkings(fx.bpe, fx.tik, c)
+            )
             for name, chunks in t.TRICKY_CHUNKINGS.items()
         },
         "decode_malformed": lambda fx: t.test_tokenizer_decode_malformed_bytes_become_replacement_characters(fx.bpe),

@@ -107,7 +107,12 @@ _TRAINING_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "ce_summed_property": ("cross_entropy", "summed", ("ce_property",), "ce_summed"),
     "ce_summed_hand": ("cross_entropy", "summed", ("ce_uniform", "ce_hand"), "ce_summed"),
     "clip_per_parameter_hand": ("gradient_clipping", "per_parameter", ("clip_global",), "clip_per_parameter"),
-    "clip_per_parameter": ("gradient_clipping", "per_parameter", ("clip_far_above", "clip_above"), "clip_per_parameter"),
+    "clip_per_parameter": (
+        "gradient_clipping",
+        "per_parameter",
+        ("clip_far_above", "clip_above"),
+        "clip_per_parameter",
+    ),
     "clip_always": ("gradient_clipping", "always", ("clip_below",), "clip_always"),
     "clip_sum_of_norms": ("gradient_clipping", "sum_of_norms", ("clip_above",), "clip_sum_of_norms"),
     "clip_by_value": ("gradient_clipping", "by_value", ("clip_far_above",), "clip_by_value"),
@@ -117,8 +122,12 @@ _TRAINING_MUTANTS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "adamw_shared_step": ("adamw", "shared_step", ("adamw_trajectory",), "adamw_shared_step"),
     "adamw_cached_lr": ("adamw", "cached_lr", ("adamw_trajectory",), "adamw_cached_lr"),
     "adamw_decay_by_alpha_t": ("adamw", "decay_by_alpha_t", ("adamw_trajectory",), "adamw_decay_by_alpha_t"),
-    "cosine_warmup_off_by_one": ("cosine", "warmup_off_by_one", ("cosine_curve", "cosine_tw_minus_1"),
-                                 "cosine_warmup_off_by_one"),  # fmt: skip
+    "cosine_warmup_off_by_one": (
+        "cosine",
+        "warmup_off_by_one",
+        ("cosine_curve", "cosine_tw_minus_1"),
+        "cosine_warmup_off_by_one",
+    ),
     "cosine_over_tc": ("cosine", "over_tc", ("cosine_curve",), "cosine_angle_over_tc"),
     "cosine_from_zero": ("cosine", "from_zero", ("cosine_curve",), "cosine_angle_from_zero"),
     "batch_device_ignored": ("get_batch", "device_ignored", ("batch_cuda99", "batch_device_index"), None),
@@ -139,35 +148,52 @@ def _bpe(tokenizer: dict[str, Any] | None = None, trainer: dict[str, Any] | None
     return student_bpe.adapters(tokenizer, trainer)
 
 
-ENCODE = ("encode_ascii", "encode_corpus", "encode_overlapping", "encode_added_special", "iterable_long_7",
-          "iterable_file")  # fmt: skip
+ENCODE = (
+    "encode_ascii",
+    "encode_corpus",
+    "encode_overlapping",
+    "encode_added_special",
+    "iterable_long_7",
+    "iterable_file",
+)
 
 # A whitespace run at a chunk's edge, flushed and encoded on its own, splits differently than in the whole text.
-TRICKY_WHITESPACE = ("iterable_tricky_newlines-then-word", "iterable_tricky_spaces-then-word",
-                     "iterable_tricky_newline-space-word")  # fmt: skip
+TRICKY_WHITESPACE = (
+    "iterable_tricky_newlines-then-word",
+    "iterable_tricky_spaces-then-word",
+    "iterable_tricky_newline-space-word",
+)
 
 MUTANTS: dict[str, Mutant] = {
     **{name: Mutant(_model(fn, m), checks, hint) for name, (fn, m, checks, hint) in _MODEL_MUTANTS.items()},
     **{
-        name: Mutant(student_training.adapters(adamw={"mistake": m}) if fn == "adamw" else _training(fn, m), checks,
-                     hint)  # fmt: skip
+        name: Mutant(
+            student_training.adapters(adamw={"mistake": m}) if fn == "adamw" else _training(fn, m), checks, hint
+        )
         for name, (fn, m, checks, hint) in _TRAINING_MUTANTS.items()
     },
     **{name: Mutant(_training(fn, m), checks, None, True) for name, (fn, m, checks) in _CRASHING_MUTANTS.items()},
-    "train_ties_smaller": Mutant(_bpe(trainer={"tie": "smaller"}), ("train_hand", "train_tie", "train_small"),
-                                 "train_ties_smaller"),  # fmt: skip
+    "train_ties_smaller": Mutant(
+        _bpe(trainer={"tie": "smaller"}), ("train_hand", "train_tie", "train_small"), "train_ties_smaller"
+    ),
     "train_ties_by_ids": Mutant(_bpe(trainer={"tie": "ids"}), ("train_tie",), "train_ties_by_ids"),
-    "train_specials_not_split": Mutant(_bpe(trainer={"split_specials": False}), ("train_overlapping",),
-                                       "train_specials_not_split"),  # fmt: skip
-    "train_no_pretokenization": Mutant(_bpe(trainer={"pretokenize": "none"}), ("train_small",),
-                                       "train_no_pretokenization"),  # fmt: skip
-    "train_whitespace_split": Mutant(_bpe(trainer={"pretokenize": "split"}), ("train_small",), "train_whitespace_split"),
+    "train_specials_not_split": Mutant(
+        _bpe(trainer={"split_specials": False}), ("train_overlapping",), "train_specials_not_split"
+    ),
+    "train_no_pretokenization": Mutant(
+        _bpe(trainer={"pretokenize": "none"}), ("train_small",), "train_no_pretokenization"
+    ),
+    "train_whitespace_split": Mutant(
+        _bpe(trainer={"pretokenize": "split"}), ("train_small",), "train_whitespace_split"
+    ),
     "train_naive_recount": Mutant(_bpe(trainer={"naive": True}), ("train_speed",), None),
     "encode_no_merges": Mutant(_bpe({"no_merges": True}), ENCODE, "encode_no_merges"),
-    "encode_shortest_first": Mutant(_bpe({"shortest_first": True}), ("encode_overlapping",),
-                                    "encode_specials_shortest_first"),  # fmt: skip
-    "encode_no_pretokenize": Mutant(_bpe({"no_pretokenize": True}), ("encode_spaces", "encode_contractions"),
-                                    "encode_no_pretokenization"),  # fmt: skip
+    "encode_shortest_first": Mutant(
+        _bpe({"shortest_first": True}), ("encode_overlapping",), "encode_specials_shortest_first"
+    ),
+    "encode_no_pretokenize": Mutant(
+        _bpe({"no_pretokenize": True}), ("encode_spaces", "encode_contractions"), "encode_no_pretokenization"
+    ),
     "encode_specials_as_text": Mutant(_bpe({"specials_as_text": True}), ("encode_special",), "encode_specials_as_text"),
     "encode_iterable_reads_all": Mutant(_bpe({"stream": "read_all"}), ("iterable_memory",), None),
     "encode_iterable_per_chunk": Mutant(_bpe({"stream": "per_chunk"}), ("iterable_long_7",), None),
@@ -175,45 +201,76 @@ MUTANTS: dict[str, Mutant] = {
     "encode_class_cache": Mutant(_bpe({"class_cache": True}), ("encode_two_instances",), None),
     "decode_strict": Mutant(_bpe({"strict_decode": True}), ("decode_malformed",), None, True),
 }
-SLOW_MUTANTS = {"train_naive_recount", "encode_iterable_reads_all", "encode_no_merges", "train_ties_smaller",
-                "train_no_pretokenization", "train_whitespace_split"}  # fmt: skip
+SLOW_MUTANTS = {
+    "train_naive_recount",
+    "encode_iterable_reads_all",
+    "encode_no_merges",
+    "train_ties_smaller",
+    "train_no_pretokenization",
+    "train_whitespace_split",
+}
 
 # ------------------------------------------------------------------------------------------- rewrites
 
 MODEL_CHECKS = tuple(
-    label for label in CHECKS if label.split("_")[0] in {"linear", "embedding", "rmsnorm", "swiglu", "rope", "sdpa",
-                                                         "mha", "block", "lm", "softmax", "silu"}  # fmt: skip
+    label
+    for label in CHECKS
+    if label.split("_")[0]
+    in {"linear", "embedding", "rmsnorm", "swiglu", "rope", "sdpa", "mha", "block", "lm", "softmax", "silu"}
 ) + ("softmax_property",)
 TRAINING_CHECKS = tuple(
     label for label in CHECKS if label.split("_")[0] in {"ce", "clip", "adamw", "cosine", "checkpoint", "batch"}
 )
 BPE_CHECKS = tuple(label for label in CHECKS if label.split("_")[0] in {"encode", "decode", "iterable", "train"})
-_ORACLE_MODEL = ("run_linear", "run_rmsnorm", "run_softmax", "run_silu", "run_swiglu", "run_rope",
-                 "run_scaled_dot_product_attention", "run_multihead_self_attention",
-                 "run_multihead_self_attention_with_rope", "run_transformer_block", "run_transformer_lm")  # fmt: skip
+_ORACLE_MODEL = (
+    "run_linear",
+    "run_rmsnorm",
+    "run_softmax",
+    "run_silu",
+    "run_swiglu",
+    "run_rope",
+    "run_scaled_dot_product_attention",
+    "run_multihead_self_attention",
+    "run_multihead_self_attention_with_rope",
+    "run_transformer_block",
+    "run_transformer_lm",
+)
 
 REWRITES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "model_plain_float32": (student_model.adapters(), MODEL_CHECKS),
     "model_einsum_division_logsumexp": (
-        student_model.adapters(linear={"einsum": True}, rmsnorm={"division": True}, silu={"division": True},
-                               sdpa={"einsum": True}, softmax={"logsumexp": True}),  # fmt: skip
+        student_model.adapters(
+            linear={"einsum": True},
+            rmsnorm={"division": True},
+            silu={"division": True},
+            sdpa={"einsum": True},
+            softmax={"logsumexp": True},
+        ),
         MODEL_CHECKS,
     ),
-    "mha_per_head_loop": (student_model.adapters(mha={"per_head_loop": True}),
-                          ("mha", "mha_4d", "mha_rope", "mha_rope_default", "mha_causal", "block", "lm")),  # fmt: skip
-    "mha_fused_qkv_projection": (student_model.adapters(mha={"fused": True}),
-                                 ("mha", "mha_4d", "mha_rope", "mha_rope_default", "mha_causal")),  # fmt: skip
+    "mha_per_head_loop": (
+        student_model.adapters(mha={"per_head_loop": True}),
+        ("mha", "mha_4d", "mha_rope", "mha_rope_default", "mha_causal", "block", "lm"),
+    ),
+    "mha_fused_qkv_projection": (
+        student_model.adapters(mha={"fused": True}),
+        ("mha", "mha_4d", "mha_rope", "mha_rope_default", "mha_causal"),
+    ),
     "rope_float32_result_for_bf16": (student_model.adapters(rope={"keep_float32": True}), (*ROPE, "rope_bf16")),
-    "softmax_computed_in_float32": (student_model.adapters(softmax={"upcast": True}),
-                                    ("softmax_dim0", "softmax_dim-1", "softmax_stable", "softmax_property")),  # fmt: skip
+    "softmax_computed_in_float32": (
+        student_model.adapters(softmax={"upcast": True}),
+        ("softmax_dim0", "softmax_dim-1", "softmax_stable", "softmax_property"),
+    ),
     "oracle_torch_builtins": ({name: getattr(oracle.adapters, name) for name in _ORACLE_MODEL}, MODEL_CHECKS),
     # bf16 arithmetic (issue 21): each correct SiLU formula computed in bf16, and float32 then one cast.
     **{
         f"silu_bf16_{form}": (student_model.adapters(silu={"form": form}), ("silu", "silu_bf16", "silu_hand"))
         for form in ("reciprocal", "division", "sigmoid", "float32_then_cast")
     },
-    "rmsnorm_gain_in_bf16_after_cast": (student_model.adapters(rmsnorm={"gain_after_cast": True}),
-                                        ("rmsnorm_default", "rmsnorm_large_eps", "rmsnorm_bf16", "rmsnorm_hand")),
+    "rmsnorm_gain_in_bf16_after_cast": (
+        student_model.adapters(rmsnorm={"gain_after_cast": True}),
+        ("rmsnorm_default", "rmsnorm_large_eps", "rmsnorm_bf16", "rmsnorm_hand"),
+    ),
     "rope_bf16_arithmetic": (student_model.adapters(rope={"input_dtype_arithmetic": True}), (*ROPE, "rope_bf16")),
     "training_decay_after_update": (student_training.adapters(adamw={"decay": "after"}), TRAINING_CHECKS),
     "training_decay_before_update": (student_training.adapters(adamw={"decay": "before"}), TRAINING_CHECKS),

@@ -48,8 +48,17 @@ def _best(pairs: Counter, tie: str, ids: dict[bytes, int]) -> tuple[bytes, bytes
     return max(pairs, key=lambda p: (pairs[p], p))
 
 
-def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], *, tie: str = "greater",
-              pretokenize: str = "gpt2", split_specials: bool = True, naive: bool = False, **_: Any) -> tuple:  # fmt: skip
+def train_bpe(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: list[str],
+    *,
+    tie: str = "greater",
+    pretokenize: str = "gpt2",
+    split_specials: bool = True,
+    naive: bool = False,
+    **_: Any,
+) -> tuple:
     with open(input_path, encoding="utf-8") as f:
         text = f.read()
     if naive:
@@ -98,8 +107,9 @@ class Tokenizer:
 
     _shared: dict[str, list[int]] = {}
 
-    def __init__(self, vocab: dict[int, bytes], merges: list, special_tokens: list[str] | None = None,
-                 **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self, vocab: dict[int, bytes], merges: list, special_tokens: list[str] | None = None, **options: Any
+    ) -> None:
         self.vocab = dict(vocab)
         self.specials = list(special_tokens or [])
         for token in self.specials:
@@ -115,7 +125,9 @@ class Tokenizer:
         if word not in self.cache:
             parts = [bytes([b]) for b in word.encode("utf-8")]
             while len(parts) > 1 and not self.options.get("no_merges"):
-                ranked = [(self.ranks.get((a, b), len(self.ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+                ranked = [
+                    (self.ranks.get((a, b), len(self.ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))
+                ]
                 rank, i = min(ranked)
                 if rank == len(self.ranks):
                     break

@@ -31,8 +31,16 @@ def linear(d_in: int, d_out: int, weights: Tensor, x: Tensor, *, mistake: str = 
     return torch.einsum("...i,oi->...o", x, weights) if einsum else x @ weights.transpose(0, 1)
 
 
-def rmsnorm(d_model: int, eps: float, weights: Tensor, x: Tensor, *, mistake: str = "", division: bool = False,
-            gain_after_cast: bool = False) -> Tensor:  # fmt: skip
+def rmsnorm(
+    d_model: int,
+    eps: float,
+    weights: Tensor,
+    x: Tensor,
+    *,
+    mistake: str = "",
+    division: bool = False,
+    gain_after_cast: bool = False,
+) -> Tensor:
     h = x if mistake == "no_upcast" else x.to(torch.float32)
     g = weights.to(h.dtype)
     if mistake == "layernorm":
@@ -95,8 +103,17 @@ def swiglu(d_model: int, d_ff: int, w1: Tensor, w2: Tensor, w3: Tensor, x: Tenso
 # ------------------------------------------------------------------------------------------------ rope
 
 
-def rope(d_k: int, theta: float, max_seq_len: int, x: Tensor, positions: Tensor, *, mistake: str = "",
-         keep_float32: bool = False, input_dtype_arithmetic: bool = False) -> Tensor:  # fmt: skip
+def rope(
+    d_k: int,
+    theta: float,
+    max_seq_len: int,
+    x: Tensor,
+    positions: Tensor,
+    *,
+    mistake: str = "",
+    keep_float32: bool = False,
+    input_dtype_arithmetic: bool = False,
+) -> Tensor:
     """Strided float32 RoPE from a (max_seq_len, d/2) cos/sin cache indexed by position.
 
     `input_dtype_arithmetic`: the cos/sin cast to the input's dtype and the rotation computed in it (bf16).
@@ -133,8 +150,9 @@ def rope(d_k: int, theta: float, max_seq_len: int, x: Tensor, positions: Tensor,
 # ------------------------------------------------------------------------------------------- attention
 
 
-def sdpa(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None, *, mistake: str = "",
-         einsum: bool = False) -> Tensor:  # fmt: skip
+def sdpa(
+    Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None, *, mistake: str = "", einsum: bool = False
+) -> Tensor:
     d = {"scale_dv": V.shape[-1], "no_scale": 1, "scale_dk": Q.shape[-1] ** 2}.get(mistake, Q.shape[-1])
     if einsum:
         scores = torch.einsum("...qd,...kd->...qk", Q, K) / math.sqrt(d)
@@ -150,9 +168,22 @@ def sdpa(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None, *, mistake
     return weights @ V
 
 
-def mha(d_model: int, num_heads: int, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, x: Tensor,
-        theta: float | None = None, max_seq_len: int = 0, positions: Tensor | None = None, *, mistake: str = "",
-        per_head_loop: bool = False, fused: bool = False) -> Tensor:  # fmt: skip
+def mha(
+    d_model: int,
+    num_heads: int,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    x: Tensor,
+    theta: float | None = None,
+    max_seq_len: int = 0,
+    positions: Tensor | None = None,
+    *,
+    mistake: str = "",
+    per_head_loop: bool = False,
+    fused: bool = False,
+) -> Tensor:
     *lead, T, _ = x.shape
     d_head = d_model // num_heads
     if fused:
@@ -194,8 +225,18 @@ def mha(d_model: int, num_heads: int, wq: Tensor, wk: Tensor, wv: Tensor, wo: Te
 # -------------------------------------------------------------------------------------- block and LM
 
 
-def block(d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: float, weights: dict[str, Tensor],
-          x: Tensor, *, mistake: str = "", prefix: str = "") -> Tensor:  # fmt: skip
+def block(
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    max_seq_len: int,
+    theta: float,
+    weights: dict[str, Tensor],
+    x: Tensor,
+    *,
+    mistake: str = "",
+    prefix: str = "",
+) -> Tensor:
     w = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
     g1, g2 = (w["ln2.weight"], w["ln1.weight"]) if mistake == "norms_swapped" else (w["ln1.weight"], w["ln2.weight"])
     projections = [w[f"attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj", "output_proj")]
@@ -219,14 +260,26 @@ def block(d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: floa
     return x + ffn(norm(x, g2))
 
 
-def lm(vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int, d_ff: int,
-       rope_theta: float, weights: dict[str, Tensor], in_indices: Tensor, *, mistake: str = "") -> Tensor:  # fmt: skip
+def lm(
+    vocab_size: int,
+    context_length: int,
+    d_model: int,
+    num_layers: int,
+    num_heads: int,
+    d_ff: int,
+    rope_theta: float,
+    weights: dict[str, Tensor],
+    in_indices: Tensor,
+    *,
+    mistake: str = "",
+) -> Tensor:
     theta = 10000.0 if mistake == "default_theta" else rope_theta
     x = weights["token_embeddings.weight"][in_indices]
     for i in range(num_layers):
         block_mistake = "without_rope" if mistake == "without_rope" else ""
-        x = block(d_model, num_heads, d_ff, context_length, theta, weights, x, mistake=block_mistake,
-                  prefix=f"layers.{i}.")  # fmt: skip
+        x = block(
+            d_model, num_heads, d_ff, context_length, theta, weights, x, mistake=block_mistake, prefix=f"layers.{i}."
+        )
     if mistake != "no_final_norm":
         x = rmsnorm(d_model, 1e-5, weights["ln_final.weight"], x)
     head = weights["token_embeddings.weight"] if mistake == "tied_head" else weights["lm_head.weight"]
@@ -241,8 +294,9 @@ def adapters(**switches: Any) -> dict[str, Any]:
         return lambda *args, **kwargs: fn(*args, **kwargs, **switches.get(fn.__name__, {}))
 
     def mha_rope(d_model, num_heads, max_seq_len, theta, wq, wk, wv, wo, x, token_positions=None):  # noqa: ANN001, ANN202
-        return mha(d_model, num_heads, wq, wk, wv, wo, x, theta, max_seq_len, token_positions,
-                   **switches.get("mha", {}))  # fmt: skip
+        return mha(
+            d_model, num_heads, wq, wk, wv, wo, x, theta, max_seq_len, token_positions, **switches.get("mha", {})
+        )
 
     return {
         "run_linear": bind(linear),

@@ -58,8 +58,14 @@ def adamw_class(*, decay: str = "after", mistake: str = "") -> type[torch.optim.
     """AdamW with decoupled decay applied after (the 2025 handout) or before (torch, the paper) the update."""
 
     class StudentAdamW(torch.optim.Optimizer):
-        def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                     eps: float = 1e-8, weight_decay: float = 0.01) -> None:  # fmt: skip
+        def __init__(
+            self,
+            params: Any,
+            lr: float = 1e-3,
+            betas: tuple[float, float] = (0.9, 0.999),
+            eps: float = 1e-8,
+            weight_decay: float = 0.01,
+        ) -> None:
             super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
             self.initial_lrs = [group["lr"] for group in self.param_groups]
             self.global_t = 0
@@ -99,8 +105,15 @@ def adamw_class(*, decay: str = "after", mistake: str = "") -> type[torch.optim.
     return StudentAdamW
 
 
-def cosine(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int,
-           cosine_cycle_iters: int, *, mistake: str = "") -> float:  # fmt: skip
+def cosine(
+    it: int,
+    max_learning_rate: float,
+    min_learning_rate: float,
+    warmup_iters: int,
+    cosine_cycle_iters: int,
+    *,
+    mistake: str = "",
+) -> float:
     hi, lo, tw, tc = max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters
     if it < tw:
         return (it + 1) * hi / tw if mistake == "warmup_off_by_one" else it * hi / tw
@@ -110,8 +123,9 @@ def cosine(it: int, max_learning_rate: float, min_learning_rate: float, warmup_i
     return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def get_batch(dataset: np.ndarray, batch_size: int, context_length: int, device: str, *,
-              mistake: str = "") -> tuple[Tensor, Tensor]:  # fmt: skip
+def get_batch(
+    dataset: np.ndarray, batch_size: int, context_length: int, device: str, *, mistake: str = ""
+) -> tuple[Tensor, Tensor]:
     if mistake == "always_raises":
         raise ValueError("not implemented")
     high = len(dataset) - context_length + (1 if mistake == "off_by_one" else 0)
@@ -127,8 +141,9 @@ def get_batch(dataset: np.ndarray, batch_size: int, context_length: int, device:
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: Any, *,
-                    mistake: str = "") -> None:  # fmt: skip
+def save_checkpoint(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: Any, *, mistake: str = ""
+) -> None:
     state: dict[str, Any] = {"model": model.state_dict(), "iteration": iteration}
     if mistake != "no_optimizer":
         state["optimizer"] = optimizer.state_dict()

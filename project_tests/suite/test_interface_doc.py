@@ -23,7 +23,7 @@ def documented(text: str) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| adapter | parameters"))
     names = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         names.append(re.fullmatch(r"\| `(\w+)` \|.*", line).group(1))  # type: ignore[union-attr]
@@ -53,7 +53,10 @@ def test_every_citation_of_the_contract_is_by_path() -> None:
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             # a citation in prose or a docstring; a quoted "INTERFACE.md" is code naming the file, and the name
             # at the start of an indented line is its entry in the README's layout tree (under docs/)
-            if re.search(r"(?<!docs/)(?<![\"'])INTERFACE\.md", line) and not re.match(r"\s+INTERFACE\.md {2,}", line) \
-                    and path != CONTRACT:
+            if (
+                re.search(r"(?<!docs/)(?<![\"'])INTERFACE\.md", line)
+                and not re.match(r"\s+INTERFACE\.md {2,}", line)
+                and path != CONTRACT
+            ):
                 bare.append(f"{name}:{number}: {line.strip()}")
     assert not bare, "cite the contract as docs/INTERFACE.md:\n" + "\n".join(bare)

@@ -37,15 +37,40 @@ UPSTREAM_SIGNATURES = {
     "run_embedding": ["vocab_size", "d_model", "weights", "token_ids"],
     "run_swiglu": ["d_model", "d_ff", "w1_weight", "w2_weight", "w3_weight", "in_features"],
     "run_scaled_dot_product_attention": ["Q", "K", "V", "mask"],
-    "run_multihead_self_attention": ["d_model", "num_heads", "q_proj_weight", "k_proj_weight", "v_proj_weight",
-                                     "o_proj_weight", "in_features"],  # fmt: skip
-    "run_multihead_self_attention_with_rope": ["d_model", "num_heads", "max_seq_len", "theta", "q_proj_weight",
-                                               "k_proj_weight", "v_proj_weight", "o_proj_weight", "in_features",
-                                               "token_positions"],  # fmt: skip
+    "run_multihead_self_attention": [
+        "d_model",
+        "num_heads",
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "o_proj_weight",
+        "in_features",
+    ],
+    "run_multihead_self_attention_with_rope": [
+        "d_model",
+        "num_heads",
+        "max_seq_len",
+        "theta",
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "o_proj_weight",
+        "in_features",
+        "token_positions",
+    ],
     "run_rope": ["d_k", "theta", "max_seq_len", "in_query_or_key", "token_positions"],
     "run_transformer_block": ["d_model", "num_heads", "d_ff", "max_seq_len", "theta", "weights", "in_features"],
-    "run_transformer_lm": ["vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff",
-                           "rope_theta", "weights", "in_indices"],  # fmt: skip
+    "run_transformer_lm": [
+        "vocab_size",
+        "context_length",
+        "d_model",
+        "num_layers",
+        "num_heads",
+        "d_ff",
+        "rope_theta",
+        "weights",
+        "in_indices",
+    ],
     "run_rmsnorm": ["d_model", "eps", "weights", "in_features"],
     "run_silu": ["in_features"],
     "run_get_batch": ["dataset", "batch_size", "context_length", "device"],
@@ -53,8 +78,13 @@ UPSTREAM_SIGNATURES = {
     "run_cross_entropy": ["inputs", "targets"],
     "run_gradient_clipping": ["parameters", "max_l2_norm"],
     "get_adamw_cls": [],
-    "run_get_lr_cosine_schedule": ["it", "max_learning_rate", "min_learning_rate", "warmup_iters",
-                                   "cosine_cycle_iters"],  # fmt: skip
+    "run_get_lr_cosine_schedule": [
+        "it",
+        "max_learning_rate",
+        "min_learning_rate",
+        "warmup_iters",
+        "cosine_cycle_iters",
+    ],
     "run_save_checkpoint": ["model", "optimizer", "iteration", "out"],
     "run_load_checkpoint": ["src", "model", "optimizer"],
     "get_tokenizer": ["vocab", "merges", "special_tokens"],
@@ -73,8 +103,9 @@ def test_get_batch_as_upstream() -> None:
     starting_indices: Counter[int] = Counter()
     num_iters = 1000
     for _ in range(num_iters):
-        x, y = adapters.run_get_batch(dataset=dataset, batch_size=batch_size, context_length=context_length,
-                                      device="cpu")  # fmt: skip
+        x, y = adapters.run_get_batch(
+            dataset=dataset, batch_size=batch_size, context_length=context_length, device="cpu"
+        )
         assert x.shape == (batch_size, context_length) and y.shape == (batch_size, context_length)
         np.testing.assert_allclose((x + 1).detach().numpy(), y.detach().numpy())
         starting_indices.update(x[:, 0].tolist())
@@ -110,7 +141,11 @@ def test_adamw_matches_torch_after_1000_steps_as_upstream() -> None:
 class _TestNet(torch.nn.Module):
     def __init__(self, d_input: int = 100, d_output: int = 10) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(d_input, 200), torch.nn.Linear(200, 100), torch.nn.Linear(100, d_output)
+        self.fc1, self.fc2, self.fc3 = (
+            torch.nn.Linear(d_input, 200),
+            torch.nn.Linear(200, 100),
+            torch.nn.Linear(100, d_output),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
@@ -127,8 +162,9 @@ def test_checkpointing_as_upstream(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     adapters.run_save_checkpoint(model, optimizer, iteration=10, out=path)
     new_model = _TestNet()
-    new_optimizer = adapters.get_adamw_cls()(new_model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999),
-                                             eps=1e-8)  # fmt: skip
+    new_optimizer = adapters.get_adamw_cls()(
+        new_model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8
+    )
     assert adapters.run_load_checkpoint(src=path, model=new_model, optimizer=new_optimizer) == 10
     assert set(model.state_dict()) == set(new_model.state_dict())
     for key, value in model.state_dict().items():
@@ -158,25 +194,39 @@ def test_gradient_clipping_as_upstream() -> None:
 def test_softmax_and_cross_entropy_against_torch_as_upstream() -> None:
     x = torch.randn(5, 10)
     for shift in (0.0, 100.0):
-        np.testing.assert_allclose(adapters.run_softmax(x + shift, dim=-1).numpy(), F.softmax(x + shift, -1).numpy(),
-                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            adapters.run_softmax(x + shift, dim=-1).numpy(), F.softmax(x + shift, -1).numpy(), atol=1e-6
+        )
     inputs, targets = torch.randn(8, 5), torch.randint(0, 5, (8,))
     for scale in (1.0, 1000.0):
-        np.testing.assert_allclose(adapters.run_cross_entropy(inputs * scale, targets).numpy(),
-                                   F.cross_entropy(inputs * scale, targets).numpy(), atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            adapters.run_cross_entropy(inputs * scale, targets).numpy(),
+            F.cross_entropy(inputs * scale, targets).numpy(),
+            atol=1e-4,
+        )
 
 
 def test_rope_and_attention_accept_one_shared_row_of_positions() -> None:
     # Upstream passes token_positions = arange(seq) for a batched input (and as (1, seq)).
     x = torch.randn(4, 12, 16)
-    one_d = adapters.run_rope(d_k=16, theta=10000.0, max_seq_len=12, in_query_or_key=x, token_positions=torch.arange(12))
+    one_d = adapters.run_rope(
+        d_k=16, theta=10000.0, max_seq_len=12, in_query_or_key=x, token_positions=torch.arange(12)
+    )
     two_d = adapters.run_rope(16, 10000.0, 12, x, torch.arange(12).unsqueeze(0))
     torch.testing.assert_close(one_d, two_d)
     w = [torch.randn(16, 16) * 0.2 for _ in range(4)]
     out = adapters.run_multihead_self_attention_with_rope(
-        d_model=16, num_heads=4, max_seq_len=12, theta=10000.0, q_proj_weight=w[0], k_proj_weight=w[1],
-        v_proj_weight=w[2], o_proj_weight=w[3], in_features=x, token_positions=torch.arange(12).unsqueeze(0),
-    )  # fmt: skip
+        d_model=16,
+        num_heads=4,
+        max_seq_len=12,
+        theta=10000.0,
+        q_proj_weight=w[0],
+        k_proj_weight=w[1],
+        v_proj_weight=w[2],
+        o_proj_weight=w[3],
+        in_features=x,
+        token_positions=torch.arange(12).unsqueeze(0),
+    )
     assert out.shape == x.shape
 
 
