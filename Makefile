@@ -36,7 +36,7 @@ test: install lint
 	$(PYTEST) -p oracle.use_oracle tests
 	$(PYTEST) -m "not slow" project_tests
 
-## The reference tests marked slow: whole submissions graded end to end (attacks, batches, the Gradescope
+## The project tests marked slow: whole submissions graded end to end (attacks, batches, the Gradescope
 ## run), fault injection, sweeps, the student-package run. CI runs them after `make test`.
 test-slow: install
 	$(PYTEST) -m slow project_tests

@@ -1,4 +1,4 @@
-"""Tests of the reference implementation's own details; they import `cs336_basics` directly."""
+"""The project's own tests, by wing (basics, common, lab, grading, suite, benchmarks): they import the packages directly."""
 
 import os
 
