@@ -71,19 +71,23 @@ class ModelSpec:
     NOTE: `dataclasses.replace(spec, d_model=...)` keeps the resolved `d_ff`; pass `d_ff=None` to re-derive it.
     """
 
-    vocab_size: int = 10_000
-    context_length: int = 256
-    d_model: int = 512
-    num_layers: int = 4
-    num_heads: int = 16
+    vocab_size: int = field(default=10_000, metadata=_help("tokens in the vocabulary (the tokenizer's size)"))
+    context_length: int = field(default=256, metadata=_help("longest sequence the model reads, in tokens"))
+    d_model: int = field(default=512, metadata=_help("width of the residual stream"))
+    num_layers: int = field(default=4, metadata=_help("Transformer blocks"))
+    num_heads: int = field(default=16, metadata=_help("attention heads per block; must divide d_model"))
     d_ff: int | None = field(default=None, metadata=_help("feed-forward width; none = about 8/3 d_model (SwiGLU)"))
-    rope_theta: float = 10_000.0
+    rope_theta: float = field(default=10_000.0, metadata=_help("RoPE base frequency"))
     eps: float = field(default=1e-5, metadata=_help("RMSNorm epsilon"))
     # Ablation switches (handout section 7.3) and the initialisation of every Linear.
     use_rmsnorm: bool = field(default=True, metadata=_help("ablation: --no-use-rmsnorm drops every RMSNorm"))
-    norm_position: NormPosition = "pre"
-    position_embedding: PositionEmbedding = field(default="rope", metadata=_help("'none' = NoPE"))
-    ffn_type: FfnType = "swiglu"
+    norm_position: NormPosition = field(
+        default="pre", metadata=_help("RMSNorm before (pre) or after (post) each sub-layer")
+    )
+    position_embedding: PositionEmbedding = field(
+        default="rope", metadata=_help("position information: rotary (rope) or none (NoPE)")
+    )
+    ffn_type: FfnType = field(default="swiglu", metadata=_help("feed-forward network: gated SwiGLU or plain SiLU"))
     init: InitScheme = field(default="assignment", metadata=_help("initialisation scheme of every Linear"))
 
     def __post_init__(self) -> None:

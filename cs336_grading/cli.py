@@ -37,15 +37,20 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument(
         "--harness", default=None, help="pristine tests directory (default: the one installed with cs336_grading)"
     )
-    parser.add_argument("--timeout", type=float, default=grade_module.DEFAULT_TIMEOUT_S, help="seconds per test")
+    parser.add_argument(
+        "--timeout", type=float, default=grade_module.DEFAULT_TIMEOUT_S, help="seconds per test (default: %(default)s)"
+    )
     parser.add_argument(
         "--memory-mb",
         type=int,
         default=grade_module.DEFAULT_MEMORY_MB,
-        help="address-space limit per test process; 0: none (CUDA maps far more)",
+        help="address-space limit per test process in MiB; 0: none (CUDA maps far more) (default: %(default)s)",
     )
     parser.add_argument(
-        "--total-timeout", type=float, default=grade_module.DEFAULT_TOTAL_TIMEOUT_S, help="seconds for the whole run"
+        "--total-timeout",
+        type=float,
+        default=grade_module.DEFAULT_TOTAL_TIMEOUT_S,
+        help="seconds for the whole run (default: %(default)s)",
     )
     parser.add_argument("--jobs", type=int, default=None, help="parallel test processes (default: CPU count)")
     parser.add_argument("--problems", default=None, help="comma-separated subset of problems to grade")

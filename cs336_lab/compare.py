@@ -230,12 +230,14 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         description="The curves of several training runs on one plot, and a table of their final and best values.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by cs336 train")
-    parser.add_argument("--x", choices=sorted(X_FIELDS), default="steps", help="x axis (default: steps)")
+    parser.add_argument(
+        "--x", choices=sorted(X_FIELDS), default="steps", help="the quantity on the x axis (default: %(default)s)"
+    )
     parser.add_argument(
         "--metric",
         choices=sorted(METRIC_FIELDS),
         default="val_loss",
-        help="y axis (default: val_loss; bpb needs runs trained with a tokenizer_dir)",
+        help="the metric on the y axis; bpb needs runs trained with a tokenizer_dir (default: %(default)s)",
     )
     parser.add_argument(
         "--out",

@@ -68,17 +68,20 @@ class DemoConfig:
 
     out: str = field(default="runs/demo", metadata=_help("directory of everything the demo writes"))
     force: bool = field(default=False, metadata=_help("redo every step even if its outputs exist"))
-    num_train_stories: int = 20_000
-    num_valid_stories: int = 1_000
-    corpus_seed: int = 0
+    num_train_stories: int = field(default=20_000, metadata=_help("stories in the synthetic training split"))
+    num_valid_stories: int = field(default=1_000, metadata=_help("stories in the synthetic validation split"))
+    corpus_seed: int = field(default=0, metadata=_help("seed of the synthetic corpus"))
     vocab_size: int = field(default=1_024, metadata=_help("BPE vocabulary size, special token included"))
     max_time_s: float = field(default=150.0, metadata=_help("wall-clock budget of the training step"))
     max_steps: int = field(default=4_000, metadata=_help("step budget of the training step"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, mps"))
-    prompts: tuple[str, ...] = ("Once upon a time", "One day, Lily found a", "Tom was scared of the dark.")
-    max_new_tokens: int = 80
-    temperature: float = 0.8
-    top_p: float = 0.95
+    prompts: tuple[str, ...] = field(
+        default=("Once upon a time", "One day, Lily found a", "Tom was scared of the dark."),
+        metadata=_help("prompts the trained model completes at the end"),
+    )
+    max_new_tokens: int = field(default=80, metadata=_help("tokens sampled per prompt"))
+    temperature: float = field(default=0.8, metadata=_help("sampling temperature; 0 = greedy"))
+    top_p: float = field(default=0.95, metadata=_help("nucleus sampling: keep the smallest set of tokens of this mass"))
     num_workers: int | None = field(default=None, metadata=_help("processes for BPE training and tokenizing"))
     threads: int | None = field(
         default=None,

@@ -300,8 +300,10 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--config", default=None, help="the model's config (TOML/JSON) for a checkpoint without one")
     parser.add_argument("--context-length", type=int, default=None, help="window length (default: the model's)")
     parser.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: no overlap)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="cpu", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=_run)
 

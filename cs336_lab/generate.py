@@ -60,11 +60,22 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="a prompt; repeat for a batch (default: one empty-ish prompt, the EOS token)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens sampled per prompt (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=0.95,
+        help="nucleus sampling: keep the smallest set of tokens of this mass (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one)")
+    parser.add_argument(
+        "--device", default="cpu", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)"
+    )
     parser.add_argument(
         "--no-kv-cache",
         dest="use_kv_cache",

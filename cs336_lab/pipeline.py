@@ -155,6 +155,6 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", type=Path, required=True, help="a directory written by `cs336 train-bpe`")
     p.add_argument("--out-dir", type=Path, required=True, help="directory for the .npy files")
     p.add_argument("--overwrite", action="store_true", help="replace .npy files that already exist in OUT_DIR")
-    p.add_argument("--num-workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--num-workers", type=int, default=None, help="encoding processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_tokenize)

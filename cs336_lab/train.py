@@ -212,6 +212,7 @@ def _loop(run: _Run) -> TrainResult:
         for debris in sweep_temp_files(out_dir):  # a killed earlier run's half-written file
             logger.info("removed %s, left by a killed run", debris.name)
         save_config(config, out_dir / "config.json")
+        _log_summary(run)
     log = RunLog(
         out_dir,
         enabled=ctx.is_main,
@@ -262,6 +263,49 @@ def _loop(run: _Run) -> TrainResult:
     if ctx.is_main:
         logger.info("stopped after %d steps (%s), %d tokens", run.step, stop_reason, run.tokens_seen)
     return _result(run, log, time.perf_counter() - start, stop_reason)
+
+
+def _log_summary(run: _Run) -> None:
+    """The start-up lines: what is trained, on what, how, where it writes, and from where a resume continues."""
+    config, ctx, spec = run.config, run.ctx, run.config.model
+    params = sum(p.numel() for p in run.model.parameters())
+    logger.info(
+        "training %s parameters (d_model %d, %d layers, %d heads, vocab %d) for %d steps, warm-up %d, lr %g -> %g",
+        f"{params:,}",
+        spec.d_model,
+        spec.num_layers,
+        spec.num_heads,
+        spec.vocab_size,
+        config.max_steps,
+        config.warmup_steps,
+        config.lr_max,
+        config.lr_min,
+    )
+    logger.info(
+        "%s tokens per step (batch %d x context %d x %d accumulation x %d rank(s))",
+        f"{_tokens_per_step(run):,}",
+        config.batch_size,
+        spec.context_length,
+        config.grad_accum_steps,
+        ctx.world_size,
+    )
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and ctx.device.type == "cuda")
+    logger.info(
+        "device %s, %d CPU thread(s), precision %s%s; writing to %s",
+        ctx.device,
+        torch.get_num_threads(),
+        "bf16 autocast" if bf16 else "fp32",
+        ", torch.compile" if config.compile else "",
+        Path(config.out_dir).resolve(),
+    )
+    if config.resume:
+        logger.info(
+            "resuming from step %d of %s (%s tokens seen, %.1f s trained)",
+            run.step,
+            run.ckpt_path.resolve(),
+            f"{run.tokens_seen:,}",
+            run.clock_offset,
+        )
 
 
 def _tokens_per_step(run: _Run) -> int:

@@ -15,6 +15,10 @@ from typing import Any, Literal
 from cs336_common.model_spec import ModelSpec
 
 CHECKPOINT_NAME = "ckpt_latest.pt"
+# The warm-up of `warmup_steps=None`: this many steps, but at most a tenth of the run, so that the default never
+# refuses a short run (`--max-steps 20` warms up for 2 steps) and a long one keeps the usual 100 steps. A value
+# given explicitly is checked as given (a warm-up longer than the run is an error, not silently shortened).
+DEFAULT_WARMUP_STEPS = 100
 
 
 def _help(text: str) -> dict[str, str]:
@@ -23,7 +27,10 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run; `cs336 train` has one flag per field."""
+    """Everything that defines a training run; `cs336 train` has one flag per field.
+
+    `warmup_steps=None` resolves to `min(DEFAULT_WARMUP_STEPS, max_steps // 10)` at construction (an int after).
+    """
 
     # data
     train_data: str = field(default="", metadata=_help("training tokens, a 1-d .npy array"))
@@ -33,25 +40,27 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"flatten": True})
     # optimisation
     batch_size: int = field(default=32, metadata=_help("sequences per micro-batch, per rank"))
-    grad_accum_steps: int = 1
-    max_steps: int = 5_000
+    grad_accum_steps: int = field(default=1, metadata=_help("micro-batches summed into one optimizer step"))
+    max_steps: int = field(default=5_000, metadata=_help("optimizer steps of the run"))
     max_time_s: float | None = field(default=None, metadata=_help("wall-clock budget; stops cleanly"))
-    lr_max: float = 1e-3
-    lr_min: float = 1e-4
-    warmup_steps: int = 100
+    lr_max: float = field(default=1e-3, metadata=_help("peak learning rate, reached at the end of the warm-up"))
+    lr_min: float = field(default=1e-4, metadata=_help("final learning rate of the cosine schedule"))
+    warmup_steps: int | None = field(
+        default=None, metadata=_help(f"steps of linear warm-up; none = min({DEFAULT_WARMUP_STEPS}, max_steps // 10)")
+    )
     lr_clock: Literal["steps", "time"] = field(
         default="steps", metadata=_help("'time': the schedule follows elapsed/max_time_s instead of step/max_steps")
     )
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-8
+    weight_decay: float = field(default=0.1, metadata=_help("AdamW decoupled weight decay"))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_help("AdamW beta1 and beta2"))
+    adam_eps: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
     grad_clip: float = field(default=1.0, metadata=_help("global L2 norm limit; 0 = no clipping"))
     # evaluation, logging, checkpoints
-    eval_every: int = 100
-    eval_batches: int = 20
-    log_every: int = 10
-    checkpoint_every: int = 1_000
-    out_dir: str = "runs/train"
+    eval_every: int = field(default=100, metadata=_help("steps between validation losses"))
+    eval_batches: int = field(default=20, metadata=_help("validation batches per evaluation"))
+    log_every: int = field(default=10, metadata=_help("steps between training-loss lines"))
+    checkpoint_every: int = field(default=1_000, metadata=_help("steps between checkpoints (one also at the end)"))
+    out_dir: str = field(default="runs/train", metadata=_help("folder of the checkpoint, metrics, config and plots"))
     resume: bool = field(default=False, metadata=_help("continue from out_dir/ckpt_latest.pt"))
     start_over: bool = field(
         default=False,
@@ -59,10 +68,10 @@ class TrainConfig:
             "out_dir holds an earlier run: move its files to a new sibling folder <out_dir>.old-<timestamp>, train anew"
         ),
     )
-    seed: int = 0
+    seed: int = field(default=0, metadata=_help("seed of the initialisation and the batch sampling"))
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
     wandb: bool = field(default=False, metadata=_help("also log to Weights & Biases (if installed)"))
-    wandb_project: str = "cs336-basics"
+    wandb_project: str = field(default="cs336-basics", metadata=_help("Weights & Biases project of --wandb"))
     # hardware
     device: str = field(default="auto", metadata=_help("auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps"))
     precision: Literal["auto", "fp32", "bf16"] = field(
@@ -88,6 +97,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps is None:  # resolved once; config.json records the number
+            object.__setattr__(self, "warmup_steps", min(DEFAULT_WARMUP_STEPS, self.max_steps // 10))
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
         if not 0 <= self.lr_min <= self.lr_max:
