@@ -106,10 +106,10 @@ def sum_token_losses(
     progress: bool = False,
 ) -> tuple[float, int]:
     """(total nats, number of scored targets) of `model` over `windows` of `tokens`."""
-    from tqdm.auto import tqdm
+    from cs336_lab.progress import progress as progress_bar
 
     total, count = 0.0, 0
-    bar = tqdm(total=len(windows), desc="evaluate", unit="window", disable=None if progress else True)
+    bar = progress_bar(len(windows), "evaluate", "windows", enabled=progress)
     for batch in _batches(windows, batch_size):
         length = batch[0].length
         starts = np.array([w.start for w in batch])[:, None] + np.arange(length + 1)[None, :]

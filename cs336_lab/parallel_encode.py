@@ -135,12 +135,12 @@ class _NoProgress(nullcontext):
 
 
 def _progress(show: bool, total: int) -> Any:
-    """A tqdm bar over `total` bytes, or a silent stand-in."""
+    """A bar over `total` bytes on a terminal, log lines when stderr is redirected, or a silent stand-in."""
     if not show:
         return _NoProgress()
-    from tqdm.auto import tqdm
+    from cs336_lab.progress import progress
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc="encoding")
+    return progress(total, "encoding", "B", unit_scale=True)
 
 
 def _drain(results: Iterator[np.ndarray], jobs: list[tuple[str, int, int, str]], raw: BinaryIO, bar: Any) -> int:

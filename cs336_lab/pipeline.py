@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def train_tokenizer(
     """Train a BPE tokenizer on a text file and save it in ``out_dir``; returns (vocab size, merges)."""
     from cs336_common.atomic import prepare_directory
     from cs336_lab.assignment import Assignment
+    from cs336_lab.progress import on_terminal
     from cs336_lab.tokenizer_files import save_tokenizer
 
     _check_text_file(input_path, "training text")
@@ -39,11 +41,15 @@ def train_tokenizer(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1 (or left out: all cores), got {num_workers}")
     prepare_directory(out_dir, "--out")
+    size_mb, start = Path(input_path).stat().st_size / 1e6, time.perf_counter()
+    logger.info("training a %d-token BPE tokenizer on %s (%.1f MB)", vocab_size, input_path, size_mb)
+    bars = show_progress and on_terminal()  # the package's bars redraw lines: a redirected log gets these lines
     vocab, merges = Assignment.load().run_train_bpe(
-        str(input_path), vocab_size, list(special_tokens), num_workers=num_workers, show_progress=show_progress
+        str(input_path), vocab_size, list(special_tokens), num_workers=num_workers, show_progress=bars
     )
     save_tokenizer(vocab, merges, out_dir, special_tokens=tuple(special_tokens))
-    logger.info("tokenizer: %d tokens, %d merges -> %s", len(vocab), len(merges), out_dir)
+    elapsed = time.perf_counter() - start
+    logger.info("tokenizer: %d tokens, %d merges in %.1f s -> %s", len(vocab), len(merges), elapsed, out_dir)
     if len(vocab) < vocab_size:
         logger.warning(
             "asked for %d tokens, got %d: the text has no more pairs to merge (a larger corpus gives more)",
