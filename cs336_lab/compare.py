@@ -3,9 +3,10 @@
     cs336 compare runs/lr/* --metric val_loss --x tokens --out compare.png     # also writes compare.md
 
 A run is a directory written by ``cs336 train``: ``config.json`` (its config) and ``metrics.jsonl`` (one
-record per logged step, field names from ``run_log.py``/``train.py``). Each curve is labelled by what differs
-between the configs (``lr_max=0.01``), so a sweep's legend names its grid. A ``status.json`` beside them
-(written by ``cs336 sweep``) marks a run that diverged and may name it.
+record per logged step, field names from ``run_log.py``/``train.py``). Each curve is labelled by its folder's
+name (with as many parent folders as it takes to tell two runs apart); the table also lists the settings that
+differ between the configs (``lr_max``). A ``status.json`` beside them (written by ``cs336 sweep``) marks a run
+that diverged and may name it. ``--out`` without a suffix gets ``.png``.
 """
 
 from __future__ import annotations
@@ -135,26 +136,48 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
+def folder_labels(paths: Sequence[Path]) -> list[str]:
+    """Each path's folder name, with as many parent folders as it takes to tell the paths apart.
+
+    >>> folder_labels([Path("runs/lr1/model"), Path("runs/lr2/model"), Path("runs/base")])
+    ['lr1/model', 'lr2/model', 'base']
+    """
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+
+    def unique(i: int, depth: int) -> bool:
+        return all(other[-depth:] != parts[i][-depth:] for j, other in enumerate(parts) if j != i)
+
+    depths = [next((d for d in range(1, len(p)) if unique(i, d)), len(p)) for i, p in enumerate(parts)]
+    return ["/".join(p[-d:]) for p, d in zip(parts, depths)]
+
+
 def label_runs(runs: Sequence[Run]) -> None:
-    """Label each run: its sweep's name for it, else what differs between the configs, else its directory."""
-    keys = differing_keys([r.config for r in runs]) if len(runs) > 1 else []
-    for run in runs:
-        parts = [f"{k}={_format_value(run.config.get(k))}" for k in keys]
-        run.label = run.label or (", ".join(parts) if parts else run.path.name)
+    """Label each run: its sweep's name for it, else its folder's name (see `folder_labels`)."""
+    for run, name in zip(runs, folder_labels([r.path for r in runs])):
+        run.label = run.label or name
         if run.status != "done":
             run.label += f" ({run.status})"
 
 
 def summary_table(runs: Sequence[Run], metric: str) -> str:
-    """A markdown table: per run its final and best value of `metric`, the steps and tokens it reached."""
-    lines = [f"| run | final {metric} | best {metric} | steps | tokens | status |", "|---|---:|---:|---:|---:|---|"]
+    """A markdown table: per run the settings that differ between the runs, its final and best value of
+    `metric`, the steps and tokens it reached."""
+    keys = differing_keys([r.config for r in runs]) if len(runs) > 1 else []
+    head = "".join(f" {k} |" for k in keys)
+    lines = [
+        f"| run |{head} final {metric} | best {metric} | steps | tokens | status |",
+        "|---|" + "---|" * len(keys) + "---:|---:|---:|---:|---|",
+    ]
     for run in runs:
+        settings = "".join(f" {_format_value(run.config.get(k, '–'))} |" for k in keys)
         _, ys = run.curve("steps", metric)
         final = f"{ys[-1]:.4f}" if ys else "–"
         best = f"{min(ys):.4f}" if ys else "–"
         last = run.records[-1] if run.records else {}
         status = f"{run.status}: {run.note}" if run.note else run.status
-        lines.append(f"| {run.label} | {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} | {status} |")
+        lines.append(
+            f"| {run.label} |{settings} {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} | {status} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +217,16 @@ def plot_runs(
     return drawn
 
 
+def plot_path(out: str | os.PathLike[str]) -> Path:
+    """`out`, with ``.png`` added when it has no suffix.
+
+    >>> plot_path("results"), plot_path("plots/lr.png"), plot_path("lr.svg")
+    (PosixPath('results.png'), PosixPath('plots/lr.png'), PosixPath('lr.svg'))
+    """
+    out = Path(out)
+    return out if out.suffix else out.with_name(out.name + ".png")
+
+
 def compare(
     run_dirs: Sequence[str | os.PathLike[str]],
     out: Path,
@@ -202,7 +235,9 @@ def compare(
     metric: str = "val_loss",
     title: str | None = None,
 ) -> str:
-    """Plot the runs into `out` and write the summary table beside it (`out` with suffix .md); return the table."""
+    """Plot the runs into `out` (`plot_path(out)`) and write the summary table beside it (suffix .md); return the
+    table."""
+    out = plot_path(out)
     if x not in X_FIELDS or metric not in METRIC_FIELDS:
         raise ValueError(
             f"expected x in {sorted(X_FIELDS)} and metric in {sorted(METRIC_FIELDS)}, got {x!r} and {metric!r}"
@@ -243,7 +278,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=Path("compare.png"),
-        help="the PNG to write; the table goes beside it with suffix .md (default: compare.png)",
+        help="the PNG to write (.png is added when the name has no suffix); the table goes beside it with "
+        "suffix .md (default: %(default)s)",
     )
     parser.add_argument("--title", default=None, help="plot title")
     parser.set_defaults(func=_run)
@@ -252,8 +288,20 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     table = compare(args.runs, args.out, x=args.x, metric=args.metric, title=args.title)
     print(table, end="")
-    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    out = plot_path(args.out)
+    logger.info("wrote %s and %s", out, out.with_suffix(".md"))
     return 0
 
 
-__all__ = ["Run", "load_run", "differing_keys", "label_runs", "summary_table", "plot_runs", "compare", "add_subcommand"]
+__all__ = [
+    "Run",
+    "load_run",
+    "differing_keys",
+    "label_runs",
+    "summary_table",
+    "plot_runs",
+    "plot_path",
+    "folder_labels",
+    "compare",
+    "add_subcommand",
+]

@@ -1,4 +1,5 @@
-"""`cs336 compare`: labels from the differing config keys, the overlay plot, the table of final and best values."""
+"""`cs336 compare`: runs labelled by their folders, the overlay plot, the table of differing settings, final and best
+values."""
 
 from __future__ import annotations
 
@@ -76,9 +77,10 @@ def test_plot_has_one_curve_per_run_and_a_table(three_runs: list[Path], tmp_path
     assert _colour_pixels(pixels, (0xD6, 0x27, 0x28)) < 20  # no fourth curve (C3, red)
     rows = table.strip().splitlines()
     assert len(rows) == 2 + 3 and (out.with_suffix(".md")).read_text() == table
-    assert rows[2].startswith("| lr_max=0.001 | 3.5000 | 3.5000 | 40 | 10240 | done |")
-    assert rows[3].startswith("| lr_max=0.003 | 3.2000 | 3.0000 | 40 |")
-    assert rows[4].startswith("| lr_max=0.01 (diverged) | 5.9000 | 5.8000 | 30 |") and rows[4].endswith("diverged |")
+    assert rows[0].startswith("| run | lr_max | final val_loss |")
+    assert rows[2].startswith("| a | 0.001 | 3.5000 | 3.5000 | 40 | 10240 | done |")
+    assert rows[3].startswith("| b | 0.003 | 3.2000 | 3.0000 | 40 |")
+    assert rows[4].startswith("| c (diverged) | 0.01 | 5.9000 | 5.8000 | 30 |") and rows[4].endswith("diverged |")
 
 
 @pytest.mark.parametrize(("metric", "final"), [("train_loss", "3.6000"), ("bpb", "1.7500")], ids=["train", "bpb"])
@@ -99,6 +101,31 @@ def test_cli_writes_plot_and_table_and_rejects_a_non_run(
 ) -> None:
     out = tmp_path / "cli.png"
     assert main(["compare", *map(str, three_runs), "--x", "steps", "--metric", "val_loss", "--out", str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "lr_max=0.003" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "| b | 0.003 |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
     assert main(["compare", str(three_runs[0]), "--metric", "accuracy"]) == 2  # argparse: not a choice
+
+
+def test_cli_labels_runs_by_their_folders_and_adds_png(tmp_path: Path) -> None:
+    """Issue 23: `cs336 compare lr1/model lr2/model --out cmp` (a subprocess) labels the curves `lr1/model` and
+    `lr2/model`, lists the differing setting in the table, and writes cmp.png (not a file named `cmp`)."""
+    import subprocess
+    import sys
+
+    runs = [
+        make_run(tmp_path / "lr1" / "model", {"lr_max": 1e-3}, [6.0, 5.0]),
+        make_run(tmp_path / "lr2" / "model", {"lr_max": 3e-3}, [6.0, 4.0]),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "cs336_lab.cli", "compare", *map(str, runs), "--out", "cmp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "cmp").exists()
+    rows = (tmp_path / "cmp.md").read_text().splitlines()
+    assert rows[0].startswith("| run | lr_max |")
+    assert rows[2].startswith("| lr1/model | 0.001 | 5.0000 |") and rows[3].startswith("| lr2/model | 0.003 | 4.0000 |")
+    assert "wrote cmp.png and cmp.md" in done.stderr

@@ -182,11 +182,11 @@ def test_listed_points_are_named_and_crossed_with_the_grid(base: dict[str, Any],
     config = json.loads((out / "post-norm+seed=0" / "config.json").read_text())
     assert (config["model"]["norm_position"], config["max_steps"], config["model"]["d_model"]) == ("post", 4, 16)
     rows = (out / "compare.md").read_text().splitlines()[2:]
-    # Named points keep their names; the unnamed one is labelled by the keys that differ between the runs.
-    assert [r.split(" | ")[0] for r in rows] == [
-        "| baseline+seed=0",
-        "| post-norm+seed=0",
-        "| norm_position=pre, position_embedding=none",
+    # Every point is labelled by its folder; the settings that differ between the runs are columns of the table.
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| baseline+seed=0", "pre", "rope"],
+        ["| post-norm+seed=0", "post", "rope"],
+        ["| position_embedding=none+seed=0", "pre", "none"],
     ]
 
 
