@@ -188,3 +188,35 @@ def test_a_trained_checkpoint_agrees_with_the_naive_loop_to_1e6(tmp_path: Path) 
     assert result.predicted_tokens == count
     assert abs(result.loss - nats / count) < 1e-6
     assert result.loss < math.log(run.config.model.vocab_size)  # it learned something
+
+
+def test_cli_batches_by_tokens_and_picks_its_threads(checkpoint: Path, text_file: Path) -> None:
+    """Issue 23: `cs336 evaluate` of a small model took minutes: 16 windows per forward pass whatever their length,
+    and two torch threads fighting over two busy cores (5x slower than one). It now packs ~4,096 tokens per pass
+    and times 1 thread against all cores (or takes `--threads`); the numbers do not change."""
+    import subprocess
+    import sys
+
+    from cs336_lab.evaluate import default_batch_size
+
+    assert (default_batch_size(256, 10_000), default_batch_size(16, 260), default_batch_size(1024, 50_257)) == (
+        16,
+        256,
+        1,
+    )
+    runs = {}
+    for extra in (["--threads", "1"], ["--batch-size", "1", "--threads", "2"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "cs336_lab.cli", "evaluate", "--checkpoint", str(checkpoint), "--data"]
+            + [str(text_file), "--context-length", "8", "--stride", "4", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"using {extra[-1]} CPU thread(s)" in done.stderr
+        runs[extra[-1]] = json.loads(done.stdout)["loss"]
+    assert runs["1"] == pytest.approx(runs["2"], rel=1e-6)
+    assert runs["1"] == pytest.approx(
+        evaluate(checkpoint, text_file, context_length=8, stride=4, batch_size=3).loss, rel=1e-6
+    )
