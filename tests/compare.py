@@ -35,6 +35,7 @@ def assert_close(
     terms, not of the result, so an output that cancels to nearly 0 may carry the error of its neighbours.
     `dtype`, when given, is the dtype `actual` must have (e.g. bf16 in, bf16 out).
     """
+    __tracebackhide__ = True  # pytest shows the failing test's line and this message, not the lines below
     if not isinstance(actual, Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
     expected_t = torch.as_tensor(expected).double()

@@ -269,3 +269,61 @@ def test_docstring_examples() -> None:
     import doctest
 
     assert doctest.testmod(handout).failed == 0
+
+
+# ------------------------------------------------------------------------- issue 23: the kit explains itself
+
+
+def _kit_pytest(kit: Path, *selection: str) -> subprocess.CompletedProcess:
+    """Run the kit's tests with the pytest command of its `make test` (read with `make -n`), as a student would."""
+    plan = subprocess.run(
+        ["make", "-n", "test", f"TESTS={' '.join(selection)}"], cwd=kit, capture_output=True, text=True, check=True
+    )
+    line = next(x for x in plan.stdout.splitlines() if " -m pytest " in x)
+    argv = [sys.executable, *line.split(" -m pytest ")[1].replace('"', "").split()]
+    argv.insert(1, "-m")
+    argv.insert(2, "pytest")
+    return subprocess.run(argv, cwd=kit, env=kit_env(kit), capture_output=True, text=True, timeout=300)
+
+
+def test_make_test_prints_short_tracebacks_without_the_comparison_helpers_frames(kit: Path, tmp_path: Path) -> None:
+    """One failed comparison printed 40 lines of `assert_close`; a failure now shows the test's line and the
+    message only: the helper hides its frame (`__tracebackhide__`) and `make test` asks for short tracebacks."""
+    probe = kit / "tests" / "test_zz_probe.py"
+    probe.write_text(
+        "import torch\nfrom tests.compare import assert_close\n\n\n"
+        "def test_probe():\n    assert_close(torch.ones(3), torch.zeros(3).numpy(), tol=1e-6, what='probe')\n"
+    )
+    try:
+        done = _kit_pytest(kit, "tests/test_zz_probe.py")
+    finally:
+        probe.unlink()
+    out = done.stdout + done.stderr
+    assert "probe: 3 of 3 elements differ" in out, out
+    assert "expected_t = torch.as_tensor" not in out and "def assert_close" not in out, out  # the helper's body
+    failure = out[out.index("test_probe") : out.index("short test summary")] if "short test summary" in out else out
+    assert len(failure.splitlines()) <= 12, out
+
+
+def test_a_skip_names_no_path_outside_the_kit(kit: Path) -> None:
+    done = _kit_pytest(kit, "tests/test_tokenizer.py", "-k", "gpt2", "-rs")
+    skips = [line for line in (done.stdout + done.stderr).splitlines() if "SKIPPED" in line]
+    assert skips, done.stdout[-2000:]
+    outside = str(kit.parent)
+    for line in skips:
+        message = line.split(": ", 1)[-1]
+        assert outside not in message and "shared/data" not in message, line
+
+
+def test_make_submission_keeps_tests_adapters_py_at_its_path(kit: Path, tmp_path: Path) -> None:
+    import shutil
+    import zipfile
+
+    work = tmp_path / "kit"
+    shutil.copytree(kit, work)
+    (work / "cs336_basics" / "__pycache__").mkdir(exist_ok=True)
+    (work / "cs336_basics" / "__pycache__" / "x.pyc").write_bytes(b"")
+    subprocess.run(["make", "submission", f"PYTHON={sys.executable}"], cwd=work, check=True, capture_output=True)
+    names = zipfile.ZipFile(work / "submission.zip").namelist()
+    assert "tests/adapters.py" in names and "adapters.py" not in names, names
+    assert "cs336_basics/__init__.py" in names and not any("__pycache__" in n for n in names), names
