@@ -67,9 +67,20 @@ def tiktoken_ids(bpe: tuple[dict[int, bytes], list[tuple[bytes, bytes]]], specia
     return lambda text: [to_vocab[r] for r in encoding.encode(text, disallowed_special=())]
 
 
+class _Bpe(tuple):
+    """(vocab, merges) that prints in one line: hypothesis shows a failing example's arguments, and the whole
+    vocabulary filled 1,000 lines per failure."""
+
+    def __repr__(self) -> str:
+        return f"<vocab of {len(self[0])} tokens, {len(self[1])} merges>"
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # hypothesis' (and IPython's) pretty printer
+        printer.text(repr(self))
+
+
 @pytest.fixture(scope="module")
 def small_bpe(fixtures_dir: Path) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    return small_vocabulary(fixtures_dir)
+    return _Bpe(small_vocabulary(fixtures_dir))
 
 
 @pytest.fixture(scope="module")
