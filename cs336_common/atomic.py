@@ -41,7 +41,8 @@ def temp_path(path: Path, suffix: str = ".tmp") -> Path:
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what `temp_path` makes
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (this one, or another user's, included)."""
     if pid == os.getpid():
         return True
     try:
@@ -66,7 +67,7 @@ def sweep_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
         return removed
     for path in Path(directory).glob(TEMP_GLOB):
         match = _TEMP_NAME.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match.group(1))):
+        if match and path.is_file() and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -201,6 +202,7 @@ __all__ = [
     "commit",
     "fsync_directory",
     "prepare_directory",
+    "process_alive",
     "sweep_temp_files",
     "temp_path",
     "TEMP_GLOB",
