@@ -2,7 +2,8 @@
 
 A leaf module (standard library only), so that the command modules and `cs336_lab/cli.py` share it without
 importing each other. Exit codes: 0 success, 1 failure (e.g. the network, a diverged run), 2 usage error, bad
-input or a missing extra, reported in one line without a traceback (`-v` shows it).
+input or a missing extra, reported in one line without a traceback (`-v` shows it). `describe_file` and
+`utf8_error` say what came instead of what was expected: what a file looks like, where its bad UTF-8 lies.
 """
 
 from __future__ import annotations

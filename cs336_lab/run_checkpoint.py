@@ -149,7 +149,9 @@ def _check_looks_like_checkpoint(path: Path) -> None:
         head = f.read(4)
     if head == b"PK\x03\x04":
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path} is a truncated or damaged checkpoint: a zip archive without its end")
+            raise ValueError(
+                f"{path} is not a readable checkpoint: truncated or damaged (a zip archive without its end)"
+            )
         return
     if not head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
         raise ValueError(

@@ -13,6 +13,7 @@ in `out_dir` (see `run_log.py`):
 
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
+    outcome.json     running, done, stopped, diverged or failed, with the step and why (run_folder.py)
 
 A run locks `out_dir` while it runs, and refuses a folder that holds an earlier run unless asked to `resume` it
 or to `start_over` (which moves the earlier run aside, deleting nothing; see `run_folder.py`).
