@@ -97,7 +97,10 @@ def prepare_directory(path: str | os.PathLike[str], what: str = "output director
         if ancestor.exists() and not ancestor.is_dir():
             where = "" if ancestor == path else f" (at {ancestor})"
             raise ValueError(f"{what} {path}: expected a directory, found a file{where}")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. a parent that cannot hold folders (/proc), no permission: name the setting
+        raise type(err)(err.errno, f"{what} {path}: could not create it ({err.strerror})") from None
     return path
 
 

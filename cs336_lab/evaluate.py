@@ -190,6 +190,8 @@ def load_split(
     The tokenizer must fit the model (`check_tokenizer`, against `record`: the checkpoint's memory of its own).
     """
     data = Path(data)
+    if data.is_dir():
+        raise IsADirectoryError(f"--data {data}: expected a .npy token array or a text file, found a directory")
     if data.suffix not in (".npy", *TEXT_SUFFIXES):
         raise ValueError(f"expected a .npy token array or a text file ({', '.join(TEXT_SUFFIXES)}), got {data}")
     if not data.is_file():
@@ -211,6 +213,8 @@ def load_split(
             tokens = np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
         except UnicodeDecodeError as error:  # it names neither the file nor the offset in it
             raise utf8_error(data, error) from None
+    if len(tokens) < 2:
+        raise ValueError(f"--data {data}: expected a text of at least 2 tokens (one to predict), got {len(tokens)}")
     if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
         raise ValueError(f"the split's token ids must lie in [0, {vocab_size}), found up to {int(tokens.max())}")
     return Split(tokens, token_bytes)

@@ -214,3 +214,24 @@ def test_compare_shows_a_running_run_then_a_killed_one(data: Path, tmp_path: Pat
         run.kill()
     cells = _compare_row(out, tmp_path)
     assert cells[5] == "killed" and int(cells[3]) >= 2
+
+
+# ------------------------------------------------------------------------------ further cases found here
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["folder", "empty"])
+def test_evaluate_of_a_folder_or_an_empty_text_names_it(trained: Path, tmp_path: Path, kind: str) -> None:
+    data = tmp_path / ("split" if kind == "folder" else "empty.txt")
+    data.mkdir() if kind == "folder" else data.write_text("")
+    line = one_error_line(
+        cs336("evaluate", "--checkpoint", str(trained / "ckpt_latest.pt"), "--data", str(data), "--no-progress")
+    )
+    expected = "found a directory" if kind == "folder" else "expected a text of at least 2 tokens"
+    assert f"--data {data}: " in line and expected in line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be made")
+def test_an_out_dir_that_cannot_be_created_is_named(data: Path) -> None:
+    line = one_error_line(cs336(*train_args(data, Path("/proc/no-such-pid/run"), *ONE_TRAIN)))
+    assert "out_dir /proc/no-such-pid/run: could not create it (No such file or directory)" in line
