@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import math
 import signal
@@ -285,9 +286,10 @@ def _loop_noting_outcome(run: _Run) -> TrainResult:
         if isinstance(err, USER_ERRORS):
             raise
         where = f" ({err.filename})" if err.filename else ""
+        then = "free some space and continue" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "continue"
         failure = OSError(
             f"training stopped at step {run.step}: could not write to {run.config.out_dir}: "
-            f"{err.strerror or err}{where}; {_saved(run)}: free some space and continue with --resume"
+            f"{err.strerror or err}{where}; {_saved(run)}: {then} with --resume"
         )
         failure.errno = err.errno
         raise failure from err
