@@ -183,11 +183,12 @@ def test_resume_drops_a_metrics_line_cut_short(trained: Path, data: Path, tmp_pa
 # -------------------------------------------------------------------------------------------- compare
 
 
-def _compare_row(run: Path, tmp_path: Path) -> list[str]:
+def _compare_row(run: Path, tmp_path: Path) -> dict[str, str]:
+    """The run's row of the `cs336 compare` table, by column name."""
     done = cs336("compare", str(run), "--out", str(tmp_path / "compare.png"))
     assert done.returncode == 0, done.stderr[-3000:]
-    row = done.stdout.splitlines()[2]
-    return [cell.strip() for cell in row.strip("|").split("|")]
+    header, _, row = done.stdout.splitlines()[:3]
+    return dict(zip(*([cell.strip() for cell in line.strip("|").split("|")] for line in (header, row))))
 
 
 @pytest.mark.slow
@@ -196,9 +197,9 @@ def test_compare_shows_a_diverged_run_as_diverged_with_its_steps(data: Path, tmp
     diverging = ("--max-steps", "50", "--lr-max", "1e4", "--lr-min", "1e4", "--warmup-steps", "2")
     done = cs336(*train_args(data, out, *diverging, "--checkpoint-every", "1", "--log-every", "100"))
     assert done.returncode == 1, done.stderr[-3000:]
-    cells = _compare_row(out, tmp_path)
-    assert cells[3] == "2" and cells[4] == "128"  # steps and tokens: the run wrote no metrics record
-    assert cells[5].startswith("diverged: the model diverged by step 2"), cells
+    row = _compare_row(out, tmp_path)
+    assert row["steps"] == "2" and row["tokens"] == "128"  # the run wrote no metrics record
+    assert row["status"].startswith("diverged: the model diverged by step 2"), row
 
 
 @pytest.mark.slow
@@ -207,13 +208,13 @@ def test_compare_shows_a_running_run_then_a_killed_one(data: Path, tmp_path: Pat
     run = start(*train_args(data, out, "--max-steps", "100000", "--checkpoint-every", "2"))
     try:
         wait_for(lambda: (out / "ckpt_latest.pt").is_file(), run)
-        assert _compare_row(out, tmp_path)[5] == "running"
+        assert _compare_row(out, tmp_path)["status"] == "running"
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=60)
     finally:
         run.kill()
-    cells = _compare_row(out, tmp_path)
-    assert cells[5] == "killed" and int(cells[3]) >= 2
+    row = _compare_row(out, tmp_path)
+    assert row["status"] == "killed" and int(row["steps"]) >= 2
 
 
 # ------------------------------------------------------------------------------ further cases found here
