@@ -21,11 +21,20 @@ import pytest
 
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from project_tests.lab.test_distributed import child_env
-from project_tests.lab.test_faults import cs336, data, metric_steps, one_error_line, start, train_args, wait_for
+from project_tests.lab.test_faults import cs336, data, metric_steps, start, train_args, wait_for
 
 __all__ = ["data"]  # the fixture, shared with test_faults
 
 ONE_TRAIN = ("--max-steps", "2")
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The one error line of a command that failed with exit code `code`, without a traceback (info lines, such
+    as a start-up summary, may come before it)."""
+    errors = [line for line in done.stderr.splitlines() if " error: " in line]
+    assert done.returncode == code and len(errors) == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and errors[0] == done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
+    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +166,11 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     env = {**child_env(), "SAVE": str(save), "MNT": str(mnt)}
     subprocess.run(["unshare", "-rm", "sh", "-c", _FULL_DISK, "sh", str(mnt), *command], env=env, timeout=300)
     stderr = (save / "stderr").read_text()
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert (save / "rc").read_text().strip() == "1" and len(lines) == 1, stderr[-3000:]
-    assert f"could not write to {mnt / 'run'}: No space left on device" in lines[0]
-    assert f"{mnt / 'run' / 'ckpt_latest.pt'} keeps the last healthy state (step 2)" in lines[0]
-    assert "--resume" in lines[0]
+    done = subprocess.CompletedProcess(command, int((save / "rc").read_text()), stdout="", stderr=stderr)
+    line = one_error_line(done, code=1)
+    assert f"could not write to {mnt / 'run'}: No space left on device" in line
+    assert f"{mnt / 'run' / 'ckpt_latest.pt'} keeps the last healthy state (step 2)" in line
+    assert "free some space and continue with --resume" in line
     assert read_run_checkpoint(save / "run" / "ckpt_latest.pt")["iteration"] == 2  # the previous one, whole
     assert not list((save / "run").glob(".*.tmp"))
     outcome = json.loads((save / "run" / "outcome.json").read_text())
