@@ -41,7 +41,8 @@ def temp_path(path: Path, suffix: str = ".tmp") -> Path:
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what `temp_path` makes
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (this one, or another user's, included)."""
     if pid == os.getpid():
         return True
     try:
@@ -66,7 +67,7 @@ def sweep_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
         return removed
     for path in Path(directory).glob(TEMP_GLOB):
         match = _TEMP_NAME.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match.group(1))):
+        if match and path.is_file() and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -96,7 +97,10 @@ def prepare_directory(path: str | os.PathLike[str], what: str = "output director
         if ancestor.exists() and not ancestor.is_dir():
             where = "" if ancestor == path else f" (at {ancestor})"
             raise ValueError(f"{what} {path}: expected a directory, found a file{where}")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. a parent that cannot hold folders (/proc), no permission: name the setting
+        raise type(err)(err.errno, f"{what} {path}: could not create it ({err.strerror})") from None
     return path
 
 
@@ -201,6 +205,7 @@ __all__ = [
     "commit",
     "fsync_directory",
     "prepare_directory",
+    "process_alive",
     "sweep_temp_files",
     "temp_path",
     "TEMP_GLOB",

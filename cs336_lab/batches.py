@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cs336_lab.assignment import Assignment
+from cs336_lab.errors import describe_file
 from cs336_lab.train_config import TrainConfig
 
 # Token ids are checked over at most this many leading tokens: scanning a memory-mapped corpus of billions of
@@ -37,10 +38,17 @@ def load_training_tokens(path: str, name: str, *, context_length: int, vocab_siz
     if not Path(path).is_file():
         found = "a directory" if Path(path).is_dir() else "nothing"
         raise FileNotFoundError(f"{name}: expected a .npy token file at {path}, found {found}")
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
+    if not is_npy:  # NOTE: numpy's own error for a text file advises loading it with allow_pickle (unsafe)
+        raise ValueError(
+            f"{name}: expected a .npy token array (as `cs336 tokenize` writes), got {path}: {describe_file(path)}"
+        )
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise ValueError(f"{name}: expected a .npy token array, got an unreadable file {path} ({error})") from None
+        reason = "it holds Python objects, not token ids" if "allow_pickle" in str(error) else str(error)
+        raise ValueError(f"{name}: expected a .npy token array, got an unreadable file {path} ({reason})") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-d integer array, got shape {tokens.shape} dtype {tokens.dtype}")
     if len(tokens) <= context_length:

@@ -6,7 +6,8 @@ A run is a directory written by ``cs336 train``: ``config.json`` (its config) an
 record per logged step, field names from ``run_log.py``/``train.py``). Each curve is labelled by its folder's
 name (with as many parent folders as it takes to tell two runs apart); the table also lists the settings that
 differ between the configs (``lr_max``). A ``status.json`` beside them (written by ``cs336 sweep``) marks a run
-that diverged and may name it. ``--out`` without a suffix gets ``.png``.
+that diverged and may name it; else ``outcome.json`` (written by ``cs336 train``, see ``run_folder.py``) says
+whether it is done, running, stopped, killed, diverged or failed. ``--out`` without a suffix gets ``.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_common.atomic import atomic_save_figure, atomic_write_text
+from cs336_lab.run_folder import read_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class Run:
     status: str = "done"
     label: str = ""
     note: str = ""  # why a diverged run stopped, e.g. "non-finite loss at step 9"
+    steps: int = 0  # steps trained: the last record's, or more when the run stopped between two records
+    tokens: int = 0
 
     def curve(self, x: str, metric: str) -> tuple[list[float], list[float]]:
         """The (x, y) points of `metric` (a --metric choice) against `x` (a --x choice)."""
@@ -86,14 +90,28 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config_path, status_path = path / "config.json", path / "status.json"
     config = _flat(json.loads(config_path.read_text(encoding="utf-8"))) if config_path.is_file() else {}
     status = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else {}
+    outcome = read_outcome(path) or {}
+    last = records[-1] if records else {}
     return Run(
         path=path,
         config=config,
         records=records,
-        status=status.get("status", "done"),
+        status=status.get("status") or outcome.get("status") or _status_without_outcome(config, last),
         label=status.get("label", ""),
-        note=str(status.get("error", "")).split(" (")[0],
+        note=str(status.get("error") or outcome.get("error", "")).split(" (")[0].split(";")[0],
+        steps=max(int(last.get("step", 0)), int(outcome.get("step", 0))),
+        tokens=max(int(last.get("tokens", 0)), int(outcome.get("tokens", 0))),
     )
+
+
+def _status_without_outcome(config: dict[str, Any], last: dict[str, Any]) -> str:
+    """A run written before `outcome.json`: "done" when its last record reached its max_steps, else "unfinished".
+
+    >>> _status_without_outcome({"max_steps": 40}, {"step": 40}), _status_without_outcome({"max_steps": 40}, {})
+    ('done', 'unfinished')
+    """
+    reached = last.get("step", 0) >= config.get("max_steps", 0) or bool(config.get("max_time_s"))
+    return "done" if reached else "unfinished"
 
 
 def _flat(config: Any) -> Any:
@@ -173,11 +191,8 @@ def summary_table(runs: Sequence[Run], metric: str) -> str:
         _, ys = run.curve("steps", metric)
         final = f"{ys[-1]:.4f}" if ys else "–"
         best = f"{min(ys):.4f}" if ys else "–"
-        last = run.records[-1] if run.records else {}
         status = f"{run.status}: {run.note}" if run.note else run.status
-        lines.append(
-            f"| {run.label} |{settings} {final} | {best} | {last.get('step', 0)} | {last.get('tokens', 0)} | {status} |"
-        )
+        lines.append(f"| {run.label} |{settings} {final} | {best} | {run.steps} | {run.tokens} | {status} |")
     return "\n".join(lines) + "\n"
 
 

@@ -237,9 +237,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``.toml`` or ``.json`` config file into a dict (no checking against a dataclass yet)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path}: expected a .toml or .json file, found a directory")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path}: expected UTF-8 text, got {err.reason} at byte {err.start}") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -439,6 +444,6 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
         try:  # check the file on its own first so that its errors name it
             data = _validate(cls, read_config_file(config_path))
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{config_path}: {err}") from None
+            raise type(err)(err if str(config_path) in str(err) else f"{config_path}: {err}") from None
     data = _merge(data, _explicit_values(cls, args))
     return from_dict(cls, data)

@@ -42,6 +42,7 @@ from cs336_common.model_spec import ModelSpec
 from cs336_common.state_dict import strip_wrapper_prefixes
 from cs336_lab.assignment import Assignment  # the one door into the assignment: ours, or a student's package
 from cs336_lab.batches import load_training_tokens
+from cs336_lab.errors import utf8_error
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.run_tokenizer import RECORD_KEY, check_tokenizer, find_tokenizer_dir
 from cs336_lab.tokenizer_files import read_tokenizer
@@ -207,6 +208,8 @@ def load_split(
     The tokenizer must fit the model (`check_tokenizer`, against `record`: the checkpoint's memory of its own).
     """
     data = Path(data)
+    if data.is_dir():
+        raise IsADirectoryError(f"--data {data}: expected a .npy token array or a text file, found a directory")
     if data.suffix not in (".npy", *TEXT_SUFFIXES):
         raise ValueError(f"expected a .npy token array or a text file ({', '.join(TEXT_SUFFIXES)}), got {data}")
     if not data.is_file():
@@ -224,7 +227,12 @@ def load_split(
         return Split(load_training_tokens(str(data), "--data", context_length=1, vocab_size=vocab_size), token_bytes)
     tokenizer = Assignment.load().make_tokenizer(vocab, merges, special_tokens)
     with open(data, encoding="utf-8") as f:
-        tokens = np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
+        try:
+            tokens = np.fromiter(tokenizer.encode_iterable(f), dtype=np.int64)
+        except UnicodeDecodeError as error:  # it names neither the file nor the offset in it
+            raise utf8_error(data, error) from None
+    if len(tokens) < 2:
+        raise ValueError(f"--data {data}: expected a text of at least 2 tokens (one to predict), got {len(tokens)}")
     if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
         raise ValueError(f"the split's token ids must lie in [0, {vocab_size}), found up to {int(tokens.max())}")
     return Split(tokens, token_bytes)

@@ -24,6 +24,7 @@ import numpy as np
 
 from cs336_common.atomic import commit, prepare_directory, temp_path
 from cs336_lab.assignment import Assignment
+from cs336_lab.errors import utf8_error
 from cs336_lab.threads import usable_cores
 
 Tokenizer = Any  # the package's Tokenizer (see assignment.py)
@@ -106,7 +107,10 @@ def _encode_to(
     with bar:
         if not Assignment.load().has_chunking:  # no chunking extras: stream it in this process
             with open(input_path, encoding="utf-8") as lines:
-                ids = np.fromiter(tokenizer.encode_iterable(lines), dtype=dtype)
+                try:
+                    ids = np.fromiter(tokenizer.encode_iterable(lines), dtype=dtype)
+                except UnicodeDecodeError as error:  # it names neither the file nor the offset in it
+                    raise utf8_error(input_path, error) from None
             raw.write(ids.tobytes())
             bar.update(size)
             return len(ids)

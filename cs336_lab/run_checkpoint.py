@@ -29,6 +29,7 @@ from torch import nn
 
 from cs336_common.atomic import atomic_open
 from cs336_common.state_dict import unwrap_model
+from cs336_lab.errors import describe_file
 
 FORMAT = "cs336-checkpoint"
 VERSION = 1
@@ -98,8 +99,14 @@ def save_run_checkpoint(
         "extra": extra,
         "rng": _capture_rng() if save_rng else None,
     }
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+    try:
+        with atomic_open(path, "wb") as handle:
+            torch.save(payload, handle)
+    except RuntimeError as error:  # NOTE: torch reports a failed write (a full disk) as a RuntimeError
+        if isinstance(error.__context__, OSError):
+            cause = error.__context__
+            raise OSError(cause.errno, cause.strerror, os.fspath(path)) from error
+        raise
 
 
 def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -108,10 +115,19 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     if not path.is_file():
         found = "a directory" if path.is_dir() else "nothing"
         raise FileNotFoundError(f"checkpoint {path}: expected a checkpoint file, found {found}")
+    _check_looks_like_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or foreign file?): {error}") from error
+    except pickle.UnpicklingError as error:  # NOTE: torch's message advises weights_only=False: unsafe, not ours
+        refused = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        refused = refused.split(" was not an allowed global")[0][:200]  # the rest advises allowing it
+        raise ValueError(
+            f"{path} is not a checkpoint of tensors and plain data: it holds something a checkpoint never does "
+            f"({refused}); refused, since loading it could run code"
+        ) from error
+    except Exception as error:  # a truncated or foreign file: torch raises RuntimeError, EOFError, KeyError...
+        first = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or damaged?): {first}") from error
     if not isinstance(payload, dict):
         raise ValueError(f"{path} is not a checkpoint: expected a dict payload, got {type(payload).__name__}")
     if payload.get("format") != FORMAT:
@@ -125,6 +141,22 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     elif payload.get("version", 0) > VERSION:
         raise ValueError(f"{path} has checkpoint version {payload['version']}; this code reads up to {VERSION}")
     return payload
+
+
+def _check_looks_like_checkpoint(path: Path) -> None:
+    """Refuse a file that is no `torch.save` file at all (a zip archive, or the old pickle format) by its bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path} is not a readable checkpoint: truncated or damaged (a zip archive without its end)"
+            )
+        return
+    if not head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
+        raise ValueError(
+            f"{path} is not a checkpoint: expected a file written by torch.save (a zip archive), got {describe_file(path)}"
+        )
 
 
 def load_run_checkpoint(

@@ -13,6 +13,10 @@
   NOTE: only the run's own files move, not the folder: the lock stays held throughout (no other run can slip
   in between), and whatever else the user keeps in the folder (data, notes) stays where their paths say.
 
+- **The outcome.** `outcome.json` says how the run last ended (`OUTCOMES`), with its step and, for a run that
+  diverged or failed, why: `cs336 compare` shows it. A run writes "running" (with its pid) when its loop starts;
+  "running" whose process is gone reads as "killed" (a SIGKILL or a power cut leaves no time to write).
+
 Under torchrun only rank 0 touches the folder; its verdict is shared with every rank, so that all of them fail
 together (none is left waiting in a collective for a rank that gave up). POSIX only: elsewhere nothing is locked.
 """
@@ -20,6 +24,7 @@ together (none is left waiting in a collective for a rank that gave up). POSIX o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -27,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from cs336_common.atomic import fsync_directory, prepare_directory
+from cs336_common.atomic import atomic_write_json, fsync_directory, prepare_directory, process_alive
 
 try:
     import fcntl
@@ -39,7 +44,10 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".cs336-run.lock"
 # What marks a folder as holding a run, and what `start_over` moves aside (everything `train` and `sweep` write).
 RUN_MARKERS = ("config.json", "ckpt_latest.pt", "metrics.jsonl")
-RUN_FILES = (*RUN_MARKERS, "loss_curve.png", "status.json")
+OUTCOME_NAME = "outcome.json"
+RUN_FILES = (*RUN_MARKERS, "loss_curve.png", "status.json", OUTCOME_NAME)
+# What `outcome.json` may say: "stopped" by a signal (resumable), "failed" on an error (e.g. a full disk).
+OUTCOMES = ("running", "done", "stopped", "diverged", "failed")
 
 __all__ = [
     "LOCK_NAME",
@@ -49,6 +57,9 @@ __all__ = [
     "lock_run_folder",
     "check_run_folder",
     "hold_run_folder",
+    "OUTCOME_NAME",
+    "write_outcome",
+    "read_outcome",
 ]
 
 
@@ -142,3 +153,30 @@ def hold_run_folder(config: Any, ctx: Any) -> Iterator[None]:
             kind, message = problem
             raise kind(message)
         yield
+
+
+def write_outcome(out_dir: str | os.PathLike[str], status: str, *, step: int, tokens: int, error: str = "") -> None:
+    """Record how the run in `out_dir` ended (or that it runs); best effort: a full disk must not hide the error
+    that stopped the run behind this file's."""
+    if status not in OUTCOMES:
+        raise ValueError(f"expected an outcome in {OUTCOMES}, got {status!r}")
+    record = {"status": status, "step": step, "tokens": tokens, "pid": os.getpid(), "time": time.time()}
+    try:
+        atomic_write_json(Path(out_dir) / OUTCOME_NAME, record | ({"error": error} if error else {}))
+    except OSError as err:
+        logger.debug("could not write %s: %s", Path(out_dir) / OUTCOME_NAME, err)
+
+
+def read_outcome(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """`outcome.json` of `out_dir` (None when absent or unreadable); a "running" run whose process is gone is
+    "killed"."""
+    try:
+        record = json.loads((Path(out_dir) / OUTCOME_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in OUTCOMES:
+        return None
+    pid = record.get("pid")
+    if record["status"] == "running" and not (isinstance(pid, int) and pid > 0 and process_alive(pid)):
+        record["status"] = "killed"
+    return record

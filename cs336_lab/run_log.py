@@ -37,11 +37,20 @@ class MetricsLog:
     def start(self, keep_until_step: int = -1) -> None:
         """Start a fresh file, or on resume keep the records up to the checkpoint's step and drop the rest."""
         if self.path.is_file() and keep_until_step >= 0:
-            with open(self.path, encoding="utf-8") as f:
-                old = [json.loads(line) for line in f if line.strip()]
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                old = [record for number, line in enumerate(f, 1) if (record := self._parse(line, number))]
             self.records = [r for r in old if r.get("step", 0) <= keep_until_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write_text(self.path, text)
+
+    def _parse(self, line: str, number: int) -> dict[str, Any] | None:
+        """A line's record; None for a blank line or one cut short (a full disk, a kill mid-write), said once."""
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            logger.warning("%s line %d is not a JSON record (cut short?): dropped", self.path, number)
+            return None
+        return record if isinstance(record, dict) else None
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)

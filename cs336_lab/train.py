@@ -13,6 +13,7 @@ in `out_dir` (see `run_log.py`):
 
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
+    outcome.json     running, done, stopped, diverged or failed, with the step and why (run_folder.py)
 
 A run locks `out_dir` while it runs, and refuses a folder that holds an earlier run unless asked to `resume` it
 or to `start_over` (which moves the earlier run aside, deleting nothing; see `run_folder.py`).
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import math
 import signal
@@ -57,8 +59,9 @@ from cs336_lab.assignment import Assignment
 from cs336_lab.batches import BatchSampler, autocast, estimate_loss, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
+from cs336_lab.errors import USER_ERRORS
 from cs336_lab.run_checkpoint import load_run_checkpoint, read_run_checkpoint, save_run_checkpoint
-from cs336_lab.run_folder import hold_run_folder
+from cs336_lab.run_folder import hold_run_folder, write_outcome
 from cs336_lab.run_log import RunLog, bytes_per_token
 from cs336_lab.run_tokenizer import RECORD_KEY, absolute_paths, tokenizer_record
 from cs336_lab.stop_signals import StopSignals
@@ -129,7 +132,7 @@ def train(
             run = _set_up(
                 config, ctx, model_factory or default_model_factory, optimizer_factory or default_optimizer_factory
             )
-            return _loop(run)
+            return _loop_noting_outcome(run)
     except BaseException as exc:
         if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
             traceback.clear_frames(exc.__traceback__)
@@ -308,6 +311,39 @@ def _log_summary(run: _Run) -> None:
         )
 
 
+def _loop_noting_outcome(run: _Run) -> TrainResult:
+    """`_loop`, noting how it ends in `out_dir/outcome.json` (`run_folder.py`, read by `cs336 compare`); a write
+    into `out_dir` that fails (a full disk) is said in one line, with what the folder keeps."""
+
+    def note(status: str, error: str = "") -> None:
+        if run.ctx.is_main:
+            write_outcome(run.config.out_dir, status, step=run.step, tokens=run.tokens_seen, error=error)
+
+    note("running")
+    try:
+        result = _loop(run)
+    except NonFiniteLossError as err:
+        note("diverged", str(err))
+        raise
+    except OSError as err:
+        note("failed", str(err))
+        if isinstance(err, USER_ERRORS):
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        then = "free some space and continue" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "continue"
+        failure = OSError(
+            f"training stopped at step {run.step}: could not write to {run.config.out_dir}: "
+            f"{err.strerror or err}{where}; {_saved(run)}: {then} with --resume"
+        )
+        failure.errno = err.errno
+        raise failure from err
+    except BaseException as err:
+        note("failed", f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+    note("done" if result.stop_reason in ("max_steps", "max_time_s") else "stopped")
+    return result
+
+
 def _tokens_per_step(run: _Run) -> int:
     c = run.config
     return c.batch_size * c.model.context_length * c.grad_accum_steps * run.ctx.world_size
@@ -358,9 +394,14 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
 
 def _kept(run: _Run) -> str:
     """What the run leaves behind after a divergence, for the message."""
+    return f"{_saved(run)}; try a lower lr_max or grad_clip"
+
+
+def _saved(run: _Run) -> str:
+    """Which checkpoint the run leaves behind, for a message."""
     if run.saved_step == 0 or not run.ckpt_path.is_file():
-        return "no healthy checkpoint was written yet; try a lower lr_max or grad_clip"
-    return f"{run.ckpt_path} keeps the last healthy state (step {run.saved_step}); try a lower lr_max or grad_clip"
+        return "no healthy checkpoint was written yet"
+    return f"{run.ckpt_path} keeps the last healthy state (step {run.saved_step})"
 
 
 def _evaluate(run: _Run) -> dict[str, Any]:

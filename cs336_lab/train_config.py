@@ -8,6 +8,7 @@ trainer. A value that cannot work is refused here, before anything is loaded or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -113,6 +114,26 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.resume and self.start_over:
             raise ValueError("expected at most one of resume and start_over, got both")
+        _check_optimisation(self)
+
+
+def _check_optimisation(config: TrainConfig) -> None:
+    """Refuse a non-finite or out-of-range optimisation setting up front, naming its flag (a run would diverge
+    at its first step, or never stop, and the divergence could not say which setting was to blame)."""
+    ranges = {
+        "lr_max": (config.lr_max, "a finite number > 0", lambda v: v > 0),
+        "lr_min": (config.lr_min, "a finite number >= 0", lambda v: v >= 0),
+        "weight_decay": (config.weight_decay, "a finite number >= 0", lambda v: v >= 0),
+        "adam_eps": (config.adam_eps, "a finite number > 0", lambda v: v > 0),
+        "grad_clip": (config.grad_clip, "a finite number >= 0 (0: no clipping)", lambda v: v >= 0),
+        "max_time_s": (config.max_time_s, "a finite number > 0 or none", lambda v: v > 0),
+        "peak_flops": (config.peak_flops, "a finite number > 0 or none", lambda v: v > 0),
+    }
+    for name, (value, expected, ok) in ranges.items():
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"--{name.replace('_', '-')} ({name}) must be {expected}, got {value}")
+    if len(config.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in config.betas):
+        raise ValueError(f"--betas (betas) must be two numbers in [0, 1), got {' '.join(map(str, config.betas))}")
 
 
 @dataclass

@@ -70,7 +70,7 @@ def unpack_submission(source: str | os.PathLike[str], dest: Path) -> Submission:
     raw = None
     if stat.S_ISDIR(info.st_mode):
         root = source
-    elif stat.S_ISREG(info.st_mode) and (source.suffix.lower() == ".zip" or zipfile.is_zipfile(source)):
+    elif stat.S_ISREG(info.st_mode) and (source.suffix.lower() == ".zip" or looks_like_zip(source)):
         raw = dest / "raw"
         _safe_extract(source, raw)
         root = raw
@@ -226,9 +226,34 @@ def _check_members(archive: Path, members: list[zipfile.ZipInfo]) -> None:
         raise SubmissionError(f"refused: the zip inflates {ratio:.0f}x (at most {MAX_RATIO}x)")
 
 
+def looks_like_zip(path: Path) -> bool:
+    """Whether the file `path` is a zip, or starts like one (a truncated zip is still the student's zip).
+
+    NOTE: `zipfile.is_zipfile` looks for the end-of-archive record only, which a cut-short upload lacks.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(f)
+    except OSError:
+        return False
+
+
+def _unreadable_zip(archive: Path) -> str | None:
+    """Why `archive` cannot be a zip, from its bytes alone (None when it has the end record of one)."""
+    if zipfile.is_zipfile(archive):
+        return None
+    if looks_like_zip(archive):
+        return "truncated or damaged: it starts like a zip but has no end-of-archive record (an interrupted upload?)"
+    with open(archive, "rb") as f:
+        head = f.read(16)
+    return f"not a zip archive: {archive.stat().st_size} bytes starting {head!r}" if head else "an empty file"
+
+
 def _safe_extract(archive: Path, dest: Path) -> None:
     """Extract the zip's regular files and folders into a fresh `dest`, every check done first."""
     dest.mkdir(parents=True)
+    if problem := _unreadable_zip(archive):
+        raise SubmissionError(f"unreadable zip {archive.name}: {problem}")
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [m for m in zf.infolist() if not IGNORED("", m.filename.split("/"))]

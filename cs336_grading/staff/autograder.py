@@ -144,7 +144,11 @@ def find_submission(directory: Path) -> Path:
     if not directory.is_dir():
         raise FileNotFoundError(f"expected the submission folder {directory}, found none")
     has_code = any(p.name == "adapters.py" or p.name == "cs336_basics" for p in _walk(directory, max_depth=3))
-    zips = sorted(p for p in directory.iterdir() if p.suffix == ".zip" and zipfile.is_zipfile(p))
+    # A broken zip is graded too (a zero grade that says it is unreadable), after any whole one.
+    zips = sorted(
+        (p for p in directory.iterdir() if p.suffix.lower() == ".zip"),
+        key=lambda p: (not zipfile.is_zipfile(p), p.name),
+    )
     return zips[0] if zips and not has_code else directory
 
 

@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any
 from cs336_common.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from cs336_grading import untrusted
 from cs336_grading.grader import canary, heldout
+from cs336_grading.grader.submission import looks_like_zip
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Entry:
 def is_submission(path: Path) -> bool:
     """A zip, or a folder holding `cs336_basics/`, `tests/adapters.py` or `adapters.py` at its top."""
     if path.is_file():
-        return zipfile.is_zipfile(path)
+        return path.suffix.lower() == ".zip" or looks_like_zip(path)  # a broken zip is graded: zero, saying why
     return any((path / p).exists() for p in ("cs336_basics", "tests/adapters.py", "adapters.py"))
 
 
@@ -84,6 +84,8 @@ def discover(paths: Sequence[str | os.PathLike[str]]) -> list[Entry]:
         if is_submission(raw):
             entries.append(Entry(raw.stem if raw.is_file() else raw.name, raw))
             continue
+        if not raw.is_dir():
+            raise ValueError(f"expected a submission folder or .zip file, or a folder of them, got a file: {raw}")
         children = sorted(p for p in raw.iterdir() if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".zip"))
         if not children:
             raise ValueError(f"expected submissions (folders or .zip files) in {raw}, found none")
