@@ -449,7 +449,8 @@ RUN_FILES = {
     "ckpt_latest.pt",
     "loss_curve.png",
     ".cs336-run.lock",
-}  # the lock: run_folder.py
+    "outcome.json",
+}  # the lock and the run's outcome: run_folder.py
 INFO_LINE = re.compile(r"^\d\d:\d\d:\d\d (?!error: |warning: |critical: ).*$", re.MULTILINE)  # cli._Formatter
 DETERMINISTIC_KEYS = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")  # not time_s, tokens_per_s
 

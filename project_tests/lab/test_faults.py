@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,10 @@ def metric_steps(out: Path) -> list[int]:
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    """The one line of a refusal: exit 2, no traceback; progress notes before it (`12:03:04 using 1 CPU
+    thread(s)`, the CLI's info format) are not part of the error."""
+    info = re.compile(r"^\d\d:\d\d:\d\d (?!error: |warning: |critical: )")
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not info.match(line)]
     assert done.returncode == 2 and len(lines) == 1 and " error: " in lines[0], done.stderr[-3000:]
     return lines[0]
 
