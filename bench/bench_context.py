@@ -103,19 +103,24 @@ def run(quick: bool = False, docs_dir: Path | None = DOCS_DIR) -> list[dict[str,
         )
     )
     if docs_dir is not None and not quick:
-        series = {
-            "ours: step": series_of(rows, "seq_len", "ours_s"),
-            "oracle: step": series_of(rows, "seq_len", "peer_s"),
-            "ours: attention": series_of(rows, "seq_len", "ours_attn_s"),
-            "fused SDPA: attention": series_of(rows, "seq_len", "peer_attn_s"),
-        }
-        plot_growth(
-            docs_dir / "growth_context.png",
-            f"training step vs context length, TinyStories model, {TOKENS_PER_STEP} tokens/step",
-            "context length T",
-            [("seconds per step", series)],
-        )
+        _plot(rows, docs_dir)
     return rows
+
+
+def _plot(rows: list[dict[str, Any]], docs_dir: Path) -> None:
+    """Step and attention-core seconds against the context length, ours and the peer's, on log-log axes."""
+    series = {
+        "ours: step": series_of(rows, "seq_len", "ours_s"),
+        "oracle: step": series_of(rows, "seq_len", "peer_s"),
+        "ours: attention": series_of(rows, "seq_len", "ours_attn_s"),
+        "fused SDPA: attention": series_of(rows, "seq_len", "peer_attn_s"),
+    }
+    plot_growth(
+        docs_dir / "growth_context.png",
+        f"training step vs context length, TinyStories model, {TOKENS_PER_STEP} tokens/step",
+        "context length T",
+        [("seconds per step", series)],
+    )
 
 
 if __name__ == "__main__":

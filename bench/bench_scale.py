@@ -142,15 +142,9 @@ def run(
             ours, peer = _pair(
                 i, ["bpe-ours", str(corpus), str(VOCAB_SIZE), *save], ["bpe-hf", str(corpus), str(VOCAB_SIZE)]
             )
+            wall = f"wall incl. start-up ours {ours['wall_s']:.1f} s vs {peer['wall_s']:.1f} s"
             bpe_rows.append(
-                _row(
-                    f"train BPE, {VOCAB_SIZE} vocab",
-                    size_mb,
-                    ours,
-                    peer,
-                    "HF tokenizers BpeTrainer",
-                    f"wall incl. start-up ours {ours['wall_s']:.1f} s vs {peer['wall_s']:.1f} s",
-                )
+                _row(f"train BPE, {VOCAB_SIZE} vocab", size_mb, ours, peer, "HF tokenizers BpeTrainer", wall)
             )
             out = work / "ids.npy"
             if encode_max_mb is not None and size_mb > encode_max_mb:
@@ -163,16 +157,9 @@ def run(
             )
             if ours["tokens"] != peer["tokens"]:
                 raise AssertionError(f"encode_file gave {ours['tokens']} tokens, tiktoken {peer['tokens']}")
-            encode_rows.append(
-                _row(
-                    "encode_file to .npy, 2 processes",
-                    size_mb,
-                    ours,
-                    peer,
-                    "tiktoken, one thread, 16 MB pieces",
-                    f"{ours['tokens']:,} tokens (same count as tiktoken)",
-                )
-            )
+            same = f"{ours['tokens']:,} tokens (same count as tiktoken)"
+            peer_name = "tiktoken, one thread, 16 MB pieces"
+            encode_rows.append(_row("encode_file to .npy, 2 processes", size_mb, ours, peer, peer_name, same))
             corpus.unlink()
             out.unlink(missing_ok=True)
     rows = [*bpe_rows, _growth_row("train BPE", "HF tokenizers", bpe_rows), *encode_rows]

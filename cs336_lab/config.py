@@ -373,31 +373,42 @@ def add_dataclass_arguments(
             )
             continue
         kwargs: dict[str, Any] = {"dest": dest, "default": UNSET, "help": _help_text(f)}
-        origin = get_origin(base)
-        if base is bool and not optional:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif origin is Literal:
-            choices = list(get_args(base))
-            parser.add_argument(
-                flag,
-                type=_parse_scalar(type(choices[0]), optional),
-                choices=choices + ([None] if optional else []),
-                metavar="{" + ",".join(map(str, choices)) + "}",
-                **kwargs,
-            )
-        elif origin in (tuple, list):
-            args = get_args(base)
-            variadic = origin is list or (len(args) == 2 and args[1] is ...)
-            parser.add_argument(
-                flag,
-                type=_parse_scalar(args[0], False),
-                nargs="*" if variadic else len(args),
-                metavar=_type_name(args[0]).upper(),
-                **kwargs,
-            )
-        else:
-            metavar = "PATH" if base is Path else _type_name(base).upper()
-            parser.add_argument(flag, type=_parse_scalar(base, optional), metavar=metavar, **kwargs)
+        _add_field_flag(parser, flag, base, optional, kwargs)
+
+
+def _add_field_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    base: Any,
+    optional: bool,
+    kwargs: dict[str, Any],
+) -> None:
+    """One field's flag, shaped by its type: a bool switch, a choice of a `Literal`, a tuple/list, a scalar."""
+    origin = get_origin(base)
+    if base is bool and not optional:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+    elif origin is Literal:
+        choices = list(get_args(base))
+        parser.add_argument(
+            flag,
+            type=_parse_scalar(type(choices[0]), optional),
+            choices=choices + ([None] if optional else []),
+            metavar="{" + ",".join(map(str, choices)) + "}",
+            **kwargs,
+        )
+    elif origin in (tuple, list):
+        args = get_args(base)
+        variadic = origin is list or (len(args) == 2 and args[1] is ...)
+        parser.add_argument(
+            flag,
+            type=_parse_scalar(args[0], False),
+            nargs="*" if variadic else len(args),
+            metavar=_type_name(args[0]).upper(),
+            **kwargs,
+        )
+    else:
+        metavar = "PATH" if base is Path else _type_name(base).upper()
+        parser.add_argument(flag, type=_parse_scalar(base, optional), metavar=metavar, **kwargs)
 
 
 def _explicit_values(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:

@@ -185,27 +185,38 @@ def grade(
         units = _units(pristine, tmp_dir, env, selected if isolate_each else None, timeout)
         planned = [u[0] for u in units] if isolate_each else None
         server.wait()
-        # The pytest process's guard is looser than any worker budget: it only catches the harness hanging.
-        limits = sandbox.Limits(
-            2 * timeout + 30,
-            memory_mb,
-            t0 + total_timeout,
-            max(1, (os.cpu_count() or 1) // jobs),
-            importlib.util.find_spec("pytest_timeout") is not None,
-            env,
-        )
+        limits = _pytest_limits(timeout, memory_mb, t0 + total_timeout, jobs, env)
         run = _GradingRun(pristine, student, tmp_dir, limits, isolate_each)
         run.run_all(units, jobs)
         graded = planned if planned is not None else run.graded
-        missing = [name for name in selected if not any(problem_of(n) == name for n in run.results)]
-        if missing:
-            raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
+        _check_every_problem_ran(selected, run)
         evidence = _evidence(audit.scan(student.package, student.adapters), run.records)
         review = tuple(audit.review(student.package, student.adapters))
     scores = _scores(selected, graded, run, evidence, builtins)
     ungraded = tuple(sorted(set(run.ungraded)))
     warnings = tuple([*_warnings(limits, evidence, builtins), *_walls_note(run.records)])
     return GradeResult(scores, time.monotonic() - t0, ungraded, warnings, records=dict(run.records), review=review)
+
+
+def _pytest_limits(
+    timeout: float, memory_mb: int | None, deadline: float, jobs: int, env: dict[str, str]
+) -> sandbox.Limits:
+    """The limits of each pytest process. Its guard is looser than any worker budget: it only catches the
+    harness hanging."""
+    return sandbox.Limits(
+        2 * timeout + 30,
+        memory_mb,
+        deadline,
+        max(1, (os.cpu_count() or 1) // jobs),
+        importlib.util.find_spec("pytest_timeout") is not None,
+        env,
+    )
+
+
+def _check_every_problem_ran(selected: list[str], run: _GradingRun) -> None:
+    missing = [name for name in selected if not any(problem_of(n) == name for n in run.results)]
+    if missing:
+        raise GraderError(f"the harness has no tests for problem(s) {', '.join(missing)}: it is broken")
 
 
 def _scores(

@@ -281,6 +281,22 @@ def _worker_main(job_json: str) -> int:
 # ----------------------------------------------------------------------------------------- batch
 
 
+def _finished_and_todo(
+    entries: Sequence[Entry], out_dir: Path, settings: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[tuple[Entry, str]]]:
+    """The states of entries finished before with these settings, and the (entry, fingerprint) pairs to grade."""
+    states: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[Entry, str]] = []
+    for entry in entries:
+        digest = fingerprint(entry.source, settings)
+        state = read_state(out_dir / entry.student)
+        if state is not None and state.get("fingerprint") == digest and state.get("status") in FINISHED:
+            states[entry.student] = state
+        else:
+            todo.append((entry, digest))
+    return states, todo
+
+
 def grade_batch(
     entries: Sequence[Entry],
     out_dir: Path,
@@ -296,15 +312,7 @@ def grade_batch(
     """
     if jobs < 1:
         raise ValueError(f"expected --jobs >= 1, got {jobs}")
-    states: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[Entry, str]] = []
-    for entry in entries:
-        digest = fingerprint(entry.source, settings)
-        state = read_state(out_dir / entry.student)
-        if state is not None and state.get("fingerprint") == digest and state.get("status") in FINISHED:
-            states[entry.student] = state
-        else:
-            todo.append((entry, digest))
+    states, todo = _finished_and_todo(entries, out_dir, settings)
     log.info("%d submission(s): %d finished before, %d to grade", len(entries), len(states), len(todo))
     stop = threading.Event()
 

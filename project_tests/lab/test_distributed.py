@@ -465,20 +465,13 @@ def rank_log(log_dir: Path, local_rank: int) -> str:
     return path.read_text()
 
 
-@pytest.fixture(scope="module")
-def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Four runs of the same 8-step config on a learnable corpus (one 50-token phrase repeated):
-
-    whole:      2 ranks, uninterrupted (`torchrun -m cs336_lab.cli train`);
-    resumed2:   2 ranks SIGKILLed in step 6 (last checkpoint: step 4), then `--resume` with 2 ranks;
-    resumed1:   a copy of that crashed run's directory, resumed by one plain process (`python -m ...`).
-    """
-    root = tmp_path_factory.mktemp("train")
+def _learnable_run_flags(root: Path) -> list[str]:
+    """Token files of one 50-token phrase repeated under `root`, and the `cs336 train` flags of a tiny model on them."""
     phrase = np.random.default_rng(0).integers(0, VOCAB, size=50)
     tokens = np.tile(phrase, 100).astype(np.uint16)
     np.save(root / "train.npy", tokens)
     np.save(root / "valid.npy", tokens[:1000])
-    flags = [
+    return [
         f"--train-data={root / 'train.npy'}",
         f"--valid-data={root / 'valid.npy'}",
         f"--vocab-size={VOCAB}",
@@ -498,6 +491,18 @@ def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--device=cpu",
         "--no-progress",
     ]
+
+
+@pytest.fixture(scope="module")
+def train_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Four runs of the same 8-step config on a learnable corpus (one 50-token phrase repeated):
+
+    whole:      2 ranks, uninterrupted (`torchrun -m cs336_lab.cli train`);
+    resumed2:   2 ranks SIGKILLed in step 6 (last checkpoint: step 4), then `--resume` with 2 ranks;
+    resumed1:   a copy of that crashed run's directory, resumed by one plain process (`python -m ...`).
+    """
+    root = tmp_path_factory.mktemp("train")
+    flags = _learnable_run_flags(root)
     cli = ["-m", "cs336_lab.cli", "train", *flags]
     runs: dict[str, Any] = {name: root / name for name in ("whole", "resumed2", "resumed1")}
 
