@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from cs336_basics import fast
 from cs336_basics.functional import softmax
-from cs336_basics.layers import Linear
+from cs336_basics.layers import Linear, RMSNorm
 from cs336_basics.rope import RotaryPositionalEmbedding
 
 
@@ -115,10 +115,16 @@ class MultiHeadSelfAttention(nn.Module):
     The projections hold all heads at once (rows ordered head by head); the heads are split off the feature
     dimension of q, k and v.
 
+    QK-norm (`qk_norm=True`, the modern recipe): every head's query and key vectors are RMS-normalised over
+    the head dimension (`q_norm`, `k_norm`: one gain per head dimension, shared by the heads) after the split
+    and before RoPE, so the attention scores stay bounded however large the projections grow. The cache holds
+    keys already normalised and rotated, so decoding with a cache computes the same as without.
+
     Args:
         d_model: model dimension; must be divisible by `num_heads`.
         num_heads: number of heads, each of size d_model // num_heads.
         rope: a RoPE module with d_k = d_model // num_heads (may be shared between layers), or None.
+        qk_norm: RMSNorm on each head's queries and keys; `eps` is its epsilon.
     """
 
     #: Use the hand-written attention of `cs336_basics/fast.py` (set by `TransformerLM.use_fused_kernels`).
@@ -130,6 +136,8 @@ class MultiHeadSelfAttention(nn.Module):
         num_heads: int,
         *,
         rope: RotaryPositionalEmbedding | None = None,
+        qk_norm: bool = False,
+        eps: float = 1e-5,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -146,10 +154,14 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        # NOTE: None (not an Identity) when off: the default model's state-dict keys stay the handout's.
+        self.q_norm = RMSNorm(self.head_dim, eps, device=device, dtype=dtype) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps, device=device, dtype=dtype) if qk_norm else None
 
     def reset_parameters(self) -> None:
-        for layer in (self.q_proj, self.k_proj, self.v_proj, self.output_proj):
-            layer.reset_parameters()
+        for layer in (self.q_proj, self.k_proj, self.v_proj, self.output_proj, self.q_norm, self.k_norm):
+            if layer is not None:
+                layer.reset_parameters()
 
     def forward(
         self,
@@ -168,6 +180,8 @@ class MultiHeadSelfAttention(nn.Module):
         q = rearrange(self.q_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
         k = rearrange(self.k_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
         v = rearrange(self.v_proj(x), "... seq (heads d) -> ... heads seq d", heads=self.num_heads)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over each head's d, before RoPE rotates it
 
         start = 0 if kv_cache is None else kv_cache._lengths[layer]
         if self.rope is not None:

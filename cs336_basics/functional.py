@@ -1,4 +1,4 @@
-"""Stateless tensor functions the neural-network parts are built from: softmax and SiLU.
+"""Stateless tensor functions the neural-network parts are built from: softmax, SiLU, ReLU² and the soft cap.
 
 Both are written with elementary tensor ops (nothing from torch's ready-made layers), as the assignment asks.
 """
@@ -44,3 +44,25 @@ def silu(x: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
     """
     compute = x.float() if x.dtype in _LOW_PRECISION else x
     return (compute * torch.sigmoid(compute)).to(x.dtype)
+
+
+def relu_squared(x: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
+    """ReLU² `max(x, 0)²`, elementwise: the activation of the modern recipe's 2-matrix feed-forward network.
+
+    NOTE: the order matters: squaring first would give x² (negative inputs would come back positive).
+
+    >>> relu_squared(torch.tensor([-2.0, 0.5, 3.0]))
+    tensor([0.0000, 0.2500, 9.0000])
+    """
+    return x.clamp_min(0).square()
+
+
+def soft_cap(x: Float[Tensor, " ..."], cap: float) -> Float[Tensor, " ..."]:
+    """`cap * tanh(x / cap)`: about x for |x| << cap, never beyond ±cap (Gemma 2's logit soft-capping).
+
+    >>> soft_cap(torch.tensor([0.1, 100.0, -100.0]), 10.0)
+    tensor([  0.1000,  10.0000, -10.0000])
+    """
+    if not cap > 0:
+        raise ValueError(f"the soft cap must be positive, got {cap!r}")
+    return cap * torch.tanh(x / cap)

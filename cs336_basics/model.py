@@ -5,7 +5,13 @@
 A pre-norm block is two residual lines, `x + attn(ln1(x))` then `x + ffn(ln2(x))`. The switches of
 `ModelConfig` give the ablations of the handout: no RMSNorm, post-norm, no position embedding (NoPE) and
 an ungated SiLU feed-forward network; `ModelConfig.init` picks the initialisation of every Linear
-(`cs336_basics/init.py`, default: the handout's).
+(`cs336_basics/init.py`, default: the handout's). The modern recipe's switches (all off by default):
+
+    qk_norm          RMSNorm on each head's queries and keys, before RoPE (`attention.py`)
+    ffn_type=relu2   the feed-forward network `W2 ReLU(W1 x)²` (`layers.py`)
+    tie_embeddings   lm_head.weight IS token_embeddings.weight (one Parameter)
+    logit_softcap    c > 0: logits = c tanh(logits / c), in `forward`, so that the loss, the evaluation and
+                     the generation all see the same capped logits
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from torch import Tensor, nn
 
 from cs336_basics.attention import KVCache, MultiHeadSelfAttention
 from cs336_basics.checkpoint import strip_compile_prefix
+from cs336_basics.functional import soft_cap
 from cs336_basics.init import LINEAR_SCHEMES, InitScheme, linear_init
-from cs336_basics.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
+from cs336_basics.layers import Embedding, Linear, ReLU2FeedForward, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.rope import RotaryPositionalEmbedding
 
 
@@ -31,7 +38,7 @@ class ModelConfig:
     """Everything that defines the architecture of a `TransformerLM`.
 
     `d_ff=None` picks the default of the feed-forward type: `default_d_ff(d_model)` (≈ 8/3 · d_model) for
-    SwiGLU, 4 · d_model for the plain SiLU network (equal parameter counts). After construction `d_ff` is
+    SwiGLU, 4 · d_model for the 2-matrix SiLU and ReLU² networks (equal parameter counts). After construction `d_ff` is
     always an int. NOTE: `dataclasses.replace(config, d_model=...)` keeps that resolved value; pass
     `d_ff=None` as well to re-derive it.
     """
@@ -48,9 +55,13 @@ class ModelConfig:
     use_rmsnorm: bool = True
     norm_position: Literal["pre", "post"] = "pre"
     position_embedding: Literal["rope", "none"] = "rope"
-    ffn_type: Literal["swiglu", "silu"] = "swiglu"
+    ffn_type: Literal["swiglu", "silu", "relu2"] = "swiglu"
     # Initialisation of every Linear (cs336_basics/init.py); "assignment" is the handout's.
     init: InitScheme = "assignment"
+    # The modern recipe's switches (see the module docstring).
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    logit_softcap: float = 0.0  # 0 = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -64,7 +75,7 @@ class ModelConfig:
         choices = {
             "norm_position": ("pre", "post"),
             "position_embedding": ("rope", "none"),
-            "ffn_type": ("swiglu", "silu"),
+            "ffn_type": ("swiglu", "silu", "relu2"),
             "init": tuple(LINEAR_SCHEMES),
         }
         for name, allowed in choices.items():
@@ -79,6 +90,15 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.d_ff must be a positive int or None, got {self.d_ff!r}")
         if self.rope_theta <= 0 or self.eps <= 0:
             raise ValueError(f"rope_theta and eps must be positive, got {self.rope_theta} and {self.eps}")
+        self._check_recipe_switches()
+
+    def _check_recipe_switches(self) -> None:
+        for name in ("qk_norm", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap < float("inf"):
+            raise ValueError(f"ModelConfig.logit_softcap must be a finite number >= 0 (0 = off), got {cap!r}")
 
     @property
     def head_dim(self) -> int:
@@ -122,7 +142,8 @@ class TransformerBlock(nn.Module):
         use_rmsnorm: bool = True,
         norm_position: Literal["pre", "post"] = "pre",
         position_embedding: Literal["rope", "none"] = "rope",
-        ffn_type: Literal["swiglu", "silu"] = "swiglu",
+        ffn_type: Literal["swiglu", "silu", "relu2"] = "swiglu",
+        qk_norm: bool = False,
         rope: RotaryPositionalEmbedding | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -137,13 +158,13 @@ class TransformerBlock(nn.Module):
         elif position_embedding != "rope":
             raise ValueError(f"position_embedding must be 'rope' or 'none', got {position_embedding!r}")
         self.pre_norm = norm_position == "pre"
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope=rope, device=device, dtype=dtype)
-        if ffn_type == "swiglu":
-            self.ffn: nn.Module = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
-        elif ffn_type == "silu":
-            self.ffn = SiLUFeedForward(d_model, d_ff, device=device, dtype=dtype)
-        else:
-            raise ValueError(f"ffn_type must be 'swiglu' or 'silu', got {ffn_type!r}")
+        self.attn = MultiHeadSelfAttention(
+            d_model, num_heads, rope=rope, qk_norm=qk_norm, eps=eps, device=device, dtype=dtype
+        )
+        ffn_classes = {"swiglu": SwiGLU, "silu": SiLUFeedForward, "relu2": ReLU2FeedForward}
+        if ffn_type not in ffn_classes:
+            raise ValueError(f"ffn_type must be one of {tuple(ffn_classes)}, got {ffn_type!r}")
+        self.ffn: nn.Module = ffn_classes[ffn_type](d_model, d_ff, device=device, dtype=dtype)
         make_norm = (lambda: RMSNorm(d_model, eps, device=device, dtype=dtype)) if use_rmsnorm else nn.Identity
         self.ln1: nn.Module = make_norm()
         self.ln2: nn.Module = make_norm()
@@ -209,6 +230,7 @@ class TransformerLM(nn.Module):
                 norm_position=c.norm_position,
                 position_embedding=c.position_embedding,
                 ffn_type=c.ffn_type,
+                qk_norm=c.qk_norm,
                 rope=self.rope,
                 device=device,
                 dtype=dtype,
@@ -222,6 +244,11 @@ class TransformerLM(nn.Module):
             else nn.Identity()
         )
         self.lm_head = Linear(c.d_model, c.vocab_size, device=device, dtype=dtype)
+        if c.tie_embeddings:
+            # One Parameter in two places: its gradient sums both uses, the optimizer steps it once, and it
+            # keeps the embedding's N(0, 1) initialisation (the head's own draw is discarded). The state dict
+            # still lists both keys, sharing one storage (see `load_state_dict`).
+            self.lm_head.weight = self.token_embeddings.weight
         # NOTE: every layer has already drawn the handout's initialisation; the default must not draw again,
         # or the same seed would give other weights than before (demo, snapshots and tests rely on them).
         if c.init != "assignment":
@@ -243,14 +270,17 @@ class TransformerLM(nn.Module):
         for module in self.modules():
             if module is self or not hasattr(module, "reset_parameters"):
                 continue
+            if module is self.lm_head and self.config.tie_embeddings:
+                continue  # the shared matrix keeps the embedding's initialisation
             if isinstance(module, Linear) and scheme != "assignment":
                 linear_init(scheme)(module.weight)
             elif scheme == "assignment" or isinstance(module, (Embedding, RMSNorm)):
                 module.reset_parameters()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Number of trainable parameters; `exclude_embeddings` leaves out the token-embedding table
-        (the convention of scaling-law papers; the untied `lm_head` is counted)."""
+        """Number of trainable parameters, a tied matrix once; `exclude_embeddings` leaves out the
+        token-embedding table (the convention of scaling-law papers; an untied `lm_head` is counted, a tied one
+        goes with the table)."""
         total = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
             total -= self.token_embeddings.weight.numel()
@@ -274,7 +304,10 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(in_indices)  # (batch, seq, d_model)
         for i, block in enumerate(self.layers):
             x = block(x, kv_cache=kv_cache, layer=i)
-        return self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
+        logits = self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
+        if self.config.logit_softcap > 0:
+            logits = soft_cap(logits, self.config.logit_softcap)
+        return logits
 
     def _check_input(self, in_indices: Tensor, start: int) -> None:
         if in_indices.is_floating_point() or in_indices.is_complex() or in_indices.dtype == torch.bool:
@@ -295,5 +328,25 @@ class TransformerLM(nn.Module):
                 )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """`nn.Module.load_state_dict`, also accepting keys prefixed `_orig_mod.` by `torch.compile`."""
-        return super().load_state_dict(strip_compile_prefix(dict(state_dict)), strict=strict, assign=assign)
+        """`nn.Module.load_state_dict`, also accepting keys prefixed `_orig_mod.` by `torch.compile`.
+
+        A tied model's state dict holds both `token_embeddings.weight` and `lm_head.weight` (torch lists a shared
+        Parameter under every name; `torch.save` stores the one storage once). Loading one needs the two to be
+        equal: two different matrices (an untied model's) would otherwise be copied into the same Parameter,
+        the last one silently winning.
+        """
+        state = strip_compile_prefix(dict(state_dict))
+        if self.config.tie_embeddings:
+            _check_tied(state)
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+
+def _check_tied(state: Mapping[str, Any]) -> None:
+    embedding, head = state.get("token_embeddings.weight"), state.get("lm_head.weight")
+    if embedding is None or head is None or embedding is head:
+        return
+    if embedding.shape != head.shape or not torch.equal(embedding, head.to(embedding.device)):
+        raise ValueError(
+            "this model ties lm_head.weight to token_embeddings.weight; expected equal matrices under the two "
+            "keys, got different ones (an untied model's weights? build it with tie_embeddings=False)"
+        )

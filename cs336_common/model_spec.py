@@ -31,7 +31,7 @@ HANDOUT_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_
 
 NormPosition = Literal["pre", "post"]
 PositionEmbedding = Literal["rope", "none"]
-FfnType = Literal["swiglu", "silu"]
+FfnType = Literal["swiglu", "silu", "relu2"]
 InitScheme = Literal["assignment", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal"]
 _CHOICES = {
     "norm_position": NormPosition,
@@ -55,10 +55,11 @@ def handout_d_ff(d_model: int) -> int:
 
 
 def implied_d_ff(d_model: int, ffn_type: str = "swiglu") -> int:
-    """`d_ff` for `d_ff=None`: `handout_d_ff` for SwiGLU, 4 d_model for the SiLU network (equal parameters).
+    """`d_ff` for `d_ff=None`: `handout_d_ff` for SwiGLU, 4 d_model for the 2-matrix networks (SiLU, ReLU²),
+    so that all three hold about the same parameters.
 
-    >>> implied_d_ff(512), implied_d_ff(512, "silu")
-    (1344, 2048)
+    >>> implied_d_ff(512), implied_d_ff(512, "silu"), implied_d_ff(512, "relu2")
+    (1344, 2048, 2048)
     """
     return handout_d_ff(d_model) if ffn_type == "swiglu" else 4 * d_model
 
@@ -87,8 +88,20 @@ class ModelSpec:
     position_embedding: PositionEmbedding = field(
         default="rope", metadata=_help("position information: rotary (rope) or none (NoPE)")
     )
-    ffn_type: FfnType = field(default="swiglu", metadata=_help("feed-forward network: gated SwiGLU or plain SiLU"))
+    ffn_type: FfnType = field(
+        default="swiglu", metadata=_help("feed-forward network: gated SwiGLU, plain SiLU, or ReLU² (w2 relu(w1 x)²)")
+    )
     init: InitScheme = field(default="assignment", metadata=_help("initialisation scheme of every Linear"))
+    # The modern recipe's switches (issue 24); the defaults are the handout's model.
+    qk_norm: bool = field(
+        default=False, metadata=_help("RMSNorm (gain per head dimension) on each head's queries and keys, before RoPE")
+    )
+    tie_embeddings: bool = field(
+        default=False, metadata=_help("the LM head reuses the token-embedding matrix (one parameter)")
+    )
+    logit_softcap: float = field(
+        default=0.0, metadata=_help("c > 0 caps the output logits to c tanh(logits / c); 0 = off")
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -108,6 +121,10 @@ class ModelSpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"ModelSpec.{name} must be a positive finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
+        cap = self.logit_softcap
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap < float("inf"):
+            raise ValueError(f"ModelSpec.logit_softcap must be a finite number >= 0 (0 = off), got {cap!r}")
+        object.__setattr__(self, "logit_softcap", float(cap))
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", implied_d_ff(self.d_model, self.ffn_type))
         _check_positive_int("d_ff", self.d_ff)

@@ -73,16 +73,16 @@ def _final_norm(config: ModelSpec) -> int:
 
 
 def _num_ffn_matrices(config: ModelSpec) -> int:
-    """SwiGLU has w1, w2, w3; the SiLU ablation has w1, w2."""
+    """SwiGLU has w1, w2, w3; the SiLU ablation and ReLU² have w1, w2."""
     return 3 if config.ffn_type == "swiglu" else 2
 
 
 def count_parameters(config: ModelSpec) -> dict[str, int]:
     """Parameter counts by component, plus `total` and `non_embedding` (total minus the token embeddings).
 
-    Per layer: q, k, v, output projections 4 d^2; feed-forward 3 d F (SwiGLU) or 2 d F (SiLU);
-    two RMSNorm gains 2 d (none without RMSNorm). Once: embeddings V d, LM head V d (untied), and the
-    final RMSNorm gain d (pre-norm only).
+    Per layer: q, k, v, output projections 4 d^2; feed-forward 3 d F (SwiGLU) or 2 d F (SiLU, ReLU²);
+    two RMSNorm gains 2 d (none without RMSNorm); QK-norm's two gains 2 d_k. Once: embeddings V d, LM head
+    V d (0 when tied: the head is the embedding matrix), and the final RMSNorm gain d (pre-norm only).
     RoPE has no parameters (its sin/cos tables are non-persistent buffers).
 
         >>> count_parameters(ModelSpec(vocab_size=10, context_length=4, d_model=8, num_layers=1,
@@ -96,8 +96,8 @@ def count_parameters(config: ModelSpec) -> dict[str, int]:
         "token_embeddings": V * d,
         "attention": L * 4 * d * d,
         "ffn": L * _num_ffn_matrices(config) * d * F,
-        "norms": L * 2 * norm + _final_norm(config) * d,
-        "lm_head": V * d,
+        "norms": L * 2 * norm + _final_norm(config) * d + L * 2 * config.qk_norm * config.head_dim,
+        "lm_head": 0 if config.tie_embeddings else V * d,
     }
     counts["total"] = sum(counts.values())
     counts["non_embedding"] = counts["total"] - counts["token_embeddings"]
@@ -110,8 +110,9 @@ def forward_flops(config: ModelSpec, seq_len: int, batch_size: int = 1) -> dict[
     A matmul of (m, k) by (k, n) costs 2 m n k FLOPs (one multiply and one add per term). Hence, for
     B T tokens: each d->d projection 2 B T d^2; QK^T per head 2 T T d_k, over h heads 2 B T^2 d; the
     attention-weighted sum of values likewise 2 B T^2 d (the causal mask does not skip work in a dense
-    implementation); each feed-forward matrix 2 B T d F; the LM head 2 B T d V. Elementwise work (norms,
-    SiLU, RoPE, residual adds: O(B T d); the softmax: O(B h T^2)) is not counted, as in `FlopCounterMode`.
+    implementation); each feed-forward matrix 2 B T d F; the LM head 2 B T d V (tied or not). Elementwise work
+    (norms, QK-norm, SiLU/ReLU², RoPE, residual adds: O(B T d); the softmax: O(B h T^2); the logit soft-cap:
+    O(B T V)) is not counted, as in `FlopCounterMode`.
 
         >>> cfg = ModelSpec(vocab_size=10, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16)
         >>> forward_flops(cfg, seq_len=4)["total"]

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cs336_lab.accounting as accounting
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
+from cs336_common.model_spec import ModelSpec
 from cs336_lab.accounting import (
     PRESETS,
     count_parameters,
@@ -34,6 +35,11 @@ ABLATIONS = {
     "post_norm": {"norm_position": "post"},
     "nope": {"position_embedding": "none"},
     "silu_ffn": {"ffn_type": "silu"},
+    "relu2_ffn": {"ffn_type": "relu2"},
+    "qk_norm": {"qk_norm": True},
+    "tied": {"tie_embeddings": True},
+    "softcap": {"logit_softcap": 30.0},
+    "modern_recipe": {"ffn_type": "relu2", "qk_norm": True, "tie_embeddings": True, "logit_softcap": 15.0},
     "three_layers_one_head": {"num_layers": 3, "num_heads": 1},
 }
 
@@ -63,7 +69,17 @@ def test_parameter_counts_match_model(config: ModelConfig) -> None:
     assert counts["lm_head"] == _numel(model, lambda n: n.startswith("lm_head."))
     assert counts["attention"] == _numel(model, lambda n: ".attn." in n)
     assert counts["ffn"] == _numel(model, lambda n: ".ffn." in n)
-    assert counts["norms"] == _numel(model, lambda n: "ln" in n.split(".")[-2])
+    assert counts["norms"] == _numel(model, lambda n: "ln" in n.split(".")[-2] or n.split(".")[-2].endswith("_norm"))
+
+
+def test_modern_recipe_hand_worked() -> None:
+    """Tied embeddings counted once (V d, no head), ReLU² two matrices (2 d F, F = 4 d), QK-norm 2 d_k gains per
+    layer. Mistakes this catches: the tied matrix counted twice (+V d), ReLU² given SwiGLU's three matrices."""
+    spec = ModelSpec(**{**BASE.to_dict(), "d_ff": None}, ffn_type="relu2", qk_norm=True, tie_embeddings=True)
+    V, d, L, F, dk = 97, 48, 2, 4 * 48, 12
+    assert spec.d_ff == F
+    assert count_parameters(spec)["total"] == V * d + L * (4 * d * d + 2 * d * F + 2 * d + 2 * dk) + d
+    assert count_parameters(spec)["lm_head"] == 0
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS), ids=sorted(PRESETS))
