@@ -338,7 +338,10 @@ class TransformerLM(nn.Module):
         state = strip_compile_prefix(dict(state_dict))
         if self.config.tie_embeddings:
             _check_tied(state)
-        return super().load_state_dict(state, strict=strict, assign=assign)
+        result = super().load_state_dict(state, strict=strict, assign=assign)
+        if self.config.tie_embeddings:  # `assign=True` puts a new Parameter under each key: one again
+            self.lm_head.weight = self.token_embeddings.weight
+        return result
 
 
 def _check_tied(state: Mapping[str, Any]) -> None:

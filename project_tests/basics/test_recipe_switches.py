@@ -232,6 +232,8 @@ def test_tied_checkpoint_round_trips_and_refuses_untied_weights() -> None:
     assert load_checkpoint(buffer, fresh, AdamW(fresh.parameters(), lr=1e-2)) == 7
     assert fresh.lm_head.weight is fresh.token_embeddings.weight
     torch.testing.assert_close(fresh(tokens), model(tokens), rtol=0, atol=0)
+    fresh.load_state_dict(model.state_dict(), assign=True)  # a new Parameter per key: tied again after
+    assert fresh.lm_head.weight is fresh.token_embeddings.weight
     untied_state = TransformerLM(ModelConfig(**SMALL)).state_dict()
     with pytest.raises(ValueError, match="ties lm_head.weight to token_embeddings.weight"):
         TransformerLM(ModelConfig(**SMALL, tie_embeddings=True)).load_state_dict(untied_state)

@@ -67,7 +67,7 @@ def test_parameter_counts_match_model(config: ModelConfig) -> None:
     assert counts["non_embedding"] == model.num_parameters(exclude_embeddings=True)
     assert counts["token_embeddings"] == _numel(model, lambda n: n.startswith("token_embeddings."))
     assert counts["lm_head"] == _numel(model, lambda n: n.startswith("lm_head."))
-    assert counts["attention"] == _numel(model, lambda n: ".attn." in n)
+    assert counts["attention"] == _numel(model, lambda n: ".attn." in n and "_norm." not in n)  # QK-norm: a norm
     assert counts["ffn"] == _numel(model, lambda n: ".ffn." in n)
     assert counts["norms"] == _numel(model, lambda n: "ln" in n.split(".")[-2] or n.split(".")[-2].endswith("_norm"))
 
@@ -75,7 +75,7 @@ def test_parameter_counts_match_model(config: ModelConfig) -> None:
 def test_modern_recipe_hand_worked() -> None:
     """Tied embeddings counted once (V d, no head), ReLU² two matrices (2 d F, F = 4 d), QK-norm 2 d_k gains per
     layer. Mistakes this catches: the tied matrix counted twice (+V d), ReLU² given SwiGLU's three matrices."""
-    spec = ModelSpec(**{**BASE.to_dict(), "d_ff": None}, ffn_type="relu2", qk_norm=True, tie_embeddings=True)
+    spec = ModelSpec(**{**BASE.to_dict(), "d_ff": None, "ffn_type": "relu2", "qk_norm": True, "tie_embeddings": True})
     V, d, L, F, dk = 97, 48, 2, 4 * 48, 12
     assert spec.d_ff == F
     assert count_parameters(spec)["total"] == V * d + L * (4 * d * d + 2 * d * F + 2 * d + 2 * dk) + d

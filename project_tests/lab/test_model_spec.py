@@ -27,14 +27,14 @@ SMALL = {"vocab_size": 64, "context_length": 16, "d_model": 16, "num_layers": 1,
 
 
 def naive_d_ff(d_model: int, ffn_type: str) -> int:
-    if ffn_type == "silu":
+    if ffn_type in ("silu", "relu2"):
         return 4 * d_model
     width = 8 * d_model / 3
     return max(64, 64 * round(width / 64))
 
 
 @pytest.mark.parametrize("d_model", [16, 64, 128, 512, 768, 1600])
-@pytest.mark.parametrize("ffn_type", ["swiglu", "silu"])
+@pytest.mark.parametrize("ffn_type", ["swiglu", "silu", "relu2"])
 def test_d_ff_default_is_resolved_once_here(d_model: int, ffn_type: str) -> None:
     spec = ModelSpec(d_model=d_model, num_heads=2, ffn_type=ffn_type)
     assert spec.d_ff == naive_d_ff(d_model, ffn_type)
@@ -54,6 +54,13 @@ def test_d_ff_default_is_resolved_once_here(d_model: int, ffn_type: str) -> None
         ({"init": "he"}, ValueError, "init must be one of"),
         ({"use_rmsnorm": "yes"}, TypeError, "use_rmsnorm must be a bool"),
         ({"d_model": 6, "num_heads": 2}, ValueError, "RoPE needs an even head size"),
+        ({"ffn_type": "relu"}, ValueError, "ffn_type must be one of"),
+        ({"qk_norm": 1}, TypeError, "qk_norm must be a bool"),
+        ({"tie_embeddings": "true"}, TypeError, "tie_embeddings must be a bool"),
+        ({"logit_softcap": -1.0}, ValueError, "logit_softcap must be a finite number >= 0"),
+        ({"logit_softcap": float("nan")}, ValueError, "logit_softcap must be a finite number >= 0"),
+        ({"logit_softcap": float("inf")}, ValueError, "logit_softcap must be a finite number >= 0"),
+        ({"logit_softcap": True}, ValueError, "logit_softcap must be a finite number >= 0"),
     ],
 )
 def test_bad_fields_are_refused_naming_the_field(changes: dict, error: type, message: str) -> None:
@@ -77,6 +84,34 @@ def test_the_spec_matches_the_references_model_config_field_for_field() -> None:
     spec = ModelSpec(**SMALL, ffn_type="silu")
     assert [f.name for f in dataclasses.fields(ModelConfig)] == list(field_names())
     assert ModelConfig(**spec.to_dict()).to_dict() == spec.to_dict()  # same fields, same resolved d_ff
+    recipe = ModelSpec(**SMALL, ffn_type="relu2", qk_norm=True, tie_embeddings=True, logit_softcap=15)
+    assert ModelConfig(**recipe.to_dict()).to_dict() == recipe.to_dict()
+    assert recipe.logit_softcap == 15.0 and isinstance(recipe.logit_softcap, float)
+    assert recipe.non_default_extras() == {
+        "ffn_type": "relu2",
+        "qk_norm": True,
+        "tie_embeddings": True,
+        "logit_softcap": 15.0,
+    }
+    assert ModelSpec(**SMALL).non_default_extras() == {}  # the defaults are the handout's model
+
+
+def test_the_recipe_flags_reach_the_built_model() -> None:
+    """`--qk-norm --tie-embeddings --logit-softcap 30 --ffn-type relu2` on the command line build a model with
+    QK-norm gains, a tied head, ReLU² (no w3) and the cap; the `--no-` forms and the defaults keep them off."""
+    from cs336_lab.assignment import Assignment
+
+    small = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    on = ["--qk-norm", "--tie-embeddings", "--logit-softcap", "30", "--ffn-type", "relu2", "--d-ff", "none"]
+    config = _parse([*small, *on])
+    assert config.model == ModelSpec(**SMALL, ffn_type="relu2", qk_norm=True, tie_embeddings=True, logit_softcap=30.0)
+    model = Assignment.load().build_model(config.model, "cpu")
+    keys = model.state_dict().keys()
+    assert "layers.0.attn.q_norm.weight" in keys and "layers.0.ffn.w3.weight" not in keys
+    assert model.lm_head.weight is model.token_embeddings.weight and model.config.logit_softcap == 30.0
+    assert model.config.d_ff == 4 * SMALL["d_model"]
+    off = _parse([*small, *on, "--no-qk-norm", "--no-tie-embeddings", "--logit-softcap", "0", "--ffn-type", "swiglu"])
+    assert off.model == ModelSpec(**SMALL, d_ff=4 * SMALL["d_model"]) and _parse(small).model == ModelSpec(**SMALL)
 
 
 def test_cs336_common_imports_none_of_the_wings() -> None:
@@ -263,3 +298,12 @@ def test_the_tools_d_ff_formula_is_the_assignments() -> None:
         assert handout_d_ff(d_model) == default_d_ff(d_model), d_model
         assert implied_d_ff(d_model, "swiglu") == default_d_ff(d_model), d_model
         assert implied_d_ff(d_model, "silu") == 4 * d_model, d_model
+        assert implied_d_ff(d_model, "relu2") == 4 * d_model, d_model
+    from cs336_basics.model import ModelConfig
+
+    for d_model in (2, 16, 48, 100, 512, 768, 1600, 4096):
+        for ffn_type in ("swiglu", "silu", "relu2"):
+            built = ModelConfig(
+                vocab_size=8, context_length=4, d_model=d_model, num_layers=1, num_heads=1, ffn_type=ffn_type
+            )
+            assert built.d_ff == implied_d_ff(d_model, ffn_type), (d_model, ffn_type)
