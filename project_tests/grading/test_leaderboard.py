@@ -6,6 +6,7 @@ test and compares the leaderboard value with `cs336 evaluate`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -272,3 +273,25 @@ def test_a_checkpoint_with_a_model_table_is_read_as_cs336_train_writes_it(tmp_pa
     assert score(rules, make_submission(tmp_path / "a", payload=nested({}))).entry is not None
     post = make_submission(tmp_path / "b", payload=nested({"norm_position": "post"}))
     assert rejected(score(rules, post), "the leaderboard scores the handout's architecture (norm_position='pre')")
+
+
+def test_a_tied_model_scores_as_cs336_evaluate_says_and_other_recipe_switches_are_refused(tmp_path: Path) -> None:
+    """Tied embeddings (issue 24) are the handout's forward with lm_head.weight = token_embeddings.weight, both
+    keys in the state dict: scored like any model (a mistake: refusing them, or a loader needing one key). QK-norm,
+    ReLU² and the soft-cap change the forward: each refused with a one-line reason naming the switch."""
+    rules = make_config(tmp_path)
+    tied = make_submission(tmp_path / "tied", config=dataclasses.replace(CONFIG, tie_embeddings=True))
+    result = score(rules, tied)
+    assert result.entry is not None, result.message
+    reference = evaluate(tied / "leaderboard" / "model.pt", rules.validation_text, context_length=16)
+    assert result.details["loss"] == pytest.approx(reference.loss, abs=1e-6)
+    for name, switch in {
+        "qk": {"qk_norm": True},
+        "cap": {"logit_softcap": 30.0},
+        "relu2": {"ffn_type": "relu2"},
+    }.items():
+        key, value = next(iter(switch.items()))
+        other = make_submission(tmp_path / name, config=dataclasses.replace(CONFIG, **switch))
+        outcome = score(rules, other)
+        assert rejected(outcome, f"the leaderboard scores the handout's architecture ({key}="), outcome.message
+        assert f"got {value!r}" in outcome.message and "\n" not in outcome.message
