@@ -15,7 +15,7 @@ from cs336_basics.checkpoint import load_checkpoint, save_checkpoint
 from cs336_basics.data import get_batch, iterate_batches
 from cs336_basics.decoding import complete, generate
 from cs336_basics.functional import silu, softmax
-from cs336_basics.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
+from cs336_basics.layers import Embedding, Linear, ReLU2FeedForward, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.loss import cross_entropy, perplexity
 from cs336_basics.model import ModelConfig, TransformerBlock, TransformerLM
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule, gradient_clipping
@@ -37,6 +37,7 @@ __all__ = [
     "RMSNorm",
     "SwiGLU",
     "SiLUFeedForward",
+    "ReLU2FeedForward",
     "default_d_ff",
     "RotaryPositionalEmbedding",
     "scaled_dot_product_attention",
