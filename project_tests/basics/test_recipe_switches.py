@@ -302,3 +302,20 @@ def test_every_switch_on_trains_one_step() -> None:
     loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_fused_kernels_compute_the_same_with_every_switch_on() -> None:
+    """`fast.py` runs the attention after QK-norm and RoPE, so the switches need nothing from it: the fused
+    model's logits and gradients equal the textbook's (a mistake: a fast path that skipped the norms)."""
+    torch.manual_seed(0)
+    config = ModelConfig(**SMALL, qk_norm=True, ffn_type="relu2", tie_embeddings=True, logit_softcap=10.0)
+    textbook = TransformerLM(config)
+    fused = TransformerLM(config, fused_kernels=True)
+    fused.load_state_dict(textbook.state_dict())
+    tokens = torch.randint(0, 50, (2, 16))
+    outs = [model(tokens) for model in (textbook, fused)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for out in outs:
+        out.square().mean().backward()
+    grads = [model.layers[0].attn.q_norm.weight.grad for model in (textbook, fused)]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
