@@ -245,19 +245,26 @@ class TransformerLM(nn.Module):
         )
         self.lm_head = Linear(c.d_model, c.vocab_size, device=device, dtype=dtype)
         if c.tie_embeddings:
-            # One Parameter in two places: its gradient sums both uses, the optimizer steps it once, and it
-            # keeps the embedding's N(0, 1) initialisation (the head's own draw is discarded). The state dict
-            # still lists both keys, sharing one storage (see `load_state_dict`).
-            # NOTE: N(0, 1) rows make the untrained logits about sqrt(d_model) times larger than the untied
-            # head's, the token's own row largest: the first losses sit far above ln(vocab_size) (measured: 408
-            # nats at d_model 512, V 4096; 35 with logit_softcap 30). The embedding's scale is kept on purpose
-            # (the embedding is the tied matrix's first use, and the soft-cap bounds the head's logits).
-            self.lm_head.weight = self.token_embeddings.weight
+            self._tie_embeddings()
         # NOTE: every layer has already drawn the handout's initialisation; the default must not draw again,
         # or the same seed would give other weights than before (demo, snapshots and tests rely on them).
         if c.init != "assignment":
             self.reset_parameters()
         self.use_fused_kernels(fused_kernels)
+
+    def _tie_embeddings(self) -> None:
+        """Make `lm_head.weight` the token-embedding Parameter itself (not a copy).
+
+        One Parameter in two places: its gradient sums both uses, the optimizer steps it once, and it keeps the
+        embedding's N(0, 1) initialisation (the head's own draw is discarded). The state dict still lists both
+        keys, sharing one storage (see `load_state_dict`).
+
+        NOTE: N(0, 1) rows make the untrained logits about sqrt(d_model) times larger than the untied head's, the
+        token's own row largest: the first losses sit far above ln(vocab_size) (measured: 408 nats at d_model
+        512, V 4096; 35 with logit_softcap 30). The embedding's scale is kept on purpose (the embedding is the
+        tied matrix's first use, and the soft-cap bounds the head's logits).
+        """
+        self.lm_head.weight = self.token_embeddings.weight
 
     def use_fused_kernels(self, enabled: bool = True) -> TransformerLM:
         """Switch every layer that has one (attention) to (or back from) its kernel in `cs336_basics/fast.py`:
@@ -344,7 +351,7 @@ class TransformerLM(nn.Module):
             _check_tied(state)
         result = super().load_state_dict(state, strict=strict, assign=assign)
         if self.config.tie_embeddings:  # `assign=True` puts a new Parameter under each key: one again
-            self.lm_head.weight = self.token_embeddings.weight
+            self._tie_embeddings()
         return result
 
 
