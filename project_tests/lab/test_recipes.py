@@ -104,6 +104,6 @@ def test_the_recipe_ablation_sweep_builds_every_point_on_a_step_budget() -> None
     recipe = _load(RECIPES.parent / "sweeps" / table["base"], *COMMAND)
     for name, values, _ in points:
         config = from_dict(TrainConfig, merge_config_data(TrainConfig, base, values, {"out_dir": name}))
-        assert (config.lr_clock, config.max_steps, config.threads) == ("steps", 250, 1), name
+        assert (config.lr_clock, config.max_steps, config.threads) == ("steps", 200, 1), name
         assert config.max_time_s > 10 * config.max_steps * 0.35  # a cap that does not bind
         assert config.model.vocab_size == recipe.model.vocab_size and config.train_data.endswith("train.npy")
