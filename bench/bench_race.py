@@ -37,10 +37,10 @@ def race_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool = False, recipe: str | Path | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
-    from bench.race import RESULTS, default_recipe
+    from bench.race import RESULTS, default_race_recipe
 
     budget = budget_s or (QUICK_BUDGET_S if quick else BUDGET_S)
-    recipe_path = Path(recipe) if recipe else default_recipe()
+    recipe_path = Path(recipe) if recipe else default_race_recipe()
     report_path = RESULTS / "race.json"
     report_path.unlink(missing_ok=True)  # a failed race must not leave the last one's row behind
     cmd = [sys.executable, "-m", "bench.race", "--budget-s", str(budget), "--recipe", str(recipe_path)]

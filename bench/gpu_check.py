@@ -42,7 +42,7 @@ STEPS = 300
 SMOKE_STEPS = 30
 
 
-def default_recipe() -> Path:
+def default_gpu_recipe() -> Path:
     """The best TinyStories recipe when it exists, else the handout's baseline."""
     best = RECIPES / "tinystories.toml"
     return best if best.is_file() else RECIPES / "tinystories_baseline.toml"
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None, help="where the data and run go (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    recipe = (args.recipe or default_recipe()).resolve()
+    recipe = (args.recipe or default_gpu_recipe()).resolve()
     steps = args.steps or (SMOKE_STEPS if args.cpu_smoke else STEPS)
     if not recipe.is_file() or steps < 3:
         parser.error(f"expected an existing --recipe and --steps >= 3, got {recipe} and {steps}")

@@ -41,7 +41,7 @@ GOAL = 0.92  # recipe / anchor, full-validation bits/byte
 SIDES = ("recipe", "anchor")
 
 
-def default_recipe() -> Path:
+def default_race_recipe() -> Path:
     """The best CPU recipe when it exists, else the handout's baseline."""
     best = RECIPES / "cpu_10min.toml"
     return best if best.is_file() else RECIPES / "cpu_10min_baseline.toml"
@@ -140,7 +140,7 @@ def _anchor_spec() -> Any:
     return make_config("oracle", 1.0, Path(), Path(), Path()).model
 
 
-def write_report(results: dict[str, dict[str, Any]], budget_s: float, recipe: Path) -> dict[str, Any]:
+def write_race_report(results: dict[str, dict[str, Any]], budget_s: float, recipe: Path) -> dict[str, Any]:
     """`race.json` and `race.md`: both sides' figures and the ratio of their full-validation bits/byte."""
     from bench.common import machine_info
 
@@ -184,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.race", description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock per side (600)")
     parser.add_argument(
-        "--recipe", type=Path, default=None, help=f"the recipe raced (default: {_shown(default_recipe())})"
+        "--recipe", type=Path, default=None, help=f"the recipe raced (default: {_shown(default_race_recipe())})"
     )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a worker process
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    recipe = (args.recipe or default_recipe()).resolve()
+    recipe = (args.recipe or default_race_recipe()).resolve()
     if not recipe.is_file():
         parser.error(f"--recipe: expected a recipe file, got {recipe} (no such file)")
     if args.side:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("the %s side failed (exit %d)", side, proc.returncode)
             return 1
         results[side] = json.loads(out.decode().strip().splitlines()[-1])
-    report = write_report(results, args.budget_s, recipe)
+    report = write_race_report(results, args.budget_s, recipe)
     print((RESULTS / "race.md").read_text())
     return 0 if report["met"] else 1
 

@@ -69,9 +69,9 @@ def test_the_verdict_needs_the_loss_to_fall_and_the_sample(device: str, final: f
 
 def test_default_recipe_prefers_the_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpu_check, "RECIPES", tmp_path)
-    assert gpu_check.default_recipe().name == "tinystories_baseline.toml"
+    assert gpu_check.default_gpu_recipe().name == "tinystories_baseline.toml"
     (tmp_path / "tinystories.toml").write_text("")
-    assert gpu_check.default_recipe().name == "tinystories.toml"
+    assert gpu_check.default_gpu_recipe().name == "tinystories.toml"
 
 
 @pytest.mark.slow

@@ -48,9 +48,9 @@ def test_the_budget_replaces_the_recipes_clock() -> None:
 
 def test_the_default_recipe_is_the_best_when_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(race, "RECIPES", tmp_path)
-    assert race.default_recipe() == tmp_path / "cpu_10min_baseline.toml"
+    assert race.default_race_recipe() == tmp_path / "cpu_10min_baseline.toml"
     (tmp_path / "cpu_10min.toml").write_text("")
-    assert race.default_recipe() == tmp_path / "cpu_10min.toml"
+    assert race.default_race_recipe() == tmp_path / "cpu_10min.toml"
 
 
 def _side(side: str, bpb: float, steps: int, tokens_per_s: float) -> dict[str, Any]:
