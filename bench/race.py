@@ -6,8 +6,8 @@
 
 The two sides, run concurrently as two processes on one thread each (so they see the same contention):
 - recipe: the real command line, `cs336 train --config RECIPE --train-data ... --valid-data ... --tokenizer-dir
-  ... --out-dir ... --device cpu --max-time-s BUDGET`: the recipe fixes everything else (model size, batch,
-  optimiser, schedule, threads), and may differ from the anchor in any of it;
+  ... --out-dir ... --device cpu --max-time-s BUDGET --threads 1`: the recipe fixes everything else (model
+  size, batch, optimiser, schedule), and may differ from the anchor in any of it;
 - anchor: the quality bench's oracle side (`bench/quality.py`): `oracle.model.OracleTransformerLM` +
   `torch.optim.AdamW` with the handout's settings (`make_config`, the same as
   `configs/recipes/cpu_10min_baseline.toml`), trained by the same loop for the same budget.
@@ -69,6 +69,8 @@ def recipe_command(recipe: Path, budget_s: float, out_dir: Path, data: tuple[Pat
         "cpu",
         "--max-time-s",
         str(budget_s),
+        "--threads",
+        "1",  # the race's rule, whatever the recipe says (a CPU recipe says 1 too)
         "--no-progress",
     ]
 

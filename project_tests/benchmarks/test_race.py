@@ -41,9 +41,12 @@ def test_the_baseline_recipe_is_the_anchor() -> None:
     assert (config.out_dir, config.device, config.progress, config.threads) == ("OUT", "cpu", False, 1)
 
 
-def test_the_budget_replaces_the_recipes_clock() -> None:
+def test_the_budget_and_one_thread_replace_the_recipes(tmp_path: Path) -> None:
     config = _parse_train_command(race.recipe_command(BASELINE, 60.0, Path("OUT"), DATA))
     assert (config.max_time_s, config.lr_clock) == (60.0, "time")
+    two_threads = tmp_path / "r.toml"
+    two_threads.write_text(BASELINE.read_text().replace("threads = 1", "threads = 2"))
+    assert _parse_train_command(race.recipe_command(two_threads, 600.0, Path("OUT"), DATA)).threads == 1
 
 
 def test_the_default_recipe_is_the_best_when_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
