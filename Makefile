@@ -10,7 +10,7 @@ SUBMISSION ?=
 HANDOUT_DIR ?= build/handout
 IMAGES ?= ubuntu-24.04
 
-.PHONY: install lint format test test-slow test-all test-wheel test-autograder test-reference test-oracle test-own test-fast snapshots demo bench grade timings handout clean
+.PHONY: install lint format test test-slow test-all test-wheel test-autograder test-reference test-oracle test-own test-fast snapshots demo bench gpu-check grade timings handout clean
 
 install: $(STAMP)
 
@@ -76,6 +76,12 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_FLAGS)
+
+## A recipe's model (default: the TinyStories one) for 300 steps with bf16 autocast and torch.compile on the GPU,
+## on synthetic tokens (offline): tokens/s, MFU, the loss falling, a checkpoint sampled; < 5 min. Exit 1 on failure.
+## GPU_CHECK_FLAGS="--cpu-smoke" runs the same path on the CPU with a tiny model; "--recipe PATH" another recipe.
+gpu-check: install
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_FLAGS)
 
 grade: install
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip"; exit 2; }

@@ -8,7 +8,8 @@ committed copy `docs/bench/latest.{md,json}`.
 The expensive rows are opt-in: `--scale` adds the torch.compile training step on a CPU (compiling takes
 minutes there), the context-length and corpus-size rows (`bench.bench_context`,
 `bench.bench_scale`, with log-log growth plots in `docs/bench/`; `--scale-mb` picks the sizes), `--quality`
-the 10-minute quality race (`bench.bench_quality`). `make bench BENCH_FLAGS="--scale"` passes them on.
+the 10-minute quality race (`bench.bench_quality`), `--race` the best CPU recipe against the handout's anchor
+(`bench.bench_race`; `--race-recipe PATH` picks the recipe). `make bench BENCH_FLAGS="--scale"` passes them on.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ BENCHMARKS: dict[str, str] = {
 # Expensive benchmarks, run only when asked for (`--scale`, `--quality`, or by name with `--only`).
 SCALE_BENCHMARKS: dict[str, str] = {"context": "bench.bench_context", "scale": "bench.bench_scale"}
 QUALITY_BENCHMARKS: dict[str, str] = {"quality": "bench.bench_quality"}
-ALL_BENCHMARKS = BENCHMARKS | SCALE_BENCHMARKS | QUALITY_BENCHMARKS
+RACE_BENCHMARKS: dict[str, str] = {"race": "bench.bench_race"}
+ALL_BENCHMARKS = BENCHMARKS | SCALE_BENCHMARKS | QUALITY_BENCHMARKS | RACE_BENCHMARKS
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCS_DIR = REPO_ROOT / "docs" / "bench"
 
@@ -117,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the quality row: two 10-minute training runs side by side (bench.quality)",
     )
+    parser.add_argument(
+        "--race",
+        action="store_true",
+        help="also the race row: the best CPU recipe vs the handout's anchor, 10 minutes each side by side (bench.race)",
+    )
+    parser.add_argument(
+        "--race-recipe",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the recipe of the race row (default: configs/recipes/cpu_10min.toml, else cpu_10min_baseline.toml)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"results directory ({RESULTS_DIR})")
     parser.add_argument(
         "--docs-dir",
@@ -148,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         *BENCHMARKS,
         *(SCALE_BENCHMARKS if args.scale else ()),
         *(QUALITY_BENCHMARKS if args.quality else ()),
+        *(RACE_BENCHMARKS if args.race else ()),
     ]
     scale: dict[str, Any] = {"sizes_mb": [float(x) for x in args.scale_mb.split(",")]} if args.scale_mb else {}
     if args.scale_encode_max_mb is not None:
         scale["encode_max_mb"] = args.scale_encode_max_mb
     options = {"scale": scale, "model": {"compile": True} if args.scale else {}}
+    options["race"] = {"recipe": args.race_recipe} if args.race_recipe else {}
     results = run_benchmarks(names, quick=args.quick, options=options)
     print(format_table(results["rows"]))
     for name, err in results["errors"].items():

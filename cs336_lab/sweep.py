@@ -17,6 +17,11 @@ relative to this one, for the keys this one does not set), ``out`` (the sweep's 
 ``metric`` (of the comparison), ``grid`` (a table of lists, like ``--set``) and ``points`` (a list of tables,
 ``[[sweep.points]]``: points that are not a product, e.g. one per ablation, each with an optional ``name``;
 every listed point is crossed with the grid).
+
+Seeds: a ``seed`` axis in the grid (``[sweep.grid] seed = [0, 1]`` or ``--set seed=0,1``) runs every point once
+per seed; ``summary.md`` then has one row per point (its name without ``seed=N``) with the mean ± sd over the
+seeds of the final validation bits/byte (and loss). A recipe can be the base (``base = "../recipes/x.toml"``) with
+the data given by the sweep file or by ``--train-data``, ``--valid-data`` and ``--tokenizer-dir``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import itertools
 import json
 import logging
 import re
+import statistics
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 STATUS_NAME = "status.json"
 SWEEP_KEYS = ("base", "out", "x", "metric", "grid", "points")
+# What the command line may give every point (e.g. the data of a recipe used as the base), over the files' values.
+DATA_FLAGS = {
+    "train_data": "training tokens (.npy)",
+    "valid_data": "validation tokens (.npy)",
+    "tokenizer_dir": "tokenizer directory",
+}
 TrainFn = Callable[[Any], Any]
 
 
@@ -147,6 +159,7 @@ def run_point(config: Any, train_fn: TrainFn, *, label: str | None = None) -> di
         status |= {
             "status": _finished_status(result.history),
             "final_val_loss": result.final_val_loss,
+            "final_val_bpb": getattr(result, "final_val_bpb", None),
             "best_val_loss": result.best_val_loss,
             "steps": result.steps,
         }
@@ -220,11 +233,70 @@ def sweep(
     for number, (config, label) in enumerate(zip(configs, labels), 1):
         logger.info("sweep point %d/%d: %s", number, len(configs), Path(config.out_dir).name)
         statuses.append(run_point(config, train_fn or train, label=label))
+    table = seed_summary_markdown(seed_summary([Path(c.out_dir).name for c in configs], statuses))
+    atomic_write_text(out / "summary.md", table)
+    logger.info("final validation per point (mean ± sd over seeds), also in %s:\n%s", out / "summary.md", table)
     done = [c.out_dir for c in configs if (Path(c.out_dir) / "metrics.jsonl").is_file()]
     if done:
         table = compare(done, out / "compare.png", x=x, metric=metric, title=f"sweep {out.name}: {metric}")
         logger.info("comparison in %s and %s:\n%s", out / "compare.png", out / "compare.md", table)
     return statuses
+
+
+def group_name(name: str) -> str:
+    """A point's name without its seed: the runs of one point with several seeds are one row of the summary.
+
+    >>> group_name("no_qk_norm+seed=1"), group_name("seed=0"), group_name("lr_max=0.01+seed=2+batch_size=8")
+    ('no_qk_norm', 'base', 'lr_max=0.01+batch_size=8')
+    """
+    return re.sub(r"(^|\+)seed=[^+]*", "", name).strip("+") or "base"
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def seed_summary(names: Sequence[str], statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point (`group_name`), in the sweep's order: its runs, the finished ones, and the mean and
+    sample standard deviation over those of the final validation bits/byte and loss (a diverged run counts in
+    `runs`, not in the means)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for name, status in zip(names, statuses, strict=True):
+        groups.setdefault(group_name(name), []).append(status)
+    rows = []
+    for group, members in groups.items():
+        done = [s for s in members if s.get("status") == "done"]
+        bpb = _mean_sd([s["final_val_bpb"] for s in done if s.get("final_val_bpb") is not None])
+        loss = _mean_sd([s["final_val_loss"] for s in done if s.get("final_val_loss") is not None])
+        rows.append({"point": group, "runs": len(members), "done": len(done), "bpb": bpb, "loss": loss})
+    return rows
+
+
+def seed_summary_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`seed_summary` as a Markdown table, with each point's mean bits/byte minus the first point's.
+
+    >>> print(seed_summary_markdown([{"point": "a", "runs": 2, "done": 2, "bpb": (1.5, 0.01), "loss": (2.0, None)}]), end="")
+    | point | runs (done) | final val bits/byte, mean ± sd | vs first | final val loss, mean ± sd |
+    |---|---|---|---|---|
+    | a | 2 (2) | 1.5000 ± 0.0100 | +0.0000 | 2.0000 |
+    """
+
+    def shown(mean_sd: tuple[float | None, float | None]) -> str:
+        mean, sd = mean_sd
+        return "-" if mean is None else f"{mean:.4f}" + ("" if sd is None else f" ± {sd:.4f}")
+
+    first = rows[0]["bpb"][0] if rows else None
+    lines = [
+        "| point | runs (done) | final val bits/byte, mean ± sd | vs first | final val loss, mean ± sd |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mean = r["bpb"][0]
+        delta = "-" if mean is None or first is None else f"{mean - first:+.4f}"
+        lines.append(f"| {r['point']} | {r['runs']} ({r['done']}) | {shown(r['bpb'])} | {delta} | {shown(r['loss'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -272,6 +344,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="a grid axis (repeatable); overrides the file's [sweep] grid for that key",
     )
     parser.add_argument("--out", default=None, help="the sweep's directory (default: [sweep] out, else runs/sweep)")
+    for name, what in DATA_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None, metavar="PATH", help=f"{what} of every point")
     parser.add_argument("--x", choices=sorted(X_FIELDS), default=None, help="x axis of the comparison")
     parser.add_argument("--metric", choices=sorted(METRIC_FIELDS), default=None, help="metric of the comparison")
     parser.add_argument(
@@ -285,6 +359,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     base, table = load_sweep_file(args.config)
+    base |= {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     grid = dict(table.get("grid", {}))
     grid.update(parse_set(s) for s in args.sets)
     points = table.get("points")
@@ -316,5 +391,8 @@ __all__ = [
     "run_point",
     "sweep",
     "load_sweep_file",
+    "group_name",
+    "seed_summary",
+    "seed_summary_markdown",
     "add_subcommand",
 ]

@@ -125,6 +125,9 @@ def train(
     Raises `NonFiniteLossError` (a `FloatingPointError`) when the loss diverges.
     """
     owns_group = not torch.distributed.is_initialized()  # leave a caller's process group alone at the end
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:  # a recipe fixes its thread count (the start-up summary logs it)
+        torch.set_num_threads(config.threads)
     ctx = init_distributed(config.device)
     run: _Run | None = None
     try:
@@ -144,6 +147,7 @@ def train(
         run = None
         if owns_group:
             cleanup(ctx)
+        torch.set_num_threads(threads_before)
 
 
 def _set_up(

@@ -82,6 +82,9 @@ class TrainConfig:
     peak_flops: float | None = field(
         default=None, metadata=_help("peak FLOP/s of one device, for MFU; none = the known peak of the GPU")
     )
+    threads: int | None = field(
+        default=None, metadata=_help("torch CPU threads of the run (torch.set_num_threads); none = torch's default")
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelSpec):
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"peak_flops must be positive or None, got {self.peak_flops}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
         if self.resume and self.start_over:
             raise ValueError("expected at most one of resume and start_over, got both")
         _check_optimisation(self)

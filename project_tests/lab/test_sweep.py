@@ -235,3 +235,47 @@ def test_ctrl_c_stops_the_sweep_and_the_point_resumes(base: dict[str, Any], tmp_
     statuses = sweep(base, grid, tmp_path / "s", train_fn=lambda c: resumed.append(c) or train(c))
     assert [c.resume for c in resumed] == [True, False] and [s["status"] for s in statuses] == ["done", "done"]
     assert len(_val_losses(first)) == 2  # steps 4 and 8: the resumed point ran to the end
+
+
+def test_a_recipe_is_the_base_and_seeds_are_summarised(base: dict[str, Any], tmp_path: Path) -> None:
+    """`[sweep] base = "../recipes/r.toml"` (a recipe: no data paths), the data on the command line, two seeds
+    per point: summary.md has one row per point with the mean ± sd of the seeds' final bits/byte."""
+    from cs336_lab.tokenizer_files import save_tokenizer
+
+    save_tokenizer({i: bytes([65 + i]) * (1 + i % 3) for i in range(VOCAB)}, [], tmp_path / "tok")
+    data = {k: base[k] for k in ("train_data", "valid_data")}
+    recipe = {k: v for k, v in base.items() if k not in data}
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "r.toml").write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in recipe.items()))
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "s.toml").write_text(
+        "max_steps = 4\n[sweep]\nbase = '../recipes/r.toml'\n[sweep.grid]\nseed = [0, 1]\n"
+        "[[sweep.points]]\nname = 'baseline'\n[[sweep.points]]\nname = 'wide'\nd_model = 32\n"
+    )
+    out = tmp_path / "out"
+    flags = [
+        "--train-data",
+        data["train_data"],
+        "--valid-data",
+        data["valid_data"],
+        "--tokenizer-dir",
+        str(tmp_path / "tok"),
+    ]
+    assert main(["sweep", "--config", str(tmp_path / "sweeps" / "s.toml"), "--out", str(out), *flags]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "baseline+seed=0",
+        "baseline+seed=1",
+        "wide+seed=0",
+        "wide+seed=1",
+    ]
+    rows = [line.split(" | ") for line in (out / "summary.md").read_text().splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("| baseline", "2 (2)"), ("| wide", "2 (2)")]
+    means = {}
+    for point in ("baseline", "wide"):
+        bpb = [json.loads((out / f"{point}+seed={s}" / "status.json").read_text())["final_val_bpb"] for s in (0, 1)]
+        assert bpb[0] != bpb[1]  # the seeds differ
+        means[point] = np.mean(bpb)
+        expected = f"{np.mean(bpb):.4f} ± {np.std(bpb, ddof=1):.4f}"
+        assert [r[2] for r in rows if r[0] == f"| {point}"] == [expected]
+    assert rows[1][3] == f"{means['wide'] - means['baseline']:+.4f}"
+    assert main(["sweep", "--config", str(tmp_path / "sweeps" / "s.toml"), "--out", str(tmp_path / "nodata")]) == 2

@@ -353,3 +353,32 @@ def test_mfu_uses_the_peak_flops_the_user_gives(tiny_config: TrainConfig) -> Non
     assert "mfu" not in train(dataclasses.replace(config, peak_flops=None, out_dir=config.out_dir + "2")).history[0]
     with pytest.raises(ValueError, match="peak_flops"):
         dataclasses.replace(config, peak_flops=0.0)
+
+
+def test_threads_is_applied_during_the_run_logged_and_restored(
+    tiny_config: TrainConfig, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`threads` (a recipe's "one CPU thread") holds while the run steps, is said at start-up, and the caller's
+    count is back afterwards; None leaves torch's count alone."""
+    seen: list[int] = []
+    real_update = train_mod._update
+
+    def spy(run, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_update(run, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_update", spy)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    with caplog.at_level("INFO", logger="cs336_lab.train"):
+        train(dataclasses.replace(tiny_config, max_steps=2, warmup_steps=1, threads=wanted))
+    assert seen and set(seen) == {wanted}
+    assert f"{wanted} CPU thread(s)" in caplog.text
+    assert torch.get_num_threads() == before
+    seen.clear()
+    train(
+        dataclasses.replace(tiny_config, max_steps=2, warmup_steps=1, threads=None, out_dir=tiny_config.out_dir + "2")
+    )
+    assert set(seen) == {before}
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        dataclasses.replace(tiny_config, threads=0)
