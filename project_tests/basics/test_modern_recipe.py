@@ -157,8 +157,8 @@ def test_a_tied_lm_head_is_in_one_group_only() -> None:
 def test_muon_adamw_equals_torch_muon_plus_torch_adamw() -> None:
     """One MuonAdamW over a tiny LM's parameters equals torch.optim.Muon on the hidden matrices plus
     torch.optim.AdamW on the rest, for the same gradients; its state_dict resumes exactly. Checked to fail on
-    the Muon groups stepped by AdamW too, a group's own lr ignored (the defaults' 2e-3 for Muon), and a
-    state_dict that forgets the momentum buffers."""
+    the Muon groups stepped by AdamW too and a group's own lr ignored (the defaults' 2e-3 for
+    Muon)."""
     torch.manual_seed(0)
     model = _tiny_lm()
     oracle = copy.deepcopy(model)
