@@ -191,13 +191,14 @@ class Assignment:
         groups = [dict(g, lr=muon_lr) if g.get("use_muon") else dict(g) for g in self.muon_param_groups(model)]
         return self.MuonAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum)
 
-    def training_loss(self, logits: Any, targets: Any, z_loss: float = 0.0) -> Any:
-        """The mean cross-entropy: the package's `fast.cross_entropy` kernel when it has one, else `cross_entropy`;
-        with `z_loss > 0`, the package's `cross_entropy_with_z_loss`."""
-        if z_loss > 0:
-            self.require(("cross_entropy_with_z_loss",), f"--z-loss {z_loss}")
-            return self.cross_entropy_with_z_loss(logits, targets, z_loss)
+    def training_loss(self, logits: Any, targets: Any) -> Any:
+        """The mean cross-entropy: the package's `fast.cross_entropy` kernel when it has one, else `cross_entropy`."""
         return (self.fast_cross_entropy or self.cross_entropy)(logits, targets)
+
+    def training_loss_with_z_loss(self, logits: Any, targets: Any, z_loss: float) -> Any:
+        """The package's `cross_entropy_with_z_loss`: the mean cross-entropy plus `z_loss · mean(logsumexp²)`."""
+        self.require(("cross_entropy_with_z_loss",), f"--z-loss {z_loss}")
+        return self.cross_entropy_with_z_loss(logits, targets, z_loss)
 
     def lr_at(
         self,

@@ -6,10 +6,11 @@
 
 The loop reads as its steps: set up (data, model, optimizer, sampler, resume), then per step the update, the
 evaluation, the log and the checkpoint. One update = `grad_accum_steps` micro-batches of `batch_size`
-sequences (per rank), AdamW with a cosine schedule and warm-up, global gradient clipping. Every `eval_every`
-steps the model is scored on a fixed set of validation batches (the same ones every time, so the curve is
-comparable), in nats per token and, when a tokenizer is given, in bits per byte. Everything a run writes lives
-in `out_dir` (see `run_log.py`):
+sequences (per rank), AdamW (or `optimizer="muon"`: Muon for the hidden matrices beside it) with warm-up and a
+cosine (or warm-up/stable/decay) schedule, global gradient clipping, optionally a z-loss in the training loss.
+Every `eval_every` steps the model is scored on a fixed set of validation batches (the same ones every time, so
+the curve is comparable), in nats per token and, when a tokenizer is given, in bits per byte. Everything a run
+writes lives in `out_dir` (see `run_log.py`):
 
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
@@ -451,7 +452,7 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
         with no_sync_if(run.train_model, micro < config.grad_accum_steps - 1):  # all-reduce on the last one
             with autocast(run.ctx.device, config.precision):
                 logits = run.train_model(x)
-            loss = Assignment.load().training_loss(logits, y, config.z_loss) / config.grad_accum_steps
+            loss = _training_loss(logits, y, config.z_loss) / config.grad_accum_steps
             loss.backward()
         loss_sum += loss.item()
     params = [p for p in run.model.parameters() if p.grad is not None]
@@ -468,6 +469,15 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
     run.step += 1
     run.tokens_seen += _tokens_per_step(run)
     return loss_mean, grad_norm, elapsed, votes > 0
+
+
+def _training_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """The loss a step minimises: the package's cross-entropy, plus the z-loss when asked for (the validation loss
+    never adds it: `estimate_loss` scores the plain cross-entropy)."""
+    door = Assignment.load()
+    return (
+        door.training_loss_with_z_loss(logits, targets, z_loss) if z_loss > 0 else door.training_loss(logits, targets)
+    )
 
 
 def _kept(run: _Run) -> str:
