@@ -5,8 +5,8 @@ buffer per weight matrix, like SGD, but steps along the nearest semi-orthogonal 
 value of the step is (roughly) one, so rare directions of the gradient move as far as the dominant ones.
 
     B ← μ B + (1 - μ) g                       momentum (an average of the gradients)
-    U ← (1 - μ) g + μ B    (Nesterov)  or  U ← B
-    O ← NewtonSchulz5(U)                      ≈ the U V^T of the SVD U S V^T of U
+    M ← (1 - μ) g + μ B    (Nesterov)  or  M ← B
+    O ← NewtonSchulz5(M)                      ≈ U Vᵀ, where U S Vᵀ is the SVD of M
     θ ← θ - lr · λ · θ                        decoupled weight decay (the un-adjusted lr)
     θ ← θ - adjusted_lr · O                   see `adjusted_lr`
 
@@ -15,6 +15,9 @@ the output layer and the 1-d gains keep AdamW (as in modded-nanogpt and the CS33
 `muon_param_groups(model)` makes that split; `MuonAdamW` steps both kinds of group, so a trainer holds one
 optimizer and one `state_dict`. The numbers equal `torch.optim.Muon` (the tests' oracle) with
 `ns_dtype=torch.bfloat16`.
+
+NOTE: the step size defaults to `adjust_lr_fn="match_rms_adamw"` (torch's default is "original"): Muon's step
+then has the RMS of AdamW's, so Muon and AdamW share one learning rate and one weight decay (see `Muon`).
 """
 
 from __future__ import annotations
