@@ -3,7 +3,7 @@
 This package is exactly what a student writes and what `tests/adapters.py` calls. Everything public is
 importable from the top level, e.g. ``from cs336_basics import TransformerLM, ModelConfig, AdamW, Tokenizer``.
 The modules, in reading order: `functional` (softmax, SiLU), `layers`, `rope`, `attention`, `model`, `loss`,
-`optimizer`, `data`, `checkpoint`, the tokenizer (`pretokenize`, `bpe_trainer`, `tokenizer`) and `decoding`.
+`optimizer`, `muon`, `data`, `checkpoint`, the tokenizer (`pretokenize`, `bpe_trainer`, `tokenizer`) and `decoding`.
 `fast` holds the optional hand-written kernels that `TransformerLM(..., fused_kernels=True)` switches on.
 """
 
@@ -16,9 +16,10 @@ from cs336_basics.data import get_batch, iterate_batches
 from cs336_basics.decoding import complete, generate
 from cs336_basics.functional import silu, softmax
 from cs336_basics.layers import Embedding, Linear, ReLU2FeedForward, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
-from cs336_basics.loss import cross_entropy, perplexity
+from cs336_basics.loss import cross_entropy, cross_entropy_with_z_loss, perplexity
 from cs336_basics.model import ModelConfig, TransformerBlock, TransformerLM
-from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule, gradient_clipping
+from cs336_basics.muon import Muon, MuonAdamW, muon_param_groups
+from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule, gradient_clipping, wsd_lr_schedule
 from cs336_basics.rope import RotaryPositionalEmbedding
 from cs336_basics.tokenizer import Tokenizer
 
@@ -49,9 +50,14 @@ __all__ = [
     "TransformerLM",
     # training primitives
     "cross_entropy",
+    "cross_entropy_with_z_loss",
     "perplexity",
     "AdamW",
+    "Muon",
+    "MuonAdamW",
+    "muon_param_groups",
     "get_lr_cosine_schedule",
+    "wsd_lr_schedule",
     "gradient_clipping",
     "get_batch",
     "iterate_batches",

@@ -1,4 +1,4 @@
-"""The language-modelling loss: cross-entropy over the vocabulary, and perplexity.
+"""The language-modelling loss: cross-entropy over the vocabulary (with PaLM's optional z-loss), and perplexity.
 
 Both are written with the log-sum-exp trick: subtracting the row maximum before exponentiating keeps
 `exp` in range for any finite logits (even ±1e4), and working with log-probabilities avoids the `log(0)`
@@ -45,6 +45,32 @@ def cross_entropy(logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor,
     log_normaliser = shifted.exp().sum(dim=-1).log()  # logsumexp(o) - max, (N,)
     target_logit = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # o[target] - max, (N,)
     return (log_normaliser - target_logit).mean()
+
+
+def cross_entropy_with_z_loss(
+    logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor, " ..."], z_loss: float
+) -> Float[Tensor, ""]:
+    """`cross_entropy` plus PaLM's z-loss (Chowdhery et al. 2022): `ℓ + z_loss · mean(logsumexp(o)²)`.
+
+    The extra term pulls the log-normaliser `log Z = logsumexp(o)` of every position towards 0, so the logits
+    cannot drift to large values (which bf16 rounds badly and which make the softmax saturate); PaLM uses
+    `z_loss = 1e-4`. It is a training regulariser: report the plain `cross_entropy` as the validation loss.
+
+    >>> cross_entropy_with_z_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1]), z_loss=1.0)  # ln 2 + (ln 2)²
+    tensor(1.1736)
+    """
+    if not (math.isfinite(z_loss) and z_loss >= 0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    _check_shapes(logits, targets)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logits = logits.reshape(-1, logits.shape[-1])  # (N, vocab)
+    targets = targets.reshape(-1).long()  # (N,)
+    row_max = logits.detach().amax(dim=-1, keepdim=True)  # (N, 1), see cross_entropy
+    shifted = logits - row_max
+    log_z = shifted.exp().sum(dim=-1).log() + row_max.squeeze(-1)  # logsumexp(o), (N,)
+    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+    return (log_z - target_logit).mean() + z_loss * log_z.square().mean()
 
 
 def perplexity(logits: Float[Tensor, " ... vocab_size"], targets: Int[Tensor, " ..."]) -> float:

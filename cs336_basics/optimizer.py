@@ -1,4 +1,5 @@
-"""Optimisation: the AdamW optimizer, the cosine learning-rate schedule and global gradient clipping.
+"""Optimisation: the AdamW optimizer, the cosine and the warm-up/stable/decay learning-rate schedules, and global
+gradient clipping (Muon, for the hidden matrices, is in `muon.py`).
 
 AdamW follows Loshchilov & Hutter (2019), Algorithm 2 as written in the CS336 handout:
 
@@ -57,25 +58,29 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            # Parameters that share a step count (all of them, unless some were frozen for a while) are updated
-            # together by multi-tensor `torch._foreach_*` kernels: the same operations in the same order as
-            # one tensor at a time, so the same numbers, without a Python loop of ~6 kernels per parameter.
-            by_step: dict[int, list[Tensor]] = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue  # frozen or unused: no moments, no step count, no decay
-                if p.grad.is_sparse:
-                    raise TypeError("AdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                by_step[state["step"]].append(p)
-            for t, params in by_step.items():
-                self._update(group, params, t)
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """One AdamW step for every parameter of `group` that has a gradient."""
+        # Parameters that share a step count (all of them, unless some were frozen for a while) are updated
+        # together by multi-tensor `torch._foreach_*` kernels: the same operations in the same order as
+        # one tensor at a time, so the same numbers, without a Python loop of ~6 kernels per parameter.
+        by_step: dict[int, list[Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue  # frozen or unused: no moments, no step count, no decay
+            if p.grad.is_sparse:
+                raise TypeError("AdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            by_step[state["step"]].append(p)
+        for t, params in by_step.items():
+            self._update(group, params, t)
 
     def _update(self, group: dict[str, Any], params: list[Tensor], t: int) -> None:
         """One AdamW step for `params`, all at step count `t`."""
@@ -138,6 +143,45 @@ def get_lr_cosine_schedule(
         return max_learning_rate
     progress = (it - warmup_iters) / (cosine_cycle_iters - warmup_iters)
     return min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (max_learning_rate - min_learning_rate)
+
+
+def wsd_lr_schedule(
+    it: float,
+    max_learning_rate: float,
+    min_learning_rate: float,
+    warmup_iters: int,
+    total_iters: int,
+    decay_fraction: float = 0.2,
+) -> float:
+    """Learning rate at iteration `it` of a warm-up/stable/decay ("trapezoidal") schedule.
+
+    Linear warm-up to `α_max`, `α_max` held, then a linear decay to `α_min` over the last `decay_fraction`
+    of the run: from `T_d = max(T_w, (1 - decay_fraction) · T)` to `T`, and `α_min` after. Unlike the cosine,
+    the peak lasts most of the run, and the decay can start whenever the budget is known.
+
+    - `it < T_w`:           `it / T_w · α_max`
+    - `T_w <= it < T_d`:    `α_max`
+    - `T_d <= it < T`:      `α_max - (it - T_d) / (T - T_d) · (α_max - α_min)`
+    - `it >= T`:            `α_min`
+
+    >>> wsd_lr_schedule(90, 1.0, 0.1, warmup_iters=10, total_iters=100, decay_fraction=0.2)  # half-way down
+    0.55
+    """
+    if warmup_iters < 0 or total_iters < warmup_iters:
+        raise ValueError(
+            f"expected 0 <= warmup_iters <= total_iters, got warmup_iters={warmup_iters}, total_iters={total_iters}"
+        )
+    if not 0.0 <= decay_fraction <= 1.0:
+        raise ValueError(f"decay_fraction must be in [0, 1], got {decay_fraction!r}")
+    if it < warmup_iters:
+        return it / warmup_iters * max_learning_rate
+    if it >= total_iters:
+        return min_learning_rate
+    decay_start = max(float(warmup_iters), (1.0 - decay_fraction) * total_iters)
+    if it < decay_start:
+        return max_learning_rate
+    progress = (it - decay_start) / (total_iters - decay_start)
+    return max_learning_rate - progress * (max_learning_rate - min_learning_rate)
 
 
 @torch.no_grad()

@@ -25,6 +25,12 @@ Optional extras (None when absent; each says what the tools do without it):
                       the tools sample with their own plain loop (`cs336_lab/sampling.py`).
     find_chunk_boundaries, read_chunk_text, worker_context   (all three): file encoding in parallel processes;
                       without them `encode_file` streams the file through `Tokenizer.encode_iterable`.
+    MuonAdamW, muon_param_groups   (both): `--optimizer muon`, Muon for the hidden matrices beside AdamW;
+                      `muon_param_groups(model)` -> groups with `use_muon`, `MuonAdamW(groups, lr=, betas=, eps=,
+                      weight_decay=, momentum=)` one optimizer. Without them `--optimizer muon` is refused.
+    cross_entropy_with_z_loss(logits, targets, z_loss)   `--z-loss` (the training loss); refused without it.
+    wsd_lr_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, total_iters, decay_fraction)
+                      `--lr-schedule wsd`; refused without it.
     fast.cross_entropy   from the module `<package>.fast` when the package has one: a hand-written kernel used
                       in place of `cross_entropy` for training (our reference's `cs336_basics/fast.py`).
 
@@ -66,8 +72,19 @@ REQUIRED = (
     "Tokenizer",
     "train_bpe",
 )
-OPTIONAL = ("ModelConfig", "complete", "find_chunk_boundaries", "read_chunk_text", "worker_context")
+OPTIONAL = (
+    "ModelConfig",
+    "complete",
+    "find_chunk_boundaries",
+    "read_chunk_text",
+    "worker_context",
+    "MuonAdamW",
+    "muon_param_groups",
+    "cross_entropy_with_z_loss",
+    "wsd_lr_schedule",
+)
 CHUNKING = ("find_chunk_boundaries", "read_chunk_text", "worker_context")
+MUON = ("MuonAdamW", "muon_param_groups")
 EXTRAS_ATTRIBUTE = "CS336_EXTRAS"
 KEYWORD_EXTRAS = ("get_batch.generator", "train_bpe.num_workers", "train_bpe.show_progress")
 
@@ -94,6 +111,10 @@ class Assignment:
     find_chunk_boundaries: Callable[..., Any] | None = None
     read_chunk_text: Callable[..., Any] | None = None
     worker_context: Callable[..., Any] | None = None
+    MuonAdamW: Any = None
+    muon_param_groups: Callable[..., Any] | None = None
+    cross_entropy_with_z_loss: Callable[..., Any] | None = None
+    wsd_lr_schedule: Callable[..., Any] | None = None
     fast_cross_entropy: Callable[..., Any] | None = None
     keyword_extras: frozenset[str] = frozenset()
     found_in: tuple[tuple[str, str], ...] = ()  # (name, module it came from)
@@ -154,13 +175,57 @@ class Assignment:
         """The package's `AdamW`."""
         return self.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
+    def make_muon_optimizer(
+        self,
+        model: Any,
+        *,
+        lr: float,
+        muon_lr: float,
+        momentum: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+    ) -> Any:
+        """The package's `MuonAdamW` over `muon_param_groups(model)`, its Muon groups at `muon_lr`."""
+        self.require(MUON, "--optimizer muon")
+        groups = [dict(g, lr=muon_lr) if g.get("use_muon") else dict(g) for g in self.muon_param_groups(model)]
+        return self.MuonAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum)
+
     def training_loss(self, logits: Any, targets: Any) -> Any:
         """The mean cross-entropy: the package's `fast.cross_entropy` kernel when it has one, else `cross_entropy`."""
         return (self.fast_cross_entropy or self.cross_entropy)(logits, targets)
 
-    def lr_at(self, it: float, lr_max: float, lr_min: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
-        """The package's `get_lr_cosine_schedule` at iteration `it`."""
+    def training_loss_with_z_loss(self, logits: Any, targets: Any, z_loss: float) -> Any:
+        """The package's `cross_entropy_with_z_loss`: the mean cross-entropy plus `z_loss · mean(logsumexp²)`."""
+        self.require(("cross_entropy_with_z_loss",), f"--z-loss {z_loss}")
+        return self.cross_entropy_with_z_loss(logits, targets, z_loss)
+
+    def lr_at(
+        self,
+        it: float,
+        lr_max: float,
+        lr_min: float,
+        warmup_iters: int,
+        cosine_cycle_iters: int,
+        *,
+        schedule: str = "cosine",
+        decay_fraction: float = 0.2,
+    ) -> float:
+        """The package's `get_lr_cosine_schedule` at iteration `it`, or with `schedule="wsd"` its
+        `wsd_lr_schedule` (decaying over the last `decay_fraction` of the `cosine_cycle_iters`)."""
+        if schedule == "wsd":
+            self.require(("wsd_lr_schedule",), "--lr-schedule wsd")
+            return float(self.wsd_lr_schedule(it, lr_max, lr_min, warmup_iters, cosine_cycle_iters, decay_fraction))
         return float(self.get_lr_cosine_schedule(it, lr_max, lr_min, warmup_iters, cosine_cycle_iters))
+
+    def require(self, names: tuple[str, ...], flag: str) -> None:
+        """Refuse `flag` (an AssignmentError naming it) when the package lacks one of the optional `names`."""
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise AssignmentError(
+                f"{flag} needs {', '.join(f'{self.package}.{n}' for n in missing)}; expected a package with "
+                f"{'them' if len(missing) > 1 else 'it'}, got one without (see cs336_lab/assignment.py)"
+            )
 
     def clip_and_measure(self, params: list[Any], max_l2_norm: float) -> float:
         """Clip with the package's `gradient_clipping` (when `max_l2_norm > 0`); return the norm before it.
@@ -289,4 +354,4 @@ def _declared_extras(package: ModuleType) -> frozenset[str]:
     return frozenset(declared)
 
 
-__all__ = ["Assignment", "AssignmentError", "PACKAGE", "REQUIRED", "OPTIONAL", "KEYWORD_EXTRAS", "grad_norm"]
+__all__ = ["Assignment", "AssignmentError", "PACKAGE", "REQUIRED", "OPTIONAL", "MUON", "KEYWORD_EXTRAS", "grad_norm"]

@@ -6,10 +6,11 @@
 
 The loop reads as its steps: set up (data, model, optimizer, sampler, resume), then per step the update, the
 evaluation, the log and the checkpoint. One update = `grad_accum_steps` micro-batches of `batch_size`
-sequences (per rank), AdamW with a cosine schedule and warm-up, global gradient clipping. Every `eval_every`
-steps the model is scored on a fixed set of validation batches (the same ones every time, so the curve is
-comparable), in nats per token and, when a tokenizer is given, in bits per byte. Everything a run writes lives
-in `out_dir` (see `run_log.py`):
+sequences (per rank), AdamW (or `optimizer="muon"`: Muon for the hidden matrices beside it) with warm-up and a
+cosine (or warm-up/stable/decay) schedule, global gradient clipping, optionally a z-loss in the training loss.
+Every `eval_every` steps the model is scored on a fixed set of validation batches (the same ones every time, so
+the curve is comparable), in nats per token and, when a tokenizer is given, in bits per byte. Everything a run
+writes lives in `out_dir` (see `run_log.py`):
 
     config.json      the final config of the run          metrics.jsonl   one JSON record per log/eval step
     ckpt_latest.pt   model + optimizer + sampler state     loss_curve.png  train and validation loss
@@ -55,7 +56,7 @@ from torch import nn
 
 from cs336_common.atomic import prepare_directory, sweep_temp_files
 from cs336_common.model_spec import ModelSpec
-from cs336_lab.assignment import Assignment
+from cs336_lab.assignment import MUON, Assignment
 from cs336_lab.batches import BatchSampler, autocast, estimate_loss, load_training_tokens
 from cs336_lab.config import save_config
 from cs336_lab.distributed import DistributedContext, cleanup, init_distributed, no_sync_if
@@ -84,6 +85,37 @@ def default_optimizer_factory(params: list[nn.Parameter], config: TrainConfig) -
     return Assignment.load().make_optimizer(
         params, lr=config.lr_max, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
     )
+
+
+def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """`default_optimizer_factory`'s AdamW, or with `optimizer="muon"` the package's `MuonAdamW` (one optimizer,
+    one state_dict): Muon for the hidden matrices at `muon_lr`, AdamW for the rest at `lr_max`."""
+    if config.optimizer == "muon":
+        return Assignment.load().make_muon_optimizer(
+            model,
+            lr=config.lr_max,
+            muon_lr=_muon_lr(config),
+            momentum=config.muon_momentum,
+            betas=config.betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+    return default_optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
+
+
+def _muon_lr(config: TrainConfig) -> float:
+    return config.lr_max if config.muon_lr is None else config.muon_lr
+
+
+def _refuse_missing_extras(config: TrainConfig, custom_optimizer: bool) -> None:
+    """Say up front, naming the flag, which switch the package cannot serve (before anything is built)."""
+    door = Assignment.load()
+    if config.optimizer == "muon" and not custom_optimizer:
+        door.require(MUON, "--optimizer muon")
+    if config.z_loss > 0:
+        door.require(("cross_entropy_with_z_loss",), f"--z-loss {config.z_loss}")
+    if config.lr_schedule == "wsd":
+        door.require(("wsd_lr_schedule",), "--lr-schedule wsd")
 
 
 @dataclass
@@ -132,9 +164,7 @@ def train(
     run: _Run | None = None
     try:
         with hold_run_folder(config, ctx):  # out_dir is locked, and checked for an earlier run, until the end
-            run = _set_up(
-                config, ctx, model_factory or default_model_factory, optimizer_factory or default_optimizer_factory
-            )
+            run = _set_up(config, ctx, model_factory or default_model_factory, optimizer_factory)
             return _loop_noting_outcome(run)
     except BaseException as exc:
         if ctx.is_distributed and owns_group:  # the failed frames below keep the DDP module alive: free it
@@ -151,9 +181,13 @@ def train(
 
 
 def _set_up(
-    config: TrainConfig, ctx: DistributedContext, model_factory: ModelFactory, optimizer_factory: OptimizerFactory
+    config: TrainConfig,
+    ctx: DistributedContext,
+    model_factory: ModelFactory,
+    optimizer_factory: OptimizerFactory | None,
 ) -> _Run:
     """Data, model, optimizer and sampler; restored from the checkpoint when resuming."""
+    _refuse_missing_extras(config, custom_optimizer=optimizer_factory is not None)
     sizes = {"context_length": config.model.context_length, "vocab_size": config.model.vocab_size}
     train_tokens = load_training_tokens(config.train_data, "train_data", **sizes)
     valid_tokens = load_training_tokens(config.valid_data, "valid_data", **sizes)
@@ -163,7 +197,10 @@ def _set_up(
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = model_factory(config.model, ctx.device)
-    optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
+    if optimizer_factory is None:
+        optimizer = default_optimizer(model, config)
+    else:
+        optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
     sampler = BatchSampler(
         train_tokens,
         batch_size=config.batch_size,
@@ -187,6 +224,7 @@ def _resume(run: _Run) -> None:
     """Restore the model, optimizer, counters and this rank's sampler state from the run's checkpoint."""
     payload = read_run_checkpoint(run.ckpt_path, map_location="cpu")
     _check_same_model(payload.get("config") or {}, run.config)
+    _check_same_optimizer(payload.get("config") or {}, run.config)
     run.step = run.saved_step = load_run_checkpoint(payload, run.model, run.optimizer, restore_rng=True)
     extra = payload.get("extra") or {}
     run.tokens_seen = int(extra.get("tokens_seen", 0))
@@ -208,6 +246,16 @@ def _check_same_model(stored: dict[str, Any], config: TrainConfig) -> None:
         raise ValueError(
             f"resume: expected the checkpoint's model settings, got {diff}; a resumed run keeps its "
             "architecture (train another model in a new --out-dir)"
+        )
+
+
+def _check_same_optimizer(stored: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume AdamW's state into Muon or back (a run written before `optimizer` existed is AdamW)."""
+    saved = stored.get("optimizer", "adamw")
+    if saved != config.optimizer:
+        raise ValueError(
+            f"resume: expected the checkpoint's --optimizer {saved}, got --optimizer {config.optimizer}; "
+            "a resumed run keeps its optimizer (train with another one in a new --out-dir)"
         )
 
 
@@ -296,6 +344,7 @@ def _log_summary(run: _Run) -> None:
         config.grad_accum_steps,
         ctx.world_size,
     )
+    logger.info("%s; %s%s", _optimizer_line(config), _schedule_line(config), _z_loss_line(config))
     bf16 = config.precision == "bf16" or (config.precision == "auto" and ctx.device.type == "cuda")
     logger.info(
         "device %s, %d CPU thread(s), precision %s%s; writing to %s",
@@ -313,6 +362,26 @@ def _log_summary(run: _Run) -> None:
             f"{run.tokens_seen:,}",
             run.clock_offset,
         )
+
+
+def _optimizer_line(config: TrainConfig) -> str:
+    adamw = f"AdamW (betas {config.betas[0]:g} {config.betas[1]:g}, eps {config.adam_eps:g})"
+    if config.optimizer != "muon":
+        return f"optimizer {adamw}, weight decay {config.weight_decay:g}"
+    return (
+        f"optimizer Muon (peak lr {_muon_lr(config):g}, momentum {config.muon_momentum:g}) for the hidden "
+        f"matrices + {adamw} for the embedding, gains and lm_head, weight decay {config.weight_decay:g}"
+    )
+
+
+def _schedule_line(config: TrainConfig) -> str:
+    if config.lr_schedule == "wsd":
+        return f"warm-up/stable/decay schedule (linear decay over the last {config.decay_fraction:.0%} of the run)"
+    return "cosine schedule"
+
+
+def _z_loss_line(config: TrainConfig) -> str:
+    return f"; training loss + z-loss {config.z_loss:g} (validation: plain cross-entropy)" if config.z_loss else ""
 
 
 def _loop_noting_outcome(run: _Run) -> TrainResult:
@@ -359,7 +428,15 @@ def _lr_at(config: TrainConfig, step: int, elapsed_s: float) -> float:
     if config.lr_clock == "time":
         assert config.max_time_s is not None
         it = elapsed_s / config.max_time_s * config.max_steps
-    return Assignment.load().lr_at(it, config.lr_max, config.lr_min, config.warmup_steps, config.max_steps)
+    return Assignment.load().lr_at(
+        it,
+        config.lr_max,
+        config.lr_min,
+        config.warmup_steps,
+        config.max_steps,
+        schedule=config.lr_schedule,
+        decay_fraction=config.decay_fraction,
+    )
 
 
 def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float, float, float, bool]:
@@ -369,15 +446,17 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
     rank was signalled to stop (so that all of them stop after the same step).
     """
     config = run.config
+    # Muon's groups follow the same schedule, scaled to their own peak: lr · muon_lr / lr_max.
+    muon_lr = lr if config.muon_lr is None else lr * config.muon_lr / config.lr_max
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = muon_lr if group.get("use_muon") else lr
     loss_sum = 0.0
     for micro in range(config.grad_accum_steps):
         x, y = run.sampler()
         with no_sync_if(run.train_model, micro < config.grad_accum_steps - 1):  # all-reduce on the last one
             with autocast(run.ctx.device, config.precision):
                 logits = run.train_model(x)
-            loss = Assignment.load().training_loss(logits, y) / config.grad_accum_steps
+            loss = _training_loss(logits, y, config.z_loss) / config.grad_accum_steps
             loss.backward()
         loss_sum += loss.item()
     params = [p for p in run.model.parameters() if p.grad is not None]
@@ -394,6 +473,15 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
     run.step += 1
     run.tokens_seen += _tokens_per_step(run)
     return loss_mean, grad_norm, elapsed, votes > 0
+
+
+def _training_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """The loss a step minimises: the package's cross-entropy, plus the z-loss when asked for (the validation loss
+    never adds it: `estimate_loss` scores the plain cross-entropy)."""
+    door = Assignment.load()
+    return (
+        door.training_loss_with_z_loss(logits, targets, z_loss) if z_loss > 0 else door.training_loss(logits, targets)
+    )
 
 
 def _kept(run: _Run) -> str:

@@ -52,9 +52,34 @@ class TrainConfig:
     lr_clock: Literal["steps", "time"] = field(
         default="steps", metadata=_help("'time': the schedule follows elapsed/max_time_s instead of step/max_steps")
     )
-    weight_decay: float = field(default=0.1, metadata=_help("AdamW decoupled weight decay"))
+    lr_schedule: Literal["cosine", "wsd"] = field(
+        default="cosine",
+        metadata=_help("'wsd': warm-up, lr_max held, a linear decay to lr_min over the last decay_fraction of the run"),
+    )
+    decay_fraction: float = field(
+        default=0.2, metadata=_help("the final share of the run the 'wsd' schedule decays in")
+    )
+    weight_decay: float = field(default=0.1, metadata=_help("decoupled weight decay (AdamW's and Muon's)"))
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_help("AdamW beta1 and beta2"))
     adam_eps: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
+    optimizer: Literal["adamw", "muon"] = field(
+        default="adamw",
+        metadata=_help("'muon': Muon for the hidden matrices, AdamW for the embedding, the gains and lm_head"),
+    )
+    muon_lr: float | None = field(
+        default=None,
+        metadata=_help(
+            "peak lr of the Muon matrices, scheduled like lr_max; none = lr_max (Muon's steps are scaled to AdamW's RMS)"
+        ),
+    )
+    muon_momentum: float = field(default=0.95, metadata=_help("Muon's (Nesterov) momentum"))
+    z_loss: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of PaLM's z-loss mean(logsumexp(logits)^2) in the training loss; 0 = none "
+            "(the validation loss and bits/byte stay the plain cross-entropy)"
+        ),
+    )
     grad_clip: float = field(default=1.0, metadata=_help("global L2 norm limit; 0 = no clipping"))
     # evaluation, logging, checkpoints
     eval_every: int = field(default=100, metadata=_help("steps between validation losses"))
@@ -132,11 +157,21 @@ def _check_optimisation(config: TrainConfig) -> None:
         "adam_eps": (config.adam_eps, "a finite number > 0", lambda v: v > 0),
         "grad_clip": (config.grad_clip, "a finite number >= 0 (0: no clipping)", lambda v: v >= 0),
         "max_time_s": (config.max_time_s, "a finite number > 0 or none", lambda v: v > 0),
+        "muon_lr": (config.muon_lr, "a finite number > 0 or none", lambda v: v > 0),
+        "muon_momentum": (config.muon_momentum, "a finite number in [0, 1)", lambda v: 0 <= v < 1),
+        "z_loss": (config.z_loss, "a finite number >= 0 (0: no z-loss)", lambda v: v >= 0),
+        "decay_fraction": (config.decay_fraction, "a finite number in [0, 1]", lambda v: 0 <= v <= 1),
         "peak_flops": (config.peak_flops, "a finite number > 0 or none", lambda v: v > 0),
     }
     for name, (value, expected, ok) in ranges.items():
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise ValueError(f"--{name.replace('_', '-')} ({name}) must be {expected}, got {value}")
+    choices = {"optimizer": ("adamw", "muon"), "lr_schedule": ("cosine", "wsd")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(
+                f"--{name.replace('_', '-')} ({name}) must be one of {allowed}, got {getattr(config, name)!r}"
+            )
     if len(config.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in config.betas):
         raise ValueError(f"--betas (betas) must be two numbers in [0, 1), got {' '.join(map(str, config.betas))}")
 

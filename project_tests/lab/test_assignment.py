@@ -147,7 +147,9 @@ def test_a_top_level_export_wins_and_other_modules_are_not_imported(on_path: Pat
         on_path,
         "exporting_student",
         {"model": REQUIRED_SOURCE, "tokenizer": TOKENIZER_SOURCE, "scratch": "raise RuntimeError('never imported')\n"},
-        init=init + "ModelConfig = complete = find_chunk_boundaries = read_chunk_text = None\nworker_context = None\n",
+        init=init
+        + "ModelConfig = complete = find_chunk_boundaries = read_chunk_text = None\nworker_context = None\n"
+        + "MuonAdamW = muon_param_groups = cross_entropy_with_z_loss = wsd_lr_schedule = None\n",
     )
     door = Assignment.load(name)
     assert dict(door.found_in)["TransformerLM"] == name and f"{name}.scratch" not in sys.modules

@@ -639,3 +639,22 @@ def test_two_rank_checkpoint_resumes_with_one_rank(train_runs: dict[str, Any]) -
     assert resumed[-1]["val_loss"] == pytest.approx(whole[-1]["val_loss"], abs=0.15)
     payload = torch.load(train_runs["resumed1"] / "ckpt_latest.pt", weights_only=False)
     assert payload["iteration"] == STEPS and len(payload["extra"]["sampler_states"]) == 1
+
+
+@pytest.mark.slow
+def test_cli_train_with_muon_under_torchrun(tmp_path: Path) -> None:
+    """`--optimizer muon` (Muon on the gradients DDP has already averaged) with z-loss and the wsd schedule,
+    2 ranks: one line per step, the run learns, and its one optimizer (both kinds of group) is checkpointed."""
+    out = tmp_path / "muon"
+    recipe = ["--optimizer=muon", "--muon-lr=0.02", "--z-loss=1e-4", "--lr-schedule=wsd"]
+    torchrun(
+        ["-m", "cs336_lab.cli", "train", *_learnable_run_flags(tmp_path), *recipe, f"--out-dir={out}"],
+        nproc=2,
+        cwd=tmp_path,
+    )
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.5
+    payload = torch.load(out / "ckpt_latest.pt", weights_only=False)
+    assert [g["use_muon"] for g in payload["optimizer"]["param_groups"]] == [True, False]
+    assert len(payload["optimizer"]["state"]) == sum(len(g["params"]) for g in payload["optimizer"]["param_groups"])
