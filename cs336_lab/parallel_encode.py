@@ -34,7 +34,8 @@ __all__ = ["encode_file", "token_dtype"]
 
 _TARGET_CHUNK_BYTES = 4 << 20
 _PARALLEL_MIN_BYTES = 1 << 20
-_IDS_PER_BLOCK = 1 << 20
+_IDS_PER_BLOCK = 1 << 20  # ids written at a time when streaming through `encode_iterable`
+_COPY_BYTES = 16 << 20  # the raw ids are copied behind the .npy header this many bytes at a time
 
 _worker_tokenizer: Tokenizer | None = None
 _worker_engine: Any | None = None  # a tiktoken Encoding standing in for the tokenizer
@@ -93,7 +94,7 @@ def _write_npy(npy_path: Path, raw_path: Path, dtype: np.dtype, count: int) -> N
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)}
     with open(npy_path, "xb") as out, open(raw_path, "rb") as raw:
         np.lib.format.write_array_header_1_0(out, header)
-        shutil.copyfileobj(raw, out, 16 << 20)
+        shutil.copyfileobj(raw, out, _COPY_BYTES)
         out.flush()
         os.fsync(out.fileno())
 

@@ -122,6 +122,8 @@ def build_encoding(vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, byt
         import tiktoken
     except ImportError:
         raise EngineUnavailable("tiktoken is not installed (pip install tiktoken)") from None
+    if not hasattr(tiktoken.Encoding, "encode_to_numpy"):
+        raise EngineUnavailable(f"tiktoken {tiktoken.__version__} is too old (encode_to_numpy needs >= 0.8)")
     problem = rank_order_problem(vocab, merges, specials)
     if problem is not None:
         raise EngineUnavailable(problem)
