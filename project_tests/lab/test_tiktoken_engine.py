@@ -269,3 +269,19 @@ def test_killed_tokenize_leaves_no_npy(tiny, tmp_path: Path) -> None:
     proc.wait()
     assert not (out / "big.npy").exists()
     assert [p.name for p in out.iterdir() if not p.name.startswith(".big.npy.")] == []
+
+
+def test_cli_engine_tiktoken_refuses_in_one_line(tiny, tmp_path: Path, caplog) -> None:
+    from cs336_lab.cli import main
+
+    vocab, merges, _ = read_tokenizer(tiny[0])
+    directory = _saved(tmp_path, _permuted(vocab), merges)
+    (tmp_path / "data.txt").write_text("".join(TEXTS), encoding="utf-8")
+    argv = ["tokenize", str(tmp_path / "data.txt"), "--tokenizer", str(directory), "--out-dir", str(tmp_path / "o")]
+    assert main([*argv, "--engine", "tiktoken"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        "--engine tiktoken does not apply: token ids are not in merge order"
+    )
+    assert "\n" not in errors[0] and not (tmp_path / "o" / "data.npy").exists()
+    assert main([*argv, "--engine", "ours"]) == 0 and (tmp_path / "o" / "data.npy").exists()
