@@ -201,7 +201,10 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="processes for pre-tokenization (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train_bpe)
+    _add_tokenize(subparsers)
 
+
+def _add_tokenize(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tokenize", help="encode text files to .npy token arrays")
     p.add_argument("inputs", type=Path, nargs="+", help="text files; each becomes OUT_DIR/<stem>.npy")
     p.add_argument("--tokenizer", type=Path, required=True, help="a directory written by `cs336 train-bpe`")
