@@ -9,8 +9,10 @@ docstring says why not the synthetic stories), written once per size to a tempor
 interleaved (ours first at even sizes, the peer first at odd ones), each job in its own process:
 
 - train a 10,000-token BPE: `cs336_basics.train_bpe` (2 worker processes) vs HF `tokenizers` (Rust, 2 threads);
-- encode the file to token ids: `cs336_lab.encode_file` (2 processes, writes the .npy) vs tiktoken with the
-  same merges (one thread, the file in 16 MB pieces), with the tokenizer trained at the smallest size.
+- encode the file to token ids: `cs336 tokenize` (`tokenize_files`, engine auto: tiktoken in 2 processes where
+  it is proven to give our ids; writes the .npy) vs tiktoken alone with the same merges (one thread, the file
+  in 16 MB pieces), with the tokenizer trained at the smallest size. Goal: >= 1x tiktoken's speed, and a peak
+  memory flat in corpus size (growth exponent <= 0.1).
 
 Peak memory is the largest sum of the resident sets of the job's whole process tree (sampled every 20 ms).
 Each component ends with a row of growth exponents (time ∝ size^k, memory ∝ size^k) and a log-log plot in
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,8 @@ from bench.zipf_corpus import write_zipf_corpora
 DEFAULT_SIZES_MB = (250, 500, 1000, 2000)
 VOCAB_SIZE = 10_000
 RSS_GOAL_BYTES = 1.5e9
+# `cs336 tokenize`'s peak memory must not follow the corpus: its growth exponent at most this.
+RSS_FLAT_EXPONENT = 0.1
 DOCS_DIR = REPO_ROOT / "docs" / "bench"
 
 
@@ -94,6 +99,43 @@ def _row(
     }
 
 
+def _encode_row(size_mb: float, num_bytes: int, ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """`cs336 tokenize` against tiktoken alone: speed (goal >= 1x), peak memory, the engine it chose."""
+    row = make_row(
+        f"cs336 tokenize to .npy, 2 processes, Zipf corpus {size_mb:g} MB",
+        "tiktoken alone, one thread, 16 MB pieces",
+        num_bytes / ours["seconds"],
+        num_bytes / peer["seconds"],
+        "bytes/s",
+        goal=">= 1",
+        notes=f"peak RSS ours {ours['peak_rss'] / 1e9:.2f} GB vs peer {peer['peak_rss'] / 1e9:.2f} GB; "
+        f"{ours['tokens']:,} tokens (same count as tiktoken); {ours['engine']}",
+    )
+    return row | {
+        "size_mb": size_mb,
+        "ours_rss": ours["peak_rss"],
+        "peer_rss": peer["peak_rss"],
+        "ours_s": ours["seconds"],
+        "peer_s": peer["seconds"],
+    }
+
+
+def _memory_growth_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How `cs336 tokenize`'s peak memory grows with the corpus (goal: flat, exponent <= RSS_FLAT_EXPONENT)."""
+    k = {key: fit_exponent(*series_of(rows, "size_mb", key)) for key in ("ours_s", "peer_s", "ours_rss", "peer_rss")}
+    sizes = ", ".join(f"{r['size_mb']:g}" for r in rows)
+    flat = k["ours_rss"] is not None and k["ours_rss"] <= RSS_FLAT_EXPONENT
+    return make_row(
+        f"cs336 tokenize: growth exponent of peak RSS (size^k), {sizes} MB",
+        "tiktoken alone",
+        k["ours_rss"] or 0.0,
+        k["peer_rss"] or 0.0,
+        "k",
+        notes=f"goal: ours <= {RSS_FLAT_EXPONENT:g} (memory flat in corpus size): {'met' if flat else 'NOT met'}; "
+        f"time exponent ours {exponent_text(k['ours_s'])} vs peer {exponent_text(k['peer_s'])}",
+    )
+
+
 def _growth_row(component: str, peer_name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     k = {key: fit_exponent(*series_of(rows, "size_mb", key)) for key in ("ours_s", "peer_s", "ours_rss", "peer_rss")}
     sizes = ", ".join(f"{r['size_mb']:g}" for r in rows)
@@ -146,7 +188,7 @@ def run(
             bpe_rows.append(
                 _row(f"train BPE, {VOCAB_SIZE} vocab", size_mb, ours, peer, "HF tokenizers BpeTrainer", wall)
             )
-            out = work / "ids.npy"
+            out = work / "tokens" / "ids.npy"  # `cs336 tokenize` writes tokens/<corpus stem>.npy
             if encode_max_mb is not None and size_mb > encode_max_mb:
                 corpus.unlink()
                 continue
@@ -156,15 +198,13 @@ def run(
                 ["encode-tiktoken", str(corpus), str(tokenizer)],
             )
             if ours["tokens"] != peer["tokens"]:
-                raise AssertionError(f"encode_file gave {ours['tokens']} tokens, tiktoken {peer['tokens']}")
-            same = f"{ours['tokens']:,} tokens (same count as tiktoken)"
-            peer_name = "tiktoken, one thread, 16 MB pieces"
-            encode_rows.append(_row("encode_file to .npy, 2 processes", size_mb, ours, peer, peer_name, same))
+                raise AssertionError(f"cs336 tokenize gave {ours['tokens']} tokens, tiktoken {peer['tokens']}")
+            encode_rows.append(_encode_row(size_mb, corpus.stat().st_size, ours, peer))
             corpus.unlink()
-            out.unlink(missing_ok=True)
+            shutil.rmtree(out.parent, ignore_errors=True)
     rows = [*bpe_rows, _growth_row("train BPE", "HF tokenizers", bpe_rows), *encode_rows]
     if len(encode_rows) > 1:
-        rows.append(_growth_row("encode_file", "tiktoken", encode_rows))
+        rows.append(_memory_growth_row(encode_rows))
     if docs_dir is not None and len(sizes) > 1:
         _plot("bpe", f"train BPE ({VOCAB_SIZE} vocab), Zipf corpus", bpe_rows, "HF tokenizers", docs_dir)
     if docs_dir is not None and len(encode_rows) > 1:

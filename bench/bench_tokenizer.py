@@ -7,7 +7,8 @@ Rows (all in one run, ours and the peer interleaved):
 - training a 500-token vocabulary on a ~130 KB corpus, goal <= 1.5x;
 - single-process `Tokenizer.encode` of the first 3 MB against `tiktoken` (one thread) with GPT-2's vocabulary,
   goal >= 0.6x its throughput (a fresh tokenizer per timed run, so our pre-token cache starts cold);
-- `encode_file` of the same 3 MB (all cores, writing the `.npy`) against tiktoken single-threaded, goal >= 1x.
+- `cs336 tokenize` of the same 3 MB (`tokenize_files`, engine auto, all cores, writing the `.npy`) against
+  tiktoken single-threaded, goal >= 1x.
 
 Without `../shared/data`, the bundled corpus `tests/fixtures/bpe_corpus_medium.txt` (repeated for the
 larger figures) and a vocabulary trained on it stand in. `quick=True` uses smaller inputs (a smoke run).
@@ -27,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, SHARED_DATA, format_table, make_row, median, time_interleaved
+from bench.scale_job import tokenize
 from cs336_basics.bpe_trainer import train_bpe
 from cs336_basics.pretokenize import GPT2_PATTERN, last_safe_cut
 from cs336_basics.tokenizer import Tokenizer
-from cs336_lab.parallel_encode import encode_file
+from cs336_lab.tokenizer_files import save_tokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 PYDOCS = SHARED_DATA / "pydocs" / "train.txt"
@@ -207,26 +209,29 @@ def _encode_file_row(
 ) -> dict[str, Any]:
     sample = sample_path.read_bytes().decode("utf-8")
     n_bytes = len(sample.encode("utf-8"))
-    fresh_for_file = Tokenizer(tokenizer.vocab, tokenizer.merges, [ENDOFTEXT])
+    tokenizer_dir = out.parent / "tokenizer"
+    save_tokenizer(tokenizer.vocab, tokenizer.merges, tokenizer_dir, special_tokens=[ENDOFTEXT])
+    out_dir, engine = out.parent / "tokens", []
     expected: list[int] = []
     times, cpu = _timed(
         {
-            "ours": lambda: encode_file(sample_path, out, fresh_for_file),
+            "ours": lambda: engine.append(tokenize(tokenizer_dir, sample_path, out_dir)[1]),
             "tiktoken": lambda: expected.extend(encoding.encode(sample, allowed_special="all")),
         },
         repeats=1,
         warmup=0,
     )
     # tiktoken's ids are its ranks: map them to our ids before comparing.
-    same = np.array_equal(np.load(out), rank_to_id[np.asarray(expected, dtype=np.int64)])
+    ids = np.load(out_dir / f"{sample_path.stem}.npy")
+    same = np.array_equal(ids, rank_to_id[np.asarray(expected, dtype=np.int64)])
     return make_row(
-        f"encode a file to .npy, {_cores()} processes ({n_bytes / 1e6:.1f} MB)",
+        f"cs336 tokenize a file to .npy, {_cores()} processes ({n_bytes / 1e6:.1f} MB)",
         "tiktoken, one thread, in memory",
         n_bytes / times["ours"],
         n_bytes / times["tiktoken"],
         "bytes/s",
         goal=">= 1",
-        notes="ours: fresh tokenizer, reads the file, writes the .npy; "
+        notes=f"ours: `cs336 tokenize` (reads the tokenizer files and the text, writes the .npy; {engine[-1]}); "
         f"CPU s ours {cpu['ours']:.2f} (all processes) vs tiktoken {cpu['tiktoken']:.2f}"
         + f"; ids identical to tiktoken's: {'yes' if same else 'NO'}",
     )

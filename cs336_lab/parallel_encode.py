@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,8 +34,11 @@ __all__ = ["encode_file", "token_dtype"]
 
 _TARGET_CHUNK_BYTES = 4 << 20
 _PARALLEL_MIN_BYTES = 1 << 20
+_IDS_PER_BLOCK = 1 << 20  # ids written at a time when streaming through `encode_iterable`
+_COPY_BYTES = 16 << 20  # the raw ids are copied behind the .npy header this many bytes at a time
 
 _worker_tokenizer: Tokenizer | None = None
+_worker_engine: Any | None = None  # a tiktoken Encoding standing in for the tokenizer
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -53,10 +57,12 @@ def encode_file(
     *,
     num_workers: int | None = None,
     show_progress: bool = False,
+    engine: Any | None = None,
 ) -> int:
     """Encode the UTF-8 file `input_path` into the `.npy` file `output_path`; return the number of tokens.
 
-    The ids equal `tokenizer.encode(open(input_path).read())`.
+    The ids equal `tokenizer.encode(open(input_path).read())`. `engine`: a `tiktoken.Encoding` proven to give
+    the tokenizer's ids (`tiktoken_engine.choose_engine`), which then encodes the chunks instead.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
@@ -70,7 +76,7 @@ def encode_file(
     raw_path, npy_path = temp_path(output_path, ".raw"), temp_path(output_path, ".npy")
     try:
         with open(raw_path, "xb") as raw:
-            count = _encode_to(raw, input_path, tokenizer, dtype, num_workers, show_progress)
+            count = _encode_to(raw, input_path, (tokenizer, engine), dtype, num_workers, show_progress)
         _write_npy(npy_path, raw_path, dtype, count)
         commit(npy_path, output_path)
     finally:
@@ -88,7 +94,7 @@ def _write_npy(npy_path: Path, raw_path: Path, dtype: np.dtype, count: int) -> N
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)}
     with open(npy_path, "xb") as out, open(raw_path, "rb") as raw:
         np.lib.format.write_array_header_1_0(out, header)
-        shutil.copyfileobj(raw, out, 16 << 20)
+        shutil.copyfileobj(raw, out, _COPY_BYTES)
         out.flush()
         os.fsync(out.fileno())
 
@@ -99,36 +105,53 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _encode_to(
-    raw: BinaryIO, input_path: Path, tokenizer: Tokenizer, dtype: np.dtype, num_workers: int, show_progress: bool
+    raw: BinaryIO,
+    input_path: Path,
+    encoders: tuple[Tokenizer, Any],
+    dtype: np.dtype,
+    num_workers: int,
+    show_progress: bool,
 ) -> int:
-    """Write the ids of the file to `raw` in order (in worker processes when it pays); return their number."""
+    """Write the ids of the file to `raw` in order (in worker processes when it pays); return their number.
+
+    `encoders`: the tokenizer and the tiktoken engine that stands in for it (or None).
+    """
+    tokenizer = encoders[0]
     size = input_path.stat().st_size
     bar = _progress(show_progress, size)
     with bar:
         if not Assignment.load().has_chunking:  # no chunking extras: stream it in this process
             with open(input_path, encoding="utf-8") as lines:
                 try:
-                    ids = np.fromiter(tokenizer.encode_iterable(lines), dtype=dtype)
+                    count = _write_blocks(raw, tokenizer.encode_iterable(lines), dtype)
                 except UnicodeDecodeError as error:  # it names neither the file nor the offset in it
                     raise utf8_error(input_path, error) from None
-            raw.write(ids.tobytes())
             bar.update(size)
-            return len(ids)
+            return count
         # A few chunks per worker even for modest files, so that no worker idles while another finishes.
         num_chunks = max(4 * num_workers, -(-size // _TARGET_CHUNK_BYTES))
         with open(input_path, "rb") as f:
             bounds = Assignment.load().find_chunk_boundaries(f, num_chunks, tokenizer.special_tokens)
         jobs = [(str(input_path), start, end, dtype.str) for start, end in zip(bounds[:-1], bounds[1:])]
         if num_workers == 1 or size < _PARALLEL_MIN_BYTES or len(jobs) == 1:
-            _init_worker(tokenizer)
+            _init_worker(encoders)
             try:
                 return _drain(map(_encode_chunk, jobs), jobs, raw, bar)
             finally:
                 _init_worker(None)
         with ProcessPoolExecutor(
-            min(num_workers, len(jobs)), mp_context=pool_context(), initializer=_init_worker, initargs=(tokenizer,)
+            min(num_workers, len(jobs)), mp_context=pool_context(), initializer=_init_worker, initargs=(encoders,)
         ) as pool:
             return _drain(pool.map(_encode_chunk, jobs), jobs, raw, bar)
+
+
+def _write_blocks(raw: BinaryIO, ids: Iterator[int], dtype: np.dtype) -> int:
+    """Write the ids to `raw` a million at a time (never all of them in memory); return their number."""
+    count = 0
+    while (block := np.fromiter(islice(ids, _IDS_PER_BLOCK), dtype=dtype)).size:
+        raw.write(block.tobytes())
+        count += block.size
+    return count
 
 
 class _NoProgress(nullcontext):
@@ -157,9 +180,9 @@ def _drain(results: Iterator[np.ndarray], jobs: list[tuple[str, int, int, str]],
     return count
 
 
-def _init_worker(tokenizer: Tokenizer | None) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
+def _init_worker(encoders: tuple[Tokenizer, Any] | None) -> None:
+    global _worker_tokenizer, _worker_engine
+    _worker_tokenizer, _worker_engine = encoders or (None, None)
 
 
 def _encode_chunk(job: tuple[str, int, int, str]) -> np.ndarray:
@@ -167,4 +190,6 @@ def _encode_chunk(job: tuple[str, int, int, str]) -> np.ndarray:
     path, start, end, dtype = job
     assert _worker_tokenizer is not None
     text = Assignment.load().read_chunk_text(path, start, end)
+    if _worker_engine is not None:  # tiktoken, proven to give the tokenizer's ids; every special token splits
+        return _worker_engine.encode_to_numpy(text, allowed_special="all").astype(dtype, copy=False)
     return np.asarray(_worker_tokenizer.encode(text), dtype=dtype)

@@ -14,8 +14,15 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# `--engine auto` encodes inputs smaller than this with our encoder: proving tiktoken's ids equal (the vocabulary's
+# checks and a sample encoded both ways, about a second for a 50,000-token vocabulary) would cost more than it saves.
+ENGINE_MIN_BYTES = 16 << 20
+# The sample on which tiktoken's ids are proven equal to ours before it encodes the inputs.
+SAMPLE_BYTES = 1 << 20
 
 EOT = "<|endoftext|>"
 
@@ -67,26 +74,64 @@ def tokenize_files(
     num_workers: int | None = None,
     show_progress: bool = False,
     overwrite: bool = False,
+    engine: str = "auto",
 ) -> dict[Path, int]:
     """Encode each text file to ``out_dir/<stem>.npy``; returns {output: number of tokens}.
 
     Refused before any work: two inputs with one stem (``a/train.txt``, ``b/train.txt``: the second would replace
-    the first), and, unless `overwrite`, an output that already exists.
+    the first), and, unless `overwrite`, an output that already exists. `engine` (see `tiktoken_engine.py`):
+    "auto" encodes with tiktoken where it is proven to give the tokenizer's ids and with the tokenizer itself
+    otherwise (one log line says why), "tiktoken" refuses (`ValueError`) where it does not apply, "ours" is
+    the tokenizer alone.
     """
     from cs336_common.atomic import prepare_directory
+    from cs336_lab.assignment import Assignment
     from cs336_lab.parallel_encode import encode_file
-    from cs336_lab.tokenizer_files import load_tokenizer
+    from cs336_lab.tokenizer_files import read_tokenizer
 
     for path in inputs:
         _check_text_file(path, "input text")
     outputs = _token_files(inputs, Path(out_dir), overwrite=overwrite)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    vocab, merges, specials = read_tokenizer(tokenizer_dir)
+    tokenizer = Assignment.load().make_tokenizer(vocab, merges, specials)
+    fast = _choose_engine(engine, tokenizer, (vocab, merges, specials), inputs)
     prepare_directory(out_dir, "--out-dir")
     counts = {}
     for path, output in zip(inputs, outputs):
-        counts[output] = encode_file(path, output, tokenizer, num_workers=num_workers, show_progress=show_progress)
+        counts[output] = encode_file(
+            path, output, tokenizer, num_workers=num_workers, show_progress=show_progress, engine=fast
+        )
         logger.info("%s: %d tokens -> %s", path, counts[output], output)
     return counts
+
+
+def _choose_engine(choice: str, tokenizer: Any, files: tuple[Any, Any, list[str]], inputs: Sequence[str | Path]) -> Any:
+    """tiktoken's `Encoding` where it applies (proven on the inputs' first megabyte), else None (our encoder)."""
+    from cs336_lab.assignment import Assignment
+    from cs336_lab.tiktoken_engine import ENGINES, EngineUnavailable, choose_engine
+
+    if choice not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {choice!r}")
+    if choice != "ours" and not Assignment.load().has_chunking:
+        why = "the package has no chunking extras (find_chunk_boundaries, read_chunk_text, worker_context)"
+        if choice == "tiktoken":
+            raise EngineUnavailable(f"--engine tiktoken does not apply: {why}")
+        logger.info("tokenize engine: ours (the from-scratch encoder), as tiktoken would not do: %s", why)
+        return None
+    total = sum(Path(path).stat().st_size for path in inputs)
+    if choice == "auto" and total < ENGINE_MIN_BYTES:
+        logger.info("tokenize engine: ours (%.1f MB of text: tiktoken's set-up would not pay)", total / 1e6)
+        return None
+    return choose_engine(choice, tokenizer, *files, _sample(inputs, SAMPLE_BYTES))
+
+
+def _sample(inputs: Sequence[str | Path], num_bytes: int) -> str:
+    """The first `num_bytes` of the inputs together (an equal share of each), as text."""
+    parts = []
+    for path in inputs:
+        with open(path, "rb") as f:
+            parts.append(f.read(max(num_bytes // len(inputs), 1)).decode("utf-8", errors="ignore"))
+    return "".join(parts)
 
 
 def _token_files(inputs: Sequence[str | Path], out_dir: Path, *, overwrite: bool) -> list[Path]:
@@ -139,6 +184,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         show_progress=not args.no_progress,
         overwrite=args.overwrite,
+        engine=args.engine,
     )
     return 0
 
@@ -155,12 +201,22 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="processes for pre-tokenization (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train_bpe)
+    _add_tokenize(subparsers)
 
+
+def _add_tokenize(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tokenize", help="encode text files to .npy token arrays")
     p.add_argument("inputs", type=Path, nargs="+", help="text files; each becomes OUT_DIR/<stem>.npy")
     p.add_argument("--tokenizer", type=Path, required=True, help="a directory written by `cs336 train-bpe`")
     p.add_argument("--out-dir", type=Path, required=True, help="directory for the .npy files")
     p.add_argument("--overwrite", action="store_true", help="replace .npy files that already exist in OUT_DIR")
     p.add_argument("--num-workers", type=int, default=None, help="encoding processes (default: all cores)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "tiktoken", "ours"),
+        default="auto",
+        help="auto (default): tiktoken where it is proven to give the tokenizer's ids (from 16 MB of text), else "
+        "ours; tiktoken: refuse where it does not apply; ours: the from-scratch tokenizer alone",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_tokenize)

@@ -75,7 +75,8 @@ def test_scale_jobs_agree_on_a_small_corpus(tmp_path: Path) -> None:
     tok = tmp_path / "tok.pkl"
     bpe = measure(["bpe-ours", str(corpus), "400", str(tok)])
     assert bpe["vocab"] == 400 and bpe["peak_rss"] > 0 and bpe["wall_s"] >= bpe["seconds"] > 0
-    ours = measure(["encode-ours", str(corpus), str(tok), str(tmp_path / "ids.npy")])
+    ours = measure(["encode-ours", str(corpus), str(tok), str(tmp_path / "tokens" / "ids.npy")])
+    assert ours["engine"].startswith("tokenize engine: ours")  # 100 KB: below the size where tiktoken pays
     peer = measure(["encode-tiktoken", str(corpus), str(tok)])
     assert ours["tokens"] == peer["tokens"] > 0
 
@@ -130,5 +131,34 @@ def test_scale_run_leaves_out_encode_rows_above_the_cap() -> None:
     rows = run(sizes_mb=[0.05, 0.1], docs_dir=None, encode_max_mb=0.05)
     works = [r["work"] for r in rows]
     assert sum("train BPE, 10000 vocab, Zipf corpus" in w for w in works) == 2
-    encode_rows = [w for w in works if w.startswith("encode_file")]
-    assert encode_rows == ["encode_file to .npy, 2 processes, Zipf corpus 0.05 MB"]
+    encode_rows = [w for w in works if w.startswith("cs336 tokenize")]
+    assert encode_rows == ["cs336 tokenize to .npy, 2 processes, Zipf corpus 0.05 MB"]
+
+
+def _measured(seconds: float, rss: float) -> dict:
+    return {"seconds": seconds, "peak_rss": rss, "tokens": 10, "engine": "tokenize engine: tiktoken (...)"}
+
+
+def test_tokenize_row_is_speed_against_tiktoken_alone_with_goal_one() -> None:
+    """`cs336 tokenize` twice as fast as tiktoken is 2x (a seconds ratio would read 0.5x); the engine is named."""
+    from bench.bench_scale import _encode_row
+
+    row = _encode_row(250, 250_000_000, _measured(5.0, 0.6e9), _measured(10.0, 0.5e9))
+    assert row["ratio"] == pytest.approx(2.0) and row["goal"] == ">= 1x" and row["met"] is True
+    assert row["unit"] == "bytes/s" and "tiktoken alone" in row["peer"] and "tokenize engine: tiktoken" in row["notes"]
+    assert _encode_row(250, 250_000_000, _measured(12.0, 0.6e9), _measured(10.0, 0.5e9))["met"] is False
+
+
+def test_tokenize_memory_growth_row_wants_a_flat_peak() -> None:
+    from bench.bench_scale import _encode_row, _memory_growth_row
+
+    def rows(rss_small: float, rss_big: float) -> list[dict]:
+        return [
+            _encode_row(250, 250_000_000, _measured(5.0, rss_small), _measured(10.0, 0.5e9)),
+            _encode_row(500, 500_000_000, _measured(10.0, rss_big), _measured(20.0, 0.5e9)),
+        ]
+
+    flat = _memory_growth_row(rows(0.6e9, 0.62e9))
+    assert flat["ours"] == pytest.approx(0.047, abs=0.01) and "(memory flat in corpus size): met" in flat["notes"]
+    growing = _memory_growth_row(rows(0.7e9, 0.9e9))  # today's 250 -> 500 MB: exponent 0.36
+    assert "NOT met" in growing["notes"]
