@@ -146,6 +146,15 @@ def assignment_embedding_(weight: Tensor) -> Tensor:
     return trunc_normal_(weight, std=1.0, a=-3.0, b=3.0)
 
 
+def tied_embedding_(weight: Tensor) -> Tensor:
+    """A table that is also the output layer (`tie_embeddings`), `(vocab_size, d_model)`: N(0, 1/d_model)
+    truncated at ±3σ, so that the untrained logits (a unit-RMS vector times each row) have about unit variance,
+    as an untied head's do. N(0, 1) rows would make them sqrt(d_model) times larger (first loss: hundreds of nats
+    at d_model 512). The embedding's own scale does not matter in a pre-norm model: every block reads it normed."""
+    std = weight.shape[-1] ** -0.5
+    return trunc_normal_(weight, std=std, a=-3.0 * std, b=3.0 * std)
+
+
 @torch.no_grad()
 def ones_(weight: Tensor) -> Tensor:
     """RMSNorm gains: 1, so that the layer starts as a pure normalisation."""
@@ -182,6 +191,7 @@ __all__ = [
     "normal_",
     "uniform_",
     "trunc_normal_",
+    "tied_embedding_",
     "xavier_normal_",
     "xavier_uniform_",
     "kaiming_normal_",

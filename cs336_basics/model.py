@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from cs336_basics.attention import KVCache, MultiHeadSelfAttention
 from cs336_basics.checkpoint import strip_compile_prefix
 from cs336_basics.functional import soft_cap
-from cs336_basics.init import LINEAR_SCHEMES, InitScheme, linear_init
+from cs336_basics.init import LINEAR_SCHEMES, InitScheme, linear_init, tied_embedding_
 from cs336_basics.layers import Embedding, Linear, ReLU2FeedForward, RMSNorm, SiLUFeedForward, SwiGLU, default_d_ff
 from cs336_basics.rope import RotaryPositionalEmbedding
 
@@ -253,18 +253,16 @@ class TransformerLM(nn.Module):
         self.use_fused_kernels(fused_kernels)
 
     def _tie_embeddings(self) -> None:
-        """Make `lm_head.weight` the token-embedding Parameter itself (not a copy).
+        """Make `lm_head.weight` the token-embedding Parameter itself (not a copy), drawn by `tied_embedding_`.
 
-        One Parameter in two places: its gradient sums both uses, the optimizer steps it once, and it keeps the
-        embedding's N(0, 1) initialisation (the head's own draw is discarded). The state dict still lists both
-        keys, sharing one storage (see `load_state_dict`).
-
-        NOTE: N(0, 1) rows make the untrained logits about sqrt(d_model) times larger than the untied head's, the
-        token's own row largest: the first losses sit far above ln(vocab_size) (measured: 408 nats at d_model
-        512, V 4096; 35 with logit_softcap 30). The embedding's scale is kept on purpose (the embedding is the
-        tied matrix's first use, and the soft-cap bounds the head's logits).
+        One Parameter in two places: its gradient sums both uses, the optimizer steps it once. Its
+        initialisation is N(0, 1/d_model), not the embedding's N(0, 1): as the head's matrix, N(0, 1) rows would
+        make the untrained logits about sqrt(d_model) times larger than an untied head's (measured: first loss
+        408 nats at d_model 512, V 4096). The state dict still lists both keys, sharing one storage (see
+        `load_state_dict`).
         """
         self.lm_head.weight = self.token_embeddings.weight
+        tied_embedding_(self.token_embeddings.weight)
 
     def use_fused_kernels(self, enabled: bool = True) -> TransformerLM:
         """Switch every layer that has one (attention) to (or back from) its kernel in `cs336_basics/fast.py`:
@@ -282,11 +280,13 @@ class TransformerLM(nn.Module):
             if module is self or not hasattr(module, "reset_parameters"):
                 continue
             if module is self.lm_head and self.config.tie_embeddings:
-                continue  # the shared matrix keeps the embedding's initialisation
+                continue  # the shared matrix is drawn once, below
             if isinstance(module, Linear) and scheme != "assignment":
                 linear_init(scheme)(module.weight)
             elif scheme == "assignment" or isinstance(module, (Embedding, RMSNorm)):
                 module.reset_parameters()
+        if self.config.tie_embeddings:
+            tied_embedding_(self.token_embeddings.weight)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of trainable parameters, a tied matrix once; `exclude_embeddings` leaves out the
@@ -351,7 +351,7 @@ class TransformerLM(nn.Module):
             _check_tied(state)
         result = super().load_state_dict(state, strict=strict, assign=assign)
         if self.config.tie_embeddings:  # `assign=True` puts a new Parameter under each key: one again
-            self._tie_embeddings()
+            self.lm_head.weight = self.token_embeddings.weight
         return result
 
 

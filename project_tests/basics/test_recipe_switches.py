@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 
 import pytest
 import torch
@@ -204,15 +205,28 @@ def test_tied_gradient_sums_both_uses_and_one_step_keeps_them_equal() -> None:
 
 
 @pytest.mark.parametrize("init", ["assignment", "xavier_normal"])
-def test_tied_matrix_keeps_the_embedding_init(init: str) -> None:
-    """The shared matrix is N(0, 1) truncated at ±3 (the embedding's), not the head's N(0, 2/(V + d)); a
-    mistake: re-initialising the head last (`reset_parameters`) overwrites the embedding."""
+def test_tied_matrix_is_drawn_at_the_head_scale(init: str) -> None:
+    """The shared matrix is N(0, 1/d_model) truncated at ±3σ, so the untrained logits have about unit variance
+    and the first loss is near ln(V). Mistakes: keeping the embedding's N(0, 1) (a first loss far above ln V),
+    or `reset_parameters` redrawing the table as a plain embedding."""
     torch.manual_seed(0)
-    model = TransformerLM(ModelConfig(**{**SMALL, "vocab_size": 500}, tie_embeddings=True, init=init))
-    weight = model.token_embeddings.weight.detach()
-    assert 0.85 < weight.std().item() < 1.1 and weight.abs().max().item() <= 3.0
-    model.reset_parameters()
-    assert 0.85 < model.lm_head.weight.detach().std().item() < 1.1
+    d_model, vocab = 64, 500
+    model = TransformerLM(
+        ModelConfig(**{**SMALL, "vocab_size": vocab, "d_model": d_model}, tie_embeddings=True, init=init)
+    )
+    std = d_model**-0.5
+    for _ in range(2):
+        weight = model.lm_head.weight.detach()
+        assert (
+            weight is model.token_embeddings.weight.detach()
+            or weight.data_ptr() == model.token_embeddings.weight.data_ptr()
+        )
+        assert 0.9 * std < weight.std().item() < 1.1 * std and weight.abs().max().item() <= 3.0 * std + 1e-6
+        tokens = torch.randint(0, vocab, (4, 16))
+        with torch.no_grad():
+            first_loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.roll(-1, 1).flatten())
+        assert first_loss.item() < math.log(vocab) + 1.5, first_loss
+        model.reset_parameters()
 
 
 def test_tied_checkpoint_round_trips_and_refuses_untied_weights() -> None:
