@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPO_ROOT, SHARED_DATA, format_table, make_row, median, time_interleaved
-from bench.scale_job import tokenize
+from bench.common import REPO_ROOT, SHARED_DATA, format_table, make_row, median, time_interleaved, tokenize
 from cs336_basics.bpe_trainer import train_bpe
 from cs336_basics.pretokenize import GPT2_PATTERN, last_safe_cut
 from cs336_basics.tokenizer import Tokenizer

@@ -249,3 +249,25 @@ def write_results(results: dict[str, Any], directory: Path, stem: str = "latest"
     atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     atomic_write_text(md_path, format_markdown(results))
     return json_path, md_path
+
+
+def tokenize(tokenizer_dir: str | Path, corpus: str | Path, out_dir: str | Path) -> tuple[int, str]:
+    """`cs336 tokenize`'s path (`tokenize_files`, engine auto, all cores): the token count and the engine line."""
+    import logging
+
+    from cs336_lab.pipeline import tokenize_files
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in ("cs336_lab.pipeline", "cs336_lab.tiktoken_engine")]
+    for log in loggers:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        counts = tokenize_files(tokenizer_dir, [corpus], out_dir, overwrite=True)
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    engine = next((line for line in lines if line.startswith("tokenize engine")), "tokenize engine: ?")
+    return sum(counts.values()), engine

@@ -48,28 +48,6 @@ def _load(tokenizer_pkl: str) -> Any:
     return Tokenizer(vocab, merges, [EOT])
 
 
-def tokenize(tokenizer_dir: str | Path, corpus: str | Path, out_dir: str | Path) -> tuple[int, str]:
-    """`cs336 tokenize`'s path (`tokenize_files`, engine auto, all cores): the token count and the engine line."""
-    import logging
-
-    from cs336_lab.pipeline import tokenize_files
-
-    lines: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    loggers = [logging.getLogger(name) for name in ("cs336_lab.pipeline", "cs336_lab.tiktoken_engine")]
-    for log in loggers:
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    try:
-        counts = tokenize_files(tokenizer_dir, [corpus], out_dir, overwrite=True)
-    finally:
-        for log in loggers:
-            log.removeHandler(handler)
-    engine = next((line for line in lines if line.startswith("tokenize engine")), "tokenize engine: ?")
-    return sum(counts.values()), engine
-
-
 def _encode_ours(corpus: str, tokenizer_pkl: str, out: str) -> dict[str, Any]:
     """`cs336 tokenize CORPUS` into the folder of OUT (the tokenizer saved as `cs336 train-bpe` does, untimed)."""
     from cs336_lab.tokenizer_files import save_tokenizer
@@ -78,6 +56,8 @@ def _encode_ours(corpus: str, tokenizer_pkl: str, out: str) -> dict[str, Any]:
     tokenizer_dir = Path(out).parent / "tokenizer"
     save_tokenizer(vocab, merges, tokenizer_dir, special_tokens=[EOT])
     start = time.perf_counter()
+    from bench.common import tokenize
+
     tokens, engine = tokenize(tokenizer_dir, corpus, Path(out).parent)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tokens": tokens, "engine": engine}
