@@ -90,20 +90,26 @@ def test_the_gpu_recipes_fit_their_tasks() -> None:
     assert (owt.model.vocab_size, owt.model.context_length, owt.max_time_s) == (32_000, 512, 2700.0)
 
 
-def test_the_recipe_ablation_sweep_builds_every_point_on_a_step_budget() -> None:
-    """configs/sweeps/recipe_ablations.toml: a recipe as its base, two seeds per point, the budget in steps."""
+@pytest.mark.parametrize("sweep", ["recipe_ablations", "recipe_removals"])
+def test_the_recipe_ablation_sweep_builds_every_point_on_a_step_budget(sweep: str) -> None:
+    """configs/sweeps/recipe_{ablations,removals}.toml: a recipe as its base, two seeds per point, the budget in
+    steps; each point differs from its base (a point that changes nothing would measure nothing)."""
     from cs336_lab.config import from_dict, merge_config_data
     from cs336_lab.sweep import expand_points, group_name, load_sweep_file
 
-    path = RECIPES.parent / "sweeps" / "recipe_ablations.toml"
+    path = RECIPES.parent / "sweeps" / f"{sweep}.toml"
     base, table = load_sweep_file(path)
     assert Path(table["base"]).parent.name == "recipes"
     points = expand_points(table.get("grid"), table.get("points"))
     groups = {group_name(name) for name, _, _ in points}
     assert len(points) == 2 * len(groups) and table["grid"]["seed"] == [0, 1]
     recipe = _load(RECIPES.parent / "sweeps" / table["base"], *COMMAND)
+    built: dict[str, TrainConfig] = {}
     for name, values, _ in points:
         config = from_dict(TrainConfig, merge_config_data(TrainConfig, base, values, {"out_dir": name}))
         assert (config.lr_clock, config.max_steps, config.threads) == ("steps", 200, 1), name
         assert config.max_time_s > 10 * config.max_steps * 0.35  # a cap that does not bind
         assert config.model.vocab_size == recipe.model.vocab_size and config.train_data.endswith("train.npy")
+        built[group_name(name)] = dataclasses.replace(config, out_dir="", seed=0)
+    first, *others = built.values()
+    assert all(config != first for config in others), "a point that changes nothing measures nothing"
