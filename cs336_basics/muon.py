@@ -233,7 +233,9 @@ class MuonAdamW(AdamW):
         _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "use_muon": False}
         defaults |= _muon_defaults(momentum, nesterov, ns_coefficients, ns_steps, ns_eps, adjust_lr_fn, ns_dtype)
-        torch.optim.Optimizer.__init__(self, params, defaults)  # AdamW.__init__ knows its four settings only
+        super(AdamW, self).__init__(
+            params, defaults
+        )  # the Optimizer's own: AdamW.__init__ knows its four settings only
         _check_matrices(self)
 
     @torch.no_grad()
@@ -264,7 +266,7 @@ def muon_param_groups(model: nn.Module) -> list[dict[str, Any]]:
     """
     kept_on_adamw: set[int] = set()
     for name, module in model.named_modules():
-        if isinstance(module, (Embedding, nn.Embedding)) or name.rpartition(".")[2] == "lm_head":
+        if isinstance(module, Embedding) or name.rpartition(".")[2] in ("token_embeddings", "lm_head"):
             kept_on_adamw.update(id(p) for p in module.parameters(recurse=False))
     muon: list[Tensor] = []
     adamw: list[Tensor] = []

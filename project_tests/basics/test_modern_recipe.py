@@ -129,7 +129,7 @@ def _names(model: torch.nn.Module, params: list[torch.Tensor]) -> set[str]:
 
 
 def test_muon_param_groups_split_by_role() -> None:
-    """Muon: q/k/v/output and the FFN matrices of every block (the names of INTERFACE.md); AdamW: the
+    """Muon: q/k/v/output and the FFN matrices of every block (the names of docs/INTERFACE.md); AdamW: the
     embedding, the lm_head and the gains. Checked to fail on: a split by `ndim == 2` alone (embedding and
     lm_head to Muon), gains to Muon."""
     model = _tiny_lm()
