@@ -187,25 +187,9 @@ class SiLUFeedForward(nn.Module):
         return self.w2(silu(self.w1(x)))
 
 
-class ReLU2FeedForward(nn.Module):
-    """The modern recipe's `W2 ReLU(W1 x)²` (Primer; modded-nanogpt): two matrices, no gate, `d_ff` defaulting
-    to 4 · d_model like the SiLU network. Same parameter names (`w1`, `w2`) as `SiLUFeedForward`."""
-
-    def __init__(
-        self,
-        d_model: int,
-        d_ff: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        d_ff = 4 * d_model if d_ff is None else d_ff
-        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
-        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
-
-    def reset_parameters(self) -> None:
-        for layer in (self.w1, self.w2):
-            layer.reset_parameters()
+class ReLU2FeedForward(SiLUFeedForward):
+    """The modern recipe's `W2 ReLU(W1 x)²` (Primer; modded-nanogpt): the SiLU network's two matrices (`w1`,
+    `w2`, `d_ff` defaulting to 4 · d_model) with ReLU² as the activation."""
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
         return self.w2(relu_squared(self.w1(x)))
