@@ -30,12 +30,15 @@ def _status_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def peak_rss_growth(call: Callable[[], T]) -> tuple[T, int]:
+def peak_rss_growth(call: Callable[[], T], release: Callable[[], object] | None = None) -> tuple[T, int]:
     """(what `call()` returned, bytes by which the peak resident memory exceeded the resident memory before).
 
-    The peak is reset first (`/proc/PID/clear_refs`), so only what `call` held counts. Skips where `/proc`
-    is not available (not Linux).
+    `release` runs first, where student code runs (`scenarios.run("release_free_memory")`): memory that earlier
+    calls freed but the allocator kept would otherwise absorb growth. The peak is then reset
+    (`/proc/PID/clear_refs`), so only what `call` held counts. Skips where `/proc` is not available (not Linux).
     """
+    if release is not None:
+        release()
     probe = None if WORKER_MEMORY is None else WORKER_MEMORY()
     if probe is not None:
         reset, peak = probe

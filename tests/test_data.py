@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,7 @@ def test_get_batch_reads_only_the_sampled_windows(tmp_path: Path) -> None:
         handle.truncate(num_tokens * 2)
     dataset = np.memmap(path, dtype=np.uint16, mode="r", shape=(num_tokens,))
     run_get_batch(dataset, 2, 4, "cpu")  # warm-up: lazy torch/numpy initialisation is not the dataset
-    (x, _), grown = peak_rss_growth(lambda: run_get_batch(dataset, 32, 64, "cpu"))
+    release = partial(scenarios.run, "release_free_memory")  # freed memory must not hide a whole-array read
+    (x, _), grown = peak_rss_growth(lambda: run_get_batch(dataset, 32, 64, "cpu"), release)
     assert x.shape == (32, 64)
     assert grown < 128 * 2**20, f"get_batch grew resident memory by {grown / 2**20:.0f} MB on a 512 MB memmap"

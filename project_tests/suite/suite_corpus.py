@@ -25,6 +25,7 @@ class Mutant:
     checks: tuple[str, ...]
     hint: str | None
     crash_ok: bool = False  # an error other than a failed assertion also counts as caught (e.g. a stub)
+    alone: bool = False  # its checks measure the process's memory: each runs in a fresh one (suite_alone.py)
 
 
 def _model(fn: str, mistake: str) -> dict[str, Any]:
@@ -195,7 +196,7 @@ MUTANTS: dict[str, Mutant] = {
         _bpe({"no_pretokenize": True}), ("encode_spaces", "encode_contractions"), "encode_no_pretokenization"
     ),
     "encode_specials_as_text": Mutant(_bpe({"specials_as_text": True}), ("encode_special",), "encode_specials_as_text"),
-    "encode_iterable_reads_all": Mutant(_bpe({"stream": "read_all"}), ("iterable_memory",), None),
+    "encode_iterable_reads_all": Mutant(_bpe({"stream": "read_all"}), ("iterable_memory",), None, alone=True),
     "encode_iterable_per_chunk": Mutant(_bpe({"stream": "per_chunk"}), ("iterable_long_7",), None),
     "encode_iterable_flush_at_whitespace": Mutant(_bpe({"stream": "flush_at_whitespace"}), TRICKY_WHITESPACE, None),
     "encode_class_cache": Mutant(_bpe({"class_cache": True}), ("encode_two_instances",), None),

@@ -12,6 +12,9 @@ incremental BPE and buffered streaming, torch's built-ins) must PASS every liste
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from project_tests.suite.suite_corpus import MUTANTS, REWRITES, SLOW_MUTANTS
 from tests import hints
 
 _SNAPSHOTS: dict[str, dict[str, np.ndarray]] = {}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _says(mistake_name: str) -> str:
@@ -54,13 +58,36 @@ def _params(names: set[str] | list[str], slow: set[str]) -> list:
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in sorted(names)]
 
 
+def _alone(name: str, label: str, tmp_path: Path) -> dict[str, str]:
+    """The outcome of one check run in a fresh interpreter (`suite_alone.py`), for the memory checks."""
+    done = subprocess.run(
+        [sys.executable, "-m", "project_tests.suite.suite_alone", name, label, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"suite_alone {name} {label} exited {done.returncode}: {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("name", _params(MUTANTS, SLOW_MUTANTS))
 def test_graded_suite_fails_mutant(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     mutant = MUTANTS[name]
-    patch_adapters(monkeypatch, mutant.adapters)
+    if not mutant.alone:
+        patch_adapters(monkeypatch, mutant.adapters)
     fx = Fixtures(tmp_path, _SNAPSHOTS)
     survived, messages = [], []
     for label in mutant.checks:
+        if mutant.alone:
+            result = _alone(name, label, tmp_path)
+            if result["outcome"] == "error" and not mutant.crash_ok:
+                raise AssertionError(f"check {label!r} crashed in its own process: {result['message']}")
+            if result["outcome"] == "passed":
+                survived.append(label)
+            else:
+                messages.append(result["message"])
+            continue
         try:
             CHECKS[label](fx)
         except (AssertionError, pytest.fail.Exception) as error:
@@ -78,6 +105,21 @@ def test_graded_suite_fails_mutant(name: str, monkeypatch: pytest.MonkeyPatch, t
     else:
         expected = f"Hint: your output matches {_says(mutant.hint)}."
         assert any(expected in m for m in messages), f"no check named {mutant.hint!r}; messages: {messages}"
+
+
+@pytest.mark.slow
+def test_memory_freed_earlier_does_not_hide_a_whole_file_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The CI failure of stop 28: in a long pytest process the reads-everything mutant passed the memory check,
+    # because the heap pages earlier tests freed absorbed its read. Free some here the way torch does (one
+    # large block raises glibc's mmap threshold, so the next blocks come from the heap and stay resident):
+    # the check must still see the read, because it first hands freed memory back (`release_free_memory`).
+    block = bytearray(24 << 20)
+    del block
+    blocks = [bytearray(1 << 20) for _ in range(40)]
+    del blocks
+    patch_adapters(monkeypatch, MUTANTS["encode_iterable_reads_all"].adapters)
+    with pytest.raises(AssertionError, match="peak memory grew by"):
+        CHECKS["iterable_memory"](Fixtures(tmp_path, _SNAPSHOTS))
 
 
 @pytest.mark.slow
