@@ -15,46 +15,10 @@ import pytest
 import torch
 
 import cs336_lab.train as train_mod
-from cs336_common.model_spec import ModelSpec
 from cs336_lab.assignment import Assignment
 from cs336_lab.run_checkpoint import read_run_checkpoint
 from cs336_lab.run_log import bytes_per_token
 from cs336_lab.train import NonFiniteLossError, TrainConfig, default_model_factory, train
-
-VOCAB = 64
-
-
-@pytest.fixture(scope="module")
-def token_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A learnable corpus: one random 50-token phrase repeated, so the loss falls within a few steps."""
-    directory = tmp_path_factory.mktemp("tokens")
-    phrase = np.random.default_rng(0).integers(0, VOCAB, size=50)
-    tokens = np.tile(phrase, 100).astype(np.uint16)
-    np.save(directory / "train.npy", tokens)
-    np.save(directory / "valid.npy", tokens[:1000])
-    return directory / "train.npy", directory / "valid.npy"
-
-
-@pytest.fixture
-def tiny_config(token_files: tuple[Path, Path], tmp_path: Path) -> TrainConfig:
-    train_path, valid_path = token_files
-    return TrainConfig(
-        train_data=str(train_path),
-        valid_data=str(valid_path),
-        model=ModelSpec(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2),
-        batch_size=4,
-        max_steps=12,
-        warmup_steps=2,
-        lr_max=3e-3,
-        lr_min=3e-4,
-        eval_every=4,
-        eval_batches=2,
-        log_every=1,
-        checkpoint_every=4,
-        out_dir=str(tmp_path / "run"),
-        device="cpu",
-        progress=False,
-    )
 
 
 def _with_model(config: TrainConfig, **fields) -> TrainConfig:
