@@ -185,10 +185,13 @@ class Assignment:
         betas: tuple[float, float],
         eps: float,
         weight_decay: float,
+        regroup: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> Any:
-        """The package's `MuonAdamW` over `muon_param_groups(model)`, its Muon groups at `muon_lr`."""
+        """The package's `MuonAdamW` over `muon_param_groups(model)` (`regroup`ed when given), its Muon groups at
+        `muon_lr`."""
         self.require(MUON, "--optimizer muon")
         groups = [dict(g, lr=muon_lr) if g.get("use_muon") else dict(g) for g in self.muon_param_groups(model)]
+        groups = groups if regroup is None else regroup(groups)
         return self.MuonAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum)
 
     def training_loss(self, logits: Any, targets: Any) -> Any:

@@ -89,7 +89,9 @@ def default_optimizer_factory(params: list[nn.Parameter], config: TrainConfig) -
 
 def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """`default_optimizer_factory`'s AdamW, or with `optimizer="muon"` the package's `MuonAdamW` (one optimizer,
-    one state_dict): Muon for the hidden matrices at `muon_lr`, AdamW for the rest at `lr_max`."""
+    one state_dict): Muon for the hidden matrices at `muon_lr`, AdamW for the rest at `lr_max`. With
+    `embedding_lr`, the token embedding is an AdamW group of its own at that peak (`embedding_group`)."""
+    split = (lambda groups: embedding_group(groups, model)) if config.embedding_lr is not None else None
     if config.optimizer == "muon":
         return Assignment.load().make_muon_optimizer(
             model,
@@ -99,12 +101,50 @@ def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Opti
             betas=config.betas,
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
+            regroup=split,
         )
-    return default_optimizer_factory([p for p in model.parameters() if p.requires_grad], config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return default_optimizer_factory(params if split is None else split([{"params": params}]), config)
+
+
+def embedding_group(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """`groups` with the token embedding (`token_embeddings.weight`, the contract's name; tied to the output
+    layer or not) taken out of its group into a group of its own, marked `"role": "embedding"`, which keeps
+    the other settings of the group it left; `_update` gives that group the `embedding_lr` schedule."""
+    try:
+        table = model.get_parameter("token_embeddings.weight")
+    except AttributeError as error:
+        raise ValueError(
+            f"--embedding-lr: expected the model to have a parameter token_embeddings.weight, got none ({error})"
+        ) from None
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        params = list(group["params"])
+        if not any(p is table for p in params):
+            out.append(group)
+            continue
+        rest = [p for p in params if p is not table]
+        out.extend([dict(group, params=rest)] if rest else [])
+        out.append(dict(group, params=[table], role="embedding"))
+    return out
 
 
 def _muon_lr(config: TrainConfig) -> float:
     return config.lr_max if config.muon_lr is None else config.muon_lr
+
+
+def _embedding_lr(config: TrainConfig) -> float:
+    return config.lr_max if config.embedding_lr is None else config.embedding_lr
+
+
+def scheduled_group_lr(group: dict[str, Any], config: TrainConfig, lr: float) -> float:
+    """A group's learning rate when the schedule is at `lr`: each kind of group follows the same schedule,
+    scaled to its own peak (`muon_lr` for Muon's groups, `embedding_lr` for the embedding's, else `lr_max`)."""
+    if group.get("use_muon"):
+        return lr * _muon_lr(config) / config.lr_max
+    if group.get("role") == "embedding":
+        return lr * _embedding_lr(config) / config.lr_max
+    return lr
 
 
 def _refuse_missing_extras(config: TrainConfig, custom_optimizer: bool) -> None:
@@ -250,12 +290,20 @@ def _check_same_model(stored: dict[str, Any], config: TrainConfig) -> None:
 
 
 def _check_same_optimizer(stored: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume AdamW's state into Muon or back (a run written before `optimizer` existed is AdamW)."""
+    """Refuse to resume AdamW's state into Muon or back (a run written before `optimizer` existed is AdamW), and
+    a run whose embedding had no group of its own into one that has (the groups would not line up), or back."""
     saved = stored.get("optimizer", "adamw")
     if saved != config.optimizer:
         raise ValueError(
             f"resume: expected the checkpoint's --optimizer {saved}, got --optimizer {config.optimizer}; "
             "a resumed run keeps its optimizer (train with another one in a new --out-dir)"
+        )
+    saved_lr = stored.get("embedding_lr")
+    if (saved_lr is None) != (config.embedding_lr is None):
+        raise ValueError(
+            f"resume: expected --embedding-lr {saved_lr if saved_lr is not None else 'none'} as in the checkpoint "
+            f"(a number or none), got {config.embedding_lr if config.embedding_lr is not None else 'none'}; the "
+            "embedding's own optimizer group is kept or left out for the whole run (its value may change)"
         )
 
 
@@ -366,6 +414,8 @@ def _log_summary(run: _Run) -> None:
 
 def _optimizer_line(config: TrainConfig) -> str:
     adamw = f"AdamW (betas {config.betas[0]:g} {config.betas[1]:g}, eps {config.adam_eps:g})"
+    if config.embedding_lr is not None:
+        adamw += f" (the embedding at peak lr {config.embedding_lr:g})"
     if config.optimizer != "muon":
         return f"optimizer {adamw}, weight decay {config.weight_decay:g}"
     return (
@@ -446,10 +496,8 @@ def _update(run: _Run, lr: float, start: float, signalled: bool) -> tuple[float,
     rank was signalled to stop (so that all of them stop after the same step).
     """
     config = run.config
-    # Muon's groups follow the same schedule, scaled to their own peak: lr · muon_lr / lr_max.
-    muon_lr = lr if config.muon_lr is None else lr * config.muon_lr / config.lr_max
     for group in run.optimizer.param_groups:
-        group["lr"] = muon_lr if group.get("use_muon") else lr
+        group["lr"] = scheduled_group_lr(group, config, lr)
     loss_sum = 0.0
     for micro in range(config.grad_accum_steps):
         x, y = run.sampler()

@@ -73,6 +73,13 @@ class TrainConfig:
         ),
     )
     muon_momentum: float = field(default=0.95, metadata=_help("Muon's (Nesterov) momentum"))
+    embedding_lr: float | None = field(
+        default=None,
+        metadata=_help(
+            "peak lr of the token embedding (its own AdamW group), scheduled like lr_max; none = lr_max "
+            "(the embedding in the one group of the rest)"
+        ),
+    )
     z_loss: float = field(
         default=0.0,
         metadata=_help(
@@ -159,6 +166,7 @@ def _check_optimisation(config: TrainConfig) -> None:
         "max_time_s": (config.max_time_s, "a finite number > 0 or none", lambda v: v > 0),
         "muon_lr": (config.muon_lr, "a finite number > 0 or none", lambda v: v > 0),
         "muon_momentum": (config.muon_momentum, "a finite number in [0, 1)", lambda v: 0 <= v < 1),
+        "embedding_lr": (config.embedding_lr, "a finite number > 0 or none", lambda v: v > 0),
         "z_loss": (config.z_loss, "a finite number >= 0 (0: no z-loss)", lambda v: v >= 0),
         "decay_fraction": (config.decay_fraction, "a finite number in [0, 1]", lambda v: 0 <= v <= 1),
         "peak_flops": (config.peak_flops, "a finite number > 0 or none", lambda v: v > 0),

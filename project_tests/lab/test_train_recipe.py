@@ -30,6 +30,7 @@ def test_defaults_are_todays_recipe() -> None:
     config = TrainConfig()
     assert (config.optimizer, config.lr_schedule, config.z_loss) == ("adamw", "cosine", 0.0)
     assert (config.muon_lr, config.muon_momentum, config.decay_fraction) == (None, 0.95, 0.2)
+    assert config.embedding_lr is None
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,7 @@ def test_defaults_are_todays_recipe() -> None:
     [
         ({"muon_lr": -1.0}, r"--muon-lr \(muon_lr\) must be a finite number > 0 or none, got -1"),
         ({"muon_lr": float("nan")}, r"--muon-lr \(muon_lr\) must be a finite number > 0"),
+        ({"embedding_lr": 0.0}, r"--embedding-lr \(embedding_lr\) must be a finite number > 0 or none, got 0"),
         ({"muon_momentum": 1.0}, r"--muon-momentum \(muon_momentum\) must be a finite number in \[0, 1\)"),
         ({"z_loss": -1e-4}, r"--z-loss \(z_loss\) must be a finite number >= 0"),
         ({"z_loss": float("inf")}, r"--z-loss \(z_loss\) must be a finite number >= 0"),
@@ -44,7 +46,17 @@ def test_defaults_are_todays_recipe() -> None:
         ({"optimizer": "sgd"}, r"--optimizer \(optimizer\) must be one of \('adamw', 'muon'\), got 'sgd'"),
         ({"lr_schedule": "linear"}, r"--lr-schedule \(lr_schedule\) must be one of"),
     ],
-    ids=["muon-lr", "muon-lr-nan", "momentum", "z-loss", "z-loss-inf", "decay", "optimizer", "schedule"],
+    ids=[
+        "muon-lr",
+        "muon-lr-nan",
+        "embedding-lr",
+        "momentum",
+        "z-loss",
+        "z-loss-inf",
+        "decay",
+        "optimizer",
+        "schedule",
+    ],
 )
 def test_bad_values_name_their_flag(tiny_config: TrainConfig, changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -53,11 +65,13 @@ def test_bad_values_name_their_flag(tiny_config: TrainConfig, changes: dict, mes
 
 def test_flags_reach_the_config(tiny_config: TrainConfig) -> None:
     flags = "--optimizer muon --muon-lr 0.02 --muon-momentum 0.9 --z-loss 1e-4 --lr-schedule wsd --decay-fraction 0.3"
+    flags += " --embedding-lr 0.05"
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, TrainConfig)
     config = config_from_args(TrainConfig, parser.parse_args(flags.split()))
     assert (config.optimizer, config.muon_lr, config.muon_momentum) == ("muon", 0.02, 0.9)
     assert (config.z_loss, config.lr_schedule, config.decay_fraction) == (1e-4, "wsd", 0.3)
+    assert config.embedding_lr == 0.05
 
 
 def test_wsd_schedule_in_the_run(tiny_config: TrainConfig) -> None:
@@ -110,6 +124,50 @@ def test_muon_run_learns_and_scales_the_muon_lr(tiny_config: TrainConfig) -> Non
     assert muon["momentum"] == 0.95 and len(muon["params"]) == 2 * 7  # q, k, v, output, w1, w2, w3 per block
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_embedding_steps_at_its_own_lr(tiny_config: TrainConfig, optimizer: str) -> None:
+    """AdamW's first step moves every entry that has a gradient by the group's lr exactly (m / sqrt(v) = ±1 for
+    a nonzero gradient, no weight decay): after one step at the warm-up's lr, the largest change of the
+    embedding is `lr · embedding_lr / lr_max` and a gain's is `lr`. Checked to fail on the embedding left at
+    `lr_max`'s schedule, on its peak not scheduled, and on the embedding's group given to the gains."""
+    config = dataclasses.replace(
+        tiny_config, optimizer=optimizer, embedding_lr=0.03, weight_decay=0.0, max_steps=2, warmup_steps=2
+    )
+    torch.manual_seed(config.seed)
+    before = train_mod.default_model_factory(config.model, torch.device("cpu")).state_dict()
+    result = train(dataclasses.replace(config, checkpoint_every=2))  # lr 0, then lr_max / 2
+    after = read_run_checkpoint(Path(config.out_dir) / "ckpt_latest.pt")["model"]
+    lr = result.history[-1]["lr"]
+    assert lr == pytest.approx(3e-3 / 2)
+    moved = {k: (after[k] - before[k]).abs().max().item() for k in ("token_embeddings.weight", "ln_final.weight")}
+    assert moved["token_embeddings.weight"] == pytest.approx(lr * 0.03 / 3e-3, rel=1e-3)
+    assert moved["ln_final.weight"] == pytest.approx(lr, rel=1e-3)
+    groups = read_run_checkpoint(Path(config.out_dir) / "ckpt_latest.pt")["optimizer"]["param_groups"]
+    (embedding,) = [g for g in groups if g.get("role") == "embedding"]
+    assert len(embedding["params"]) == 1 and len(groups) == (3 if optimizer == "muon" else 2)
+
+
+def test_a_tied_embedding_takes_the_embedding_lr(tiny_config: TrainConfig) -> None:
+    """Tied to the output layer, the one matrix is in the embedding's group, and in no other."""
+    model = train_mod.default_model_factory(
+        dataclasses.replace(tiny_config.model, tie_embeddings=True), torch.device("cpu")
+    )
+    groups = train_mod.embedding_group([{"params": list(model.parameters()), "lr": 1.0}], model)
+    table = model.get_parameter("token_embeddings.weight")
+    assert [g.get("role") for g in groups] == [None, "embedding"]
+    assert groups[1]["params"] == [table] and groups[1]["lr"] == 1.0
+    assert not any(p is table for p in groups[0]["params"])
+
+
+def test_resuming_with_or_without_the_embedding_group_is_refused(tiny_config: TrainConfig) -> None:
+    """The embedding's own group exists for the whole run or never: switching is refused in one line naming
+    the flag; changing its value is not."""
+    train(dataclasses.replace(tiny_config, max_steps=4, warmup_steps=1, embedding_lr=0.01))
+    with pytest.raises(ValueError, match=r"expected --embedding-lr 0.01 as in the checkpoint .*got none"):
+        train(dataclasses.replace(tiny_config, resume=True))
+    assert train(dataclasses.replace(tiny_config, resume=True, embedding_lr=0.02)).steps == 12
+
+
 def test_muon_resume_reproduces_the_uninterrupted_losses(
     tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,7 +195,7 @@ def test_a_run_from_before_the_switches_resumes(tiny_config: TrainConfig) -> Non
     """A checkpoint and config.json written before these fields existed resume as an AdamW/cosine run."""
     train(dataclasses.replace(tiny_config, max_steps=8))
     out = Path(tiny_config.out_dir)
-    new_fields = ("optimizer", "muon_lr", "muon_momentum", "z_loss", "lr_schedule", "decay_fraction")
+    new_fields = ("optimizer", "muon_lr", "muon_momentum", "z_loss", "lr_schedule", "decay_fraction", "embedding_lr")
     payload = torch.load(out / "ckpt_latest.pt", weights_only=False)
     payload["config"] = {k: v for k, v in payload["config"].items() if k not in new_fields}
     torch.save(payload, out / "ckpt_latest.pt")
