@@ -208,6 +208,33 @@ def finished(out: Path) -> dict[str, float]:
     }
 
 
+def _interrupt_after_three(command: list[str], out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the batch, send it SIGINT once 3 submissions are finished; (the process, what it printed).
+
+    PYTHONFAULTHANDLER: a batch that outlives its Ctrl-C by 120 s is aborted and prints every thread's stack (a
+    flake seen once in a full slow run, never alone: the next one says where it waited)."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 600
+    while len(finished(out)) < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    try:
+        return first, first.communicate(timeout=120)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        alive = first.poll() is None
+        first.send_signal(signal.SIGABRT)
+        try:
+            stacks = first.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:  # the batch is gone, but another process holds its output open
+            first.kill()
+            stacks = "(no end of output 60 s after SIGABRT: a process the batch started holds its stdout)"
+        raise AssertionError(
+            f"the batch did not exit within 120 s of SIGINT (still running then: {alive}); its threads:\n"
+            f"{stacks[-6000:]}"
+        ) from None
+
+
 @pytest.mark.slow
 def test_a_class_of_13_graded_interrupted_and_resumed(tmp_path: Path) -> None:
     root, out = tmp_path / "class", tmp_path / "grades"
@@ -230,28 +257,7 @@ def test_a_class_of_13_graded_interrupted_and_resumed(tmp_path: Path) -> None:
         "--harness",
         str(REPO / "tests"),
     ]
-    # PYTHONFAULTHANDLER: a batch that outlives its Ctrl-C is aborted and prints every thread's stack (a flake
-    # seen once in a full slow run, never alone: the next one says where it waited).
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 600
-    while len(finished(out)) < 3 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    first.send_signal(signal.SIGINT)
-    try:
-        log = first.communicate(timeout=120)[0].decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        alive = first.poll() is None
-        first.send_signal(signal.SIGABRT)
-        try:
-            stacks = first.communicate(timeout=60)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:  # the batch is gone, but another process holds its output open
-            first.kill()
-            stacks = "(no end of output 60 s after SIGABRT: a process the batch started holds its stdout)"
-        raise AssertionError(
-            f"the batch did not exit within 120 s of SIGINT (still running then: {alive}); its threads:\n"
-            f"{stacks[-6000:]}"
-        ) from None
+    first, log = _interrupt_after_three(command, out)
     assert first.returncode == 130, log
     before = finished(out)
     assert 3 <= len(before) < len(EXPECTED), log

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from project_tests.suite.suite_alone import outcome
 from project_tests.suite.suite_checks import CHECKS, Fixtures, patch_adapters
 from project_tests.suite.suite_corpus import MUTANTS, REWRITES, SLOW_MUTANTS
 from tests import hints
@@ -79,26 +80,13 @@ def test_graded_suite_fails_mutant(name: str, monkeypatch: pytest.MonkeyPatch, t
     fx = Fixtures(tmp_path, _SNAPSHOTS)
     survived, messages = [], []
     for label in mutant.checks:
-        if mutant.alone:
-            result = _alone(name, label, tmp_path)
-            if result["outcome"] == "error" and not mutant.crash_ok:
-                raise AssertionError(f"check {label!r} crashed in its own process: {result['message']}")
-            if result["outcome"] == "passed":
-                survived.append(label)
-            else:
-                messages.append(result["message"])
-            continue
-        try:
-            CHECKS[label](fx)
-        except (AssertionError, pytest.fail.Exception) as error:
-            messages.append(str(error))
-            continue
-        except Exception as error:  # noqa: BLE001 - a crash proves nothing about the tolerances, except for stubs
-            if not mutant.crash_ok:
-                raise
-            messages.append(f"{type(error).__name__}: {error}")
-            continue
-        survived.append(label)
+        result = _alone(name, label, tmp_path) if mutant.alone else outcome(label, fx, mutant.crash_ok)
+        if result["outcome"] == "error" and not mutant.crash_ok:
+            raise AssertionError(f"check {label!r} crashed in its own process: {result['message']}")
+        if result["outcome"] == "passed":
+            survived.append(label)
+        else:
+            messages.append(result["message"])
     assert not survived, f"mutant {name!r} passed the graded checks {survived}"
     if mutant.hint is None:
         assert not any("Hint:" in m for m in messages), f"a hint for an uncatalogued mistake: {messages}"
